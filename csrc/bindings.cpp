@@ -1,0 +1,40 @@
+// pybind11 module llmaccel._C.  Python validates tensors and passes raw
+// addresses, sizes and strides (in elements); the C++ layer validates again
+// and runs with the GIL released.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+
+#include "cpu_features.h"
+#include "int8_mm.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <class T>
+T* ptr(uintptr_t addr) {
+  return reinterpret_cast<T*>(addr);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "llmaccel C++/OpenMP CPU kernels (raw pointers + sizes + strides)";
+
+  m.def("cpu_features", &llmaccel::cpu_feature_names, "CPU features detected at run time by CPUID.");
+  m.def("int8_mm_variants", &llmaccel::int8_mm_variants, "int8_mm variants this CPU can run, best first.");
+  m.def(
+      "int8_mm",
+      [](int64_t M, int64_t N, int64_t K, uintptr_t a, int64_t a_sm, int64_t a_sk, uintptr_t b, int64_t b_sk,
+         int64_t b_sn, uintptr_t c, int64_t c_sm, int64_t c_sn, int nthreads, const std::string& variant) {
+        py::gil_scoped_release release;
+        llmaccel::int8_mm(M, N, K, ptr<const int8_t>(a), a_sm, a_sk, ptr<const int8_t>(b), b_sk, b_sn,
+                          ptr<int32_t>(c), c_sm, c_sn, nthreads, variant);
+      },
+      py::arg("M"), py::arg("N"), py::arg("K"), py::arg("a"), py::arg("a_sm"), py::arg("a_sk"), py::arg("b"),
+      py::arg("b_sk"), py::arg("b_sn"), py::arg("c"), py::arg("c_sm"), py::arg("c_sn"), py::arg("nthreads"),
+      py::arg("variant") = "",
+      "C[M,N] int32 = A[M,K] int8 @ B[K,N] int8 (exact). Addresses are data_ptr()s; strides in elements.");
+}

@@ -1,0 +1,49 @@
+// int8_mm: C[M, N] (int32) = A[M, K] (int8) @ B[K, N] (int8), exact.
+//
+// The public entry point (int8_mm.cpp) validates its arguments, brings B into
+// "column-major" form (each column n contiguous along k, which is exactly the
+// memory of an nn.Linear weight [N, K], so that common case needs no copy),
+// and hands the problem to one ISA variant chosen at run time by CPUID.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace llmaccel {
+
+// One matmul problem as the ISA variants see it.
+//   A[m][k] = a[m * a_sm + k * a_sk]          (any strides)
+//   B[k][n] = b[n * ldb + k]                  (columns contiguous in k)
+//   C[m][n] = c[m * c_sm + n * c_sn]          (written, never read)
+struct Int8MMProblem {
+  int64_t M, N, K;
+  const int8_t* a;
+  int64_t a_sm, a_sk;
+  const int8_t* b;
+  int64_t ldb;
+  int32_t* c;
+  int64_t c_sm, c_sn;
+  int nthreads;
+};
+
+using Int8MMVariant = void (*)(const Int8MMProblem&);
+
+// The variants, one translation unit each, compiled with their own target flags.
+void int8_mm_generic(const Int8MMProblem& p);
+void int8_mm_avx2(const Int8MMProblem& p);
+void int8_mm_avx512vnni(const Int8MMProblem& p);
+
+// Largest K for which every exact result fits in int32: |sum| <= K * 128 * 128.
+constexpr int64_t kInt8MMMaxK = (int64_t(1) << 31) / (128 * 128) - 1;  // 131071
+
+// Validated entry point.  `variant` is "" (best for this CPU) or a name from
+// int8_mm_variants().  Strides are in elements.
+void int8_mm(int64_t M, int64_t N, int64_t K, const int8_t* a, int64_t a_sm, int64_t a_sk, const int8_t* b,
+             int64_t b_sk, int64_t b_sn, int32_t* c, int64_t c_sm, int64_t c_sn, int nthreads,
+             const std::string& variant);
+
+// Names of the variants this CPU can run, best first.
+std::vector<std::string> int8_mm_variants();
+
+}  // namespace llmaccel

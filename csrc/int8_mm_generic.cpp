@@ -1,0 +1,33 @@
+// int8_mm for any x86-64 (or other) CPU: plain C++ the compiler may
+// vectorize with the baseline ISA.  Also the reference the faster variants
+// are tested against inside the C++ layer.
+#include "int8_mm_driver.h"
+
+namespace {
+
+struct Generic {
+  static constexpr int MR = 2;
+  static constexpr int NR = 4;
+  static constexpr int64_t KALIGN = 16;
+  static constexpr bool kOnesRow = false;
+
+  template <int R, int C>
+  static void tile(const uint8_t* a8, int64_t lda, const int8_t* b, int64_t ldb, int64_t K, int32_t* out) {
+    const int8_t* a = reinterpret_cast<const int8_t*>(a8);
+    for (int r = 0; r < R; ++r) {
+      for (int c = 0; c < C; ++c) {
+        int32_t s = 0;
+        const int8_t* ar = a + r * lda;
+        const int8_t* bc = b + c * ldb;
+        for (int64_t k = 0; k < K; ++k) s += int32_t(ar[k]) * int32_t(bc[k]);
+        out[r * C + c] = s;
+      }
+    }
+  }
+};
+
+}  // namespace
+
+namespace llmaccel {
+void int8_mm_generic(const Int8MMProblem& p) { run_int8_mm<Generic>(p); }
+}  // namespace llmaccel
