@@ -25,7 +25,7 @@ struct Avx2 {
   static constexpr bool kOnesRow = false;
 
   template <int R, int C>
-  static void tile(const uint8_t* a8, int64_t lda, const int8_t* b, int64_t ldb, int64_t K, int32_t* out) {
+  static void tile(const uint8_t* a8, const int8_t* b, int64_t ldb, int64_t K, int32_t* out) {
     const int8_t* a = reinterpret_cast<const int8_t*>(a8);
     __m256i acc[R * C];
     for (int i = 0; i < R * C; ++i) acc[i] = _mm256_setzero_si256();
@@ -35,14 +35,15 @@ struct Avx2 {
       for (int c = 0; c < C; ++c)
         bv[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + c * ldb + k)));
       for (int r = 0; r < R; ++r) {
-        const __m256i av = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(a + r * lda + k)));
+        const __m256i av = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(a + k * MR + r * 16)));
         for (int c = 0; c < C; ++c) acc[r * C + c] = _mm256_add_epi32(acc[r * C + c], _mm256_madd_epi16(av, bv[c]));
       }
     }
     for (int r = 0; r < R; ++r) {
       for (int c = 0; c < C; ++c) {
         int32_t s = hsum256(acc[r * C + c]);
-        for (int64_t k = kfull; k < K; ++k) s += int32_t(a[r * lda + k]) * int32_t(b[c * ldb + k]);
+        const int8_t* at = a + kfull * MR + r * 16 - kfull;  // tail chunk of row r
+        for (int64_t k = kfull; k < K; ++k) s += int32_t(at[k]) * int32_t(b[c * ldb + k]);
         out[r * C + c] = s;
       }
     }

@@ -2,7 +2,8 @@
 // Built with -mavx512f -mavx512bw -mavx512vl -mavx512vnni; only called when
 // CPUID reports those features.
 //
-// Inner step (64 k values): R loads of packed A (u8 = a + 128), C loads of
+// Inner step (64 k values): R loads of packed A (u8 = a + 128, the R rows'
+// 64-byte chunks adjacent in memory), C loads of
 // B columns, R*C vpdpbusd, each adding 16 lanes of 4-byte dot products into
 // an int32 accumulator.  4 x 6 tiles use 24 accumulators + 6 B + 1 A = 31 of
 // the 32 zmm registers.  The K tail is one masked B load per column (bytes
@@ -44,7 +45,7 @@ struct Avx512Vnni {
   // except in the K tail).  Every loop has a compile-time trip count and is
   // fully unrolled so the accumulators live in registers.
   template <int R, int C, bool kMasked>
-  static inline __attribute__((always_inline)) void step(__m512i* acc, const uint8_t* a, int64_t lda,
+  static inline __attribute__((always_inline)) void step(__m512i* acc, const uint8_t* a,
                                                          const int8_t* b, int64_t ldb, int64_t k, __mmask64 mask) {
     __m512i bv[C];
 #pragma GCC unroll 8
@@ -52,20 +53,20 @@ struct Avx512Vnni {
       bv[c] = kMasked ? _mm512_maskz_loadu_epi8(mask, b + c * ldb + k) : _mm512_loadu_si512(b + c * ldb + k);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512i av = _mm512_load_si512(a + r * lda + k);
+      const __m512i av = _mm512_load_si512(a + k * MR + r * 64);
 #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) dpbusd(acc[r * C + c], av, bv[c]);
     }
   }
 
   template <int R, int C>
-  static void tile(const uint8_t* a, int64_t lda, const int8_t* b, int64_t ldb, int64_t K, int32_t* out) {
+  static void tile(const uint8_t* a, const int8_t* b, int64_t ldb, int64_t K, int32_t* out) {
     __m512i acc[R * C];
 #pragma GCC unroll 32
     for (int i = 0; i < R * C; ++i) acc[i] = _mm512_setzero_si512();
     const int64_t kfull = K & ~int64_t(63);
-    for (int64_t k = 0; k < kfull; k += 64) step<R, C, false>(acc, a, lda, b, ldb, k, 0);
-    if (kfull < K) step<R, C, true>(acc, a, lda, b, ldb, kfull, _cvtu64_mask64(~0ull >> (64 - (K - kfull))));
+    for (int64_t k = 0; k < kfull; k += 64) step<R, C, false>(acc, a, b, ldb, k, 0);
+    if (kfull < K) step<R, C, true>(acc, a, b, ldb, kfull, _cvtu64_mask64(~0ull >> (64 - (K - kfull))));
     constexpr int kQuads = R * C / 4;
 #pragma GCC unroll 8
     for (int q = 0; q < kQuads; ++q)
