@@ -1,0 +1,20 @@
+"""llmaccel: Triton (CUDA) and C++/OpenMP (CPU) kernels behind torch.library ops.
+
+Quick tour::
+
+    import llmaccel
+    c = llmaccel.int8_mm(a, b)                    # torch.ops.llmaccel.int8_mm
+    llmaccel.backends.explain("int8_mm", a, b)    # which path runs, and why
+    with llmaccel.backends.use("torch"): ...      # force the reference path
+    llmaccel.cpu_info()                           # CPU features, kernel variants
+"""
+
+import torch  # noqa: F401  (before the extension: one OpenMP runtime)
+
+from . import backends
+from .cpu import cpu_info
+from .ops import int8_mm, int8_mm_reference
+
+__version__ = "0.1.0"
+
+__all__ = ["backends", "cpu_info", "int8_mm", "int8_mm_reference", "__version__"]

@@ -1,0 +1,1 @@
+"""Drop-in nn.Module replacements (thin wrappers over llmaccel.ops)."""

@@ -1,0 +1,264 @@
+"""Backend selection: one mechanism for every llmaccel op.
+
+Every op is a ``torch.library`` custom op (``torch.ops.llmaccel.<name>``)
+whose body asks this module which implementation to run:
+
+===========  =========================================  ==========================
+backend      what runs                                  when ``"auto"`` picks it
+===========  =========================================  ==========================
+``triton``   hand-written Triton kernel (kernels/)      CUDA tensors (GPU ok for
+                                                        the op), Triton importable
+``cpp``      C++/OpenMP kernel in ``llmaccel._C``        CPU tensors, extension built
+``torch``    plain-PyTorch reference (the documented   last resort, any device
+             truth tests compare against)
+===========  =========================================  ==========================
+
+Choosing a backend:
+
+* ``LLMACCEL_BACKEND=auto|triton|cpp|torch`` in the environment (read per call);
+* ``with llmaccel.backends.use("torch"): ...`` (wins over the environment);
+* ``llmaccel.backends.explain("int8_mm", a, b)`` says what would run and why
+  every other backend was refused.
+
+An explicit request that cannot be met raises :class:`BackendUnavailable` with
+the reason.  When ``"auto"`` has to skip its first choice it logs once per
+(op, backend, reason) on ``logging.getLogger("llmaccel")``.
+
+Triton on CPU tensors runs in Triton's interpreter; that needs
+``TRITON_INTERPRET=1`` in the environment *before* ``llmaccel`` is imported
+(Triton reads it when kernels are defined), and is only used when requested
+explicitly.  This is how CI tests every Triton kernel without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import logging
+import os
+from typing import Callable, Iterator, Optional
+
+import torch
+
+__all__ = ["BACKENDS", "BackendUnavailable", "Explanation", "explain", "use", "current", "available_backends"]
+
+BACKENDS = ("triton", "cpp", "torch")
+_CHOICES = ("auto",) + BACKENDS
+
+logger = logging.getLogger("llmaccel")
+
+# Read once at import, like Triton itself: the interpreter is chosen when
+# kernels are defined, so flipping the variable later changes nothing.
+TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+_override: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("llmaccel_backend", default=None)
+_logged: set = set()
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot run this call."""
+
+
+def _validate_name(name: str, where: str) -> str:
+    name = name.strip().lower()
+    if name not in _CHOICES:
+        raise ValueError(f"llmaccel: {where} must be one of {', '.join(_CHOICES)}; got {name!r}")
+    return name
+
+
+def current() -> str:
+    """The backend requested now: the innermost ``use()``, else ``LLMACCEL_BACKEND``, else ``"auto"``."""
+    name = _override.get()
+    if name is not None:
+        return name
+    return _validate_name(os.environ.get("LLMACCEL_BACKEND", "auto"), "LLMACCEL_BACKEND")
+
+
+@contextlib.contextmanager
+def use(name: str) -> Iterator[None]:
+    """Run the enclosed llmaccel calls on backend ``name`` (``"auto"`` restores automatic choice)."""
+    token = _override.set(_validate_name(name, "backend"))
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+# --------------------------------------------------------------------------
+# Backend-wide availability (op-independent).  Each returns None when usable
+# or a human-readable reason.
+# --------------------------------------------------------------------------
+
+def _triton_import_error() -> Optional[str]:
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install
+        return f"Triton is not importable ({exc.__class__.__name__}: {exc})"
+    return None
+
+
+def _cpp_import_error() -> Optional[str]:
+    from . import _ext
+
+    return _ext.load_error()
+
+
+def triton_device_problem(device: torch.device) -> Optional[str]:
+    if device.type == "cuda":
+        if TRITON_INTERPRET:
+            return None  # interpreted: copies to host, any device works
+        return _triton_import_error()
+    if device.type == "cpu":
+        err = _triton_import_error()
+        if err:
+            return err
+        if not TRITON_INTERPRET:
+            return "tensors are on the CPU and TRITON_INTERPRET=1 was not set before llmaccel was imported"
+        return None
+    return f"Triton kernels run on CUDA tensors, not {device.type}"
+
+
+def cpp_device_problem(device: torch.device) -> Optional[str]:
+    if device.type != "cpu":
+        return f"the C++ kernels run on CPU tensors, not {device.type}"
+    return _cpp_import_error()
+
+
+_DEVICE_PROBLEM: dict[str, Callable[[torch.device], Optional[str]]] = {
+    "triton": triton_device_problem,
+    "cpp": cpp_device_problem,
+    "torch": lambda device: None,
+}
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that could run on ``device`` at all (op-specific limits aside)."""
+    device = torch.device(device)
+    return [b for b in BACKENDS if _DEVICE_PROBLEM[b](device) is None]
+
+
+# --------------------------------------------------------------------------
+# Per-op registry
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Impl:
+    fn: Callable
+    # Op-specific limits (dtype, shape, GPU generation...): None or a reason.
+    check: Optional[Callable[..., Optional[str]]]
+
+
+@dataclasses.dataclass
+class Explanation:
+    """Which backend an op call would run on, and why the others would not."""
+
+    op: str
+    requested: str
+    backend: Optional[str]
+    refused: dict[str, str]
+
+    def __str__(self) -> str:
+        head = f"llmaccel::{self.op} (requested: {self.requested}) -> {self.backend or 'nothing can run it'}"
+        lines = [head] + [f"  {b}: refused: {why}" for b, why in self.refused.items()]
+        return "\n".join(lines)
+
+
+class OpDispatcher:
+    """Implementations of one op, keyed by backend, and the selection logic."""
+
+    def __init__(self, name: str, device_of: Callable[..., torch.device]):
+        self.name = name
+        self._device_of = device_of
+        self._impls: dict[str, _Impl] = {}
+
+    def register(self, backend: str, check: Optional[Callable[..., Optional[str]]] = None):
+        """Decorator: ``fn`` implements this op on ``backend``; ``check(*args)`` states op-specific limits."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}")
+
+        def deco(fn: Callable) -> Callable:
+            self._impls[backend] = _Impl(fn, check)
+            return fn
+
+        return deco
+
+    def _refusal(self, backend: str, device: torch.device, args, kwargs) -> Optional[str]:
+        impl = self._impls.get(backend)
+        if impl is None:
+            return f"llmaccel::{self.name} has no {backend} implementation"
+        problem = _DEVICE_PROBLEM[backend](device)
+        if problem is None and impl.check is not None:
+            problem = impl.check(*args, **kwargs)
+        return problem
+
+    @staticmethod
+    def _auto_order(device: torch.device) -> list[str]:
+        # Triton on CPU means the (slow) interpreter: only on explicit request.
+        return ["triton", "torch"] if device.type == "cuda" else ["cpp", "torch"]
+
+    def explain(self, *args, **kwargs) -> Explanation:
+        device = self._device_of(*args, **kwargs)
+        requested = current()
+        refused: dict[str, str] = {}
+        chosen = None
+        order = self._auto_order(device) if requested == "auto" else [requested]
+        for backend in order:
+            why = self._refusal(backend, device, args, kwargs)
+            if why is None:
+                chosen = backend
+                break
+            refused[backend] = why
+        for backend in BACKENDS:
+            if backend != chosen and backend not in refused:
+                why = self._refusal(backend, device, args, kwargs)
+                if requested != "auto":
+                    refused[backend] = why or f"not requested (backend {requested!r} was requested)"
+                else:
+                    refused[backend] = why or f"not the automatic choice for {device.type} tensors"
+        return Explanation(self.name, requested, chosen, refused)
+
+    def select(self, *args, **kwargs) -> Callable:
+        device = self._device_of(*args, **kwargs)
+        requested = current()
+        if requested != "auto":
+            why = self._refusal(requested, device, args, kwargs)
+            if why is not None:
+                raise BackendUnavailable(f"llmaccel::{self.name}: backend {requested!r} was requested but {why}")
+            return self._impls[requested].fn
+        first = None
+        for backend in self._auto_order(device):
+            why = self._refusal(backend, device, args, kwargs)
+            if why is None:
+                if first is not None:
+                    key = (self.name, first[0], first[1])
+                    if key not in _logged:
+                        _logged.add(key)
+                        logger.warning("llmaccel::%s: falling back from %s to %s: %s", self.name, first[0], backend,
+                                       first[1])
+                return self._impls[backend].fn
+            if first is None:
+                first = (backend, why)
+        raise BackendUnavailable(f"llmaccel::{self.name}: no backend can run this call")
+
+    def __call__(self, *args, **kwargs):
+        return self.select(*args, **kwargs)(*args, **kwargs)
+
+
+_REGISTRY: dict[str, OpDispatcher] = {}
+
+
+def dispatcher(name: str, device_of: Callable[..., torch.device]) -> OpDispatcher:
+    """Create (once) the dispatcher of op ``name``; ``device_of(*args)`` gives the device that decides."""
+    if name in _REGISTRY:
+        raise ValueError(f"op {name!r} is already registered")
+    _REGISTRY[name] = OpDispatcher(name, device_of)
+    return _REGISTRY[name]
+
+
+def explain(op_name: str, *args, **kwargs) -> Explanation:
+    """Which backend ``llmaccel.<op_name>(*args, **kwargs)`` would run on now, and why each other was refused."""
+    op_name = op_name.removeprefix("llmaccel::").removeprefix("llmaccel.")
+    if op_name not in _REGISTRY:
+        raise ValueError(f"llmaccel: unknown op {op_name!r}; known ops: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[op_name].explain(*args, **kwargs)
