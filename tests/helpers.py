@@ -1,0 +1,45 @@
+"""Test helpers: exact references and backend enumeration."""
+
+import os
+
+import torch
+
+import llmaccel
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def randint8(*shape, device="cpu"):
+    """Uniform int8 in [-128, 127]: every bit pattern, never all zeros."""
+    return torch.randint(-128, 128, shape, dtype=torch.int8, device=device)
+
+
+def int8_mm_exact(a, b):
+    """Exact integer reference on the CPU: int64 accumulation, then int32."""
+    return (a.cpu().long() @ b.cpu().long()).to(torch.int32)
+
+
+def cpu_backends():
+    """(label, callable) for every path that can run int8_mm on CPU tensors here.
+
+    Every C++ ISA variant this CPU supports is its own entry, so the AVX2 and
+    generic kernels are checked on an AVX-512 machine too.
+    """
+    from llmaccel.ops.int8_mm import int8_mm_cpp
+
+    paths = []
+    for variant in llmaccel.cpu_info()["available_variants"].get("int8_mm", []):
+        paths.append((f"cpp:{variant}", lambda a, b, v=variant: int8_mm_cpp(a, b, v)))
+
+    def via(backend):
+        def run(a, b):
+            with llmaccel.backends.use(backend):
+                return llmaccel.int8_mm(a, b)
+
+        return run
+
+    paths.append(("cpp:auto", via("cpp")))
+    paths.append(("torch", via("torch")))
+    if INTERPRET:
+        paths.append(("triton-interpret", via("triton")))
+    return paths

@@ -1,0 +1,188 @@
+"""llmaccel.int8_mm: every backend against the exact integer reference."""
+
+import threading
+
+import pytest
+import torch
+
+import llmaccel
+from llmaccel.ops.int8_mm import MAX_K
+
+from helpers import INTERPRET, cpu_backends, int8_mm_exact, randint8
+
+# (M, K, N): ones, primes, tails of every vector width (16, 64), K > 4096.
+SMALL_SHAPES = [(1, 1, 1), (3, 17, 5), (17, 33, 1), (1, 64, 7), (33, 113, 17), (2, 4099, 3), (7, 65, 13)]
+LARGE_SHAPES = [(1000, 113, 37), (113, 1000, 67), (67, 4099, 29), (5, 257, 1000), (129, 512, 96)]
+
+
+def _layouts(M, K, N):
+    """(a, b) pairs over the layouts models produce."""
+    w = randint8(N, K)  # nn.Linear weight [N, K]
+    a = randint8(M, K)
+    yield "a row-major, b = W.t()", a, w.t()
+    yield "a row-major, b row-major", a, w.t().contiguous()
+    yield "a column-major, b = W.t()", a.t().contiguous().t(), w.t()
+    # Non-unit strides everywhere and storage offsets.
+    big_a = randint8(M + 1, 2 * K + 1)
+    big_w = randint8(2 * N + 1, K + 2)
+    yield "strided slices", big_a[1:, 1::2], big_w[1::2, 2:].t()
+
+
+def _check_all_backends(shapes):
+    for M, K, N in shapes:
+        for layout, a, b in _layouts(M, K, N):
+            ref = int8_mm_exact(a, b)
+            for name, fn in cpu_backends():
+                out = fn(a, b)
+                assert out.dtype == torch.int32 and out.shape == (M, N), (name, layout)
+                assert torch.equal(out, ref), f"{name} differs from the exact reference: {layout}, M,K,N={M},{K},{N}"
+
+
+@pytest.mark.triton
+def test_every_backend_matches_exact_reference_small():
+    _check_all_backends(SMALL_SHAPES)
+
+
+@pytest.mark.slow
+def test_every_backend_matches_exact_reference_large():
+    _check_all_backends(LARGE_SHAPES)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("fill_a,fill_b", [(-128, -128), (-128, 127), (127, 127)])
+def test_extreme_values(fill_a, fill_b):
+    a = torch.full((3, 130), fill_a, dtype=torch.int8)
+    b = torch.full((5, 130), fill_b, dtype=torch.int8).t()
+    for name, fn in cpu_backends():
+        assert torch.equal(fn(a, b), int8_mm_exact(a, b)), name
+
+
+@pytest.mark.slow
+def test_longest_k_is_exact_at_the_int32_edge():
+    # K = 131071 with all -128: every output is 131071 * 16384 = 2**31 - 16384,
+    # the largest magnitude the op allows; intermediate VNNI sums wrap.
+    a = torch.full((2, MAX_K), -128, dtype=torch.int8)
+    b = torch.full((3, MAX_K), -128, dtype=torch.int8).t()
+    expected = torch.full((2, 3), MAX_K * 16384, dtype=torch.int32)
+    a_mixed, b_mixed = randint8(2, MAX_K), randint8(3, MAX_K).t()
+    for name, fn in cpu_backends():
+        assert torch.equal(fn(a, b), expected), name
+        assert torch.equal(fn(a_mixed, b_mixed), int8_mm_exact(a_mixed, b_mixed)), name
+
+
+def test_k_beyond_int32_range_raises():
+    a = torch.ones((1, MAX_K + 1), dtype=torch.int8)
+    b = torch.ones((MAX_K + 1, 1), dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"int8_mm.*K = 131072"):
+        llmaccel.int8_mm(a, b)
+
+
+def test_empty_dimensions():
+    for M, K, N in [(0, 5, 3), (4, 0, 3), (4, 5, 0)]:
+        a, b = randint8(M, K), randint8(K, N)
+        for name, fn in cpu_backends():
+            out = fn(a, b)
+            assert out.shape == (M, N) and torch.equal(out, int8_mm_exact(a, b)), name
+
+
+@pytest.mark.parametrize(
+    "a,b,exc,pattern",
+    [
+        (torch.zeros(2, 3), torch.zeros(3, 4, dtype=torch.int8), TypeError, r"int8_mm: a must have dtype torch.int8"),
+        (torch.zeros(2, 3, dtype=torch.int8), torch.zeros(3, 4, dtype=torch.int16), TypeError, r"b must have dtype"),
+        (torch.zeros(3, dtype=torch.int8), torch.zeros(3, 4, dtype=torch.int8), ValueError, r"a must be 2-D"),
+        (torch.zeros(2, 3, dtype=torch.int8), torch.zeros(1, 3, 4, dtype=torch.int8), ValueError, r"b must be 2-D"),
+        (torch.zeros(2, 3, dtype=torch.int8), torch.zeros(4, 4, dtype=torch.int8), ValueError, r"K differ"),
+        (torch.zeros(2, 3, dtype=torch.int8), torch.zeros(3, 4, dtype=torch.int8, device="meta"), ValueError,
+         r"one device"),
+        ("not a tensor", torch.zeros(3, 4, dtype=torch.int8), TypeError, r"a must be a torch.Tensor"),
+    ],
+)
+def test_bad_input_raises_clear_error(a, b, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        llmaccel.int8_mm(a, b)
+    # The raw op validates too (users may call torch.ops.llmaccel.int8_mm directly).
+    if isinstance(a, torch.Tensor):
+        with pytest.raises(Exception, match=pattern):
+            torch.ops.llmaccel.int8_mm(a, b)
+
+
+def test_cpp_layer_validates_raw_arguments():
+    from llmaccel._ext import ext
+
+    c = ext()
+    a, b = randint8(4, 8), randint8(8, 4)
+    out = torch.empty(4, 4, dtype=torch.int32)
+    good = dict(M=4, N=4, K=8, a=a.data_ptr(), a_sm=8, a_sk=1, b=b.data_ptr(), b_sk=4, b_sn=1, c=out.data_ptr(),
+                c_sm=4, c_sn=1, nthreads=1)
+    c.int8_mm(**good)
+    assert torch.equal(out, int8_mm_exact(a, b))
+    cases = [
+        (dict(a=0), ValueError, "a is a null pointer"),
+        (dict(c=0), ValueError, "out is a null pointer"),
+        (dict(M=-1), ValueError, "negative size"),
+        (dict(b_sk=-4), ValueError, "negative stride"),
+        (dict(a_sm=2**62), OverflowError, "overflows int64"),
+        (dict(K=MAX_K + 1, a_sm=MAX_K + 1), ValueError, "exceeds 131071"),
+        (dict(nthreads=0), ValueError, "nthreads"),
+        (dict(c_sn=0), ValueError, "overlap"),
+        (dict(variant="avx9000"), ValueError, "unknown variant"),
+    ]
+    for change, exc, pattern in cases:
+        with pytest.raises(exc, match="llmaccel::int8_mm: .*" + pattern):
+            c.int8_mm(**{**good, **change})
+
+
+def test_opcheck():
+    a, b = randint8(5, 33), randint8(7, 33).t()
+    torch.library.opcheck(torch.ops.llmaccel.int8_mm.default, (a, b))
+    torch.library.opcheck(torch.ops.llmaccel.int8_mm.default, (randint8(1, 1), randint8(1, 1)))
+
+
+@pytest.mark.skipif(INTERPRET, reason="compile pass is covered by the default run")
+def test_torch_compile_fullgraph():
+    a, b = randint8(6, 40), randint8(9, 40).t()
+
+    @torch.compile(fullgraph=True, dynamic=False)
+    def f(a, b):
+        return llmaccel.int8_mm(a, b) * 2
+
+    assert torch.equal(f(a, b), int8_mm_exact(a, b) * 2)
+
+
+def test_thread_count_and_concurrent_callers():
+    """Results do not depend on torch's thread count; the GIL is released and calls may run concurrently."""
+    a, b = randint8(37, 300), randint8(45, 300).t()
+    ref = int8_mm_exact(a, b)
+    old = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            assert torch.equal(llmaccel.int8_mm(a, b), ref)
+    finally:
+        torch.set_num_threads(old)
+    results = [None] * 4
+
+    def work(i):
+        results[i] = llmaccel.int8_mm(a, b)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(r, ref) for r in results)
+
+
+@pytest.mark.cuda
+@pytest.mark.triton
+@pytest.mark.parametrize("M,K,N", SMALL_SHAPES + LARGE_SHAPES + [(512, 4096, 4096)])
+def test_cuda_triton_matches_reference(M, K, N):
+    a = randint8(M, K, device="cuda")
+    w = randint8(N, K, device="cuda")
+    ref = int8_mm_exact(a, w.t())
+    with llmaccel.backends.use("triton"):
+        assert torch.equal(llmaccel.int8_mm(a, w.t()).cpu(), ref)
+        assert torch.equal(llmaccel.int8_mm(a, w.t().contiguous()).cpu(), ref)
+    with llmaccel.backends.use("torch"):
+        assert torch.equal(llmaccel.int8_mm(a, w.t()).cpu(), ref)
