@@ -13,8 +13,10 @@ import torch  # noqa: F401  (before the extension: one OpenMP runtime)
 
 from . import backends
 from .cpu import cpu_info
-from .ops import int8_mm, int8_mm_reference
+from .ops import (int8_linear, int8_linear_reference, int8_mm, int8_mm_reference, quantize_per_token,
+                  quantize_per_token_reference)
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "cpu_info", "int8_mm", "int8_mm_reference", "__version__"]
+__all__ = ["backends", "cpu_info", "int8_mm", "int8_mm_reference", "quantize_per_token", "quantize_per_token_reference",
+           "int8_linear", "int8_linear_reference", "__version__"]

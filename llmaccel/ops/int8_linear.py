@@ -1,0 +1,159 @@
+"""``llmaccel.int8_linear``: a Linear layer with an int8 weight.
+
+Shapes::
+
+    x       : float [..., K]       fp32 / fp16 / bf16 (output has x's dtype)
+    w_int8  : int8  [N, K]         nn.Linear layout
+    w_scale : fp32  [N]            per output channel:  W ~= w_int8 * w_scale[:, None]
+    bias    : float [N] or None
+
+Modes (``act``):
+
+``"dynamic"`` (W8A8)::
+
+    q, s = quantize_per_token(x)                       # q int8 [M, K], s fp32 [M]
+    acc  = q @ w_int8.T                                # int32, exact
+    y    = acc * s[:, None] * w_scale[None, :] + bias  # fp32 epilogue, cast to x.dtype
+
+``"weight_only"`` (W8A16 / W8A32)::
+
+    y = x @ (w_int8 * w_scale[:, None]).T + bias       # fp32 accumulation, cast to x.dtype
+
+Backward (weights frozen, as when fine-tuning adapters or heads on a
+quantized base): the activation quantization is treated as the identity
+(straight-through), so for both modes::
+
+    grad_x    = grad_y @ (w_int8 * w_scale[:, None])
+    grad_bias = grad_y summed over all leading dims
+
+``act="auto"`` lets the dispatcher pick the mode per call from M and the
+hardware (see :func:`choose_mode`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import backends
+from ._checks import check_same_device, check_tensor, fail
+from .int8_mm import MAX_K
+from .quantize import FLOAT_DTYPES, quantize_per_token_reference
+
+OP = "int8_linear"
+MODES = ("dynamic", "weight_only")
+
+
+def _validate(x, w_int8, w_scale, bias, act) -> None:
+    check_tensor(OP, "x", x)
+    if x.dtype not in FLOAT_DTYPES:
+        fail(OP, f"x must be float32, float16 or bfloat16, got {x.dtype}", TypeError)
+    check_tensor(OP, "w_int8", w_int8, dtype=torch.int8, ndim=2)
+    check_tensor(OP, "w_scale", w_scale, dtype=torch.float32, ndim=1)
+    if x.dim() < 1:
+        fail(OP, "x must have at least one dimension (in_features last)")
+    N, K = w_int8.shape
+    if x.shape[-1] != K:
+        fail(OP, f"x has {x.shape[-1]} features in its last dim but w_int8 is [N, K] = [{N}, {K}]")
+    if w_scale.shape[0] != N:
+        fail(OP, f"w_scale has {w_scale.shape[0]} entries, expected one per output channel ({N})")
+    if bias is not None:
+        check_tensor(OP, "bias", bias, ndim=1)
+        if not bias.is_floating_point():
+            fail(OP, f"bias must be a float tensor, got {bias.dtype}", TypeError)
+        if bias.shape[0] != N:
+            fail(OP, f"bias has {bias.shape[0]} entries, expected {N}")
+        check_same_device(OP, x=x, w_int8=w_int8, w_scale=w_scale, bias=bias)
+    else:
+        check_same_device(OP, x=x, w_int8=w_int8, w_scale=w_scale)
+    if act not in MODES:
+        fail(OP, f"act must be one of {MODES} (or 'auto' in llmaccel.int8_linear), got {act!r}")
+    if act == "dynamic" and K > MAX_K:
+        fail(OP, f"K = {K} exceeds {MAX_K}: the int32 accumulator of act='dynamic' could overflow")
+
+
+def dequantize_weight(w_int8: Tensor, w_scale: Tensor) -> Tensor:
+    """fp32 [N, K] = w_int8 * w_scale[:, None]."""
+    return w_int8.to(torch.float32) * w_scale.unsqueeze(1)
+
+
+def int8_linear_reference(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str) -> Tensor:
+    """Plain-PyTorch int8_linear (module docstring), fp32 math with an exact integer core."""
+    K = x.shape[-1]
+    x2 = x.reshape(-1, K)
+    if act == "dynamic":
+        q, s = quantize_per_token_reference(x2)
+        # float64 holds every int32 partial sum of the int8 product exactly.
+        acc = torch.matmul(q.to(torch.float64), w_int8.to(torch.float64).t()).to(torch.float32)
+        y = acc * s.unsqueeze(1) * w_scale.unsqueeze(0)
+    else:
+        y = torch.matmul(x2.to(torch.float32), dequantize_weight(w_int8, w_scale).t())
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(x.dtype).reshape(*x.shape[:-1], w_int8.shape[0])
+
+
+_dispatch = backends.dispatcher(OP, device_of=lambda x, *rest: x.device)
+_dispatch.register("torch")(int8_linear_reference)
+
+
+def register_backend(backend: str, check=None):
+    """Kernels in other files (C++ / Triton bindings) attach themselves here."""
+    return _dispatch.register(backend, check)
+
+
+@torch.library.custom_op("llmaccel::int8_linear", mutates_args=())
+def _int8_linear_op(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None, act: str) -> Tensor:
+    _validate(x, w_int8, w_scale, bias, act)
+    return _dispatch(x, w_int8, w_scale, bias, act)
+
+
+@_int8_linear_op.register_fake
+def _int8_linear_fake(x, w_int8, w_scale, bias, act):
+    _validate(x, w_int8, w_scale, bias, act)
+    return x.new_empty((*x.shape[:-1], w_int8.shape[0]))
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_int8, w_scale, bias, act = inputs
+    ctx.save_for_backward(w_int8, w_scale)
+    ctx.x_dtype = x.dtype
+    ctx.has_bias = bias is not None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _backward(ctx, grad_y):
+    w_int8, w_scale = ctx.saved_tensors
+    g = grad_y.to(torch.float32)
+    grad_x = torch.matmul(g, dequantize_weight(w_int8, w_scale)).to(ctx.x_dtype)
+    grad_bias = g.reshape(-1, g.shape[-1]).sum(0).to(ctx.bias_dtype) if ctx.has_bias else None
+    return grad_x, None, None, grad_bias, None
+
+
+_int8_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def choose_mode(x: Tensor, w_int8: Tensor) -> str:
+    """The mode ``act="auto"`` runs: W8A8 wherever an int8 dot product unit exists.
+
+    On CPUs the fused dynamic kernel (VNNI) streams the int8 weight at memory
+    speed for small M and is compute-bound at 4x fp32 throughput for large M,
+    so it wins at every M we measured; weight-only is kept for callers who
+    want activations unquantized.  On CUDA, small M (decode) is memory-bound
+    and weight-only avoids the activation quantization pass.
+    """
+    M = x.numel() // max(x.shape[-1], 1)
+    if x.device.type == "cuda" and M <= 16:
+        return "weight_only"
+    return "dynamic"
+
+
+def int8_linear(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None = None, *,
+                act: str = "dynamic") -> Tensor:
+    """``y = x @ (w_int8 * w_scale[:, None]).T + bias`` with int8 weights (module docstring for the modes)."""
+    if act == "auto":
+        check_tensor(OP, "x", x)
+        check_tensor(OP, "w_int8", w_int8, dtype=torch.int8, ndim=2)
+        act = choose_mode(x, w_int8)
+    _validate(x, w_int8, w_scale, bias, act)
+    return torch.ops.llmaccel.int8_linear(x, w_int8, w_scale, bias, act)

@@ -1,0 +1,69 @@
+"""``llmaccel.quantize_per_token``: symmetric absmax int8 quantization of each row.
+
+Math (the documented truth; :func:`quantize_per_token_reference`)::
+
+    x      : float [..., K]                 (fp32 / fp16 / bf16)
+    absmax : fp32  [...]      = max_k |x[..., k]|
+    scale  : fp32  [...]      = absmax / 127        (1.0 for an all-zero row)
+    q      : int8  [..., K]   = clamp(round_half_even(x / scale), -127, 127)
+
+so ``x ~= q * scale[..., None]`` with |error| <= scale / 2 per element.
+-128 is never produced, which keeps the grid symmetric.  Backends may compute
+``x * (1 / scale)`` instead of ``x / scale``; the two differ by at most one
+ulp, so a value within an ulp of a rounding tie may land one step away.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import backends
+from ._checks import check_tensor, fail
+
+OP = "quantize_per_token"
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _validate(x) -> None:
+    check_tensor(OP, "x", x)
+    if x.dtype not in FLOAT_DTYPES:
+        fail(OP, f"x must be float32, float16 or bfloat16, got {x.dtype}", TypeError)
+    if x.dim() < 1:
+        fail(OP, "x must have at least one dimension (the K axis last)")
+
+
+def quantize_per_token_reference(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Plain-PyTorch per-token quantization (see module docstring)."""
+    xf = x.to(torch.float32)
+    absmax = xf.abs().amax(dim=-1) if x.shape[-1] > 0 else xf.new_zeros(x.shape[:-1])
+    scale = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax))
+    q = torch.clamp(torch.round(xf / scale.unsqueeze(-1)), -127, 127).to(torch.int8)
+    return q, scale
+
+
+_dispatch = backends.dispatcher(OP, device_of=lambda x: x.device)
+_dispatch.register("torch")(quantize_per_token_reference)
+
+
+@torch.library.custom_op("llmaccel::quantize_per_token", mutates_args=())
+def _quantize_per_token_op(x: Tensor) -> tuple[Tensor, Tensor]:
+    _validate(x)
+    return _dispatch(x)
+
+
+@_quantize_per_token_op.register_fake
+def _quantize_per_token_fake(x: Tensor) -> tuple[Tensor, Tensor]:
+    _validate(x)
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+
+def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric absmax int8 per row: returns ``(q int8 [..., K], scale fp32 [...])`` with ``x ~= q * scale``."""
+    _validate(x)
+    return torch.ops.llmaccel.quantize_per_token(x)
+
+
+def register_backend(backend: str, check=None):
+    """Kernels in other files (C++ / Triton bindings) attach themselves here."""
+    return _dispatch.register(backend, check)
