@@ -8,6 +8,7 @@
 
 #include "cpu_features.h"
 #include "int8_mm.h"
+#include "quantize.h"
 
 namespace py = pybind11;
 
@@ -37,4 +38,27 @@ PYBIND11_MODULE(_C, m) {
       py::arg("b_sk"), py::arg("b_sn"), py::arg("c"), py::arg("c_sm"), py::arg("c_sn"), py::arg("nthreads"),
       py::arg("variant") = "",
       "C[M,N] int32 = A[M,K] int8 @ B[K,N] int8 (exact). Addresses are data_ptr()s; strides in elements.");
+
+  m.def(
+      "int8_linear_dynamic",
+      [](int64_t M, int64_t N, int64_t K, uintptr_t x, int64_t x_sm, uintptr_t w, int64_t ldw, uintptr_t w_scale,
+         uintptr_t bias, uintptr_t y, int64_t y_sm, int nthreads, const std::string& variant) {
+        py::gil_scoped_release release;
+        llmaccel::int8_linear_dynamic(M, N, K, ptr<const float>(x), x_sm, ptr<const int8_t>(w), ldw,
+                                      ptr<const float>(w_scale), ptr<const float>(bias), ptr<float>(y), y_sm,
+                                      nthreads, variant);
+      },
+      py::arg("M"), py::arg("N"), py::arg("K"), py::arg("x"), py::arg("x_sm"), py::arg("w"), py::arg("ldw"),
+      py::arg("w_scale"), py::arg("bias"), py::arg("y"), py::arg("y_sm"), py::arg("nthreads"),
+      py::arg("variant") = "",
+      "y[M,N] fp32 = dequant(quantize_per_token(x[M,K] fp32) @ W[N,K]^T) * w_scale + bias, fused. bias may be 0.");
+  m.def(
+      "quantize_per_token",
+      [](int64_t M, int64_t K, uintptr_t x, int64_t x_sm, uintptr_t q, int64_t q_sm, uintptr_t scale, int nthreads) {
+        py::gil_scoped_release release;
+        llmaccel::quantize_per_token(M, K, ptr<const float>(x), x_sm, ptr<int8_t>(q), q_sm, ptr<float>(scale),
+                                     nthreads);
+      },
+      py::arg("M"), py::arg("K"), py::arg("x"), py::arg("x_sm"), py::arg("q"), py::arg("q_sm"), py::arg("scale"),
+      py::arg("nthreads"), "Per-row symmetric absmax int8 quantization of fp32 x (rows contiguous in k).");
 }

@@ -34,11 +34,11 @@ const Variant& pick(const std::string& name) {
   for (const Variant& v : kVariants) {
     if (name.empty() && v.supported()) return v;
     if (name == v.name) {
-      if (!v.supported()) fail("int8_mm", "variant '" + name + "' needs CPU features this machine lacks");
+      if (!v.supported()) fail("int8_mm/int8_linear", "variant '" + name + "' needs CPU features this machine lacks");
       return v;
     }
   }
-  fail("int8_mm", "unknown variant '" + name + "'");
+  fail("int8_mm/int8_linear", "unknown variant '" + name + "'");
 }
 
 }  // namespace
@@ -92,6 +92,39 @@ void int8_mm(int64_t M, int64_t N, int64_t K, const int8_t* a, int64_t a_sm, int
     ldb = K;
   }
   Int8MMProblem p{M, N, K, a, a_sm, a_sk, bcols, ldb, c, c_sm, c_sn, nthreads};
+  v.fn(p);
+}
+
+void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_t x_sm, const int8_t* w,
+                         int64_t ldw, const float* w_scale, const float* bias, float* y, int64_t y_sm,
+                         int nthreads, const std::string& variant) {
+  const char* op = "int8_linear";
+  check_matrix(op, "x", x, M, K, x_sm, 1);
+  check_matrix(op, "w_int8", w, N, K, ldw, 1);
+  check_matrix(op, "out", y, M, N, y_sm, 1);
+  check_matrix(op, "w_scale", w_scale, 1, N, 0, 1);
+  if (bias) check_matrix(op, "bias", bias, 1, N, 0, 1);
+  if (K > kInt8MMMaxK)
+    fail(op, "K = " + std::to_string(K) + " exceeds " + std::to_string(kInt8MMMaxK) +
+                 ": the exact int32 accumulator could overflow");
+  if (M > 1 && N > 0 && y_sm < N) fail(op, "out rows overlap (row stride < N)");
+  if (nthreads < 1) fail(op, "nthreads must be >= 1, got " + std::to_string(nthreads));
+  const Variant& v = pick(variant);
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) y[m * y_sm + n] = bias ? bias[n] : 0.0f;
+    return;
+  }
+  std::vector<float> x_scale(static_cast<size_t>(M));
+  Int8MMProblem p{M, N, K, nullptr, 0, 1, w, ldw, nullptr, 0, 1, nthreads};
+  p.x = x;
+  p.x_sm = x_sm;
+  p.x_scale = x_scale.data();
+  p.w_scale = w_scale;
+  p.bias = bias;
+  p.y = y;
+  p.y_sm = y_sm;
   v.fn(p);
 }
 

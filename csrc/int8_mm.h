@@ -25,6 +25,24 @@ struct Int8MMProblem {
   int32_t* c;
   int64_t c_sm, c_sn;
   int nthreads;
+
+  // Optional fused prologue (int8_linear, act="dynamic").  When x is set, A
+  // is not read: row m of x (fp32, x[m * x_sm + k]) is quantized per token
+  // while it is packed,
+  //     x_scale[m] = absmax_k |x[m][k]| / 127   (1 for an all-zero row)
+  //     A[m][k]    = clamp(round_half_even(x[m][k] * 127 / absmax), -127, 127)
+  // and x_scale (M floats, caller-owned scratch) receives the scales.
+  const float* x = nullptr;
+  int64_t x_sm = 0;
+  float* x_scale = nullptr;
+
+  // Optional fused epilogue.  When y is set, C is not written; instead
+  //     y[m * y_sm + n] = float(C[m][n]) * x_scale[m] * w_scale[n] + bias[n]
+  // (bias may be null).  No int32 [M, N] result ever reaches memory.
+  const float* w_scale = nullptr;
+  const float* bias = nullptr;
+  float* y = nullptr;
+  int64_t y_sm = 0;
 };
 
 using Int8MMVariant = void (*)(const Int8MMProblem&);
@@ -42,6 +60,15 @@ constexpr int64_t kInt8MMMaxK = (int64_t(1) << 31) / (128 * 128) - 1;  // 131071
 void int8_mm(int64_t M, int64_t N, int64_t K, const int8_t* a, int64_t a_sm, int64_t a_sk, const int8_t* b,
              int64_t b_sk, int64_t b_sn, int32_t* c, int64_t c_sm, int64_t c_sn, int nthreads,
              const std::string& variant);
+
+// int8_linear, act="dynamic", fp32 in and out:
+//   y[M, N] = dequant(quantize_per_token(x[M, K]) @ W[N, K]^T) + bias
+// with W row n at w + n * ldw (k contiguous), per-channel w_scale[N], bias[N]
+// or null.  One fused pass: quantize while packing, exact int32 core, fp32
+// epilogue.
+void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_t x_sm, const int8_t* w,
+                         int64_t ldw, const float* w_scale, const float* bias, float* y, int64_t y_sm,
+                         int nthreads, const std::string& variant);
 
 // Names of the variants this CPU can run, best first.
 std::vector<std::string> int8_mm_variants();

@@ -44,10 +44,17 @@ struct Avx512Vnni {
   // One k-step of 64 bytes; `mask` selects the valid bytes of B (all ones
   // except in the K tail).  Every loop has a compile-time trip count and is
   // fully unrolled so the accumulators live in registers.
-  template <int R, int C, bool kMasked>
+  // Prefetch distance along a B column when streaming it from memory.
+  static constexpr int64_t kPrefetchBytes = 1024;
+
+  template <int R, int C, bool kMasked, bool kStream>
   static inline __attribute__((always_inline)) void step(__m512i* acc, const uint8_t* a,
                                                          const int8_t* b, int64_t ldb, int64_t k, __mmask64 mask) {
     __m512i bv[C];
+    if constexpr (kStream) {
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) _mm_prefetch(reinterpret_cast<const char*>(b + c * ldb + k + kPrefetchBytes), _MM_HINT_T0);
+    }
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c)
       bv[c] = kMasked ? _mm512_maskz_loadu_epi8(mask, b + c * ldb + k) : _mm512_loadu_si512(b + c * ldb + k);
@@ -59,14 +66,14 @@ struct Avx512Vnni {
     }
   }
 
-  template <int R, int C>
+  template <int R, int C, bool kStream>
   static void tile(const uint8_t* a, const int8_t* b, int64_t ldb, int64_t K, int32_t* out) {
     __m512i acc[R * C];
 #pragma GCC unroll 32
     for (int i = 0; i < R * C; ++i) acc[i] = _mm512_setzero_si512();
     const int64_t kfull = K & ~int64_t(63);
-    for (int64_t k = 0; k < kfull; k += 64) step<R, C, false>(acc, a, b, ldb, k, 0);
-    if (kfull < K) step<R, C, true>(acc, a, b, ldb, kfull, _cvtu64_mask64(~0ull >> (64 - (K - kfull))));
+    for (int64_t k = 0; k < kfull; k += 64) step<R, C, false, kStream>(acc, a, b, ldb, k, 0);
+    if (kfull < K) step<R, C, true, false>(acc, a, b, ldb, kfull, _cvtu64_mask64(~0ull >> (64 - (K - kfull))));
     constexpr int kQuads = R * C / 4;
 #pragma GCC unroll 8
     for (int q = 0; q < kQuads; ++q)

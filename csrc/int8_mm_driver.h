@@ -29,8 +29,9 @@
 //   static constexpr int MR, NR;        register tile (rows, columns)
 //   static constexpr int64_t KALIGN;    packed A rows are padded to this many bytes
 //   static constexpr bool kOnesRow;     A stored as a + 128 with a row of ones
-//   template <int R, int C> static void tile(const uint8_t* a,
+//   template <int R, int C, bool kStream> static void tile(const uint8_t* a,
 //       const int8_t* b, int64_t ldb, int64_t K, int32_t* out);   // out[R*C]
+//     (kStream: B is arriving from memory; prefetch ahead in each column)
 //     tile() must read B only inside [0, K) of each column.
 //
 // Packed A layout ("interleaved by tile"): rows are grouped in tiles of MR;
@@ -44,6 +45,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -59,12 +61,19 @@ namespace {
 // row and first column.  With kOnesRow, `colsum` addresses the column sums of
 // the tile's columns; when the tile holds packed row 0 (the ones row), its
 // first row *is* the column sums and is written there instead of to C.
+// With a fused epilogue (y set), `c` is unused and y / xs address the tile's
+// first real row, ws / bias its first column.
 struct TileOut {
   int32_t* c;
   int64_t c_sm, c_sn;
   int32_t* colsum;
   bool first_is_ones;
   bool write_colsum;
+  float* y;
+  int64_t y_sm;
+  const float* xs;
+  const float* ws;
+  const float* bias;
 };
 
 using TileFn = void (*)(const uint8_t*, const int8_t*, int64_t, int64_t, const TileOut&);
@@ -72,12 +81,12 @@ using TileFn = void (*)(const uint8_t*, const int8_t*, int64_t, int64_t, const T
 // Runs one register tile and its epilogue.  R and C are compile-time here so
 // the epilogue is a handful of vector instructions; with the store written
 // as a runtime-sized scalar loop it cost ~10% of the whole GEMM at K = 4096.
-template <class Isa, int R, int C>
+template <class Isa, bool kStream, int R, int C>
 void tile_entry(const uint8_t* a, const int8_t* b, int64_t ldb, int64_t K, const TileOut& o) {
   int32_t out[R * C];
-  Isa::template tile<R, C>(a, b, ldb, K, out);
+  Isa::template tile<R, C, kStream>(a, b, ldb, K, out);
   int r_first = 0;
-  uint32_t bias[C] = {};
+  uint32_t offset[C] = {};
   if constexpr (Isa::kOnesRow) {
     if (o.first_is_ones) {
       if (o.write_colsum)
@@ -86,26 +95,46 @@ void tile_entry(const uint8_t* a, const int8_t* b, int64_t ldb, int64_t K, const
     }
     // Remove the VNNI offset 128 * colsum(b); uint32 arithmetic wraps
     // modulo 2^32 and the exact result fits in int32.
-    for (int c = 0; c < C; ++c) bias[c] = 128u * static_cast<uint32_t>(o.colsum[c]);
+    for (int c = 0; c < C; ++c) offset[c] = 128u * static_cast<uint32_t>(o.colsum[c]);
+  }
+  if (o.y) {
+    float wb[C], bb[C];
+    for (int c = 0; c < C; ++c) {
+      wb[c] = o.ws[c];
+      bb[c] = o.bias ? o.bias[c] : 0.0f;
+    }
+    for (int r = r_first; r < R; ++r) {
+      float* yrow = o.y + (r - r_first) * o.y_sm;
+      const float xs = o.xs[r - r_first];
+      for (int c = 0; c < C; ++c) {
+        const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(out[r * C + c]) - offset[c]);
+        yrow[c] = static_cast<float>(acc) * xs * wb[c] + bb[c];
+      }
+    }
+    return;
   }
   for (int r = r_first; r < R; ++r) {
     int32_t* crow = o.c + (r - r_first) * o.c_sm;
     if (o.c_sn == 1) {
-      for (int c = 0; c < C; ++c) crow[c] = static_cast<int32_t>(static_cast<uint32_t>(out[r * C + c]) - bias[c]);
+      for (int c = 0; c < C; ++c) crow[c] = static_cast<int32_t>(static_cast<uint32_t>(out[r * C + c]) - offset[c]);
     } else {
       for (int c = 0; c < C; ++c)
-        crow[c * o.c_sn] = static_cast<int32_t>(static_cast<uint32_t>(out[r * C + c]) - bias[c]);
+        crow[c * o.c_sn] = static_cast<int32_t>(static_cast<uint32_t>(out[r * C + c]) - offset[c]);
     }
   }
 }
 
-// tiles[r - 1][c - 1] -> tile<r, c>, so ragged edges get exact-size tiles.
-template <class Isa>
+// fn[r - 1][c - 1] -> tile<r, c>, so ragged edges get exact-size tiles.
+// `kStream` tiles are the ones that meet their B columns first (from L3 or
+// DRAM): they prefetch ahead in each column, since a column of an nn.Linear
+// weight is a short (often one-page) stream the hardware prefetcher barely
+// ramps up on.  Tiles that reuse B from L1/L2 skip those instructions.
+template <class Isa, bool kStream>
 struct TileTable {
   TileFn fn[Isa::MR][Isa::NR];
   template <int R, int... Cs>
   void fill_row(std::integer_sequence<int, Cs...>) {
-    ((fn[R - 1][Cs] = &tile_entry<Isa, R, Cs + 1>), ...);
+    ((fn[R - 1][Cs] = &tile_entry<Isa, kStream, R, Cs + 1>), ...);
   }
   template <int... Rs>
   void fill(std::integer_sequence<int, Rs...>) {
@@ -133,7 +162,8 @@ template <class Isa>
 void run_int8_mm(const llmaccel::Int8MMProblem& p) {
   using llmaccel::ceil_div;
   using llmaccel::round_up;
-  static const TileTable<Isa> table;
+  static const TileTable<Isa, false> table;
+  static const TileTable<Isa, true> stream_table;
   constexpr int MR = Isa::MR, NR = Isa::NR;
 
   const int64_t M = p.M, N = p.N, K = p.K;
@@ -160,14 +190,28 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < P; ++r) {
       uint8_t* base = apack + (r / MR) * MR * Kp + (r % MR) * KA;
-      const int8_t* src = p.a + (r - row0) * p.a_sm;
       const bool ones = Isa::kOnesRow && r == 0;
       const uint8_t flip = Isa::kOnesRow ? 0x80u : 0u;
+      const int8_t* src = ones || p.x ? nullptr : p.a + (r - row0) * p.a_sm;
+      const float* xrow = ones || !p.x ? nullptr : p.x + (r - row0) * p.x_sm;
+      float inv = 0.0f;
+      if (xrow) {
+        float amax = 0.0f;
+        for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xrow[k]));
+        p.x_scale[r - row0] = amax > 0.0f ? amax / 127.0f : 1.0f;
+        inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      }
       for (int64_t k0 = 0; k0 < Kp; k0 += KA) {
         uint8_t* dst = base + k0 * MR;
         const int64_t n = std::min<int64_t>(KA, std::max<int64_t>(K - k0, 0));
         if (ones) {
           std::memset(dst, 1, n);
+        } else if (xrow) {
+          for (int64_t i = 0; i < n; ++i) {
+            // nearbyint rounds half to even in the default rounding mode.
+            const float q = std::min(127.0f, std::max(-127.0f, std::nearbyint(xrow[k0 + i] * inv)));
+            dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q)) ^ flip;
+          }
         } else {
           for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(src[(k0 + i) * p.a_sk]) ^ flip;
         }
@@ -179,8 +223,17 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
     auto out_at = [&](int64_t r0, int64_t n0, bool write_colsum) {
       const bool ones = Isa::kOnesRow && r0 == 0;
       const int64_t crow = r0 + (ones ? 1 : 0) - row0;
-      return TileOut{p.c + crow * p.c_sm + n0 * p.c_sn, p.c_sm, p.c_sn, Isa::kOnesRow ? colsum.data() + n0 : nullptr,
-                     ones, write_colsum};
+      TileOut o{p.c + crow * p.c_sm + n0 * p.c_sn, p.c_sm, p.c_sn, Isa::kOnesRow ? colsum.data() + n0 : nullptr,
+                ones, write_colsum, nullptr, 0, nullptr, nullptr, nullptr};
+      if (p.y) {
+        o.c = nullptr;
+        o.y = p.y + crow * p.y_sm + n0;
+        o.y_sm = p.y_sm;
+        o.xs = p.x_scale + crow;
+        o.ws = p.w_scale + n0;
+        o.bias = p.bias ? p.bias + n0 : nullptr;
+      }
+      return o;
     };
 
     if (split_columns_only) {
@@ -193,19 +246,10 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
           const int8_t* bcol = p.b + n0 * p.ldb;
           // Row tiles go in order, so the tile holding the ones row (packed
           // row 0) stores the column sums before any other tile needs them.
-          // While this group's tiles run, pull the next group's B columns
-          // (NR x K bytes, usually from L3 or memory) into L2, a slice per tile.
-          const int64_t ntile = ceil_div(m1 - m0, MR);
-          const int64_t next_cols = std::min<int64_t>(NR, std::max<int64_t>(N - n0 - NR, 0));
-          const int64_t lines_per_col = ceil_div(K, 64);
-          const int64_t pf_total = next_cols * lines_per_col;
-          const int64_t pf_per_tile = ceil_div(pf_total, ntile);
-          int64_t pf = 0;
           for (int64_t r0 = m0; r0 < m1; r0 += MR) {
             const int R = static_cast<int>(std::min<int64_t>(MR, m1 - r0));
-            for (int64_t e = std::min(pf_total, pf + pf_per_tile); pf < e; ++pf)
-              __builtin_prefetch(bcol + (NR + pf / lines_per_col) * p.ldb + (pf % lines_per_col) * 64, 0, 2);
-            table.fn[R - 1][Cn - 1](apack + r0 * Kp, bcol, p.ldb, K, out_at(r0, n0, true));
+            const TileFn(*tiles)[NR] = r0 == m0 ? stream_table.fn : table.fn;
+            tiles[R - 1][Cn - 1](apack + r0 * Kp, bcol, p.ldb, K, out_at(r0, n0, true));
           }
         }
       }
@@ -215,7 +259,7 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
         for (int64_t g = 0; g < ngroups; ++g) {
           const int64_t n0 = g * NR;
           const int Cn = static_cast<int>(std::min<int64_t>(NR, N - n0));
-          table.fn[0][Cn - 1](apack, p.b + n0 * p.ldb, p.ldb, K, out_at(0, n0, true));
+          stream_table.fn[0][Cn - 1](apack, p.b + n0 * p.ldb, p.ldb, K, out_at(0, n0, true));
         }
       }
       const int64_t ntiles = ceil_div(P, MR);

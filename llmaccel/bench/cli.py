@@ -36,7 +36,7 @@ import torch
 from . import cases as _cases
 from .timing import compare
 
-__all__ = ["main", "conditions", "run_case", "format_table"]
+__all__ = ["main", "conditions", "run_case", "format_table", "fill_rates", "backend_label"]
 
 QUICK = dict(min_time_s=0.25, max_reps=40, min_reps=3, warmup=1)
 FULL = dict(min_time_s=2.0, max_reps=2000, min_reps=10, warmup=3)
@@ -115,7 +115,7 @@ def format_header(cond: dict[str, Any], timing: dict[str, Any]) -> str:
 # Running
 # --------------------------------------------------------------------------
 
-def _backend_label(case: _cases.Case, bench: _cases.Bench) -> str:
+def backend_label(case: _cases.Case, bench: _cases.Bench) -> str:
     import llmaccel
 
     backend = case.backend(bench)
@@ -138,7 +138,7 @@ def run_case(case: _cases.Case, timing: dict[str, Any], log=None) -> dict[str, A
         t0 = time.perf_counter()
         bench = case.setup()
         work = bench.work
-        row["backend"] = _backend_label(case, bench)
+        row["backend"] = backend_label(case, bench)
         log(f"inputs ready ({time.perf_counter() - t0:.1f} s, {bench.n_sets} set(s)); backend {row['backend']}; "
             "verifying ...")
         bench.verify(sync=sync)
@@ -161,14 +161,14 @@ def run_case(case: _cases.Case, timing: dict[str, Any], log=None) -> dict[str, A
                peer_ms=cmp.peer.median * 1e3, peer_min_ms=cmp.peer.min * 1e3, peer_iqr_ms=cmp.peer.iqr * 1e3,
                speedup=cmp.ratio, paired_q1=cmp.paired_ratio.q1, paired_q3=cmp.paired_ratio.q3,
                timed_s=cmp.elapsed_s)
-    _fill_rates(row, work)
+    fill_rates(row, work)
     return row
 
 
 _RATE_KEYS = {"GOP/s": "gops", "GB/s": "gbps"}
 
 
-def _fill_rates(row: dict[str, Any], work: _cases.Work) -> None:
+def fill_rates(row: dict[str, Any], work: _cases.Work) -> None:
     if row.get("status") != "ok":
         return
     for side in ("ours", "peer"):

@@ -1,1 +1,5 @@
 """Drop-in nn.Module replacements (thin wrappers over llmaccel.ops)."""
+
+from .int8_linear import Int8Linear
+
+__all__ = ["Int8Linear"]

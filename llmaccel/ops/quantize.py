@@ -67,3 +67,41 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
 def register_backend(backend: str, check=None):
     """Kernels in other files (C++ / Triton bindings) attach themselves here."""
     return _dispatch.register(backend, check)
+
+
+def _quantize_per_token_cpp(x: Tensor) -> tuple[Tensor, Tensor]:
+    # csrc/quantize.cpp works on fp32 rows; half inputs are widened first
+    # (exact), which the kernel would have to do anyway.
+    from .._ext import ext
+
+    K = x.shape[-1]
+    x2 = x.reshape(-1, K).to(torch.float32)
+    if K > 0 and x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    q = torch.empty((M, K), dtype=torch.int8)
+    scale = torch.empty((M,), dtype=torch.float32)
+    if M > 0:
+        ext().quantize_per_token(M, K, x2.data_ptr(), x2.stride(0), q.data_ptr(), K, scale.data_ptr(),
+                                 torch.get_num_threads())
+    return q.reshape(x.shape), scale.reshape(x.shape[:-1])
+
+
+register_backend("cpp")(_quantize_per_token_cpp)
+
+
+def _triton_check(x: Tensor):
+    # The quantize kernel itself needs no tensor cores, but it only ever feeds
+    # the int8 tl.dot of int8_linear: refuse the same GPUs int8_mm refuses.
+    if x.device.type == "cuda" and not backends.TRITON_INTERPRET:
+        major, minor = torch.cuda.get_device_capability(x.device)
+        if major < 8:
+            return f"the Triton int8 kernels need compute capability >= 8.0; this GPU is {major}.{minor}"
+    return None
+
+
+@register_backend("triton", check=_triton_check)
+def _quantize_per_token_triton(x: Tensor) -> tuple[Tensor, Tensor]:
+    from ..kernels.quantize import quantize_per_token as triton_quantize_per_token
+
+    return triton_quantize_per_token(x)

@@ -1,0 +1,35 @@
+#include "quantize.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "common.h"
+
+namespace llmaccel {
+
+void quantize_per_token(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm, float* scale,
+                        int nthreads) {
+  const char* op = "quantize_per_token";
+  check_matrix(op, "x", x, M, K, x_sm, 1);
+  check_matrix(op, "q", q, M, K, q_sm, 1);
+  check_matrix(op, "scale", scale, 1, M, 0, 1);
+  if (nthreads < 1) fail(op, "nthreads must be >= 1");
+  // Rows are independent; each is read twice (absmax, then quantize) while
+  // it is still in cache.  Same arithmetic as the fused prologue of
+  // int8_linear (int8_mm_driver.h), so both give identical q.
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xr = x + m * x_sm;
+    int8_t* qr = q + m * q_sm;
+    float amax = 0.0f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
+    scale[m] = amax > 0.0f ? amax / 127.0f : 1.0f;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (int64_t k = 0; k < K; ++k)
+      qr[k] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(xr[k] * inv))));
+  }
+}
+
+}  // namespace llmaccel

@@ -1,0 +1,13 @@
+// quantize_per_token: symmetric absmax int8 quantization of each row.
+//   scale[m] = max_k |x[m][k]| / 127   (1 for an all-zero row)
+//   q[m][k]  = clamp(round_half_even(x[m][k] * 127 / absmax), -127, 127)
+#pragma once
+
+#include <cstdint>
+
+namespace llmaccel {
+
+void quantize_per_token(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm, float* scale,
+                        int nthreads);
+
+}  // namespace llmaccel

@@ -1,0 +1,384 @@
+"""Triton kernels for ``llmaccel.int8_linear``: a Linear layer with an int8 weight.
+
+Math
+----
+The contract is ``llmaccel/ops/int8_linear.py`` (its torch reference is the
+truth the tests compare against). Shapes, after flattening ``x``'s leading
+dims::
+
+    x       : float [M, K]    fp32 / fp16 / bf16; y has x's dtype
+    w_int8  : int8  [N, K]    nn.Linear layout, read as B = w_int8^T [K, N] via strides (no copy)
+    w_scale : fp32  [N]       per output channel
+    bias    : float [N] or None
+
+``act="dynamic"`` (W8A8)::
+
+    q, s  = quantize_per_token(x)                        # kernels/quantize.py: q int8 [M, K], s fp32 [M]
+    acc   = sum_k int32(q[m, k]) * int32(w_int8[n, k])   # tl.dot(..., out_dtype=int32): exact
+    y     = (fp32(acc) * s[m]) * w_scale[n] + bias[n]    # fused epilogue, same order as the reference
+
+``int32`` accumulation is exact for K <= 131071 (the op layer enforces it).
+The int32 ``[M, N]`` tile never leaves registers: the epilogue scales, adds
+the bias and casts to the output dtype before the single store.
+
+``act="weight_only"`` (W8A16 / W8A32)::
+
+    acc = sum_k x[m, k] * float(w_int8[n, k])            # fp32 accumulator
+    y   = acc * w_scale[n] + bias[n]
+
+The weight is dequantized in registers: int8 -> float is exact in fp32, fp16
+and bf16 alike (|w| <= 128), and since ``w_scale`` is per output channel it
+factors out of the K-sum and is applied once in the epilogue. fp32 ``x`` uses
+an IEEE fp32 ``tl.dot`` (``input_precision="ieee"``: TF32 would drop 13
+mantissa bits of x); fp16/bf16 ``x`` feeds the tensor cores directly with the
+weight cast to x's dtype (products are exact in fp32, accumulation is fp32).
+Mathematically identical to ``x @ (w_int8 * w_scale[:, None]).T + bias``;
+the rounding differs from the reference by a few fp32 ulps of the sum.
+
+Tiling
+------
+Both GEMMs split y into ``BLOCK_M x BLOCK_N`` tiles on a 1-D grid with
+"grouped ordering" (``GROUP_M`` rows of tiles visited column by column, for
+L2 reuse of the weight panels), walk K in ``BLOCK_K`` steps with masked tail
+loads (``other=0`` adds nothing), and store with a masked, fused epilogue.
+Offsets are int64 before they meet strides, so huge or transposed operands do
+not overflow address arithmetic. Every operand is addressed through runtime
+strides: x, q, w and y may be any 2-D views.
+
+Decode (small M) is a GEMV: the ``M/BLOCK_M x N/BLOCK_N`` tile grid is too
+small to fill the GPU and each program would stream a long K. The weight-only
+kernel therefore supports split-K: a second grid axis of ``SPLIT_K`` programs
+per tile each reduces a contiguous range of K tiles into an fp32 partial
+``[SPLIT_K, M, N]`` workspace, and a tiny epilogue kernel sums the partials
+in a fixed order (deterministic: no atomics), scales, adds bias and casts.
+``SPLIT_K`` is chosen by the launcher from M, N, K and the SM count (only when
+M <= 16); the tile shape is autotuned.
+
+On a GPU ``triton.autotune`` picks among a handful of configs keyed on
+(M, N, K) (and SPLIT_K), including narrow-M configs for decode. Under
+``TRITON_INTERPRET=1`` (CPU test suite) a single small config is used
+(16 x 16 x 32) and the interpreter's "SM count" is pretended to be 4 so that
+split-K is exercised by small test shapes too.
+
+Input validation lives in ``llmaccel/ops/int8_linear.py``; the launcher
+assumes it has been done.
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .quantize import quantize_per_token
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+# --------------------------------------------------------------------------
+# W8A8: int8 x int8 -> int32 dot, fused dequantization epilogue
+# --------------------------------------------------------------------------
+
+@triton.jit
+def _w8a8_kernel(
+    q_ptr, w_ptr, xs_ptr, ws_ptr, b_ptr, y_ptr,
+    M, N, K,
+    stride_qm, stride_qk,
+    stride_wn, stride_wk,
+    stride_xs, stride_ws, stride_b,
+    stride_ym, stride_yn,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    offs_k0 = tl.arange(0, BLOCK_K).to(tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+
+    q_row = q_ptr + offs_m[:, None] * stride_qm  # [BLOCK_M, 1]
+    w_col = w_ptr + offs_n[None, :] * stride_wn  # [1, BLOCK_N]: B[k, n] = w[n, k]
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        offs_k = k * BLOCK_K + offs_k0
+        mask_k = offs_k < K
+        a = tl.load(q_row + offs_k[None, :] * stride_qk, mask=mask_m[:, None] & mask_k[None, :], other=0)
+        b = tl.load(w_col + offs_k[:, None] * stride_wk, mask=mask_k[:, None] & mask_n[None, :], other=0)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+
+    # ---- fused epilogue: the int32 tile never goes to memory -----------------
+    xs = tl.load(xs_ptr + offs_m * stride_xs, mask=mask_m, other=0.0)
+    ws = tl.load(ws_ptr + offs_n * stride_ws, mask=mask_n, other=0.0)
+    y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_n * stride_b, mask=mask_n, other=0.0).to(tl.float32)
+        y = y + bias[None, :]
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+# --------------------------------------------------------------------------
+# Weight-only: float x, int8 w dequantized in registers, optional split-K
+# --------------------------------------------------------------------------
+
+@triton.jit
+def _weight_only_kernel(
+    x_ptr, w_ptr, ws_ptr, b_ptr, y_ptr, p_ptr,
+    M, N, K,
+    stride_xm, stride_xk,
+    stride_wn, stride_wk,
+    stride_ws, stride_b,
+    stride_ym, stride_yn,
+    HAS_BIAS: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_k = tl.program_id(1)
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    offs_k0 = tl.arange(0, BLOCK_K).to(tl.int64)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+
+    x_row = x_ptr + offs_m[:, None] * stride_xm
+    w_col = w_ptr + offs_n[None, :] * stride_wn
+
+    # This program's contiguous range of K tiles (all of them when SPLIT_K == 1).
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    k_begin = pid_k * per_split
+    k_end = tl.minimum(k_begin + per_split, k_tiles)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(k_begin, k_end):
+        offs_k = k * BLOCK_K + offs_k0
+        mask_k = offs_k < K
+        x = tl.load(x_row + offs_k[None, :] * stride_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        w = tl.load(w_col + offs_k[:, None] * stride_wk, mask=mask_k[:, None] & mask_n[None, :], other=0)
+        if DOT_FP32:
+            acc = tl.dot(x.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+        else:
+            # fp16/bf16 tensor cores; int8 -> fp16/bf16 is exact, accumulation is fp32.
+            acc = tl.dot(x, w.to(x.dtype), acc)
+
+    mask_mn = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        ws = tl.load(ws_ptr + offs_n * stride_ws, mask=mask_n, other=0.0)
+        y = acc * ws[None, :]
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + offs_n * stride_b, mask=mask_n, other=0.0).to(tl.float32)
+            y = y + bias[None, :]
+        y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
+        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask_mn)
+    else:
+        # Partials are a contiguous [SPLIT_K, M, N] fp32 workspace.
+        p_ptrs = p_ptr + pid_k.to(tl.int64) * M * N + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(p_ptrs, acc, mask=mask_mn)
+
+
+@triton.jit
+def _split_k_epilogue_kernel(
+    p_ptr, ws_ptr, b_ptr, y_ptr,
+    MN, N,
+    stride_ws, stride_b,
+    stride_ym, stride_yn,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = offs < MN
+    m = offs // N
+    n = offs % N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    p_ptrs = p_ptr + offs
+    for _ in range(SPLIT_K):  # fixed order: deterministic
+        acc += tl.load(p_ptrs, mask=mask, other=0.0)
+        p_ptrs += MN  # partials are [SPLIT_K, M, N] contiguous; MN = M * N
+    y = acc * tl.load(ws_ptr + n * stride_ws, mask=mask, other=0.0)
+    if HAS_BIAS:
+        y = y + tl.load(b_ptr + n * stride_b, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * stride_ym + n * stride_yn, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------
+
+if _INTERPRET:
+    # Triton's CPU interpreter: one small config, plain launches (no autotune).
+    _META = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1)
+    _w8a8 = _w8a8_kernel
+    _weight_only = _weight_only_kernel
+else:
+    _META = {}
+
+    def _cfg(bm, bn, bk, warps, stages, group_m=8):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m},
+                             num_warps=warps, num_stages=stages)
+
+    # int8 MMA eats K in chunks of 32: BLOCK_K 64/128 keeps tensor cores fed.
+    _W8A8_CONFIGS = [
+        _cfg(128, 256, 64, 8, 3),
+        _cfg(128, 128, 64, 4, 4),
+        _cfg(128, 128, 128, 8, 3),
+        _cfg(64, 128, 128, 4, 4),
+        _cfg(64, 64, 128, 4, 5),
+        _cfg(32, 64, 128, 4, 5),
+        _cfg(16, 64, 256, 4, 4),   # decode: narrow M, long K steps
+        _cfg(16, 128, 128, 4, 4),
+    ]
+    _WEIGHT_ONLY_CONFIGS = [
+        _cfg(128, 128, 32, 4, 4),
+        _cfg(128, 64, 64, 4, 4),
+        _cfg(64, 128, 64, 4, 4),
+        _cfg(64, 64, 64, 4, 4),
+        _cfg(32, 64, 64, 4, 4),
+        _cfg(16, 64, 128, 4, 4),   # decode / split-K: narrow M, wide K
+        _cfg(16, 128, 128, 4, 3),
+        _cfg(16, 32, 256, 4, 4),
+    ]
+    _w8a8 = triton.autotune(configs=_W8A8_CONFIGS, key=["M", "N", "K"])(_w8a8_kernel)
+    _weight_only = triton.autotune(configs=_WEIGHT_ONLY_CONFIGS, key=["M", "N", "K", "SPLIT_K"])(_weight_only_kernel)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda" and not _INTERPRET:
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # interpreter: small, so that small test shapes exercise split-K
+
+
+def _choose_split_k(M: int, N: int, K: int, device: torch.device) -> int:
+    """SPLIT_K for the weight-only GEMM: > 1 only for decode-like M when the tile grid underfills the SMs."""
+    if M > 16:
+        return 1
+    if _INTERPRET:
+        block_n, min_k_per_split, max_split = 16, 32, 4
+    else:
+        block_n, min_k_per_split, max_split = 64, 512, 16
+    tiles = triton.cdiv(N, block_n)
+    split = min(max_split, _num_sms(device) // max(tiles, 1), triton.cdiv(K, min_k_per_split))
+    return max(1, split)
+
+
+def _launch(kernel, grid, args, meta, device):
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            kernel[grid](*args, **meta)
+    else:
+        kernel[grid](*args, **meta)
+
+
+def _tile_grid(M, N):
+    def grid(META):
+        return (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)
+
+    return grid
+
+
+def _store_dtype(out_dtype):
+    """The dtype the kernels store y in.
+
+    Triton's interpreter converts fp32 -> bf16 by truncating the mantissa (the
+    GPU rounds to nearest even), so under the interpreter bf16 results are
+    stored as fp32 and rounded by torch on the host. GPUs store bf16 directly.
+    """
+    return torch.float32 if (_INTERPRET and out_dtype == torch.bfloat16) else out_dtype
+
+
+def w8a8_linear(q, x_scale, w_int8, w_scale, bias, out_dtype):
+    """``y [M, N] = (q @ w_int8.T) * x_scale[:, None] * w_scale[None, :] + bias`` in ``out_dtype``."""
+    M, K = q.shape
+    N = w_int8.shape[0]
+    y = torch.empty((M, N), dtype=_store_dtype(out_dtype), device=q.device)
+    if M == 0 or N == 0:
+        return y.to(out_dtype)
+    b = bias if bias is not None else w_scale  # dummy pointer, never read
+    args = (
+        q, w_int8, x_scale, w_scale, b, y,
+        M, N, K,
+        q.stride(0), q.stride(1),
+        w_int8.stride(0), w_int8.stride(1),
+        x_scale.stride(0), w_scale.stride(0), b.stride(0),
+        y.stride(0), y.stride(1),
+    )
+    _launch(_w8a8, _tile_grid(M, N), args, dict(HAS_BIAS=bias is not None, **_META), q.device)
+    return y.to(out_dtype)
+
+
+def weight_only_linear(x2, w_int8, w_scale, bias, split_k=None):
+    """``y [M, N] = (x2 @ w_int8.T) * w_scale[None, :] + bias`` in x2's dtype; ``split_k`` overrides the heuristic."""
+    M, K = x2.shape
+    N = w_int8.shape[0]
+    y = torch.empty((M, N), dtype=_store_dtype(x2.dtype), device=x2.device)
+    if M == 0 or N == 0:
+        return y.to(x2.dtype)
+    if split_k is None:
+        split_k = _choose_split_k(M, N, K, x2.device)
+    split_k = max(1, int(split_k))
+    has_bias = bias is not None
+    b = bias if has_bias else w_scale  # dummy pointer, never read
+    partials = torch.empty((split_k, M, N), dtype=torch.float32, device=x2.device) if split_k > 1 else y
+    args = (
+        x2, w_int8, w_scale, b, y, partials,
+        M, N, K,
+        x2.stride(0), x2.stride(1),
+        w_int8.stride(0), w_int8.stride(1),
+        w_scale.stride(0), b.stride(0),
+        y.stride(0), y.stride(1),
+    )
+    dot_fp32 = _INTERPRET or x2.dtype == torch.float32  # the interpreter has no bf16 arithmetic
+
+    def grid(META):
+        return (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]), split_k)
+
+    _launch(_weight_only, grid, args, dict(HAS_BIAS=has_bias, DOT_FP32=dot_fp32, SPLIT_K=split_k, **_META),
+            x2.device)
+    if split_k > 1:
+        BLOCK = 1024
+        ep_args = (partials, w_scale, b, y, M * N, N, w_scale.stride(0), b.stride(0), y.stride(0), y.stride(1))
+        _launch(_split_k_epilogue_kernel, (triton.cdiv(M * N, BLOCK),), ep_args,
+                dict(HAS_BIAS=has_bias, SPLIT_K=split_k, BLOCK=BLOCK), x2.device)
+    return y.to(x2.dtype)
+
+
+def int8_linear(x, w_int8, w_scale, bias, act):
+    """``y [..., N]`` for ``x [..., K]``: ``act`` is "dynamic" (W8A8) or "weight_only" (module docstring).
+
+    Validation (dtypes, shapes, devices, act) is the caller's job (llmaccel/ops/int8_linear.py).
+    """
+    K = x.shape[-1]
+    N = w_int8.shape[0]
+    x2 = x.reshape(-1, K)
+    if act == "dynamic":
+        q, s = quantize_per_token(x2)
+        y = w8a8_linear(q, s, w_int8, w_scale, bias, x.dtype)
+    elif act == "weight_only":
+        y = weight_only_linear(x2, w_int8, w_scale, bias)
+    else:
+        raise ValueError(f"llmaccel.int8_linear: unknown act {act!r}")
+    return y.reshape(*x.shape[:-1], N)

@@ -1,0 +1,141 @@
+"""Triton per-token (per-row) symmetric absmax int8 quantization.
+
+Math
+----
+Exactly the contract of ``llmaccel/ops/quantize.py`` (its torch reference is
+the truth this kernel is tested against). For ``x`` float ``[..., K]``
+(fp32 / fp16 / bf16), every row ``x[r, :]`` of the flattened ``[R, K]`` view::
+
+    absmax[r] = max_k |x[r, k]|                       (in fp32)
+    scale[r]  = absmax[r] / 127                        (1.0 when absmax[r] == 0)
+    q[r, k]   = clamp(round_half_even(x[r, k] / scale[r]), -127, 127)   (int8)
+
+Both divisions are IEEE round-to-nearest (``tl.math.div_rn``). Triton's plain
+``/`` on fp32 may lower to the approximate ``div.full.f32`` on NVIDIA GPUs (up
+to 2 ulp off), which would make ``scale`` and values next to a rounding tie
+differ from the reference; ``div_rn`` keeps the kernel bit-identical to it.
+
+Rounding
+--------
+Triton has no portable round-half-even: ``libdevice.rint`` exists only on the
+GPU, and Triton's CPU interpreter (``TRITON_INTERPRET=1``, which the CPU test
+suite uses) lacks libdevice. The kernel therefore rounds with plain, exact
+arithmetic on ``a = |v|`` (``v`` already clamped to [-127, 127])::
+
+    f = floor(a);  d = a - f          # exact: f <= a < f + 1, same binade or smaller
+    r = f + 1  if d > 0.5  or (d == 0.5 and f is odd)   else f
+    q = sign(v) * r
+
+``floor(a + 0.5)`` (the usual shortcut) is *not* used: ``a + 0.5`` itself
+rounds, e.g. ``0.49999997 + 0.5`` gives ``1.0`` in fp32.
+
+Tiling
+------
+One program per row (grid = ``R``). The row is walked in ``BLOCK_K`` chunks
+twice: first to reduce ``absmax`` (an element-wise running max over the chunk,
+reduced across the chunk at the end), then to quantize and store. Two passes
+over a row cost one extra read of ``x`` but work for any ``K`` with a fixed
+register footprint; the row is normally still in L2 for the second pass.
+
+Rows may be strided (the row stride of the 2-D view is a runtime argument,
+row offsets are computed in int64); the last dimension must be contiguous,
+otherwise the launcher makes a contiguous copy first. ``q`` is returned
+contiguous, ``scale`` as an fp32 tensor of shape ``x.shape[:-1]``.
+
+bf16/fp16 are loaded and converted to fp32 before any arithmetic (the
+interpreter has no bf16 arithmetic, and the contract computes in fp32 anyway).
+
+Input validation lives in ``llmaccel/ops/quantize.py``; the launcher assumes
+it has been done.
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _round_half_even_clamped(v):
+    """round_half_even(clamp(v, -127, 127)) as fp32, with exact arithmetic only (see module docstring)."""
+    v = tl.minimum(tl.maximum(v, -127.0), 127.0)
+    a = tl.abs(v)
+    f = tl.floor(a)
+    d = a - f  # exact
+    f_is_odd = (f - 2.0 * tl.floor(f * 0.5)) == 1.0  # f <= 127: every step exact
+    r = f + tl.where((d > 0.5) | ((d == 0.5) & f_is_odd), 1.0, 0.0)
+    return tl.where(v < 0, -r, r)
+
+
+@triton.jit
+def _quantize_per_token_kernel(
+    x_ptr,
+    q_ptr,
+    scale_ptr,
+    K,
+    stride_xm,
+    stride_qm,
+    BLOCK_K: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xm
+    q_row = q_ptr + row * stride_qm
+    offs0 = tl.arange(0, BLOCK_K)
+
+    # ---- pass 1: absmax of the row ------------------------------------------
+    running = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + offs0
+        x = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
+        running = tl.maximum(running, tl.abs(x))
+    absmax = tl.max(running, axis=0)
+    scale = tl.where(absmax > 0, tl.math.div_rn(absmax, 127.0), 1.0)
+    tl.store(scale_ptr + row, scale)
+
+    # ---- pass 2: quantize ----------------------------------------------------
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + offs0
+        mask = offs < K
+        x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
+        v = tl.math.div_rn(x, scale)
+        q = _round_half_even_clamped(v)
+        tl.store(q_row + offs, q.to(tl.int8), mask=mask)
+
+
+def _block_k(K: int) -> int:
+    if _INTERPRET:
+        return 32 if K <= 32 else 128  # fewer, larger numpy ops are cheaper in the interpreter
+    return max(128, min(4096, triton.next_power_of_2(K)))
+
+
+def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q int8 x.shape, scale fp32 x.shape[:-1])``: per-row symmetric absmax quantization of ``x``.
+
+    Validation (dtype fp32/fp16/bf16, at least 1-D) is the caller's job (llmaccel/ops/quantize.py).
+    """
+    K = x.shape[-1]
+    lead = x.shape[:-1]
+    if x.dim() > 0 and x.stride(-1) != 1 and K > 1:
+        x = x.contiguous()
+    x2 = x.reshape(-1, K)  # a view whenever the leading dims allow it, else a copy
+    R = x2.shape[0]
+    q = torch.empty((R, K), dtype=torch.int8, device=x.device)
+    scale = torch.empty((R,), dtype=torch.float32, device=x.device)
+    if R == 0:
+        return q.reshape(x.shape), scale.reshape(lead)
+    if K == 0:
+        scale.fill_(1.0)  # an empty row is an all-zero row
+        return q.reshape(x.shape), scale.reshape(lead)
+    args = (x2, q, scale, K, x2.stride(0), q.stride(0))
+    meta = dict(BLOCK_K=_block_k(K))
+    if not _INTERPRET:
+        meta["num_warps"] = 4 if meta["BLOCK_K"] <= 1024 else 8
+    if x.is_cuda:
+        with torch.cuda.device(x.device):
+            _quantize_per_token_kernel[(R,)](*args, **meta)
+    else:
+        _quantize_per_token_kernel[(R,)](*args, **meta)
+    return q.reshape(x.shape), scale.reshape(lead)

@@ -1,0 +1,196 @@
+"""``quantize_``: swap a model's ``nn.Linear`` layers for :class:`llmaccel.nn.Int8Linear`, in place.
+
+Calling convention follows torchao's ``quantize_(model, config, filter_fn)``::
+
+    import llmaccel
+    summary = llmaccel.quantize_(model, llmaccel.Int8Config(act="dynamic"))
+    print(summary)                      # what was swapped, what was skipped and why, bytes saved
+
+``filter_fn(module, fqn) -> bool`` (optional) is asked about every
+``nn.Linear``; ``False`` keeps that layer in floating point.
+
+Skipped by default (``Int8Config(skip_output_head=True)``): output heads,
+that is Linears registered at the top level of the model under one of the
+names ``lm_head``, ``output``, ``classifier``, ``score``, and any Linear whose
+weight *is* (same Parameter object) the weight of an ``nn.Embedding`` (a
+tied LM head: quantizing it would not free the shared float weight and the
+logits are the layer most sensitive to quantization error).  Always skipped:
+the ``out_proj`` of ``nn.MultiheadAttention`` (its forward reads
+``out_proj.weight`` directly instead of calling the layer), Linears smaller
+than ``Int8Config.min_features`` and, for ``act="dynamic"``, Linears whose
+``in_features`` could overflow the exact int32 accumulator.
+
+SmoothQuant: pass the scales that :func:`llmaccel.smoothquant.smooth_`
+could not fold into a LayerNorm as ``smooth_scales=report.smooth_scales``;
+those layers are built with ``Int8Linear.from_linear(..., smooth_scale=s)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .nn.int8_linear import ACT_MODES, Int8Linear
+from .ops.int8_mm import MAX_K
+
+__all__ = ["Int8Config", "QuantizeSummary", "quantize_", "OUTPUT_HEAD_NAMES"]
+
+OUTPUT_HEAD_NAMES = ("lm_head", "output", "classifier", "score")
+
+
+@dataclass
+class Int8Config:
+    """How :func:`quantize_` converts Linears.
+
+    act:              ``Int8Linear`` mode: ``"dynamic"`` (W8A8), ``"weight_only"`` or ``"auto"``.
+    skip_output_head: keep output heads in floating point (module docstring).
+    min_features:     keep Linears with ``in_features`` or ``out_features`` below this in floating point.
+    """
+
+    act: str = "dynamic"
+    skip_output_head: bool = True
+    min_features: int = 1
+
+    def __post_init__(self) -> None:
+        if self.act not in ACT_MODES:
+            raise ValueError(f"Int8Config: act must be one of {ACT_MODES}, got {self.act!r}")
+        if not isinstance(self.min_features, int) or isinstance(self.min_features, bool) or self.min_features < 1:
+            raise ValueError(f"Int8Config: min_features must be an int >= 1, got {self.min_features!r}")
+
+
+@dataclass
+class SwappedLayer:
+    fqn: str
+    in_features: int
+    out_features: int
+    smoothed: bool
+    bytes_before: int  # weight + bias of the nn.Linear
+    bytes_after: int   # weight + weight_scale + bias (+ smooth_scale) of the Int8Linear
+
+
+@dataclass
+class QuantizeSummary:
+    """What :func:`quantize_` did.  ``bytes_*`` count the whole model (unique parameters and buffers)."""
+
+    act: str
+    swapped: list[str]
+    skipped: dict[str, str]  # fqn -> reason
+    bytes_before: int
+    bytes_after: int
+    layers: list[SwappedLayer] = field(default_factory=list, repr=False)
+    bytes_saved: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bytes_saved = self.bytes_before - self.bytes_after
+
+    def __str__(self) -> str:
+        lines = [f"quantize_: {len(self.swapped)} nn.Linear -> Int8Linear (act={self.act}), "
+                 f"{len(self.skipped)} skipped"]
+        if self.layers:
+            w = max(len("module"), *(len(r.fqn) for r in self.layers))
+            lines.append(f"  {'module':<{w}}  {'out x in':>13}  {'smooth':>6}  {'bytes before':>14}  {'after':>12}")
+            for r in self.layers:
+                shape = f"{r.out_features} x {r.in_features}"
+                lines.append(f"  {r.fqn:<{w}}  {shape:>13}  {'yes' if r.smoothed else 'no':>6}  "
+                             f"{r.bytes_before:>14,}  {r.bytes_after:>12,}")
+        if self.skipped:
+            lines.append("skipped:")
+            w = max(len(k) for k in self.skipped)
+            lines.extend(f"  {fqn:<{w}}  {why}" for fqn, why in self.skipped.items())
+        pct = 100.0 * self.bytes_saved / self.bytes_before if self.bytes_before else 0.0
+        lines.append(f"model bytes: {self.bytes_before:,} -> {self.bytes_after:,} "
+                     f"(saved {self.bytes_saved:,}, {pct:.1f}%)")
+        return "\n".join(lines)
+
+
+def _model_bytes(model: nn.Module) -> int:
+    # parameters() / buffers() yield each tensor once, so tied weights count once.
+    return sum(t.numel() * t.element_size() for t in model.parameters()) + \
+        sum(t.numel() * t.element_size() for t in model.buffers())
+
+
+def _tensor_bytes(*ts) -> int:
+    return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+
+def _skip_reason(fqn: str, mod: nn.Linear, config: Int8Config, embeddings: dict[int, str],
+                 mha_out_proj: set[int]) -> Optional[str]:
+    if id(mod) in mha_out_proj:
+        return "out_proj of nn.MultiheadAttention (its forward reads the weight directly)"
+    if config.skip_output_head:
+        if "." not in fqn and fqn in OUTPUT_HEAD_NAMES:
+            return f"output head (top-level '{fqn}'); Int8Config(skip_output_head=False) quantizes it"
+        emb = embeddings.get(id(mod.weight))
+        if emb is not None:
+            return f"output head (weight tied to nn.Embedding '{emb}'); Int8Config(skip_output_head=False) " \
+                   f"quantizes it"
+    if min(mod.in_features, mod.out_features) < config.min_features:
+        return f"smaller than min_features={config.min_features} ({mod.out_features} x {mod.in_features})"
+    if config.act == "dynamic" and mod.in_features > MAX_K:
+        return f"in_features={mod.in_features} > {MAX_K}: int32 accumulation of act='dynamic' could overflow"
+    return None
+
+
+def quantize_(model: nn.Module, config: Int8Config | None = None,
+              filter_fn: Callable[[nn.Module, str], bool] | None = None, *,
+              smooth_scales: Mapping[str, Tensor] | None = None) -> QuantizeSummary:
+    """Replace ``model``'s ``nn.Linear`` layers by :class:`Int8Linear` in place (module docstring).
+
+    ``config`` defaults to ``Int8Config()``.  ``filter_fn(module, fqn)``
+    returning False keeps a layer in floating point.  ``smooth_scales`` maps
+    a Linear's fqn to its SmoothQuant scale (``smooth_(...).smooth_scales``).
+    A Linear registered under several names is converted once and the same
+    Int8Linear is put at every name; it is reported under its first name.
+    """
+    if config is None:
+        config = Int8Config()
+    if not isinstance(config, Int8Config):
+        raise TypeError(f"quantize_: config must be an Int8Config, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize_: model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(model, nn.Linear):
+        raise TypeError("quantize_ swaps submodules in place and cannot replace the model object itself; "
+                        "use Int8Linear.from_linear(linear) for a bare nn.Linear")
+
+    named = dict(model.named_modules())  # first name of each module instance
+    linears = {fqn: m for fqn, m in named.items() if isinstance(m, nn.Linear)}
+    smooth_scales = dict(smooth_scales or {})
+    unknown = sorted(set(smooth_scales) - set(linears))
+    if unknown:
+        raise ValueError(f"quantize_: smooth_scales names modules that are not nn.Linear layers of this model: "
+                         f"{unknown}")
+    embeddings = {id(m.weight): fqn for fqn, m in named.items() if isinstance(m, nn.Embedding)}
+    mha_out_proj = {id(m.out_proj) for m in named.values()
+                    if isinstance(m, nn.MultiheadAttention) and isinstance(getattr(m, "out_proj", None), nn.Linear)}
+    # Every (parent, attribute) that holds each Linear, so shared layers are replaced everywhere.
+    slots: dict[int, list[tuple[nn.Module, str]]] = {}
+    for _, parent in model.named_modules(remove_duplicate=False):
+        for attr, child in parent._modules.items():
+            if isinstance(child, nn.Linear):
+                slots.setdefault(id(child), []).append((parent, attr))
+
+    bytes_before = _model_bytes(model)
+    swapped, skipped, layers = [], {}, []
+    for fqn, mod in linears.items():
+        if filter_fn is not None and not filter_fn(mod, fqn):
+            skipped[fqn] = "filter_fn returned False"
+            continue
+        reason = _skip_reason(fqn, mod, config, embeddings, mha_out_proj)
+        if reason is not None:
+            skipped[fqn] = reason
+            continue
+        s = smooth_scales.get(fqn)
+        q = Int8Linear.from_linear(mod, act=config.act, smooth_scale=s)
+        for parent, attr in slots[id(mod)]:
+            setattr(parent, attr, q)
+        swapped.append(fqn)
+        layers.append(SwappedLayer(fqn, mod.in_features, mod.out_features, s is not None,
+                                   _tensor_bytes(mod.weight, mod.bias),
+                                   _tensor_bytes(q.weight, q.weight_scale, q.bias, q.smooth_scale)))
+    for fqn in smooth_scales:
+        if fqn in skipped:
+            skipped[fqn] += " (its smooth_scale is unused: smooth_ left the float layer unchanged)"
+    return QuantizeSummary(config.act, swapped, skipped, bytes_before, _model_bytes(model), layers)
