@@ -41,17 +41,28 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "int8_linear_dynamic",
-      [](int64_t M, int64_t N, int64_t K, uintptr_t x, int64_t x_sm, uintptr_t w, int64_t ldw, uintptr_t w_scale,
-         uintptr_t bias, uintptr_t y, int64_t y_sm, int nthreads, const std::string& variant) {
+      [](int64_t M, int64_t N, int64_t K, uintptr_t x, int64_t x_sm, uintptr_t w, int64_t ldw, uintptr_t w_packed,
+         uintptr_t w_scale, uintptr_t bias, uintptr_t y, int64_t y_sm, int nthreads, const std::string& variant) {
         py::gil_scoped_release release;
         llmaccel::int8_linear_dynamic(M, N, K, ptr<const float>(x), x_sm, ptr<const int8_t>(w), ldw,
-                                      ptr<const float>(w_scale), ptr<const float>(bias), ptr<float>(y), y_sm,
-                                      nthreads, variant);
+                                      ptr<const int8_t>(w_packed), ptr<const float>(w_scale), ptr<const float>(bias),
+                                      ptr<float>(y), y_sm, nthreads, variant);
       },
       py::arg("M"), py::arg("N"), py::arg("K"), py::arg("x"), py::arg("x_sm"), py::arg("w"), py::arg("ldw"),
-      py::arg("w_scale"), py::arg("bias"), py::arg("y"), py::arg("y_sm"), py::arg("nthreads"),
+      py::arg("w_packed"), py::arg("w_scale"), py::arg("bias"), py::arg("y"), py::arg("y_sm"), py::arg("nthreads"),
       py::arg("variant") = "",
-      "y[M,N] fp32 = dequant(quantize_per_token(x[M,K] fp32) @ W[N,K]^T) * w_scale + bias, fused. bias may be 0.");
+      "y[M,N] fp32 = dequant(quantize_per_token(x[M,K] fp32) @ W[N,K]^T) * w_scale + bias, fused. "
+      "bias and w_packed may be 0; w_packed must come from int8_mm_pack_b with the same variant.");
+  m.def("int8_mm_packed_size", &llmaccel::int8_mm_packed_size, py::arg("variant"), py::arg("N"), py::arg("K"),
+        "Bytes of the packed panel layout of an [N, K] weight for `variant` ('' = best).");
+  m.def(
+      "int8_mm_pack_b",
+      [](const std::string& variant, int64_t N, int64_t K, uintptr_t w, int64_t ldw, uintptr_t out, int nthreads) {
+        py::gil_scoped_release release;
+        llmaccel::int8_mm_pack_b(variant, N, K, ptr<const int8_t>(w), ldw, ptr<int8_t>(out), nthreads);
+      },
+      py::arg("variant"), py::arg("N"), py::arg("K"), py::arg("w"), py::arg("ldw"), py::arg("out"),
+      py::arg("nthreads"), "Writes W [N, K] in the packed panel layout of `variant`.");
   m.def(
       "quantize_per_token",
       [](int64_t M, int64_t K, uintptr_t x, int64_t x_sm, uintptr_t q, int64_t q_sm, uintptr_t scale, int nthreads) {

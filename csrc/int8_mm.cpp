@@ -3,6 +3,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -16,18 +17,19 @@ namespace {
 struct Variant {
   const char* name;
   Int8MMVariant fn;
+  Int8MMLayout (*layout)();
   bool (*supported)();
 };
 
 // Best first.  The generic variant runs everywhere.
 const Variant kVariants[] = {
-    {"avx512vnni", &int8_mm_avx512vnni,
+    {"avx512vnni", &int8_mm_avx512vnni, &int8_mm_layout_avx512vnni,
      [] {
        const CpuFeatures& f = cpu_features();
        return f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
      }},
-    {"avx2", &int8_mm_avx2, [] { return cpu_features().avx2 && cpu_features().fma; }},
-    {"generic", &int8_mm_generic, [] { return true; }},
+    {"avx2", &int8_mm_avx2, &int8_mm_layout_avx2, [] { return cpu_features().avx2 && cpu_features().fma; }},
+    {"generic", &int8_mm_generic, &int8_mm_layout_generic, [] { return true; }},
 };
 
 const Variant& pick(const std::string& name) {
@@ -91,13 +93,47 @@ void int8_mm(int64_t M, int64_t N, int64_t K, const int8_t* a, int64_t a_sm, int
     bcols = bt.data();
     ldb = K;
   }
-  Int8MMProblem p{M, N, K, a, a_sm, a_sk, bcols, ldb, c, c_sm, c_sn, nthreads};
+  Int8MMProblem p{M, N, K, a, a_sm, a_sk, bcols, ldb, false, c, c_sm, c_sn, nthreads};
   v.fn(p);
 }
 
+int64_t int8_mm_packed_size(const std::string& variant, int64_t N, int64_t K) {
+  if (N < 0 || K < 0) fail("int8_mm_pack_b", "negative size");
+  const Int8MMLayout L = pick(variant).layout();
+  int64_t bytes = 0;
+  if (__builtin_mul_overflow(ceil_div(N, L.nr) * L.nr, round_up(K, L.kalign), &bytes))
+    fail_overflow("int8_mm_pack_b", "packed size overflows int64");
+  return bytes;
+}
+
+void int8_mm_pack_b(const std::string& variant, int64_t N, int64_t K, const int8_t* w, int64_t ldw, int8_t* out,
+                    int nthreads) {
+  const char* op = "int8_mm_pack_b";
+  check_matrix(op, "w", w, N, K, ldw, 1);
+  const int64_t bytes = int8_mm_packed_size(variant, N, K);
+  if (bytes > 0 && out == nullptr) fail(op, "out is a null pointer");
+  if (nthreads < 1) fail(op, "nthreads must be >= 1");
+  const Int8MMLayout L = pick(variant).layout();
+  const int64_t NR = L.nr, KA = L.kalign, Kp = round_up(K, KA), ngroups = ceil_div(N, NR);
+  // Layout: group g = n / NR, chunk j = k / KA, column c = n % NR ->
+  //   out[g * NR * Kp + j * NR * KA + c * KA + k % KA]; padding is zero.
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t g = 0; g < ngroups; ++g) {
+    for (int64_t j = 0; j < Kp / KA; ++j) {
+      for (int64_t c = 0; c < NR; ++c) {
+        const int64_t n = g * NR + c;
+        int8_t* d = out + g * NR * Kp + j * NR * KA + c * KA;
+        const int64_t len = n < N ? std::min<int64_t>(KA, std::max<int64_t>(K - j * KA, 0)) : 0;
+        if (len > 0) std::memcpy(d, w + n * ldw + j * KA, len);
+        std::memset(d + len, 0, KA - len);
+      }
+    }
+  }
+}
+
 void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_t x_sm, const int8_t* w,
-                         int64_t ldw, const float* w_scale, const float* bias, float* y, int64_t y_sm,
-                         int nthreads, const std::string& variant) {
+                         int64_t ldw, const int8_t* w_packed, const float* w_scale, const float* bias, float* y,
+                         int64_t y_sm, int nthreads, const std::string& variant) {
   const char* op = "int8_linear";
   check_matrix(op, "x", x, M, K, x_sm, 1);
   check_matrix(op, "w_int8", w, N, K, ldw, 1);
@@ -117,7 +153,7 @@ void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_
     return;
   }
   std::vector<float> x_scale(static_cast<size_t>(M));
-  Int8MMProblem p{M, N, K, nullptr, 0, 1, w, ldw, nullptr, 0, 1, nthreads};
+  Int8MMProblem p{M, N, K, nullptr, 0, 1, w_packed ? w_packed : w, ldw, w_packed != nullptr, nullptr, 0, 1, nthreads};
   p.x = x;
   p.x_sm = x_sm;
   p.x_scale = x_scale.data();

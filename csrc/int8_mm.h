@@ -14,7 +14,11 @@ namespace llmaccel {
 
 // One matmul problem as the ISA variants see it.
 //   A[m][k] = a[m * a_sm + k * a_sk]          (any strides)
-//   B[k][n] = b[n * ldb + k]                  (columns contiguous in k)
+//   B[k][n] = b[n * ldb + k]                  (columns contiguous in k), or,
+//   when b_packed is set, the panel layout written by int8_mm_pack_b():
+//   groups of NR columns, each group one contiguous run in which the
+//   KALIGN-byte chunks of the NR columns alternate (zero padded), so a
+//   small-M product streams B sequentially.
 //   C[m][n] = c[m * c_sm + n * c_sn]          (written, never read)
 struct Int8MMProblem {
   int64_t M, N, K;
@@ -22,6 +26,7 @@ struct Int8MMProblem {
   int64_t a_sm, a_sk;
   const int8_t* b;
   int64_t ldb;
+  bool b_packed;
   int32_t* c;
   int64_t c_sm, c_sn;
   int nthreads;
@@ -47,6 +52,15 @@ struct Int8MMProblem {
 
 using Int8MMVariant = void (*)(const Int8MMProblem&);
 
+// Register tile width and K alignment of a variant: they define its packed B layout.
+struct Int8MMLayout {
+  int nr;
+  int kalign;
+};
+Int8MMLayout int8_mm_layout_generic();
+Int8MMLayout int8_mm_layout_avx2();
+Int8MMLayout int8_mm_layout_avx512vnni();
+
 // The variants, one translation unit each, compiled with their own target flags.
 void int8_mm_generic(const Int8MMProblem& p);
 void int8_mm_avx2(const Int8MMProblem& p);
@@ -66,9 +80,17 @@ void int8_mm(int64_t M, int64_t N, int64_t K, const int8_t* a, int64_t a_sm, int
 // with W row n at w + n * ldw (k contiguous), per-channel w_scale[N], bias[N]
 // or null.  One fused pass: quantize while packing, exact int32 core, fp32
 // epilogue.
+// If w_packed is non-null it must be int8_mm_pack_b(variant, N, K, w, ldw)
+// of the same weight, and is read instead of w.
 void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_t x_sm, const int8_t* w,
-                         int64_t ldw, const float* w_scale, const float* bias, float* y, int64_t y_sm,
-                         int nthreads, const std::string& variant);
+                         int64_t ldw, const int8_t* w_packed, const float* w_scale, const float* bias, float* y,
+                         int64_t y_sm, int nthreads, const std::string& variant);
+
+// Packed (panel) layout of a weight W [N, K] (row n at w + n * ldw, k
+// contiguous) for `variant`: int8_mm_packed_size() bytes, written to `out`.
+int64_t int8_mm_packed_size(const std::string& variant, int64_t N, int64_t K);
+void int8_mm_pack_b(const std::string& variant, int64_t N, int64_t K, const int8_t* w, int64_t ldw, int8_t* out,
+                    int nthreads);
 
 // Names of the variants this CPU can run, best first.
 std::vector<std::string> int8_mm_variants();

@@ -25,7 +25,7 @@ struct Avx2 {
   static constexpr bool kOnesRow = false;
 
   template <int R, int C, bool kStream>  // kStream: unused, the hardware prefetcher suffices here
-  static void tile(const uint8_t* a8, const int8_t* b, int64_t ldb, int64_t K, int32_t* out) {
+  static void tile(const uint8_t* a8, const BCols& B, int64_t K, int32_t* out) {
     const int8_t* a = reinterpret_cast<const int8_t*>(a8);
     __m256i acc[R * C];
     for (int i = 0; i < R * C; ++i) acc[i] = _mm256_setzero_si256();
@@ -33,7 +33,7 @@ struct Avx2 {
     for (int64_t k = 0; k < kfull; k += 16) {
       __m256i bv[C];
       for (int c = 0; c < C; ++c)
-        bv[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + c * ldb + k)));
+        bv[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(B.b + c * B.cs + k * B.ks)));
       for (int r = 0; r < R; ++r) {
         const __m256i av = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(a + k * MR + r * 16)));
         for (int c = 0; c < C; ++c) acc[r * C + c] = _mm256_add_epi32(acc[r * C + c], _mm256_madd_epi16(av, bv[c]));
@@ -43,7 +43,8 @@ struct Avx2 {
       for (int c = 0; c < C; ++c) {
         int32_t s = hsum256(acc[r * C + c]);
         const int8_t* at = a + kfull * MR + r * 16 - kfull;  // tail chunk of row r
-        for (int64_t k = kfull; k < K; ++k) s += int32_t(at[k]) * int32_t(b[c * ldb + k]);
+        const int8_t* bt = B.b + c * B.cs + kfull * B.ks - kfull;  // tail chunk of column c
+        for (int64_t k = kfull; k < K; ++k) s += int32_t(at[k]) * int32_t(bt[k]);
         out[r * C + c] = s;
       }
     }
@@ -54,4 +55,5 @@ struct Avx2 {
 
 namespace llmaccel {
 void int8_mm_avx2(const Int8MMProblem& p) { run_int8_mm<Avx2>(p); }
+Int8MMLayout int8_mm_layout_avx2() { return {Avx2::NR, Avx2::KALIGN}; }
 }  // namespace llmaccel

@@ -48,16 +48,17 @@ struct Avx512Vnni {
   static constexpr int64_t kPrefetchBytes = 1024;
 
   template <int R, int C, bool kMasked, bool kStream>
-  static inline __attribute__((always_inline)) void step(__m512i* acc, const uint8_t* a,
-                                                         const int8_t* b, int64_t ldb, int64_t k, __mmask64 mask) {
+  static inline __attribute__((always_inline)) void step(__m512i* acc, const uint8_t* a, const BCols& B,
+                                                         int64_t k, __mmask64 mask) {
+    const int8_t* b = B.b + k * B.ks;
     __m512i bv[C];
     if constexpr (kStream) {
 #pragma GCC unroll 8
-      for (int c = 0; c < C; ++c) _mm_prefetch(reinterpret_cast<const char*>(b + c * ldb + k + kPrefetchBytes), _MM_HINT_T0);
+      for (int c = 0; c < C; ++c) _mm_prefetch(reinterpret_cast<const char*>(b + c * B.cs + kPrefetchBytes * B.ks), _MM_HINT_T0);
     }
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c)
-      bv[c] = kMasked ? _mm512_maskz_loadu_epi8(mask, b + c * ldb + k) : _mm512_loadu_si512(b + c * ldb + k);
+      bv[c] = kMasked ? _mm512_maskz_loadu_epi8(mask, b + c * B.cs) : _mm512_loadu_si512(b + c * B.cs);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512i av = _mm512_load_si512(a + k * MR + r * 64);
@@ -67,13 +68,13 @@ struct Avx512Vnni {
   }
 
   template <int R, int C, bool kStream>
-  static void tile(const uint8_t* a, const int8_t* b, int64_t ldb, int64_t K, int32_t* out) {
+  static void tile(const uint8_t* a, const BCols& b, int64_t K, int32_t* out) {
     __m512i acc[R * C];
 #pragma GCC unroll 32
     for (int i = 0; i < R * C; ++i) acc[i] = _mm512_setzero_si512();
     const int64_t kfull = K & ~int64_t(63);
-    for (int64_t k = 0; k < kfull; k += 64) step<R, C, false, kStream>(acc, a, b, ldb, k, 0);
-    if (kfull < K) step<R, C, true, false>(acc, a, b, ldb, kfull, _cvtu64_mask64(~0ull >> (64 - (K - kfull))));
+    for (int64_t k = 0; k < kfull; k += 64) step<R, C, false, kStream>(acc, a, b, k, 0);
+    if (kfull < K) step<R, C, true, false>(acc, a, b, kfull, _cvtu64_mask64(~0ull >> (64 - (K - kfull))));
     constexpr int kQuads = R * C / 4;
 #pragma GCC unroll 8
     for (int q = 0; q < kQuads; ++q)
@@ -88,4 +89,5 @@ struct Avx512Vnni {
 
 namespace llmaccel {
 void int8_mm_avx512vnni(const Int8MMProblem& p) { run_int8_mm<Avx512Vnni>(p); }
+Int8MMLayout int8_mm_layout_avx512vnni() { return {Avx512Vnni::NR, Avx512Vnni::KALIGN}; }
 }  // namespace llmaccel

@@ -30,7 +30,7 @@
 //   static constexpr int64_t KALIGN;    packed A rows are padded to this many bytes
 //   static constexpr bool kOnesRow;     A stored as a + 128 with a row of ones
 //   template <int R, int C, bool kStream> static void tile(const uint8_t* a,
-//       const int8_t* b, int64_t ldb, int64_t K, int32_t* out);   // out[R*C]
+//       const BCols& b, int64_t K, int32_t* out);                  // out[R*C]
 //     (kStream: B is arriving from memory; prefetch ahead in each column)
 //     tile() must read B only inside [0, K) of each column.
 //
@@ -54,6 +54,7 @@
 
 #include "common.h"
 #include "int8_mm.h"
+#include "quantize.h"
 
 namespace {
 
@@ -76,15 +77,23 @@ struct TileOut {
   const float* bias;
 };
 
-using TileFn = void (*)(const uint8_t*, const int8_t*, int64_t, int64_t, const TileOut&);
+// B addressing inside one group of NR columns: column c, byte k (k a multiple
+// of KALIGN) at b + c * cs + k * ks.  Plain columns: cs = ldb, ks = 1.
+// Packed panels: cs = KALIGN, ks = NR.
+struct BCols {
+  const int8_t* b;
+  int64_t cs, ks;
+};
+
+using TileFn = void (*)(const uint8_t*, const BCols&, int64_t, const TileOut&);
 
 // Runs one register tile and its epilogue.  R and C are compile-time here so
 // the epilogue is a handful of vector instructions; with the store written
 // as a runtime-sized scalar loop it cost ~10% of the whole GEMM at K = 4096.
 template <class Isa, bool kStream, int R, int C>
-void tile_entry(const uint8_t* a, const int8_t* b, int64_t ldb, int64_t K, const TileOut& o) {
+void tile_entry(const uint8_t* a, const BCols& b, int64_t K, const TileOut& o) {
   int32_t out[R * C];
-  Isa::template tile<R, C, kStream>(a, b, ldb, K, out);
+  Isa::template tile<R, C, kStream>(a, b, K, out);
   int r_first = 0;
   uint32_t offset[C] = {};
   if constexpr (Isa::kOnesRow) {
@@ -195,11 +204,14 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
       const int8_t* src = ones || p.x ? nullptr : p.a + (r - row0) * p.a_sm;
       const float* xrow = ones || !p.x ? nullptr : p.x + (r - row0) * p.x_sm;
       float inv = 0.0f;
+      bool tiny = false;  // 127 / absmax would overflow: quantize with a double division (quantize.h)
       if (xrow) {
         float amax = 0.0f;
         for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xrow[k]));
-        p.x_scale[r - row0] = amax > 0.0f ? amax / 127.0f : 1.0f;
-        inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const float s = amax / 127.0f;
+        p.x_scale[r - row0] = s > 0.0f ? s : 1.0f;
+        tiny = !(s > 0.0f && amax >= llmaccel::kTinyAbsmax);
+        inv = tiny ? 0.0f : 127.0f / amax;
       }
       for (int64_t k0 = 0; k0 < Kp; k0 += KA) {
         uint8_t* dst = base + k0 * MR;
@@ -207,10 +219,18 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
         if (ones) {
           std::memset(dst, 1, n);
         } else if (xrow) {
-          for (int64_t i = 0; i < n; ++i) {
-            // nearbyint rounds half to even in the default rounding mode.
-            const float q = std::min(127.0f, std::max(-127.0f, std::nearbyint(xrow[k0 + i] * inv)));
-            dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q)) ^ flip;
+          // nearbyint rounds half to even in the default rounding mode.
+          if (!tiny) {
+            for (int64_t i = 0; i < n; ++i) {
+              const float q = std::min(127.0f, std::max(-127.0f, std::nearbyint(xrow[k0 + i] * inv)));
+              dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q)) ^ flip;
+            }
+          } else {
+            const double sd = p.x_scale[r - row0];
+            for (int64_t i = 0; i < n; ++i) {
+              const double q = std::min(127.0, std::max(-127.0, std::nearbyint(xrow[k0 + i] / sd)));
+              dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q)) ^ flip;
+            }
           }
         } else {
           for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(src[(k0 + i) * p.a_sk]) ^ flip;
@@ -218,6 +238,12 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
         std::memset(dst + n, 0, KA - n);
       }
     }
+
+    // B columns of the group starting at column n0.
+    auto bcols = [&](int64_t n0) {
+      if (p.b_packed) return BCols{p.b + n0 * Kp, KA, NR};
+      return BCols{p.b + n0 * p.ldb, p.ldb, 1};
+    };
 
     // Tile output descriptor for packed rows starting at r0 (a multiple of MR).
     auto out_at = [&](int64_t r0, int64_t n0, bool write_colsum) {
@@ -243,13 +269,13 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
         for (int64_t g = 0; g < ngroups; ++g) {
           const int64_t n0 = g * NR;
           const int Cn = static_cast<int>(std::min<int64_t>(NR, N - n0));
-          const int8_t* bcol = p.b + n0 * p.ldb;
+          const BCols bcol = bcols(n0);
           // Row tiles go in order, so the tile holding the ones row (packed
           // row 0) stores the column sums before any other tile needs them.
           for (int64_t r0 = m0; r0 < m1; r0 += MR) {
             const int R = static_cast<int>(std::min<int64_t>(MR, m1 - r0));
             const TileFn(*tiles)[NR] = r0 == m0 ? stream_table.fn : table.fn;
-            tiles[R - 1][Cn - 1](apack + r0 * Kp, bcol, p.ldb, K, out_at(r0, n0, true));
+            tiles[R - 1][Cn - 1](apack + r0 * Kp, bcol, K, out_at(r0, n0, true));
           }
         }
       }
@@ -259,7 +285,7 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
         for (int64_t g = 0; g < ngroups; ++g) {
           const int64_t n0 = g * NR;
           const int Cn = static_cast<int>(std::min<int64_t>(NR, N - n0));
-          stream_table.fn[0][Cn - 1](apack, p.b + n0 * p.ldb, p.ldb, K, out_at(0, n0, true));
+          stream_table.fn[0][Cn - 1](apack, bcols(n0), K, out_at(0, n0, true));
         }
       }
       const int64_t ntiles = ceil_div(P, MR);
@@ -270,7 +296,7 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
           const int Cn = static_cast<int>(std::min<int64_t>(NR, N - n0));
           const int64_t r0 = t * MR;
           const int R = static_cast<int>(std::min<int64_t>(MR, P - r0));
-          table.fn[R - 1][Cn - 1](apack + r0 * Kp, p.b + n0 * p.ldb, p.ldb, K, out_at(r0, n0, false));
+          table.fn[R - 1][Cn - 1](apack + r0 * Kp, bcols(n0), K, out_at(r0, n0, false));
         }
       }
     }

@@ -25,10 +25,19 @@ void quantize_per_token(int64_t M, int64_t K, const float* x, int64_t x_sm, int8
     int8_t* qr = q + m * q_sm;
     float amax = 0.0f;
     for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
-    scale[m] = amax > 0.0f ? amax / 127.0f : 1.0f;
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-    for (int64_t k = 0; k < K; ++k)
-      qr[k] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(xr[k] * inv))));
+    const float s = amax / 127.0f;
+    scale[m] = s > 0.0f ? s : 1.0f;
+    if (s > 0.0f && amax >= kTinyAbsmax) {
+      const float inv = 127.0f / amax;
+      for (int64_t k = 0; k < K; ++k)
+        qr[k] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(xr[k] * inv))));
+    } else {
+      // 127 / amax overflows fp32 here (or the scale underflowed to 0 and
+      // became 1): divide in double instead.
+      const double sd = scale[m];
+      for (int64_t k = 0; k < K; ++k)
+        qr[k] = static_cast<int8_t>(std::min(127.0, std::max(-127.0, std::nearbyint(xr[k] / sd))));
+    }
   }
 }
 

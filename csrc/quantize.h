@@ -1,11 +1,15 @@
 // quantize_per_token: symmetric absmax int8 quantization of each row.
-//   scale[m] = max_k |x[m][k]| / 127   (1 for an all-zero row)
+//   scale[m] = max_k |x[m][k]| / 127   (1 where that is 0: all-zero or underflowing rows)
 //   q[m][k]  = clamp(round_half_even(x[m][k] * 127 / absmax), -127, 127)
 #pragma once
 
 #include <cstdint>
 
 namespace llmaccel {
+
+// Below this absmax, 127 / absmax is not a finite float: such rows are
+// quantized with a double division instead of a float reciprocal.
+constexpr float kTinyAbsmax = 1e-36f;
 
 void quantize_per_token(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm, float* scale,
                         int nthreads);

@@ -32,6 +32,8 @@ hardware (see :func:`choose_mode`).
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
@@ -80,7 +82,7 @@ def dequantize_weight(w_int8: Tensor, w_scale: Tensor) -> Tensor:
 def int8_linear_reference(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str) -> Tensor:
     """Plain-PyTorch int8_linear (module docstring), fp32 math with an exact integer core."""
     K = x.shape[-1]
-    x2 = x.reshape(-1, K)
+    x2 = x.reshape(x.shape[:-1].numel(), K)
     if act == "dynamic":
         q, s = quantize_per_token_reference(x2)
         # float64 holds every int32 partial sum of the int8 product exactly.
@@ -126,7 +128,7 @@ def _backward(ctx, grad_y):
     w_int8, w_scale = ctx.saved_tensors
     g = grad_y.to(torch.float32)
     grad_x = torch.matmul(g, dequantize_weight(w_int8, w_scale)).to(ctx.x_dtype)
-    grad_bias = g.reshape(-1, g.shape[-1]).sum(0).to(ctx.bias_dtype) if ctx.has_bias else None
+    grad_bias = g.reshape(g.shape[:-1].numel(), g.shape[-1]).sum(0).to(ctx.bias_dtype) if ctx.has_bias else None
     return grad_x, None, None, grad_bias, None
 
 
@@ -166,10 +168,39 @@ def _cpp_check(x, w_int8, w_scale, bias, act):
     return None
 
 
+# Packed (panel-layout) copies of int8 weights for the C++ kernel, derived
+# on first use and cached per weight tensor; never saved in a state_dict.
+# Keyed by the tensor's id with a weak reference that evicts the entry when
+# the weight dies (tensors compare elementwise, so they cannot be dict keys),
+# and invalidated by its version counter, so an in-place update of the weight
+# (load_state_dict, copy_) repacks.
+_packed_cache: dict[int, tuple[weakref.ref, int, Tensor]] = {}
+
+
+def packed_weight_cpp(w_int8: Tensor) -> Tensor:
+    """The C++ kernel's packed layout of ``w_int8`` [N, K] (groups of NR rows, K chunks interleaved)."""
+    from .._ext import ext
+
+    key = id(w_int8)
+    hit = _packed_cache.get(key)
+    if hit is not None and hit[0]() is w_int8 and hit[1] == w_int8._version:
+        return hit[2]
+    N, K = w_int8.shape
+    w = w_int8 if w_int8.stride(1) == 1 or K <= 1 else w_int8.contiguous()
+    packed = torch.empty(ext().int8_mm_packed_size("", N, K), dtype=torch.int8)
+    ext().int8_mm_pack_b("", N, K, w.data_ptr(), w.stride(0) if N > 1 else K, packed.data_ptr(),
+                         torch.get_num_threads())
+    ref = weakref.ref(w_int8, lambda _, key=key: _packed_cache.pop(key, None))
+    _packed_cache[key] = (ref, w_int8._version, packed)
+    return packed
+
+
 @register_backend("cpp", check=_cpp_check)
 def _int8_linear_cpp(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str) -> Tensor:
-    """Fused W8A8 in csrc/ (quantize while packing -> VNNI int32 core -> fp32 epilogue).
+    """Fused W8A8 in csrc/ (quantize while packing x -> VNNI int32 core -> fp32 epilogue).
 
+    The weight is read in its packed panel layout (:func:`packed_weight_cpp`),
+    which turns each group of output channels into one sequential stream.
     The kernel reads fp32 activations; fp16/bf16 inputs are widened first and
     the fp32 result is rounded to x's dtype (two cheap passes over M x K and
     M x N next to the M x N x K product).
@@ -178,16 +209,17 @@ def _int8_linear_cpp(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str)
 
     K = x.shape[-1]
     N = w_int8.shape[0]
-    x2 = x.reshape(-1, K).to(torch.float32)
+    x2 = x.reshape(x.shape[:-1].numel(), K).to(torch.float32)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M = x2.shape[0]
-    w = w_int8 if w_int8.stride(1) == 1 else w_int8.contiguous()
+    packed = packed_weight_cpp(w_int8)
     ws = w_scale.contiguous()
     b = bias.to(torch.float32).contiguous() if bias is not None else None
     y = torch.empty((M, N), dtype=torch.float32)
-    ext().int8_linear_dynamic(M, N, K, x2.data_ptr(), x2.stride(0), w.data_ptr(), w.stride(0), ws.data_ptr(),
-                              b.data_ptr() if b is not None else 0, y.data_ptr(), N, torch.get_num_threads())
+    ext().int8_linear_dynamic(M, N, K, x2.data_ptr(), x2.stride(0), w_int8.data_ptr(), w_int8.stride(0),
+                              packed.data_ptr(), ws.data_ptr(), b.data_ptr() if b is not None else 0, y.data_ptr(),
+                              N, torch.get_num_threads())
     return y.to(x.dtype).reshape(*x.shape[:-1], N)
 
 

@@ -4,8 +4,9 @@ Math (the documented truth; :func:`quantize_per_token_reference`)::
 
     x      : float [..., K]                 (fp32 / fp16 / bf16)
     absmax : fp32  [...]      = max_k |x[..., k]|
-    scale  : fp32  [...]      = absmax / 127        (1.0 for an all-zero row)
-    q      : int8  [..., K]   = clamp(round_half_even(x / scale), -127, 127)
+    scale  : fp32  [...]      = absmax / 127        (1.0 where that is 0: an all-zero row,
+                                                     or one so tiny the scale underflows)
+    q      : int8  [..., K]   = clamp(round_half_even(x / scale), -127, 127)   (x / scale in float64)
 
 so ``x ~= q * scale[..., None]`` with |error| <= scale / 2 per element.
 -128 is never produced, which keeps the grid symmetric.  Backends may compute
@@ -37,8 +38,10 @@ def quantize_per_token_reference(x: Tensor) -> tuple[Tensor, Tensor]:
     """Plain-PyTorch per-token quantization (see module docstring)."""
     xf = x.to(torch.float32)
     absmax = xf.abs().amax(dim=-1) if x.shape[-1] > 0 else xf.new_zeros(x.shape[:-1])
-    scale = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax))
-    q = torch.clamp(torch.round(xf / scale.unsqueeze(-1)), -127, 127).to(torch.int8)
+    scale = absmax / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    # float64 division: for tiny rows 1 / scale would overflow fp32.
+    q = torch.clamp(torch.round(xf.double() / scale.double().unsqueeze(-1)), -127, 127).to(torch.int8)
     return q, scale
 
 
@@ -75,7 +78,7 @@ def _quantize_per_token_cpp(x: Tensor) -> tuple[Tensor, Tensor]:
     from .._ext import ext
 
     K = x.shape[-1]
-    x2 = x.reshape(-1, K).to(torch.float32)
+    x2 = x.reshape(x.shape[:-1].numel(), K).to(torch.float32)
     if K > 0 and x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M = x2.shape[0]
