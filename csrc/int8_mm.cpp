@@ -32,15 +32,15 @@ const Variant kVariants[] = {
     {"generic", &int8_mm_generic, &int8_mm_layout_generic, [] { return true; }},
 };
 
-const Variant& pick(const std::string& name) {
+const Variant& pick(const char* op, const std::string& name) {
   for (const Variant& v : kVariants) {
     if (name.empty() && v.supported()) return v;
     if (name == v.name) {
-      if (!v.supported()) fail("int8_mm/int8_linear", "variant '" + name + "' needs CPU features this machine lacks");
+      if (!v.supported()) fail(op, "variant '" + name + "' needs CPU features this machine lacks");
       return v;
     }
   }
-  fail("int8_mm/int8_linear", "unknown variant '" + name + "'");
+  fail(op, "unknown variant '" + name + "'");
 }
 
 }  // namespace
@@ -64,7 +64,7 @@ void int8_mm(int64_t M, int64_t N, int64_t K, const int8_t* a, int64_t a_sm, int
                  ": an exact int8 dot product of that length can overflow int32");
   if (M > 1 && N > 1 && (c_sm == 0 || c_sn == 0)) fail(op, "out has a zero stride, so its elements overlap");
   if (nthreads < 1) fail(op, "nthreads must be >= 1, got " + std::to_string(nthreads));
-  const Variant& v = pick(variant);
+  const Variant& v = pick(op, variant);
   if (M == 0 || N == 0) return;
   if (K == 0) {
     for (int64_t m = 0; m < M; ++m)
@@ -99,7 +99,7 @@ void int8_mm(int64_t M, int64_t N, int64_t K, const int8_t* a, int64_t a_sm, int
 
 int64_t int8_mm_packed_size(const std::string& variant, int64_t N, int64_t K) {
   if (N < 0 || K < 0) fail("int8_mm_pack_b", "negative size");
-  const Int8MMLayout L = pick(variant).layout();
+  const Int8MMLayout L = pick("int8_mm_pack_b", variant).layout();
   int64_t bytes = 0;
   if (__builtin_mul_overflow(ceil_div(N, L.nr) * L.nr, round_up(K, L.kalign), &bytes))
     fail_overflow("int8_mm_pack_b", "packed size overflows int64");
@@ -113,7 +113,7 @@ void int8_mm_pack_b(const std::string& variant, int64_t N, int64_t K, const int8
   const int64_t bytes = int8_mm_packed_size(variant, N, K);
   if (bytes > 0 && out == nullptr) fail(op, "out is a null pointer");
   if (nthreads < 1) fail(op, "nthreads must be >= 1");
-  const Int8MMLayout L = pick(variant).layout();
+  const Int8MMLayout L = pick(op, variant).layout();
   const int64_t NR = L.nr, KA = L.kalign, Kp = round_up(K, KA), ngroups = ceil_div(N, NR);
   // Layout: group g = n / NR, chunk j = k / KA, column c = n % NR ->
   //   out[g * NR * Kp + j * NR * KA + c * KA + k % KA]; padding is zero.
@@ -145,7 +145,7 @@ void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_
                  ": the exact int32 accumulator could overflow");
   if (M > 1 && N > 0 && y_sm < N) fail(op, "out rows overlap (row stride < N)");
   if (nthreads < 1) fail(op, "nthreads must be >= 1, got " + std::to_string(nthreads));
-  const Variant& v = pick(variant);
+  const Variant& v = pick(op, variant);
   if (M == 0 || N == 0) return;
   if (K == 0) {
     for (int64_t m = 0; m < M; ++m)

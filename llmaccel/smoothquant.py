@@ -16,7 +16,9 @@ easily.  SmoothQuant's choice, with ``alpha`` the migration strength::
     s_j = max|X_j| ** alpha / max_over_group|W_:,j| ** (1 - alpha)     (clamped to >= 1e-5)
 
 where ``max|X_j|`` comes from calibration batches and the weight max is taken
-over every Linear that reads the same input.
+over every Linear that reads the same input.  Channels where either max is
+zero get ``s_j = 1`` (nothing to migrate, and a tiny ``s_j`` would blow up
+``x / s`` for inputs that do use the channel later).
 
 Where ``1/s`` goes:
 
@@ -44,8 +46,10 @@ How the norm -> Linear edges are found: during calibration a forward hook on
 every norm records its output tensor, a forward pre-hook on every Linear
 checks whether its input *is* (object identity) one of those tensors, and a
 ``TorchFunctionMode`` watches every other torch op that touches a recorded
-norm output (a residual add, a cast, a view, being returned from the model):
-such a norm is not folded, because its other readers would see the change.
+norm output (a residual add, a view, a dtype change, an in-place write,
+being returned from the model; ops that hand back the very same tensor, like
+``x.to(x.dtype)`` or ``x.contiguous()``, are followed through): such a norm is
+not folded, because its other readers would see the change.
 After folding, the first calibration batch is run again and the outputs are
 compared with the originals; if they moved more than the tolerance, every
 fold is undone and those Linears get unfolded scales instead (a warning says
@@ -160,6 +164,11 @@ def _is_metadata(func) -> bool:
     return name in _META_METHODS
 
 
+def _is_inplace(func) -> bool:
+    name = getattr(func, "__name__", "")
+    return (name.endswith("_") and not name.endswith("__")) or name.startswith("__i") or name == "__setitem__"
+
+
 class _Calibration:
     """Per-run state shared by the hooks and the function mode."""
 
@@ -196,7 +205,7 @@ class _Calibration:
                 self.in_hook = False
         return hook
 
-    def note_uses(self, func, args, kwargs) -> None:
+    def note_uses(self, func, args, kwargs, result) -> None:
         for t in _leaves((args, kwargs)):
             name = self.norm_of(t)
             if name is None or name in self.other_use:
@@ -205,6 +214,8 @@ class _Calibration:
                 continue  # an nn.Linear reading the norm output: the edge the pre-hook recorded
             if _is_metadata(func):
                 continue
+            if result is t and not _is_inplace(func):
+                continue  # returned unchanged (x.to(its own dtype), x.contiguous()): its readers are x's readers
             self.other_use[name] = _func_name(func)
 
     def end_batch(self, output) -> None:
@@ -226,10 +237,11 @@ class _UseTracker(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        result = func(*args, **kwargs)
         c = self.calib
         if c.norm_out and not c.in_hook:
-            c.note_uses(func, args, kwargs)
-        return func(*args, **kwargs)
+            c.note_uses(func, args, kwargs, result)
+        return result
 
 
 def _param_owners(model: nn.Module) -> dict[int, list[str]]:
@@ -408,7 +420,7 @@ def smooth_(model: nn.Module, calibration_batches: Iterable, alpha: float = 0.5,
             report.folded_scales.clear()
     del undo
 
-    for fqn in linears:
-        if fqn in report.unfolded:
-            report.smooth_scales[fqn] = own_scale(fqn)
+    report.unfolded = {f: report.unfolded[f] for f in linears if f in report.unfolded}  # model order
+    for fqn in report.unfolded:
+        report.smooth_scales[fqn] = own_scale(fqn)
     return report

@@ -126,7 +126,8 @@ class Int8Linear(nn.Module):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, act: str = "dynamic", smooth_scale: Tensor | None = None) -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear, *, act: str = "dynamic",
+                    smooth_scale: Tensor | None = None) -> "Int8Linear":
         """Quantize ``linear.weight`` per output channel (absmax / 127, symmetric, round half to even).
 
         With ``smooth_scale`` (fp32 [in_features], > 0) the quantized weight is
