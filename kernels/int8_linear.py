@@ -64,6 +64,7 @@ Input validation lives in ``llmaccel/ops/int8_linear.py``; the launcher
 assumes it has been done.
 """
 
+import math
 import os
 
 import torch
@@ -373,7 +374,7 @@ def int8_linear(x, w_int8, w_scale, bias, act):
     """
     K = x.shape[-1]
     N = w_int8.shape[0]
-    x2 = x.reshape(-1, K)
+    x2 = x.reshape(math.prod(x.shape[:-1]), K)  # not -1: K may be 0
     if act == "dynamic":
         q, s = quantize_per_token(x2)
         y = w8a8_linear(q, s, w_int8, w_scale, bias, x.dtype)

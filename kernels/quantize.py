@@ -7,13 +7,20 @@ the truth this kernel is tested against). For ``x`` float ``[..., K]``
 (fp32 / fp16 / bf16), every row ``x[r, :]`` of the flattened ``[R, K]`` view::
 
     absmax[r] = max_k |x[r, k]|                       (in fp32)
-    scale[r]  = absmax[r] / 127                        (1.0 when absmax[r] == 0)
+    scale[r]  = absmax[r] / 127                        (1.0 where that is 0: an all-zero row,
+                                                        or absmax so tiny that absmax / 127 underflows)
     q[r, k]   = clamp(round_half_even(x[r, k] / scale[r]), -127, 127)   (int8)
 
-Both divisions are IEEE round-to-nearest (``tl.math.div_rn``). Triton's plain
-``/`` on fp32 may lower to the approximate ``div.full.f32`` on NVIDIA GPUs (up
-to 2 ulp off), which would make ``scale`` and values next to a rounding tie
-differ from the reference; ``div_rn`` keeps the kernel bit-identical to it.
+Both divisions are IEEE round-to-nearest fp32 divisions (``tl.math.div_rn``).
+Triton's plain ``/`` on fp32 may lower to the approximate ``div.full.f32`` on
+NVIDIA GPUs (up to 2 ulp off); ``div_rn`` makes ``scale`` bit-identical to
+the reference. The reference divides ``x / scale`` in float64; the correctly
+rounded fp32 quotient differs from it only when the exact quotient lies
+within half an fp32 ulp of a rounding tie, where q may land one step away --
+the latitude the contract grants (it allows ``x * (1 / scale)``, which is
+further off). fp64 arithmetic would cost 1/64 of the fp32 rate on consumer
+GPUs for a memory-bound kernel. ``div.rn.f32`` does not flush subnormals, so
+subnormal scales (absmax below ~1.5e-36) behave as in the reference.
 
 Rounding
 --------
@@ -49,6 +56,7 @@ Input validation lives in ``llmaccel/ops/quantize.py``; the launcher assumes
 it has been done.
 """
 
+import math
 import os
 
 import torch
@@ -92,7 +100,8 @@ def _quantize_per_token_kernel(
         x = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
         running = tl.maximum(running, tl.abs(x))
     absmax = tl.max(running, axis=0)
-    scale = tl.where(absmax > 0, tl.math.div_rn(absmax, 127.0), 1.0)
+    scale = tl.math.div_rn(absmax, 127.0)
+    scale = tl.where(scale > 0, scale, 1.0)  # all-zero row, or absmax so tiny that absmax / 127 underflows
     tl.store(scale_ptr + row, scale)
 
     # ---- pass 2: quantize ----------------------------------------------------
@@ -120,7 +129,7 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     lead = x.shape[:-1]
     if x.dim() > 0 and x.stride(-1) != 1 and K > 1:
         x = x.contiguous()
-    x2 = x.reshape(-1, K)  # a view whenever the leading dims allow it, else a copy
+    x2 = x.reshape(math.prod(lead), K)  # a view when the leading dims allow it (not -1: K may be 0)
     R = x2.shape[0]
     q = torch.empty((R, K), dtype=torch.int8, device=x.device)
     scale = torch.empty((R,), dtype=torch.float32, device=x.device)

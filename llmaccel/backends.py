@@ -125,6 +125,15 @@ def cpp_device_problem(device: torch.device) -> Optional[str]:
     return _cpp_import_error()
 
 
+def int8_dot_problem(device: torch.device) -> Optional[str]:
+    """Op-level check shared by the Triton int8 kernels: int8 ``tl.dot`` needs sm80+ (not under the interpreter)."""
+    if device.type == "cuda" and not TRITON_INTERPRET:
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:
+            return f"int8 tl.dot needs compute capability >= 8.0; this GPU is {major}.{minor}"
+    return None
+
+
 _DEVICE_PROBLEM: dict[str, Callable[[torch.device], Optional[str]]] = {
     "triton": triton_device_problem,
     "cpp": cpp_device_problem,

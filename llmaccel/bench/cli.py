@@ -34,10 +34,11 @@ from typing import Any, Optional, Sequence
 import torch
 
 from . import cases as _cases
-from .timing import compare
+from .timing import ForeignCpu, compare
 
 __all__ = ["main", "conditions", "run_case", "format_table", "fill_rates", "backend_label"]
 
+FOREIGN_CPU_WARN = 0.05  # warn when other processes used more than 5 % of the CPUs during a case
 QUICK = dict(min_time_s=0.25, max_reps=40, min_reps=3, warmup=1)
 FULL = dict(min_time_s=2.0, max_reps=2000, min_reps=10, warmup=3)
 
@@ -143,7 +144,8 @@ def run_case(case: _cases.Case, timing: dict[str, Any], log=None) -> dict[str, A
             "verifying ...")
         bench.verify(sync=sync)
         log("results identical; timing ...")
-        cmp = compare(bench.ours, bench.peer, sync=sync, **timing)
+        with ForeignCpu() as foreign:
+            cmp = compare(bench.ours, bench.peer, sync=sync, **timing)
     except _cases.CaseMismatch as exc:
         row.update(status="MISMATCH", error=str(exc))
         return row
@@ -160,7 +162,7 @@ def run_case(case: _cases.Case, timing: dict[str, Any], log=None) -> dict[str, A
                ours_ms=cmp.ours.median * 1e3, ours_min_ms=cmp.ours.min * 1e3, ours_iqr_ms=cmp.ours.iqr * 1e3,
                peer_ms=cmp.peer.median * 1e3, peer_min_ms=cmp.peer.min * 1e3, peer_iqr_ms=cmp.peer.iqr * 1e3,
                speedup=cmp.ratio, paired_q1=cmp.paired_ratio.q1, paired_q3=cmp.paired_ratio.q3,
-               timed_s=cmp.elapsed_s)
+               timed_s=cmp.elapsed_s, foreign_cpu=foreign.share)
     fill_rates(row, work)
     return row
 
@@ -186,6 +188,7 @@ _COLUMNS = [
     ("op", "op"), ("case", "case"), ("shape", "shape"), ("backend", "backend"),
     ("ours_ms", "ours ms"), ("ours_rate", "ours throughput"), ("peer", "peer"), ("peer_ms", "peer ms"),
     ("peer_rate", "peer throughput"), ("speedup", "speedup"), ("paired", "paired q1-q3"),
+    ("foreign_cpu", "other procs"),
 ]
 
 
@@ -195,6 +198,9 @@ def _cell(row: dict[str, Any], key: str) -> str:
     if key in ("ours_ms", "peer_ms"):
         v = row[key]
         return f"{v:.3f}" if v < 10 else f"{v:.2f}"
+    if key == "foreign_cpu":
+        v = row.get(key)
+        return "-" if v is None else f"{v:.0%} cpu"
     if key == "speedup":
         return f"{row['speedup']:.2f}x"
     if key == "paired":
@@ -203,14 +209,16 @@ def _cell(row: dict[str, Any], key: str) -> str:
 
 
 def format_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
-    heads = [h for _, h in _COLUMNS]
-    body = [[_cell(r, k) for k, _ in _COLUMNS] for r in rows]
+    """The results table (plain text, or markdown for RESULTS.md); columns nobody measured are left out."""
+    columns = [(k, h) for k, h in _COLUMNS if k != "foreign_cpu" or any(r.get(k) is not None for r in rows)]
+    heads = [h for _, h in columns]
+    body = [[_cell(r, k) for k, _ in columns] for r in rows]
     if markdown:
         out = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
         out += ["| " + " | ".join(cells) + " |" for cells in body]
         return "\n".join(out)
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(heads)]
-    numeric = {"ours ms", "peer ms", "speedup"}
+    numeric = {"ours ms", "peer ms", "speedup", "other procs"}
 
     def fmt(cells):
         return "  ".join(c.rjust(w) if h in numeric else c.ljust(w) for c, w, h in zip(cells, widths, heads)).rstrip()
@@ -227,7 +235,7 @@ def _write_json(path: str, cond: dict, timing: dict, rows: list[dict]) -> None:
 
 _CSV_FIELDS = ["op", "case", "shape", "device", "backend", "status", "reps", "ours_ms", "ours_min_ms", "ours_iqr_ms",
                "ours_gops", "ours_gbps", "peer", "peer_ms", "peer_min_ms", "peer_iqr_ms", "peer_gops", "peer_gbps",
-               "speedup", "paired_q1", "paired_q3", "error"]
+               "speedup", "paired_q1", "paired_q3", "foreign_cpu", "error"]
 
 
 def _write_csv(path: str, cond: dict, rows: list[dict]) -> None:
@@ -246,7 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmaccel-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="speedup = peer median / ours median (> 1: llmaccel is faster); "
-                                       "'paired q1-q3' is the spread of the per-round ratios.")
+                                       "'paired q1-q3' is the spread of the per-round ratios; 'other procs' is "
+                                       "the share of all CPUs that other processes used while a case was timed.")
     p.add_argument("--op", action="append", metavar="OP", help="only this op (repeatable); default: all")
     p.add_argument("--case", action="append", metavar="NAME", help="only this case name (repeatable)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device of the cases (default: cpu)")
@@ -293,8 +302,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         row = run_case(case, timing, log=lambda msg, p=prefix: print(f"{p}: {msg}", file=sys.stderr, flush=True))
         rows.append(row)
         if row["status"] == "ok":
+            fc = row.get("foreign_cpu")
             print(f"{prefix}: ours {row['ours_ms']:.3f} ms, peer {row['peer_ms']:.3f} ms, "
-                  f"speedup {row['speedup']:.2f}x ({row['reps']} calls each)", file=sys.stderr, flush=True)
+                  f"speedup {row['speedup']:.2f}x ({row['reps']} calls each"
+                  + (f"; other processes used {fc:.0%} of the CPU)" if fc is not None else ")"),
+                  file=sys.stderr, flush=True)
         else:
             bar = "!" * 78
             print(f"{bar}\n{prefix}: {row['status']}: {row['error']}\n{bar}", file=sys.stderr, flush=True)
@@ -306,6 +318,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _write_csv(args.csv, cond, rows)
     print()
     print(format_table(rows))
+    busy = [r for r in rows if (r.get("foreign_cpu") or 0.0) > FOREIGN_CPU_WARN]
+    if busy:
+        print("\nwarning: other processes used the CPU while these cases were timed (share of all CPUs): "
+              + ", ".join(f"{r['case']} {r['foreign_cpu']:.0%}" for r in busy)
+              + ". Interleaving shares the noise between ours and the peer, but contention can change the ratio "
+                "too (OpenMP kernels suffer unevenly when cores are oversubscribed): rerun on a quiet machine.")
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         print(f"\n{len(failed)} case(s) failed: " + ", ".join(f"{r['op']} {r['case']} ({r['status']})" for r in failed))

@@ -40,11 +40,13 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
+import resource
 import statistics
 import time
 from typing import Any, Callable, Optional
 
-__all__ = ["Stats", "Comparison", "compare", "summarize"]
+__all__ = ["Stats", "Comparison", "compare", "summarize", "ForeignCpu"]
 
 
 def _noop() -> None:
@@ -197,3 +199,47 @@ def compare(
     paired = summarize([pt / ot for ot, pt in zip(ours_t, peer_t) if ot > 0] or [float("nan")])
     return Comparison(ours=o, peer=p, ratio=p.median / o.median if o.median > 0 else float("nan"),
                       paired_ratio=paired, ours_times=ours_t, peer_times=peer_t, elapsed_s=elapsed)
+
+
+class ForeignCpu:
+    """How much CPU *other* processes used while we measured: the noise the interleaving has to absorb.
+
+    ``with ForeignCpu() as fc: ...`` then ``fc.share``: CPU time spent outside
+    this process (busy time from ``/proc/stat``, steal included, minus this
+    process's own user + system time) as a fraction of all CPUs over the wall
+    time; 0.0 on a quiet machine, 0.5 when another process kept half the cores
+    busy.  ``None`` where ``/proc/stat`` is unavailable (not Linux).
+    """
+
+    def __init__(self) -> None:
+        self.share: Optional[float] = None
+
+    @staticmethod
+    def _busy_s() -> Optional[float]:
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()
+        except OSError:
+            return None
+        if not fields or fields[0] != "cpu":
+            return None
+        v = [int(x) for x in fields[1:]]
+        # user nice system idle iowait irq softirq steal (guest time is already inside user)
+        busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _self_s() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def __enter__(self) -> "ForeignCpu":
+        self._b0, self._s0, self._t0 = self._busy_s(), self._self_s(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        b1, s1, wall = self._busy_s(), self._self_s(), time.perf_counter() - self._t0
+        if self._b0 is None or b1 is None or wall <= 0:
+            return
+        other = (b1 - self._b0) - (s1 - self._s0)
+        self.share = max(0.0, other / (wall * (os.cpu_count() or 1)))

@@ -224,11 +224,7 @@ def _int8_linear_cpp(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str)
 
 
 def _triton_check(x, w_int8, w_scale, bias, act):
-    if x.device.type == "cuda" and not backends.TRITON_INTERPRET:
-        major, minor = torch.cuda.get_device_capability(x.device)
-        if major < 8:
-            return f"int8 tl.dot needs compute capability >= 8.0; this GPU is {major}.{minor}"
-    return None
+    return backends.int8_dot_problem(x.device)
 
 
 @register_backend("triton", check=_triton_check)

@@ -69,11 +69,7 @@ _dispatch.register("cpp")(int8_mm_cpp)
 
 
 def _triton_check(a: Tensor, b: Tensor):
-    if a.device.type == "cuda" and not backends.TRITON_INTERPRET:
-        major, minor = torch.cuda.get_device_capability(a.device)
-        if major < 8:
-            return f"int8 tl.dot needs compute capability >= 8.0; this GPU is {major}.{minor}"
-    return None
+    return backends.int8_dot_problem(a.device)
 
 
 @_dispatch.register("triton", check=_triton_check)

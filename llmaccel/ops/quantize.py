@@ -12,6 +12,8 @@ so ``x ~= q * scale[..., None]`` with |error| <= scale / 2 per element.
 -128 is never produced, which keeps the grid symmetric.  Backends may compute
 ``x * (1 / scale)`` instead of ``x / scale``; the two differ by at most one
 ulp, so a value within an ulp of a rounding tie may land one step away.
+NaN or infinite inputs give unspecified results (backends differ in how a
+max reduction treats NaN); check ``torch.isfinite`` first if they can occur.
 """
 
 from __future__ import annotations
@@ -93,17 +95,7 @@ def _quantize_per_token_cpp(x: Tensor) -> tuple[Tensor, Tensor]:
 register_backend("cpp")(_quantize_per_token_cpp)
 
 
-def _triton_check(x: Tensor):
-    # The quantize kernel itself needs no tensor cores, but it only ever feeds
-    # the int8 tl.dot of int8_linear: refuse the same GPUs int8_mm refuses.
-    if x.device.type == "cuda" and not backends.TRITON_INTERPRET:
-        major, minor = torch.cuda.get_device_capability(x.device)
-        if major < 8:
-            return f"the Triton int8 kernels need compute capability >= 8.0; this GPU is {major}.{minor}"
-    return None
-
-
-@register_backend("triton", check=_triton_check)
+@register_backend("triton")  # plain loads/stores and reductions: any GPU Triton supports
 def _quantize_per_token_triton(x: Tensor) -> tuple[Tensor, Tensor]:
     from ..kernels.quantize import quantize_per_token as triton_quantize_per_token
 
