@@ -166,19 +166,26 @@ class Explanation:
     requested: str
     backend: Optional[str]
     refused: dict[str, str]
+    notes: list[str] = dataclasses.field(default_factory=list)  # op-level choices (e.g. int8_linear's mode)
 
     def __str__(self) -> str:
         head = f"llmaccel::{self.op} (requested: {self.requested}) -> {self.backend or 'nothing can run it'}"
-        lines = [head] + [f"  {b}: refused: {why}" for b, why in self.refused.items()]
+        lines = [head] + [f"  {note}" for note in self.notes]
+        lines += [f"  {b}: refused: {why}" for b, why in self.refused.items()]
         return "\n".join(lines)
 
 
 class OpDispatcher:
     """Implementations of one op, keyed by backend, and the selection logic."""
 
-    def __init__(self, name: str, device_of: Callable[..., torch.device]):
+    def __init__(self, name: str, device_of: Callable[..., torch.device],
+                 prepare: Optional[Callable[..., tuple[tuple, Optional[str]]]] = None):
         self.name = name
         self._device_of = device_of
+        # prepare(*args) -> (args, note): resolves op-level choices (such as
+        # int8_linear's act="auto") before a backend is picked; the note
+        # explains the choice in explain().
+        self._prepare = prepare
         self._impls: dict[str, _Impl] = {}
 
     def register(self, backend: str, check: Optional[Callable[..., Optional[str]]] = None):
@@ -207,6 +214,11 @@ class OpDispatcher:
         return ["triton", "torch"] if device.type == "cuda" else ["cpp", "torch"]
 
     def explain(self, *args, **kwargs) -> Explanation:
+        notes = []
+        if self._prepare is not None:
+            args, note = self._prepare(*args, **kwargs)
+            if note:
+                notes.append(note)
         device = self._device_of(*args, **kwargs)
         requested = current()
         refused: dict[str, str] = {}
@@ -225,7 +237,7 @@ class OpDispatcher:
                     refused[backend] = why or f"not requested (backend {requested!r} was requested)"
                 else:
                     refused[backend] = why or f"not the automatic choice for {device.type} tensors"
-        return Explanation(self.name, requested, chosen, refused)
+        return Explanation(self.name, requested, chosen, refused, notes)
 
     def select(self, *args, **kwargs) -> Callable:
         device = self._device_of(*args, **kwargs)
@@ -251,17 +263,19 @@ class OpDispatcher:
         raise BackendUnavailable(f"llmaccel::{self.name}: no backend can run this call")
 
     def __call__(self, *args, **kwargs):
+        if self._prepare is not None:
+            args, _ = self._prepare(*args, **kwargs)
         return self.select(*args, **kwargs)(*args, **kwargs)
 
 
 _REGISTRY: dict[str, OpDispatcher] = {}
 
 
-def dispatcher(name: str, device_of: Callable[..., torch.device]) -> OpDispatcher:
+def dispatcher(name: str, device_of: Callable[..., torch.device], prepare=None) -> OpDispatcher:
     """Create (once) the dispatcher of op ``name``; ``device_of(*args)`` gives the device that decides."""
     if name in _REGISTRY:
         raise ValueError(f"op {name!r} is already registered")
-    _REGISTRY[name] = OpDispatcher(name, device_of)
+    _REGISTRY[name] = OpDispatcher(name, device_of, prepare)
     return _REGISTRY[name]
 
 

@@ -27,7 +27,7 @@ quantized base): the activation quantization is treated as the identity
     grad_bias = grad_y summed over all leading dims
 
 ``act="auto"`` lets the dispatcher pick the mode per call from M and the
-hardware (see :func:`choose_mode`).
+hardware (see :func:`choose_mode`); ``explain()`` says which and why.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def _validate(x, w_int8, w_scale, bias, act) -> None:
         check_same_device(OP, x=x, w_int8=w_int8, w_scale=w_scale, bias=bias)
     else:
         check_same_device(OP, x=x, w_int8=w_int8, w_scale=w_scale)
-    if act not in MODES:
-        fail(OP, f"act must be one of {MODES} (or 'auto' in llmaccel.int8_linear), got {act!r}")
+    if act not in MODES + ("auto",):
+        fail(OP, f"act must be one of {MODES + ('auto',)}, got {act!r}")
     if act == "dynamic" and K > MAX_K:
         fail(OP, f"K = {K} exceeds {MAX_K}: the int32 accumulator of act='dynamic' could overflow")
 
@@ -95,7 +95,36 @@ def int8_linear_reference(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act:
     return y.to(x.dtype).reshape(*x.shape[:-1], w_int8.shape[0])
 
 
-_dispatch = backends.dispatcher(OP, device_of=lambda x, *rest: x.device)
+def choose_mode(x: Tensor, w_int8: Tensor) -> tuple[str, str]:
+    """The mode ``act="auto"`` runs, and why.
+
+    CPU: always W8A8.  The fused C++ kernel streams the int8 weight for small
+    M and runs the int8 dot-product unit (4x fp32 throughput with VNNI) for
+    large M; the only weight-only path on CPUs is the PyTorch reference
+    (dequantize + fp32 matmul), slower at every M measured (bench/RESULTS.md).
+    CUDA: weight-only for M <= 16 (decode is weight-bandwidth-bound and skips
+    the activation quantization pass), W8A8 above, where int8 tensor cores
+    double bf16 throughput.  The GPU crossover is a design estimate, not yet
+    measured on a GPU.
+    """
+    M = x.numel() // max(x.shape[-1], 1)
+    if x.device.type == "cuda":
+        if M <= 16:
+            return "weight_only", f"act='auto' -> 'weight_only' (CUDA, M={M} <= 16: weight-bandwidth-bound decode)"
+        return "dynamic", f"act='auto' -> 'dynamic' (CUDA, M={M} > 16: int8 tensor cores)"
+    return "dynamic", f"act='auto' -> 'dynamic' ({x.device.type}: W8A8 is the fastest mode at every M measured)"
+
+
+def _prepare(x, w_int8, w_scale, bias, act):
+    if act != "auto":
+        return (x, w_int8, w_scale, bias, act), None
+    mode, why = choose_mode(x, w_int8)
+    return (x, w_int8, w_scale, bias, mode), why
+
+
+
+
+_dispatch = backends.dispatcher(OP, device_of=lambda x, *rest: x.device, prepare=_prepare)
 _dispatch.register("torch")(int8_linear_reference)
 
 
@@ -135,28 +164,13 @@ def _backward(ctx, grad_y):
 _int8_linear_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def choose_mode(x: Tensor, w_int8: Tensor) -> str:
-    """The mode ``act="auto"`` runs: W8A8 wherever an int8 dot product unit exists.
-
-    On CPUs the fused dynamic kernel (VNNI) streams the int8 weight at memory
-    speed for small M and is compute-bound at 4x fp32 throughput for large M,
-    so it wins at every M we measured; weight-only is kept for callers who
-    want activations unquantized.  On CUDA, small M (decode) is memory-bound
-    and weight-only avoids the activation quantization pass.
-    """
-    M = x.numel() // max(x.shape[-1], 1)
-    if x.device.type == "cuda" and M <= 16:
-        return "weight_only"
-    return "dynamic"
-
-
 def int8_linear(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None = None, *,
                 act: str = "dynamic") -> Tensor:
-    """``y = x @ (w_int8 * w_scale[:, None]).T + bias`` with int8 weights (module docstring for the modes)."""
-    if act == "auto":
-        check_tensor(OP, "x", x)
-        check_tensor(OP, "w_int8", w_int8, dtype=torch.int8, ndim=2)
-        act = choose_mode(x, w_int8)
+    """``y = x @ (w_int8 * w_scale[:, None]).T + bias`` with int8 weights (module docstring for the modes).
+
+    ``act="auto"`` is resolved per call inside the op (so also at run time
+    under ``torch.compile``); ``llmaccel.backends.explain`` reports the choice.
+    """
     _validate(x, w_int8, w_scale, bias, act)
     return torch.ops.llmaccel.int8_linear(x, w_int8, w_scale, bias, act)
 
