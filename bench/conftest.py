@@ -66,6 +66,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     heads = ("group", "ours median ms", "peer", "peer median ms", "ratio")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
     for cells in [heads] + rows:
-        tr.write_line("  ".join(c.ljust(w) if i in (0, 2) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
+        padded = (c.ljust(w) if i in (0, 2) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        tr.write_line("  ".join(padded))
     tr.write_line("(each impl timed in its own test, not interleaved: `python -m llmaccel.bench` gives the "
                   "interleaved ratio)")

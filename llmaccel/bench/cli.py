@@ -89,8 +89,8 @@ def conditions(device: str) -> dict[str, Any]:
         "LLMACCEL_BACKEND": os.environ.get("LLMACCEL_BACKEND", "(unset: auto)"),
     }
     if device == "cuda" and torch.cuda.is_available():
-        cond.update(gpu=torch.cuda.get_device_name(), gpu_capability=".".join(map(str, torch.cuda.get_device_capability())),
-                    cuda=torch.version.cuda)
+        cap = torch.cuda.get_device_capability()
+        cond.update(gpu=torch.cuda.get_device_name(), gpu_capability=f"{cap[0]}.{cap[1]}", cuda=torch.version.cuda)
     return cond
 
 
