@@ -183,7 +183,8 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
   auto apack_owner = alloc_bytes(round_up(P, MR) * Kp);
   uint8_t* apack = apack_owner.get();
 
-  const int64_t ngroups = ceil_div(N, NR);
+  const int64_t nr = NR;  // columns per group
+  const int64_t ngroups = ceil_div(N, nr);
   // With enough column groups for every thread, the ones row rides along in
   // the first row tile and threads split columns.  With very few columns, the
   // column sums are computed up front and threads split rows as well.
@@ -192,6 +193,9 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
 
   int64_t MC = std::max<int64_t>(MR, kABlockBytes / std::max<int64_t>(Kp, 1) / MR * MR);
   MC = std::min<int64_t>(MC, round_up(P, MR));
+  // Equal blocks (e.g. 513 rows as 6 x 88 rather than 5 x 96 + 33) keep
+  // every pass over B equally long.
+  MC = round_up(ceil_div(P, ceil_div(P, MC)), MR);
 
 #pragma omp parallel num_threads(p.nthreads)
   {
@@ -233,7 +237,11 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
             }
           }
         } else {
-          for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(src[(k0 + i) * p.a_sk]) ^ flip;
+          if (p.a_sk == 1) {  // the common case, kept separate so it vectorizes
+            for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(src[k0 + i]) ^ flip;
+          } else {
+            for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(src[(k0 + i) * p.a_sk]) ^ flip;
+          }
         }
         std::memset(dst + n, 0, KA - n);
       }
@@ -267,13 +275,28 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
         const int64_t m1 = std::min(P, m0 + MC);
 #pragma omp for schedule(static)
         for (int64_t g = 0; g < ngroups; ++g) {
-          const int64_t n0 = g * NR;
-          const int Cn = static_cast<int>(std::min<int64_t>(NR, N - n0));
+          const int64_t n0 = g * nr;
+          const int Cn = static_cast<int>(std::min<int64_t>(nr, N - n0));
           const BCols bcol = bcols(n0);
+          // While this group's row tiles run (compute-bound once M is more
+          // than a few rows), pull the next group's B into L2, a slice per
+          // tile, so its first tile does not wait on L3 or DRAM.
+          const int64_t ntile = ceil_div(m1 - m0, MR);
+          const int64_t next_bytes = std::min<int64_t>(nr, std::max<int64_t>(N - n0 - nr, 0)) * Kp;
+          const BCols bnext = bcols(std::min<int64_t>(n0 + nr, N));
+          const int64_t lines = ntile > 1 ? ceil_div(next_bytes, 64) : 0;
+          const int64_t per_tile = ceil_div(lines, ntile);
+          int64_t pf = 0;
           // Row tiles go in order, so the tile holding the ones row (packed
           // row 0) stores the column sums before any other tile needs them.
           for (int64_t r0 = m0; r0 < m1; r0 += MR) {
             const int R = static_cast<int>(std::min<int64_t>(MR, m1 - r0));
+            for (const int64_t e = std::min(lines, pf + per_tile); pf < e; ++pf) {
+              // Line pf of the next group: plain columns are NR runs of Kp
+              // bytes at stride cs; packed panels are one run.
+              const int64_t byte = pf * 64, c = byte / Kp, k = byte % Kp;
+              __builtin_prefetch(bnext.b + (bnext.ks == 1 ? c * bnext.cs + k : byte), 0, 2);
+            }
             const TileFn(*tiles)[NR] = r0 == m0 ? stream_table.fn : table.fn;
             tiles[R - 1][Cn - 1](apack + r0 * Kp, bcol, K, out_at(r0, n0, true));
           }
@@ -283,8 +306,8 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
       if (Isa::kOnesRow) {
 #pragma omp for schedule(static)
         for (int64_t g = 0; g < ngroups; ++g) {
-          const int64_t n0 = g * NR;
-          const int Cn = static_cast<int>(std::min<int64_t>(NR, N - n0));
+          const int64_t n0 = g * nr;
+          const int Cn = static_cast<int>(std::min<int64_t>(nr, N - n0));
           stream_table.fn[0][Cn - 1](apack, bcols(n0), K, out_at(0, n0, true));
         }
       }
@@ -292,8 +315,8 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
 #pragma omp for schedule(static) collapse(2)
       for (int64_t g = 0; g < ngroups; ++g) {
         for (int64_t t = 0; t < ntiles; ++t) {
-          const int64_t n0 = g * NR;
-          const int Cn = static_cast<int>(std::min<int64_t>(NR, N - n0));
+          const int64_t n0 = g * nr;
+          const int Cn = static_cast<int>(std::min<int64_t>(nr, N - n0));
           const int64_t r0 = t * MR;
           const int R = static_cast<int>(std::min<int64_t>(MR, P - r0));
           table.fn[R - 1][Cn - 1](apack + r0 * Kp, bcols(n0), K, out_at(r0, n0, false));
