@@ -143,7 +143,7 @@ def run_case(case: _cases.Case, timing: dict[str, Any], log=None) -> dict[str, A
         log(f"inputs ready ({time.perf_counter() - t0:.1f} s, {bench.n_sets} set(s)); backend {row['backend']}; "
             "verifying ...")
         bench.verify(sync=sync)
-        log("results identical; timing ...")
+        log("results verified; timing ...")
         with ForeignCpu() as foreign:
             cmp = compare(bench.ours, bench.peer, sync=sync, **timing)
     except _cases.CaseMismatch as exc:
