@@ -41,6 +41,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from . import _ext
+
 __all__ = ["BACKENDS", "BackendUnavailable", "Explanation", "explain", "use", "current", "available_backends"]
 
 BACKENDS = ("triton", "cpp", "torch")
@@ -99,8 +101,6 @@ def _triton_import_error() -> Optional[str]:
 
 
 def _cpp_import_error() -> Optional[str]:
-    from . import _ext
-
     return _ext.load_error()
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
+from .._ext import ext
 from ._checks import check_same_device, check_tensor, fail
 from .int8_mm import MAX_K
 from .quantize import FLOAT_DTYPES, quantize_per_token_reference
@@ -171,7 +172,11 @@ def int8_linear(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None 
     ``act="auto"`` is resolved per call inside the op (so also at run time
     under ``torch.compile``); ``llmaccel.backends.explain`` reports the choice.
     """
-    _validate(x, w_int8, w_scale, bias, act)
+    # Full validation happens inside the op (so direct torch.ops calls get it
+    # too); only non-tensors are caught here, before the schema would.
+    check_tensor(OP, "x", x)
+    check_tensor(OP, "w_int8", w_int8)
+    check_tensor(OP, "w_scale", w_scale)
     return torch.ops.llmaccel.int8_linear(x, w_int8, w_scale, bias, act)
 
 
@@ -219,22 +224,26 @@ def _int8_linear_cpp(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str)
     the fp32 result is rounded to x's dtype (two cheap passes over M x K and
     M x N next to the M x N x K product).
     """
-    from .._ext import ext
-
     K = x.shape[-1]
     N = w_int8.shape[0]
-    x2 = x.reshape(x.shape[:-1].numel(), K).to(torch.float32)
+    x2 = x.reshape(x.shape[:-1].numel(), K)
+    if x2.dtype != torch.float32:
+        x2 = x2.to(torch.float32)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M = x2.shape[0]
     packed = packed_weight_cpp(w_int8)
-    ws = w_scale.contiguous()
-    b = bias.to(torch.float32).contiguous() if bias is not None else None
+    ws = w_scale if w_scale.is_contiguous() else w_scale.contiguous()
+    b = 0
+    if bias is not None:
+        bias = bias if bias.dtype == torch.float32 and bias.is_contiguous() else bias.to(torch.float32).contiguous()
+        b = bias.data_ptr()
     y = torch.empty((M, N), dtype=torch.float32)
     ext().int8_linear_dynamic(M, N, K, x2.data_ptr(), x2.stride(0), w_int8.data_ptr(), w_int8.stride(0),
-                              packed.data_ptr(), ws.data_ptr(), b.data_ptr() if b is not None else 0, y.data_ptr(),
-                              N, torch.get_num_threads())
-    return y.to(x.dtype).reshape(*x.shape[:-1], N)
+                              packed.data_ptr(), ws.data_ptr(), b, y.data_ptr(), N, torch.get_num_threads())
+    if x.dtype != torch.float32:
+        y = y.to(x.dtype)
+    return y.reshape(*x.shape[:-1], N)
 
 
 def _triton_check(x, w_int8, w_scale, bias, act):

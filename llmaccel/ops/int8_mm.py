@@ -97,5 +97,7 @@ def int8_mm(a: Tensor, b: Tensor) -> Tensor:
     Runs ``torch.ops.llmaccel.int8_mm`` (so it traces under ``torch.compile``);
     the backend follows :mod:`llmaccel.backends`.
     """
-    _validate(a, b)
+    # Full validation happens inside the op; only non-tensors are caught here, before the schema would.
+    check_tensor(OP, "a", a)
+    check_tensor(OP, "b", b)
     return torch.ops.llmaccel.int8_mm(a, b)

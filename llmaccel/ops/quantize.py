@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
+from .._ext import ext
 from ._checks import check_tensor, fail
 
 OP = "quantize_per_token"
@@ -65,7 +66,7 @@ def _quantize_per_token_fake(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric absmax int8 per row: returns ``(q int8 [..., K], scale fp32 [...])`` with ``x ~= q * scale``."""
-    _validate(x)
+    check_tensor(OP, "x", x)  # full validation happens inside the op
     return torch.ops.llmaccel.quantize_per_token(x)
 
 
@@ -77,8 +78,6 @@ def register_backend(backend: str, check=None):
 def _quantize_per_token_cpp(x: Tensor) -> tuple[Tensor, Tensor]:
     # csrc/quantize.cpp works on fp32 rows; half inputs are widened first
     # (exact), which the kernel would have to do anyway.
-    from .._ext import ext
-
     K = x.shape[-1]
     x2 = x.reshape(x.shape[:-1].numel(), K).to(torch.float32)
     if K > 0 and x2.stride(-1) != 1:
