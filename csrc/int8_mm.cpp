@@ -93,17 +93,22 @@ void int8_mm(int64_t M, int64_t N, int64_t K, const int8_t* a, int64_t a_sm, int
     bcols = bt.data();
     ldb = K;
   }
-  Int8MMProblem p{M, N, K, a, a_sm, a_sk, bcols, ldb, false, c, c_sm, c_sn, nthreads};
+  Int8MMProblem p{M, N, K, a, a_sm, a_sk, bcols, ldb, false, nullptr, c, c_sm, c_sn, nthreads};
   v.fn(p);
+}
+
+// Bytes of the panels alone (the column sums follow them).
+int64_t packed_panel_bytes(const Int8MMLayout& L, int64_t N, int64_t K) {
+  int64_t bytes = 0;
+  if (__builtin_mul_overflow(ceil_div(N, L.nr) * L.nr, round_up(K, L.kalign), &bytes))
+    fail_overflow("int8_mm_pack_b", "packed size overflows int64");
+  return round_up(bytes, 64);
 }
 
 int64_t int8_mm_packed_size(const std::string& variant, int64_t N, int64_t K) {
   if (N < 0 || K < 0) fail("int8_mm_pack_b", "negative size");
   const Int8MMLayout L = pick("int8_mm_pack_b", variant).layout();
-  int64_t bytes = 0;
-  if (__builtin_mul_overflow(ceil_div(N, L.nr) * L.nr, round_up(K, L.kalign), &bytes))
-    fail_overflow("int8_mm_pack_b", "packed size overflows int64");
-  return bytes;
+  return packed_panel_bytes(L, N, K) + 4 * N;
 }
 
 void int8_mm_pack_b(const std::string& variant, int64_t N, int64_t K, const int8_t* w, int64_t ldw, int8_t* out,
@@ -129,6 +134,13 @@ void int8_mm_pack_b(const std::string& variant, int64_t N, int64_t K, const int8
       }
     }
   }
+  int32_t* colsum = reinterpret_cast<int32_t*>(out + packed_panel_bytes(L, N, K));
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; ++k) s += w[n * ldw + k];
+    colsum[n] = s;
+  }
 }
 
 void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_t x_sm, const int8_t* w,
@@ -153,7 +165,11 @@ void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_
     return;
   }
   std::vector<float> x_scale(static_cast<size_t>(M));
-  Int8MMProblem p{M, N, K, nullptr, 0, 1, w_packed ? w_packed : w, ldw, w_packed != nullptr, nullptr, 0, 1, nthreads};
+  const int32_t* colsum =
+      w_packed ? reinterpret_cast<const int32_t*>(w_packed + packed_panel_bytes(pick(op, variant).layout(), N, K))
+               : nullptr;
+  Int8MMProblem p{M, N, K, nullptr, 0, 1, w_packed ? w_packed : w, ldw, w_packed != nullptr, colsum,
+                  nullptr, 0, 1, nthreads};
   p.x = x;
   p.x_sm = x_sm;
   p.x_scale = x_scale.data();

@@ -27,6 +27,7 @@ struct Int8MMProblem {
   const int8_t* b;
   int64_t ldb;
   bool b_packed;
+  const int32_t* b_colsum;  // column sums of B (N), or null: then computed by a ones row of A
   int32_t* c;
   int64_t c_sm, c_sn;
   int nthreads;
@@ -87,7 +88,9 @@ void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_
                          int64_t y_sm, int nthreads, const std::string& variant);
 
 // Packed (panel) layout of a weight W [N, K] (row n at w + n * ldw, k
-// contiguous) for `variant`: int8_mm_packed_size() bytes, written to `out`.
+// contiguous) for `variant`: int8_mm_packed_size() bytes, written to `out`:
+// the panels, then (at a 64-byte aligned offset) the N int32 column sums
+// sum_k W[n][k], which the u8 x s8 VNNI kernel needs for its +128 bias.
 int64_t int8_mm_packed_size(const std::string& variant, int64_t N, int64_t K);
 void int8_mm_pack_b(const std::string& variant, int64_t N, int64_t K, const int8_t* w, int64_t ldw, int8_t* out,
                     int nthreads);

@@ -177,7 +177,9 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
 
   const int64_t M = p.M, N = p.N, K = p.K;
   const int64_t Kp = round_up(K, Isa::KALIGN);
-  const int64_t row0 = Isa::kOnesRow ? 1 : 0;  // packed row of the first real A row
+  // With precomputed column sums of B (packed weights), no ones row is needed.
+  const bool ones_row = Isa::kOnesRow && p.b_colsum == nullptr;
+  const int64_t row0 = ones_row ? 1 : 0;  // packed row of the first real A row
   const int64_t P = M + row0;                  // packed rows
   constexpr int64_t KA = Isa::KALIGN;
   auto apack_owner = alloc_bytes(round_up(P, MR) * Kp);
@@ -189,7 +191,8 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
   // the first row tile and threads split columns.  With very few columns, the
   // column sums are computed up front and threads split rows as well.
   const bool split_columns_only = ngroups >= 4 * p.nthreads;
-  std::vector<int32_t> colsum(Isa::kOnesRow ? N : 0);
+  std::vector<int32_t> colsum_buf(ones_row ? N : 0);
+  int32_t* colsum = ones_row ? colsum_buf.data() : const_cast<int32_t*>(p.b_colsum);  // read-only when given
 
   int64_t MC = std::max<int64_t>(MR, kABlockBytes / std::max<int64_t>(Kp, 1) / MR * MR);
   MC = std::min<int64_t>(MC, round_up(P, MR));
@@ -203,7 +206,7 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < P; ++r) {
       uint8_t* base = apack + (r / MR) * MR * Kp + (r % MR) * KA;
-      const bool ones = Isa::kOnesRow && r == 0;
+      const bool ones = ones_row && r == 0;
       const uint8_t flip = Isa::kOnesRow ? 0x80u : 0u;
       const int8_t* src = ones || p.x ? nullptr : p.a + (r - row0) * p.a_sm;
       const float* xrow = ones || !p.x ? nullptr : p.x + (r - row0) * p.x_sm;
@@ -255,9 +258,9 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
 
     // Tile output descriptor for packed rows starting at r0 (a multiple of MR).
     auto out_at = [&](int64_t r0, int64_t n0, bool write_colsum) {
-      const bool ones = Isa::kOnesRow && r0 == 0;
+      const bool ones = ones_row && r0 == 0;
       const int64_t crow = r0 + (ones ? 1 : 0) - row0;
-      TileOut o{p.c + crow * p.c_sm + n0 * p.c_sn, p.c_sm, p.c_sn, Isa::kOnesRow ? colsum.data() + n0 : nullptr,
+      TileOut o{p.c + crow * p.c_sm + n0 * p.c_sn, p.c_sm, p.c_sn, Isa::kOnesRow ? colsum + n0 : nullptr,
                 ones, write_colsum, nullptr, 0, nullptr, nullptr, nullptr};
       if (p.y) {
         o.c = nullptr;
@@ -303,7 +306,7 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
         }
       }
     } else {
-      if (Isa::kOnesRow) {
+      if (ones_row) {
 #pragma omp for schedule(static)
         for (int64_t g = 0; g < ngroups; ++g) {
           const int64_t n0 = g * nr;
