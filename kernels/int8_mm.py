@@ -52,6 +52,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._tiling import grouped_tile_ids
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -75,15 +77,7 @@ def _int8_mm_kernel(
     GROUP_M: tl.constexpr,
 ):
     # ---- grouped program ordering (L2 reuse) --------------------------------
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = grouped_tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     # ---- tile offsets, int64 so offset * stride cannot overflow -------------
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
