@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "cpu_features.h"
+#include "int8_linear_wo.h"
 #include "int8_mm.h"
 #include "quantize.h"
 
@@ -72,4 +73,17 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("M"), py::arg("K"), py::arg("x"), py::arg("x_sm"), py::arg("q"), py::arg("q_sm"), py::arg("scale"),
       py::arg("nthreads"), "Per-row symmetric absmax int8 quantization of fp32 x (rows contiguous in k).");
+  m.def(
+      "int8_linear_weight_only",
+      [](int64_t M, int64_t N, int64_t K, uintptr_t x, int64_t x_sm, uintptr_t w, int64_t ldw, uintptr_t w_scale,
+         uintptr_t bias, uintptr_t y, int64_t y_sm, int nthreads, const std::string& variant) {
+        py::gil_scoped_release release;
+        llmaccel::int8_linear_weight_only(M, N, K, ptr<const float>(x), x_sm, ptr<const int8_t>(w), ldw,
+                                          ptr<const float>(w_scale), ptr<const float>(bias), ptr<float>(y), y_sm,
+                                          nthreads, variant);
+      },
+      py::arg("M"), py::arg("N"), py::arg("K"), py::arg("x"), py::arg("x_sm"), py::arg("w"), py::arg("ldw"),
+      py::arg("w_scale"), py::arg("bias"), py::arg("y"), py::arg("y_sm"), py::arg("nthreads"),
+      py::arg("variant") = "",
+      "y[M,N] fp32 = x[M,K] fp32 @ (W[N,K] int8 * w_scale[:,None])^T + bias; weight converted in registers.");
 }

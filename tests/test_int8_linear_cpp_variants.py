@@ -69,3 +69,19 @@ def test_bad_variant_and_arguments():
     x = torch.randn(2, 5)
     with pytest.raises(ValueError, match="llmaccel::int8_linear: w_scale is a null pointer"):
         ext().int8_linear_dynamic(2, 3, 5, x.data_ptr(), 5, w.data_ptr(), 5, 0, 0, 0, torch.empty(2, 3).data_ptr(), 3, 1)
+
+
+@pytest.mark.parametrize("variant", ["generic"] + (["avx512vnni"] if "avx512vnni" in VARIANTS else []))
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 67, 13), (3, 130, 7), (17, 64, 33), (5, 4099, 11)])
+def test_weight_only_every_variant(variant, M, K, N):
+    x = torch.randn(M, K) * 3
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    s = torch.rand(N) * 0.02 + 1e-3
+    b = torch.randn(N)
+    y = torch.empty(M, N)
+    ext().int8_linear_weight_only(M, N, K, x.data_ptr(), K, w.data_ptr(), K, s.data_ptr(), b.data_ptr(),
+                                  y.data_ptr(), N, 2, variant)
+    ref = x.double() @ (w.double() * s.double()[:, None]).t() + b.double()
+    # fp32 accumulation of K products: error grows like sqrt(K) ulps of the partial sums.
+    bound = 1e-6 * (K ** 0.5 + 1) * ((x.abs().double() @ (w.abs().double() * s.double()[:, None]).t()) + b.abs().double())
+    assert ((y.double() - ref).abs() <= bound + 1e-7).all(), variant

@@ -180,13 +180,6 @@ def int8_linear(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None 
     return torch.ops.llmaccel.int8_linear(x, w_int8, w_scale, bias, act)
 
 
-def _cpp_check(x, w_int8, w_scale, bias, act):
-    if act != "dynamic":
-        return ("act='weight_only' has no C++ kernel; on CPUs the fused W8A8 kernel (act='dynamic') streams the "
-                "same int8 weight and is faster at every M measured")
-    return None
-
-
 # Packed (panel-layout) copies of int8 weights for the C++ kernel, derived
 # on first use and cached per weight tensor; never saved in a state_dict.
 # Keyed by the tensor's id with a weak reference that evicts the entry when
@@ -214,13 +207,29 @@ def packed_weight_cpp(w_int8: Tensor) -> Tensor:
     return packed
 
 
+# Above this many rows the C++ weight-only kernel (fp32 FMA, int8 converted in
+# registers) loses to dequantizing once and calling MKL's sgemm, which is what
+# the torch path does (measured at M=512, 4096 x 4096: 190 vs 145 ms).
+CPP_WEIGHT_ONLY_MAX_M = 64
+
+
+def _cpp_check(x, w_int8, w_scale, bias, act):
+    if act == "weight_only":
+        M = x.numel() // max(x.shape[-1], 1)
+        if M > CPP_WEIGHT_ONLY_MAX_M:
+            return (f"act='weight_only' with M={M} > {CPP_WEIGHT_ONLY_MAX_M}: dequantize + MKL sgemm (torch) is "
+                    "faster than the C++ weight-only kernel there")
+    return None
+
+
 @register_backend("cpp", check=_cpp_check)
 def _int8_linear_cpp(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str) -> Tensor:
-    """Fused W8A8 in csrc/ (quantize while packing x -> VNNI int32 core -> fp32 epilogue).
+    """csrc/ kernels: ``dynamic`` = fused W8A8 (quantize while packing x -> VNNI int32 core -> fp32
+    epilogue) reading the weight in its packed panel layout (:func:`packed_weight_cpp`, one sequential
+    stream per group of output channels, column sums precomputed); ``weight_only`` = fp32 FMA with the
+    int8 weight converted in registers (csrc/int8_linear_wo*.cpp).
 
-    The weight is read in its packed panel layout (:func:`packed_weight_cpp`),
-    which turns each group of output channels into one sequential stream.
-    The kernel reads fp32 activations; fp16/bf16 inputs are widened first and
+    The kernels read fp32 activations; fp16/bf16 inputs are widened first and
     the fp32 result is rounded to x's dtype (two cheap passes over M x K and
     M x N next to the M x N x K product).
     """
@@ -232,15 +241,20 @@ def _int8_linear_cpp(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M = x2.shape[0]
-    packed = packed_weight_cpp(w_int8)
     ws = w_scale if w_scale.is_contiguous() else w_scale.contiguous()
     b = 0
     if bias is not None:
         bias = bias if bias.dtype == torch.float32 and bias.is_contiguous() else bias.to(torch.float32).contiguous()
         b = bias.data_ptr()
     y = torch.empty((M, N), dtype=torch.float32)
-    ext().int8_linear_dynamic(M, N, K, x2.data_ptr(), x2.stride(0), w_int8.data_ptr(), w_int8.stride(0),
-                              packed.data_ptr(), ws.data_ptr(), b, y.data_ptr(), N, torch.get_num_threads())
+    if act == "dynamic":
+        packed = packed_weight_cpp(w_int8)
+        ext().int8_linear_dynamic(M, N, K, x2.data_ptr(), x2.stride(0), w_int8.data_ptr(), w_int8.stride(0),
+                                  packed.data_ptr(), ws.data_ptr(), b, y.data_ptr(), N, torch.get_num_threads())
+    else:
+        w = w_int8 if w_int8.stride(1) == 1 or K <= 1 else w_int8.contiguous()
+        ext().int8_linear_weight_only(M, N, K, x2.data_ptr(), x2.stride(0), w.data_ptr(), w.stride(0) if N > 1 else K,
+                                      ws.data_ptr(), b, y.data_ptr(), N, torch.get_num_threads())
     if x.dtype != torch.float32:
         y = y.to(x.dtype)
     return y.reshape(*x.shape[:-1], N)

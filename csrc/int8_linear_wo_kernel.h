@@ -1,0 +1,85 @@
+// The weight-only kernel body, compiled once per ISA translation unit
+// (int8_linear_wo_generic.cpp, int8_linear_wo_avx512vnni.cpp) with that
+// unit's target flags; everything is in an anonymous namespace so no
+// AVX-512 instantiation can leak into the generic build.
+//
+// Dot-product formulation, like int8_mm: a 4 x 4 register tile of outputs,
+// each kept as 16 fp32 lane partial sums.  Per 16-k step it converts 4 x 16
+// weight bytes to float once and reuses them for 4 rows of x.  The loops
+// have compile-time bounds so the compiler vectorizes them (each lane is an
+// independent sum, so no -ffast-math reassociation is needed): with
+// AVX-512 that is 16 accumulators + 4 weight + 1 x zmm registers.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <utility>
+
+#include "common.h"
+#include "int8_linear_wo.h"
+
+namespace {
+
+constexpr int kWoMR = 4, kWoNR = 4, kWoL = 16;
+
+template <int R, int C>
+void wo_tile(const llmaccel::Int8LinearWOProblem& p, int64_t m0, int64_t n0) {
+  const int64_t K = p.K;
+  float acc[R][C][kWoL] = {};
+  const int64_t kfull = K / kWoL * kWoL;
+  for (int64_t k = 0; k < kfull; k += kWoL) {
+    float wf[C][kWoL];
+    for (int c = 0; c < C; ++c) {
+      const int8_t* wr = p.w + (n0 + c) * p.ldw + k;
+      for (int l = 0; l < kWoL; ++l) wf[c][l] = static_cast<float>(wr[l]);
+    }
+    for (int r = 0; r < R; ++r) {
+      const float* xr = p.x + (m0 + r) * p.x_sm + k;
+      for (int c = 0; c < C; ++c)
+        for (int l = 0; l < kWoL; ++l) acc[r][c][l] += xr[l] * wf[c][l];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float* yr = p.y + (m0 + r) * p.y_sm;
+    for (int c = 0; c < C; ++c) {
+      float s = 0.0f;
+      for (int l = 0; l < kWoL; ++l) s += acc[r][c][l];
+      const int8_t* wr = p.w + (n0 + c) * p.ldw;
+      const float* xr = p.x + (m0 + r) * p.x_sm;
+      for (int64_t k = kfull; k < K; ++k) s += xr[k] * static_cast<float>(wr[k]);
+      yr[n0 + c] = s * p.w_scale[n0 + c] + (p.bias ? p.bias[n0 + c] : 0.0f);
+    }
+  }
+}
+
+using WoTileFn = void (*)(const llmaccel::Int8LinearWOProblem&, int64_t, int64_t);
+
+template <int R, int... Cs>
+constexpr std::array<WoTileFn, kWoNR> wo_row(std::integer_sequence<int, Cs...>) {
+  return {&wo_tile<R, Cs + 1>...};
+}
+
+template <int... Rs>
+constexpr std::array<std::array<WoTileFn, kWoNR>, kWoMR> wo_table(std::integer_sequence<int, Rs...>) {
+  return {wo_row<Rs + 1>(std::make_integer_sequence<int, kWoNR>{})...};
+}
+
+void run_int8_linear_wo(const llmaccel::Int8LinearWOProblem& p) {
+  static constexpr auto table = wo_table(std::make_integer_sequence<int, kWoMR>{});
+  const int64_t ngroups = llmaccel::ceil_div(p.N, kWoNR), ntiles = llmaccel::ceil_div(p.M, kWoMR);
+  // Column groups outermost: a thread streams its share of the weight once
+  // and reuses each group (4 rows of W, in L1) for every row tile of x.
+#pragma omp parallel for num_threads(p.nthreads) schedule(static) collapse(2)
+  for (int64_t g = 0; g < ngroups; ++g) {
+    for (int64_t t = 0; t < ntiles; ++t) {
+      const int64_t n0 = g * kWoNR, m0 = t * kWoMR;
+      const int C = static_cast<int>(std::min<int64_t>(kWoNR, p.N - n0));
+      const int R = static_cast<int>(std::min<int64_t>(kWoMR, p.M - m0));
+      table[R - 1][C - 1](p, m0, n0);
+    }
+  }
+}
+
+}  // namespace
