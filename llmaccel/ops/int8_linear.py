@@ -101,12 +101,14 @@ def choose_mode(x: Tensor, w_int8: Tensor) -> tuple[str, str]:
 
     CPU: always W8A8.  The fused C++ kernel streams the int8 weight for small
     M and runs the int8 dot-product unit (4x fp32 throughput with VNNI) for
-    large M; the only weight-only path on CPUs is the PyTorch reference
-    (dequantize + fp32 matmul), slower at every M measured (bench/RESULTS.md).
-    CUDA: weight-only for M <= 16 (decode is weight-bandwidth-bound and skips
-    the activation quantization pass), W8A8 above, where int8 tensor cores
-    double bf16 throughput.  The GPU crossover is a design estimate, not yet
-    measured on a GPU.
+    large M.  Weight-only has to convert every weight byte to fp32 and is
+    slower at every M measured (4096 x 4096, 2-core Zen 4; dynamic vs
+    weight-only): M=1 0.25 vs 0.91 ms, M=16 0.89 vs 6.3 ms, M=512 25 vs
+    145 ms (dequantize + MKL sgemm; the C++ weight-only kernel is used up to
+    M=64).  CUDA: weight-only for M <= 16 (decode is weight-bandwidth-bound
+    and skips the activation quantization pass), W8A8 above, where int8
+    tensor cores double bf16 throughput.  The GPU crossover is a design
+    estimate, not yet measured on a GPU.
     """
     M = x.numel() // max(x.shape[-1], 1)
     if x.device.type == "cuda":
