@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "attention.h"
 #include "cpu_features.h"
 #include "int8_linear_wo.h"
 #include "int8_mm.h"
@@ -86,4 +87,44 @@ PYBIND11_MODULE(_C, m) {
       py::arg("w_scale"), py::arg("bias"), py::arg("y"), py::arg("y_sm"), py::arg("nthreads"),
       py::arg("variant") = "",
       "y[M,N] fp32 = x[M,K] fp32 @ (W[N,K] int8 * w_scale[:,None])^T + bias; weight converted in registers.");
+
+  // Fused attention forward (fp32), see csrc/attention.h.
+  m.def("attention_variants", &llmaccel::attention_variants, "attention_fwd variants this CPU can run, best first.");
+  m.def(
+      "attention_fwd",
+      [](int64_t B, int64_t Hq, int64_t Hkv, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv, uintptr_t q, int64_t q_sb,
+         int64_t q_sh, int64_t q_sl, int64_t q_sd, uintptr_t k, int64_t k_sb, int64_t k_sh, int64_t k_sl, int64_t k_sd,
+         uintptr_t v, int64_t v_sb, int64_t v_sh, int64_t v_sl, int64_t v_sd, uintptr_t mask, int mask_kind,
+         int64_t m_sb, int64_t m_sh, int64_t m_sq, int64_t m_sk, bool is_causal, bool causal_bottom_right,
+         double scale, uintptr_t out, int64_t o_sb, int64_t o_sh, int64_t o_sl, int64_t o_sd, uintptr_t lse,
+         int nthreads, const std::string& variant) {
+        llmaccel::AttentionProblem p{B, Hq, Hkv, Lq, Lk, D, Dv,
+                                     ptr<const float>(q), q_sb, q_sh, q_sl, q_sd,
+                                     ptr<const float>(k), k_sb, k_sh, k_sl, k_sd,
+                                     ptr<const float>(v), v_sb, v_sh, v_sl, v_sd,
+                                     ptr<const void>(mask), mask_kind, m_sb, m_sh, m_sq, m_sk,
+                                     is_causal, causal_bottom_right, static_cast<float>(scale),
+                                     ptr<float>(out), o_sb, o_sh, o_sl, o_sd,
+                                     ptr<float>(lse), nthreads};
+        py::gil_scoped_release release;
+        llmaccel::attention_fwd(p, variant);
+      },
+      py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("Lq"), py::arg("Lk"), py::arg("D"), py::arg("Dv"),
+      py::arg("q"), py::arg("q_sb"), py::arg("q_sh"), py::arg("q_sl"), py::arg("q_sd"), py::arg("k"), py::arg("k_sb"),
+      py::arg("k_sh"), py::arg("k_sl"), py::arg("k_sd"), py::arg("v"), py::arg("v_sb"), py::arg("v_sh"),
+      py::arg("v_sl"), py::arg("v_sd"), py::arg("mask"), py::arg("mask_kind"), py::arg("m_sb"), py::arg("m_sh"),
+      py::arg("m_sq"), py::arg("m_sk"), py::arg("is_causal"), py::arg("causal_bottom_right"), py::arg("scale"),
+      py::arg("out"), py::arg("o_sb"), py::arg("o_sh"), py::arg("o_sl"), py::arg("o_sd"), py::arg("lse"),
+      py::arg("nthreads"), py::arg("variant") = "",
+      "Fused SDPA forward, fp32, [B, H, L, D] via strides (elements); GQA when Hkv < Hq. mask_kind 0 none, "
+      "1 bool (uint8, nonzero = attend), 2 float additive, a 4-D [B, Hq, Lq, Lk] view (stride 0 broadcasts). "
+      "lse: fp32 [B, Hq, Lq] contiguous (natural log) or 0. variant: '' = best, 'avx512', 'generic'.");
+  m.def(
+      "attention_exp2",
+      [](int64_t n, uintptr_t x, uintptr_t y, const std::string& variant) {
+        py::gil_scoped_release release;
+        llmaccel::attention_exp2(n, ptr<const float>(x), ptr<float>(y), variant);
+      },
+      py::arg("n"), py::arg("x"), py::arg("y"), py::arg("variant") = "",
+      "y = 2^x (fp32, contiguous) with the attention kernel's vectorized exp2 (for tests).");
 }

@@ -13,6 +13,7 @@ import torch  # noqa: F401  (before the extension: one OpenMP runtime)
 
 from . import backends
 from .cpu import cpu_info
+from .ops import attention, attention_reference
 from .ops import (int8_linear, int8_linear_reference, int8_mm, int8_mm_reference, quantize_per_token,
                   quantize_per_token_reference)
 from .nn import Int8Linear
@@ -21,6 +22,6 @@ from .smoothquant import SmoothReport, smooth_
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "cpu_info", "int8_mm", "int8_mm_reference", "quantize_per_token", "quantize_per_token_reference",
-           "int8_linear", "int8_linear_reference", "Int8Linear", "Int8Config", "QuantizeSummary", "quantize_",
-           "SmoothReport", "smooth_", "__version__"]
+__all__ = ["backends", "cpu_info", "attention", "attention_reference", "int8_mm", "int8_mm_reference",
+           "quantize_per_token", "quantize_per_token_reference", "int8_linear", "int8_linear_reference", "Int8Linear",
+           "Int8Config", "QuantizeSummary", "quantize_", "SmoothReport", "smooth_", "__version__"]

@@ -1,0 +1,83 @@
+// Fused attention forward (FlashAttention-2 style) for fp32 on the CPU.
+//
+// Semantics are those of torch.nn.functional.scaled_dot_product_attention in
+// the [B, H, L, D] layout (see /shared spec "attention_spec.md"):
+//
+//   s_ij  = scale * q_i . k_j  (+ mask_ij for a float mask)
+//   j is attended iff the bool mask is true and (causal) j <= i + off,
+//          off = 0 (top-left, SDPA's is_causal) or Lk - Lq (bottom-right)
+//   out_i = sum_j softmax_j(s_i) v_j   over attended j,   lse_i = log sum_j exp(s_ij)
+//   A query row with no attended key gets out_i = 0 and lse_i = -inf.
+//
+// GQA: query head h reads kv head h / (Hq / Hkv); K and V are never repeated.
+//
+// Algorithm (one work item = one batch, one kv head, one block of query rows,
+// and ALL Hq / Hkv query heads of that kv head, packed as M = group * qb rows,
+// so each K/V block is loaded once per group, not once per query head):
+//
+//   for each kv block [n0, n0 + Nb):
+//     S  = Q K^T                 (Q pre-scaled by scale)
+//     S += mask; causal -> -inf  (blocks entirely above the diagonal are skipped)
+//     m' = max(m, rowmax S);  P = e^(S - m');  alpha = e^(m - m')
+//        (e^x as 2^(x log2 e); the subtraction S - m' is done first, in
+//        natural units, so it is exact for the keys that matter)
+//     l  = alpha * l + rowsum P;  O = alpha * O + P V
+//   out = O / l,  lse = m + log l
+//
+// Decode / few work items (flash-decoding): the KV range of each work item is
+// split into chunks processed by different threads; each writes its partial
+// (m, l, O) and a second pass combines them:
+//   m* = max_s m_s,  l = sum_s e^(m_s - m*) l_s,  out = sum_s e^(m_s - m*) O_s / l.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace llmaccel {
+
+// All strides are in elements.  The mask (mask_kind 1: uint8, nonzero =
+// attend; 2: fp32 additive) is addressed as a 4-D [B, Hq, Lq, Lk] view with
+// stride 0 on broadcast dims.  lse is contiguous [B, Hq, Lq] or null.
+struct AttentionProblem {
+  int64_t B, Hq, Hkv, Lq, Lk, D, Dv;
+  const float* q;
+  int64_t q_sb, q_sh, q_sl, q_sd;
+  const float* k;
+  int64_t k_sb, k_sh, k_sl, k_sd;
+  const float* v;
+  int64_t v_sb, v_sh, v_sl, v_sd;
+  const void* mask;
+  int mask_kind;
+  int64_t m_sb, m_sh, m_sq, m_sk;
+  bool causal;
+  bool bottom_right;
+  float scale;
+  float* out;
+  int64_t o_sb, o_sh, o_sl, o_sd;
+  float* lse;
+  int nthreads;
+};
+
+enum AttentionMaskKind { kMaskNone = 0, kMaskBool = 1, kMaskFloat = 2 };
+
+// Validates every argument (ValueError / OverflowError with messages that
+// start "llmaccel::attention:") and runs the best variant for this CPU, or
+// the named one ("avx512", "generic").
+void attention_fwd(const AttentionProblem& p, const std::string& variant);
+
+// Variants this CPU can run, best first.
+std::vector<std::string> attention_variants();
+
+// y = 2^x elementwise with the kernel's own vectorized exp2 (exposed for
+// tests: it must stay within ~2 ulp of the exact value for x >= -126, and
+// is exactly 0 below).
+void attention_exp2(int64_t n, const float* x, float* y, const std::string& variant);
+
+// Per-variant entry points (attention_generic.cpp, attention_avx512vnni.cpp).
+void attention_run_generic(const AttentionProblem& p);
+void attention_run_avx512(const AttentionProblem& p);
+void attention_exp2_generic(int64_t n, const float* x, float* y);
+void attention_exp2_avx512(int64_t n, const float* x, float* y);
+
+}  // namespace llmaccel

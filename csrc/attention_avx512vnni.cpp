@@ -1,0 +1,281 @@
+// Attention forward kernels for AVX-512 CPUs (Skylake-X and later, Zen 4).
+// Built with the _avx512vnni.cpp flag set; only called when CPUID reports
+// AVX-512 F/BW/VL/VNNI (see attention.cpp).  Only AVX-512F instructions are
+// used; the name just selects the flags.
+//
+// S = Q K^T: K^T is packed per kv block (16 x 16 in-register transposes), so
+// a micro-kernel of R <= 6 query rows x C <= 4 vectors (64 keys) keeps 24
+// accumulators in registers and, per d, issues C loads of K^T and R
+// broadcasts of Q for R * C FMAs.
+// O = alpha O + P V: R <= 6 rows x C <= 4 vectors of Dv; per key, C loads of
+// V (read in place when its rows are contiguous) and R broadcasts of P.
+// exp2: 2^x = 2^n 2^f, n = round(x), |f| <= 1/2, 2^f by the Cephes degree-6
+// polynomial (max relative error ~1.7e-7), then vscalefps by n.
+#include <immintrin.h>
+
+#include "attention_driver.h"
+
+namespace {
+
+inline __m512 exp2v(__m512 x) {
+  // Below -126 the result is 0 (exactly; also for -inf).  NaN propagates.
+  const __mmask16 keep = ~_mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_LT_OQ);
+  x = _mm512_min_ps(_mm512_set1_ps(128.0f), x);  // operand order: a NaN x passes through
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(keep, p, n);
+}
+
+// acc += a * b.  Inline asm with the accumulator tied in place ("+v"), and
+// every loop over the tile fully unrolled by pragma (so the accumulator
+// array is scalarized into registers): without both, GCC 12 kept the 24
+// accumulators on the stack and stored them back on every iteration
+// (the tiles ran at ~1/4 of their speed).  Same fix as int8_mm_avx512vnni.cpp.
+inline __attribute__((always_inline)) void fma(__m512& acc, __m512 a, __m512 b) {
+  asm("vfmadd231ps %[b], %[a], %[acc]" : [acc] "+v"(acc) : [a] "v"(a), [b] "v"(b));
+}
+
+inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
+
+// In-register transpose of 16 rows of 16 floats.
+inline __attribute__((always_inline)) void transpose16(__m512 (&r)[16]) {
+  __m512 t[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; i += 4) {
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+    const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  // r[4q + c] now holds, in each 128-bit lane L, column c of rows 4q..4q+3
+  // for the lane's 4 columns (4L..4L+3).  Gather lanes across the 4 groups.
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);       // lanes 0,2 of group 0 | 0,2 of group 1
+    t[4 + c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);   // lanes 1,3
+    t[8 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+    t[12 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);            // lane 0 of all groups: column c
+    r[4 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0x88);   // lane 1: column 4 + c
+    r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd);        // lane 2: column 8 + c
+    r[12 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xdd);  // lane 3: column 12 + c
+  }
+}
+
+constexpr int64_t kPrefetchRows = 32;
+
+template <int R, int C>
+void qk_tile(const float* q, int64_t ldq, const float* kt, int64_t ldkt, int64_t D, float* s, int64_t lds) {
+  __m512 acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+  #pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; ++d) {
+    __m512 kv[C];
+  #pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) kv[c] = _mm512_loadu_ps(kt + d * ldkt + 16 * c);
+  #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 qb = _mm512_set1_ps(q[r * ldq + d]);
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) fma(acc[r][c], qb, kv[c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+  #pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(s + r * lds + 16 * c, acc[r][c]);
+}
+
+template <int R, int C>
+void pv_tile(int64_t n, int64_t dv_left, const float* p, int64_t ldp, const float* v, int64_t ldv,
+             const float* alpha, float* o, int64_t ldo) {
+  __m512 acc[R][C];
+  __mmask16 mk[C];
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) mk[c] = tail_mask(dv_left - 16 * c);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const __m512 a = _mm512_set1_ps(alpha[r]);
+  #pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_mul_ps(a, _mm512_loadu_ps(o + r * ldo + 16 * c));
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    // V rows stream from memory when the cache is long (decode): fetch ahead.
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) _mm_prefetch(reinterpret_cast<const char*>(v + (j + kPrefetchRows) * ldv + 16 * c), _MM_HINT_T0);
+    __m512 vv[C];
+  #pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) vv[c] = _mm512_maskz_loadu_ps(mk[c], v + j * ldv + 16 * c);
+  #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 pb = _mm512_set1_ps(p[r * ldp + j]);
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) fma(acc[r][c], pb, vv[c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+  #pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + r * ldo + 16 * c, acc[r][c]);
+}
+
+constexpr int kMR = 6, kNC = 4;
+
+template <template <int, int> class Fn, class F>
+struct Table {
+  F fn[kMR][kNC];
+  template <int R, int... Cs>
+  void row(std::integer_sequence<int, Cs...>) {
+    ((fn[R - 1][Cs] = &Fn<R, Cs + 1>::run), ...);
+  }
+  template <int... Rs>
+  void fill(std::integer_sequence<int, Rs...>) {
+    (row<Rs + 1>(std::make_integer_sequence<int, kNC>{}), ...);
+  }
+  Table() { fill(std::make_integer_sequence<int, kMR>{}); }
+};
+
+template <int R, int C>
+struct QkFn {
+  static void run(const float* q, int64_t ldq, const float* kt, int64_t ldkt, int64_t D, float* s, int64_t lds) {
+    qk_tile<R, C>(q, ldq, kt, ldkt, D, s, lds);
+  }
+};
+template <int R, int C>
+struct PvFn {
+  static void run(int64_t n, int64_t dv_left, const float* p, int64_t ldp, const float* v, int64_t ldv,
+                  const float* alpha, float* o, int64_t ldo) {
+    pv_tile<R, C>(n, dv_left, p, ldp, v, ldv, alpha, o, ldo);
+  }
+};
+using QkPtr = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t);
+using PvPtr = void (*)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, const float*, float*, int64_t);
+
+struct Avx512 {
+  static constexpr int VL = 16;
+
+  static void pack_kt(const float* k, int64_t k_sl, int64_t k_sd, int64_t n, int64_t D, float* kt, int64_t ldkt) {
+    if (k_sd != 1) {
+      const int64_t np = llmaccel::round_up(n, VL);
+      for (int64_t d = 0; d < D; ++d) {
+        float* row = kt + d * ldkt;
+        for (int64_t j = 0; j < n; ++j) row[j] = k[j * k_sl + d * k_sd];
+        for (int64_t j = n; j < np; ++j) row[j] = 0.0f;
+      }
+      return;
+    }
+    // K arrives from memory (decode, long caches) or L3: prefetch the rows
+    // kPrefetchRows ahead into L2; a prefetch never faults, so rows past the
+    // block are harmless.
+    const int64_t row_lines = llmaccel::ceil_div(D * 4, 64);
+    for (int64_t j0 = 0; j0 < n; j0 += 16) {
+      const int64_t nj = std::min<int64_t>(16, n - j0);
+      for (int64_t i = 0; i < 16 && j0 + kPrefetchRows + i < n + kPrefetchRows; ++i)
+        for (int64_t l = 0; l < row_lines; ++l)
+          _mm_prefetch(reinterpret_cast<const char*>(k + (j0 + kPrefetchRows + i) * k_sl + 16 * l), _MM_HINT_T1);
+      for (int64_t d0 = 0; d0 < D; d0 += 16) {
+        const int64_t nd = std::min<int64_t>(16, D - d0);
+        const __mmask16 md = tail_mask(nd);
+        __m512 r[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i)
+          // Rows past n load nothing (mask 0) from a valid address: branch-free,
+          // so the 16 rows stay in registers.
+          r[i] = _mm512_maskz_loadu_ps(i < nj ? md : __mmask16(0), k + (j0 + (i < nj ? i : 0)) * k_sl + d0);
+        transpose16(r);
+        for (int64_t i = 0; i < nd; ++i) _mm512_storeu_ps(kt + (d0 + i) * ldkt + j0, r[i]);
+      }
+    }
+  }
+
+  static void qk(int64_t M, int64_t n, int64_t D, const float* q, int64_t ldq, const float* kt, int64_t ldkt,
+                 float* s, int64_t lds) {
+    static const Table<QkFn, QkPtr> table;
+    const int64_t nv = llmaccel::ceil_div(n, 16);
+    for (int64_t c0 = 0; c0 < nv; c0 += kNC) {
+      const int C = static_cast<int>(std::min<int64_t>(kNC, nv - c0));
+      for (int64_t r0 = 0; r0 < M; r0 += kMR) {
+        const int R = static_cast<int>(std::min<int64_t>(kMR, M - r0));
+        table.fn[R - 1][C - 1](q + r0 * ldq, ldq, kt + 16 * c0, ldkt, D, s + r0 * lds + 16 * c0, lds);
+      }
+    }
+  }
+
+  static float rowmax(const float* x, int64_t n) {
+    const __m512 ninf = _mm512_set1_ps(kNegInf);
+    __m512 m = ninf;
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + j));
+    if (j < n) m = _mm512_max_ps(m, _mm512_mask_loadu_ps(ninf, tail_mask(n - j), x + j));
+    return _mm512_reduce_max_ps(m);
+  }
+
+  static float exp_sum(float* x, int64_t n, float mx) {
+    const __m512 m = _mm512_set1_ps(mx), l2e = _mm512_set1_ps(kLog2e);
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+      const __m512 y0 = exp2v(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + j), m), l2e));
+      const __m512 y1 = exp2v(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + j + 16), m), l2e));
+      _mm512_storeu_ps(x + j, y0);
+      _mm512_storeu_ps(x + j + 16, y1);
+      s0 = _mm512_add_ps(s0, y0);
+      s1 = _mm512_add_ps(s1, y1);
+    }
+    for (; j < n; j += 16) {
+      const __mmask16 mk = tail_mask(n - j);
+      const __m512 y = exp2v(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), m), l2e));
+      _mm512_mask_storeu_ps(x + j, mk, y);
+      s0 = _mm512_add_ps(s0, _mm512_maskz_mov_ps(mk, y));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+  }
+
+  static void pv(int64_t M, int64_t n, int64_t Dv, const float* p, int64_t ldp, const float* v, int64_t ldv,
+                 const float* alpha, float* o, int64_t ldo) {
+    static const Table<PvFn, PvPtr> table;
+    const int64_t nv = llmaccel::ceil_div(Dv, 16);
+    for (int64_t c0 = 0; c0 < nv; c0 += kNC) {
+      const int C = static_cast<int>(std::min<int64_t>(kNC, nv - c0));
+      for (int64_t r0 = 0; r0 < M; r0 += kMR) {
+        const int R = static_cast<int>(std::min<int64_t>(kMR, M - r0));
+        table.fn[R - 1][C - 1](n, Dv - 16 * c0, p + r0 * ldp, ldp, v + 16 * c0, ldv, alpha + r0, o + r0 * ldo + 16 * c0,
+                               ldo);
+      }
+    }
+  }
+
+  static void exp2(int64_t n, const float* x, float* y) {
+    int64_t j = 0;
+    for (; j < n; j += 16) {
+      const __mmask16 mk = tail_mask(n - j);
+      _mm512_mask_storeu_ps(y + j, mk, exp2v(_mm512_maskz_loadu_ps(mk, x + j)));
+    }
+  }
+};
+
+}  // namespace
+
+namespace llmaccel {
+void attention_run_avx512(const AttentionProblem& p) { run_attention<Avx512>(p); }
+void attention_exp2_avx512(int64_t n, const float* x, float* y) { Avx512::exp2(n, x, y); }
+}  // namespace llmaccel

@@ -1,0 +1,275 @@
+#pragma once
+// The blocked, threaded flash-attention loop nest shared by every ISA
+// variant (math and notation in attention.h).  Like int8_mm_driver.h, it
+// lives in an anonymous namespace so each variant's translation unit gets its
+// own copy compiled with its own target flags.
+//
+// An ISA policy provides (all buffers fp32, row-major with the given leading
+// dimensions; "vector" = Isa::VL floats):
+//   static constexpr int VL;
+//   pack_kt(k, k_sl, k_sd, n, D, kt, ldkt)  kt[d][j] = k[j][d] for j < n; zero for n <= j < round_up(n, VL)
+//   qk(M, n, D, q, ldq, kt, ldkt, s, lds)    s[r][0:round_up(n, VL)) = q[r] . kt[:, j]
+//   rowmax(x, n)                             max of x[0:n)  (-inf when n == 0)
+//   exp_sum(x, n, m)                         x[j] = e^(x[j] - m) = 2^((x[j] - m) log2 e) in place,
+//                                            returns the sum
+//   pv(M, n, Dv, p, ldp, v, ldv, alpha, o, ldo)
+//                                            o[r][0:Dv) = alpha[r] * o[r] + sum_j p[r][j] v[j]
+//                                            (ldo is a multiple of VL, o's padding may be written)
+//   exp2(n, x, y)                            the vectorized 2^x used by exp_sum
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "attention.h"
+#include "common.h"
+
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+using FloatBuf = std::unique_ptr<float, FreeDeleter>;
+
+inline FloatBuf alloc_floats(int64_t n) {
+  const size_t bytes = static_cast<size_t>(llmaccel::round_up(std::max<int64_t>(n, 16) * 4, 64));
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw std::bad_alloc();
+  return FloatBuf(static_cast<float*>(p));
+}
+
+// Block sizes.  qb query rows of each of the `group` heads form M = group * qb
+// rows (~64: Q, S, O and the K^T block stay in L2 while the micro-kernels
+// stream them through L1).  Decode-sized M gets longer KV blocks so the
+// per-block bookkeeping (pack, row max, rescale) is amortized over more keys.
+struct Plan {
+  int64_t group, qb, nqb, M, Nb, nsplit, off;
+};
+
+inline Plan make_plan(const llmaccel::AttentionProblem& p) {
+  using llmaccel::ceil_div;
+  Plan pl{};
+  pl.group = p.Hq / p.Hkv;
+  const int64_t target_rows = 64;
+  const int64_t qb0 = std::max<int64_t>(1, std::min<int64_t>(p.Lq, target_rows / pl.group));
+  pl.nqb = ceil_div(p.Lq, qb0);
+  pl.qb = ceil_div(p.Lq, pl.nqb);  // equal blocks: 113 rows as 57 + 56, not 64 + 49
+  pl.M = pl.group * pl.qb;
+  pl.Nb = pl.M <= 16 ? 512 : 256;
+  pl.off = p.bottom_right ? p.Lk - p.Lq : 0;
+  // Split the KV range when there are too few work items to keep every
+  // thread busy with a few items each (dynamic scheduling then evens out
+  // the ragged end).  Each split owns at least one KV block.
+  const int64_t items = p.B * p.Hkv * pl.nqb;
+  const int64_t want = 8 * static_cast<int64_t>(p.nthreads);
+  pl.nsplit = 1;
+  if (p.nthreads > 1 && items < want) pl.nsplit = std::max<int64_t>(1, std::min(ceil_div(want, items), ceil_div(p.Lk, pl.Nb)));
+  return pl;
+}
+
+// Applies the causal limit and the mask to one row of scores: keys
+// j >= n_lim get -inf, bool-masked keys get -inf, a float mask is added.
+inline void mask_row(float* s, int64_t n, int64_t n_lim, const llmaccel::AttentionProblem& p, const void* mrow) {
+  for (int64_t j = std::max<int64_t>(n_lim, 0); j < n; ++j) s[j] = kNegInf;
+  if (p.mask_kind == llmaccel::kMaskBool) {
+    const uint8_t* m = static_cast<const uint8_t*>(mrow);
+    if (p.m_sk == 1) {
+      for (int64_t j = 0; j < n; ++j) s[j] = m[j] ? s[j] : kNegInf;
+    } else if (p.m_sk == 0) {
+      if (!m[0])
+        for (int64_t j = 0; j < n; ++j) s[j] = kNegInf;
+    } else {
+      for (int64_t j = 0; j < n; ++j) s[j] = m[j * p.m_sk] ? s[j] : kNegInf;
+    }
+  } else if (p.mask_kind == llmaccel::kMaskFloat) {
+    const float* m = static_cast<const float*>(mrow);
+    if (p.m_sk == 1) {
+      for (int64_t j = 0; j < n; ++j) s[j] += m[j];
+    } else {
+      for (int64_t j = 0; j < n; ++j) s[j] += m[j * p.m_sk];
+    }
+  }
+}
+
+template <class Isa>
+void run_attention(const llmaccel::AttentionProblem& p) {
+  using llmaccel::ceil_div;
+  using llmaccel::round_up;
+  constexpr int VL = Isa::VL;
+  const Plan pl = make_plan(p);
+  const int64_t G = pl.group, M = pl.M, Nb = pl.Nb, nsplit = pl.nsplit, nqb = pl.nqb;
+  const int64_t D = p.D, Dv = p.Dv;
+  const int64_t ldq = std::max<int64_t>(D, 1);
+  const int64_t ldkt = round_up(Nb, VL), lds = ldkt;
+  const int64_t ldo = round_up(std::max<int64_t>(Dv, 1), VL);
+  const bool pack_v = p.v_sd != 1 && Dv > 1;
+  const float qscale = p.scale;
+  const int64_t items = p.B * p.Hkv * nqb;
+  const int64_t total = items * nsplit;
+
+  // Partial results of the KV splits: per (item, split) M rows of (m, l) and O.
+  FloatBuf part_o, part_ml;
+  if (nsplit > 1) {
+    part_o = alloc_floats(total * M * ldo);
+    part_ml = alloc_floats(total * M * 2);
+  }
+
+  // Largest kv end (exclusive) a query row i can attend to, for block skipping.
+  auto kv_end_for = [&](int64_t i_last) -> int64_t {
+    if (!p.causal) return p.Lk;
+    return std::min<int64_t>(p.Lk, std::max<int64_t>(i_last + pl.off + 1, 0));
+  };
+
+#pragma omp parallel num_threads(p.nthreads)
+  {
+    FloatBuf qs = alloc_floats(M * ldq), kt = alloc_floats(std::max<int64_t>(D, 1) * ldkt),
+             s = alloc_floats(M * lds), o = alloc_floats(M * ldo), vs = alloc_floats(pack_v ? Nb * ldo : 16);
+    std::vector<float> mrow(M), lrow(M), alpha(M);
+
+    // Heaviest q-blocks first (causal top-left: the last ones), so dynamic
+    // scheduling fills the tail with light items.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t w = 0; w < total; ++w) {
+      const int64_t sp = w % nsplit;
+      int64_t rest = w / nsplit;
+      const int64_t hk = rest % p.Hkv;
+      rest /= p.Hkv;
+      const int64_t b = rest % p.B;
+      const int64_t t = nqb - 1 - rest / p.B;
+      const int64_t i0 = t * pl.qb, ni = std::min<int64_t>(pl.qb, p.Lq - i0);
+      const int64_t Me = G * ni;  // rows r = g * ni + ii
+      const int64_t kv_end = kv_end_for(i0 + ni - 1);
+      const int64_t nblk = ceil_div(kv_end, Nb);
+      const int64_t blk0 = nblk * sp / nsplit, blk1 = nblk * (sp + 1) / nsplit;
+
+      for (int64_t r = 0; r < Me; ++r) {
+        const int64_t g = r / ni, ii = r % ni;
+        const float* qrow = p.q + b * p.q_sb + (hk * G + g) * p.q_sh + (i0 + ii) * p.q_sl;
+        float* dst = qs.get() + r * ldq;
+        if (p.q_sd == 1) {
+          for (int64_t d = 0; d < D; ++d) dst[d] = qrow[d] * qscale;
+        } else {
+          for (int64_t d = 0; d < D; ++d) dst[d] = qrow[d * p.q_sd] * qscale;
+        }
+        mrow[r] = kNegInf;
+        lrow[r] = 0.0f;
+        std::memset(o.get() + r * ldo, 0, sizeof(float) * ldo);
+      }
+
+      const float* kbase = p.k + b * p.k_sb + hk * p.k_sh;
+      const float* vbase = p.v + b * p.v_sb + hk * p.v_sh;
+      for (int64_t blk = blk0; blk < blk1; ++blk) {
+        const int64_t n0 = blk * Nb, n = std::min<int64_t>(Nb, kv_end - n0);
+        Isa::pack_kt(kbase + n0 * p.k_sl, p.k_sl, p.k_sd, n, D, kt.get(), ldkt);
+        Isa::qk(Me, n, D, qs.get(), ldq, kt.get(), ldkt, s.get(), lds);
+        // The block needs per-row masking unless it lies entirely below the
+        // diagonal of the first row and there is no explicit mask.
+        const bool diag = p.causal && n0 + n - 1 > i0 + pl.off;
+        for (int64_t r = 0; r < Me; ++r) {
+          const int64_t g = r / ni, i = i0 + r % ni;
+          float* srow = s.get() + r * lds;
+          if (diag || p.mask_kind != llmaccel::kMaskNone) {
+            const int64_t n_lim = diag ? i + pl.off + 1 - n0 : n;
+            const void* mr = nullptr;
+            if (p.mask_kind == llmaccel::kMaskBool)
+              mr = static_cast<const uint8_t*>(p.mask) + b * p.m_sb + (hk * G + g) * p.m_sh + i * p.m_sq + n0 * p.m_sk;
+            else if (p.mask_kind == llmaccel::kMaskFloat)
+              mr = static_cast<const float*>(p.mask) + b * p.m_sb + (hk * G + g) * p.m_sh + i * p.m_sq + n0 * p.m_sk;
+            mask_row(srow, n, n_lim, p, mr);
+          }
+          const float mnew = std::max(mrow[r], Isa::rowmax(srow, n));
+          // While a row has seen only masked keys its max is -inf; subtract
+          // 0 instead so exp2 gives 0 (not NaN), and nothing is rescaled.
+          const float mu = mnew == kNegInf ? 0.0f : mnew;
+          const float a = mrow[r] == kNegInf ? 0.0f : std::exp(mrow[r] - mu);
+          const float sum = Isa::exp_sum(srow, n, mu);
+          lrow[r] = lrow[r] * a + sum;
+          mrow[r] = mnew;
+          alpha[r] = a;
+        }
+        const float* vb = vbase + n0 * p.v_sl;
+        int64_t ldv = p.v_sl;
+        if (pack_v) {
+          for (int64_t j = 0; j < n; ++j)
+            for (int64_t d = 0; d < Dv; ++d) vs.get()[j * ldo + d] = vb[j * p.v_sl + d * p.v_sd];
+          vb = vs.get();
+          ldv = ldo;
+        }
+        Isa::pv(Me, n, Dv, s.get(), lds, vb, ldv, alpha.data(), o.get(), ldo);
+      }
+
+      if (nsplit > 1) {
+        float* po = part_o.get() + w * M * ldo;
+        float* pml = part_ml.get() + w * M * 2;
+        std::memcpy(po, o.get(), sizeof(float) * Me * ldo);
+        for (int64_t r = 0; r < Me; ++r) {
+          pml[2 * r] = mrow[r];
+          pml[2 * r + 1] = lrow[r];
+        }
+        continue;
+      }
+      for (int64_t r = 0; r < Me; ++r) {
+        const int64_t g = r / ni, i = i0 + r % ni, h = hk * G + g;
+        float* orow = p.out + b * p.o_sb + h * p.o_sh + i * p.o_sl;
+        const float l = lrow[r];
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // l == 0: no attended key
+        const float* src = o.get() + r * ldo;
+        if (p.o_sd == 1) {
+          for (int64_t d = 0; d < Dv; ++d) orow[d] = src[d] * inv;
+        } else {
+          for (int64_t d = 0; d < Dv; ++d) orow[d * p.o_sd] = src[d] * inv;
+        }
+        if (p.lse) p.lse[(b * p.Hq + h) * p.Lq + i] = l > 0.0f ? mrow[r] + std::log(l) : kNegInf;
+      }
+    }
+
+    if (nsplit > 1) {
+      // Combine the splits of each (item, row).
+#pragma omp for schedule(static)
+      for (int64_t x = 0; x < items * M; ++x) {
+        const int64_t item = x / M, r = x % M;
+        int64_t rest = item;
+        const int64_t hk = rest % p.Hkv;
+        rest /= p.Hkv;
+        const int64_t b = rest % p.B;
+        const int64_t t = nqb - 1 - rest / p.B;
+        const int64_t i0 = t * pl.qb, ni = std::min<int64_t>(pl.qb, p.Lq - i0);
+        if (r >= G * ni) continue;
+        const int64_t g = r / ni, i = i0 + r % ni, h = hk * G + g;
+        float mstar = kNegInf;
+        for (int64_t sp = 0; sp < nsplit; ++sp) {
+          const float* pml = part_ml.get() + (item * nsplit + sp) * M * 2;
+          if (pml[2 * r + 1] > 0.0f) mstar = std::max(mstar, pml[2 * r]);
+        }
+        float l = 0.0f;
+        float* acc = o.get();  // this thread's O scratch (>= ldo floats), free now
+        std::fill(acc, acc + Dv, 0.0f);
+        if (mstar != kNegInf) {
+          for (int64_t sp = 0; sp < nsplit; ++sp) {
+            const float* pml = part_ml.get() + (item * nsplit + sp) * M * 2;
+            if (!(pml[2 * r + 1] > 0.0f)) continue;
+            const float c = std::exp(pml[2 * r] - mstar);
+            l += c * pml[2 * r + 1];
+            const float* po = part_o.get() + (item * nsplit + sp) * M * ldo + r * ldo;
+            for (int64_t d = 0; d < Dv; ++d) acc[d] += c * po[d];
+          }
+        }
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        float* orow = p.out + b * p.o_sb + h * p.o_sh + i * p.o_sl;
+        for (int64_t d = 0; d < Dv; ++d) orow[d * p.o_sd] = acc[d] * inv;
+        if (p.lse) p.lse[(b * p.Hq + h) * p.Lq + i] = l > 0.0f ? mstar + std::log(l) : kNegInf;
+      }
+    }
+  }
+}
+
+}  // namespace

@@ -1,0 +1,104 @@
+// Attention forward for any x86-64 (or other) CPU: plain C++ loops the
+// compiler may vectorize with the baseline ISA.  Also the reference the
+// AVX-512 variant is tested against.
+#include <cstdint>
+#include <cstring>
+
+#include "attention_driver.h"
+
+namespace {
+
+// 2^x for one float: x = n + f with n = round(x), |f| <= 1/2, 2^f by the
+// Cephes exp2f polynomial (relative error ~1.7e-7), 2^n placed in the
+// exponent bits.  Exactly 0 below -126 (and for -inf); +inf above 128.
+inline float fast_exp2(float x) {
+  if (!(x >= -126.0f)) return x != x ? x : 0.0f;
+  if (x > 128.0f) x = 128.0f;
+  const float n = std::nearbyint(x);
+  const float f = x - n;
+  float p = 1.535336188319500e-4f;
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.0f;
+  // n in [-126, 128]: scale by 2^n in two steps so 2^128 overflows to inf
+  // and no step needs a denormal or out-of-range exponent.
+  const int ni = static_cast<int>(n);
+  const int n1 = ni / 2, n2 = ni - n1;
+  auto pow2 = [](int e) {
+    const uint32_t bits = static_cast<uint32_t>(e + 127) << 23;
+    float r;
+    std::memcpy(&r, &bits, 4);
+    return r;
+  };
+  return p * pow2(n1) * pow2(n2);
+}
+
+struct Generic {
+  static constexpr int VL = 4;
+
+  static void pack_kt(const float* k, int64_t k_sl, int64_t k_sd, int64_t n, int64_t D, float* kt, int64_t ldkt) {
+    const int64_t np = llmaccel::round_up(n, VL);
+    for (int64_t d = 0; d < D; ++d) {
+      float* row = kt + d * ldkt;
+      for (int64_t j = 0; j < n; ++j) row[j] = k[j * k_sl + d * k_sd];
+      for (int64_t j = n; j < np; ++j) row[j] = 0.0f;
+    }
+  }
+
+  static void qk(int64_t M, int64_t n, int64_t D, const float* q, int64_t ldq, const float* kt, int64_t ldkt,
+                 float* s, int64_t lds) {
+    const int64_t np = llmaccel::round_up(n, VL);
+    for (int64_t r = 0; r < M; ++r) {
+      float* srow = s + r * lds;
+      for (int64_t j = 0; j < np; ++j) srow[j] = 0.0f;
+      for (int64_t d = 0; d < D; ++d) {
+        const float a = q[r * ldq + d];
+        const float* kr = kt + d * ldkt;
+        for (int64_t j = 0; j < np; ++j) srow[j] += a * kr[j];
+      }
+    }
+  }
+
+  static float rowmax(const float* x, int64_t n) {
+    float m = kNegInf;
+    for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
+    return m;
+  }
+
+  static float exp_sum(float* x, int64_t n, float m) {
+    float s = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+      x[j] = fast_exp2((x[j] - m) * kLog2e);
+      s += x[j];
+    }
+    return s;
+  }
+
+  static void pv(int64_t M, int64_t n, int64_t Dv, const float* p, int64_t ldp, const float* v, int64_t ldv,
+                 const float* alpha, float* o, int64_t ldo) {
+    for (int64_t r = 0; r < M; ++r) {
+      float* orow = o + r * ldo;
+      const float a = alpha[r];
+      for (int64_t d = 0; d < Dv; ++d) orow[d] *= a;
+      for (int64_t j = 0; j < n; ++j) {
+        const float pj = p[r * ldp + j];
+        const float* vr = v + j * ldv;
+        for (int64_t d = 0; d < Dv; ++d) orow[d] += pj * vr[d];
+      }
+    }
+  }
+
+  static void exp2(int64_t n, const float* x, float* y) {
+    for (int64_t i = 0; i < n; ++i) y[i] = fast_exp2(x[i]);
+  }
+};
+
+}  // namespace
+
+namespace llmaccel {
+void attention_run_generic(const AttentionProblem& p) { run_attention<Generic>(p); }
+void attention_exp2_generic(int64_t n, const float* x, float* y) { Generic::exp2(n, x, y); }
+}  // namespace llmaccel

@@ -1,0 +1,324 @@
+"""llmaccel._C.attention_fwd (the C++/OpenMP fused attention kernel), called directly.
+
+Reference: softmax(q k^T * scale + mask) v in float64 (GQA via repeat_interleave in the
+reference only).  Tolerance is flash-attention's rule:
+    max|ours - ref64| <= 2 * max|sdpa_fp32 - ref64| + 1e-5
+with sdpa_fp32 = torch.nn.functional.scaled_dot_product_attention on the fp32 inputs.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmaccel import _C
+
+VARIANTS = _C.attention_variants()
+NTHREADS = max(1, torch.get_num_threads())
+
+
+def run_kernel(q, k, v, mask=None, is_causal=False, bottom_right=False, scale=None, with_lse=True,
+               variant="", nthreads=NTHREADS, out_strided=False):
+    """q [B,Hq,Lq,D], k [B,Hkv,Lk,D], v [B,Hkv,Lk,Dv] fp32, any strides; mask broadcastable to
+    [B,Hq,Lq,Lk] (bool or float), passed as an expanded view (stride 0 on broadcast dims)."""
+    B, Hq, Lq, D = q.shape
+    _, Hkv, Lk, Dv = v.shape
+    if out_strided:  # [B, L, H, D] memory, viewed as [B, H, L, D]
+        out = torch.full((B, Lq, Hq, Dv), float("nan")).transpose(1, 2)
+    else:
+        out = torch.full((B, Hq, Lq, Dv), float("nan"))
+    lse = torch.full((B, Hq, Lq), float("nan")) if with_lse else None
+    if mask is None:
+        m, kind, ms = 0, 0, (0, 0, 0, 0)
+    else:
+        mask = mask.expand(B, Hq, Lq, Lk)
+        if mask.dtype == torch.bool:
+            mask = mask.view(torch.uint8)
+            kind = 1
+        else:
+            assert mask.dtype == torch.float32
+            kind = 2
+        m, ms = mask.data_ptr(), mask.stride()
+    _C.attention_fwd(B, Hq, Hkv, Lq, Lk, D, Dv,
+                     q.data_ptr(), *q.stride(), k.data_ptr(), *k.stride(), v.data_ptr(), *v.stride(),
+                     m, kind, *ms, is_causal, bottom_right, 1.0 / math.sqrt(D) if scale is None else scale,
+                     out.data_ptr(), *out.stride(), lse.data_ptr() if with_lse else 0, nthreads, variant)
+    return out, lse
+
+
+def causal_mask(Lq, Lk, bottom_right):
+    off = Lk - Lq if bottom_right else 0
+    return torch.arange(Lk)[None, :] <= torch.arange(Lq)[:, None] + off
+
+
+def reference(q, k, v, mask=None, scale=None):
+    """float64 (out, lse); fully masked rows -> out 0, lse -inf."""
+    Hq, Hkv = q.shape[1], k.shape[1]
+    q, k, v = q.double(), k.double(), v.double()
+    k = k.repeat_interleave(Hq // Hkv, dim=1)
+    v = v.repeat_interleave(Hq // Hkv, dim=1)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = q @ k.transpose(-1, -2) * scale
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            s = s.masked_fill(~mask, float("-inf"))
+        else:
+            s = s + mask.double()
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - lse[..., None])
+    p = torch.nan_to_num(p, nan=0.0)  # rows with lse = -inf
+    return p @ v, lse
+
+
+def sdpa_fp32(q, k, v, mask=None, scale=None):
+    Hq, Hkv = q.shape[1], k.shape[1]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=Hq != Hkv)
+
+
+def assert_close(q, k, v, mask=None, is_causal=False, bottom_right=False, scale=None, variant="", **kw):
+    if is_causal:
+        mask_ref = causal_mask(q.shape[2], k.shape[2], bottom_right)
+    else:
+        mask_ref = mask
+    out, lse = run_kernel(q, k, v, mask, is_causal, bottom_right, scale, variant=variant, **kw)
+    ref, ref_lse = reference(q, k, v, mask_ref, scale)
+    sd = sdpa_fp32(q, k, v, mask_ref, scale).double()
+    # SDPA's own fully masked rows may be NaN: compare it on attended rows only.
+    live = torch.isfinite(ref_lse)[..., None].expand_as(ref)
+    sdpa_err = (sd - ref)[live].abs().max().item() if live.any() else 0.0
+    if math.isnan(sdpa_err):
+        sdpa_err = 0.0
+    tol = 2 * sdpa_err + 1e-5
+    assert torch.isfinite(out).all(), "non-finite output"
+    err = (out.double() - ref).abs().max().item() if out.numel() else 0.0
+    assert err <= tol, f"max err {err:.3g} > tol {tol:.3g} (sdpa err {sdpa_err:.3g})"
+    # lse: exact -inf where fully masked, else close to the float64 value
+    # (relative to the score magnitude, which sets fp32's rounding of s).
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+    if live.any():
+        fin = torch.isfinite(ref_lse)
+        smax = (q.double().abs().amax() * k.double().abs().amax() * q.shape[-1]
+                * (1.0 / math.sqrt(q.shape[-1]) if scale is None else abs(scale))).item()
+        lerr = (lse.double()[fin] - ref_lse[fin]).abs().max().item()
+        assert lerr <= 1e-5 * (1 + abs(ref_lse[fin]).max().item()) + 3e-7 * smax, f"lse err {lerr:.3g}"
+    return err, tol
+
+
+def make(B, Hq, Hkv, Lq, Lk, D, Dv=None, transposed=False, mult=1.0):
+    Dv = D if Dv is None else Dv
+    if transposed:  # [B, L, H, D] memory viewed as [B, H, L, D]
+        q = torch.randn(B, Lq, Hq, D).transpose(1, 2)
+        k = torch.randn(B, Lk, Hkv, D).transpose(1, 2)
+        v = torch.randn(B, Lk, Hkv, Dv).transpose(1, 2)
+    else:
+        q, k, v = torch.randn(B, Hq, Lq, D), torch.randn(B, Hkv, Lk, D), torch.randn(B, Hkv, Lk, Dv)
+    return q * mult, k * mult, v
+
+
+HEADS = [(1, 1), (4, 4), (8, 2), (4, 1)]
+LENS = [(1, 1), (17, 17), (113, 113), (239, 239), (1, 1023), (17, 113), (113, 17)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("heads", HEADS, ids=str)
+@pytest.mark.parametrize("lens", LENS, ids=str)
+def test_shapes_no_mask(variant, heads, lens):
+    Hq, Hkv = heads
+    if variant == "generic" and heads in [(4, 4), (1, 1)]:
+        pytest.skip("generic: GQA layouts only")
+    Lq, Lk = lens
+    for B, D in [(1, 64), (2, 80)] if variant != "generic" else [(2, 80)]:
+        q, k, v = make(B, Hq, Hkv, Lq, Lk, D)
+        assert_close(q, k, v, variant=variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("D", [16, 64, 80, 128, 96, 112, 256, 5])
+def test_head_dims(variant, D):
+    q, k, v = make(2, 8, 2, 37, 150, D, transposed=True)
+    assert_close(q, k, v, variant=variant)
+    assert_close(q, k, v, is_causal=True, variant=variant, out_strided=True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dv_differs_from_d(variant):
+    q, k, v = make(1, 4, 2, 29, 70, 48, Dv=24)
+    assert_close(q, k, v, variant=variant)
+    q, k, v = make(1, 4, 2, 29, 70, 16, Dv=130)
+    assert_close(q, k, v, is_causal=True, bottom_right=True, variant=variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("heads", HEADS, ids=str)
+@pytest.mark.parametrize("lens", [(113, 113), (17, 113), (113, 17), (1, 1023), (239, 239), (1, 1)], ids=str)
+@pytest.mark.parametrize("bottom_right", [False, True])
+def test_causal(variant, heads, lens, bottom_right):
+    Hq, Hkv = heads
+    if variant == "generic" and heads != (8, 2):
+        pytest.skip("generic: one head layout (test_variants_agree covers the rest)")
+    q, k, v = make(2, Hq, Hkv, *lens, 64, transposed=True)
+    assert_close(q, k, v, is_causal=True, bottom_right=bottom_right, variant=variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", ["bool", "float", "bool_bcast", "float_bcast", "float_2d", "bool_strided"])
+def test_masks(variant, kind):
+    B, Hq, Hkv, Lq, Lk, D = 2, 8, 2, 45, 300, 64
+    q, k, v = make(B, Hq, Hkv, Lq, Lk, D)
+    if kind == "bool":
+        mask = torch.rand(B, Hq, Lq, Lk) > 0.3
+        mask[0, 1, 3] = False  # fully masked rows
+        mask[1, :, 7] = False
+    elif kind == "bool_bcast":
+        mask = torch.rand(B, 1, Lq, 1) > 0.2  # whole rows masked or kept, broadcast over heads and keys
+        mask = mask & (torch.rand(1, 1, 1, Lk) > 0.5) | (torch.rand(B, 1, Lq, 1) > 0.5)
+        mask[:, :, 5] = False
+    elif kind == "bool_strided":
+        mask = (torch.rand(B, Hq, Lk, Lq) > 0.5).transpose(-1, -2)  # m_sk != 1
+        mask[0, 0, 0] = False
+    elif kind == "float":
+        mask = torch.randn(B, Hq, Lq, Lk) * 3
+        mask[0, 2, 4] = float("-inf")
+        mask[1, 3, :, :100] = float("-inf")
+    elif kind == "float_bcast":
+        mask = torch.randn(1, Hq, 1, Lk) * 5
+    else:
+        mask = torch.randn(Lq, Lk).tril(diagonal=Lk - Lq)
+        mask = mask.masked_fill(mask == 0, float("-inf"))
+    assert_close(q, k, v, mask=mask, variant=variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fully_masked_everything(variant):
+    q, k, v = make(1, 4, 2, 10, 50, 32)
+    out, lse = run_kernel(q, k, v, mask=torch.zeros(1, 1, 1, 1, dtype=torch.bool), variant=variant)
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.isneginf(lse).all()
+    # bottom-right causal with Lq > Lk: the first Lq - Lk rows see no key
+    q, k, v = make(1, 4, 4, 40, 25, 32)
+    assert_close(q, k, v, is_causal=True, bottom_right=True, variant=variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_large_magnitude(variant, causal):
+    q, k, v = make(1, 8, 2, 70, 333, 64, mult=100.0)
+    assert_close(q, k, v, is_causal=causal, variant=variant)
+    mask = torch.randn(1, 1, 70, 333) * 1e4
+    assert_close(q, k, v, mask=mask, variant=variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_decode_split_kv_threads(variant):
+    # Few work items: the kernel splits the KV range across threads (flash-decoding).
+    for B, Hq, Hkv, Lk in [(1, 8, 1, 3000), (1, 32, 8, 1500), (2, 4, 4, 2049)]:
+        q, k, v = make(B, Hq, Hkv, 1, Lk, 128)
+        for nt in (1, 3):
+            assert_close(q, k, v, variant=variant, nthreads=nt)
+    q, k, v = make(1, 4, 1, 5, 2000, 64)
+    assert_close(q, k, v, is_causal=True, bottom_right=True, variant=variant, nthreads=3)
+    mask = torch.rand(1, 4, 5, 2000) > 0.5
+    mask[0, 0, 0, :1500] = False
+    mask[0, 1, 2] = False
+    assert_close(q, k, v, mask=mask, variant=variant, nthreads=4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_scale_and_zero_dims(variant):
+    q, k, v = make(1, 2, 1, 9, 20, 32)
+    assert_close(q, k, v, scale=0.37, variant=variant)
+    # D = 0: all scores 0 -> uniform average of v (SDPA semantics)
+    q0, k0 = torch.empty(1, 2, 9, 0), torch.empty(1, 1, 20, 0)
+    out, lse = run_kernel(q0, k0, v, scale=1.0, variant=variant)
+    torch.testing.assert_close(out, v.mean(dim=2, keepdim=True).expand(1, 2, 9, 32), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lse, torch.full_like(lse, math.log(20)))
+    # Dv = 0: only lse
+    out, lse = run_kernel(q, k, torch.empty(1, 1, 20, 0), variant=variant)
+    assert out.shape[-1] == 0 and torch.isfinite(lse).all()
+    # Lk = 0: every row fully masked
+    out, lse = run_kernel(q, torch.empty(1, 1, 0, 32), torch.empty(1, 1, 0, 32), variant=variant)
+    assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all()
+    # empty batch / queries: nothing happens
+    run_kernel(torch.empty(0, 2, 9, 32), torch.empty(0, 1, 20, 32), torch.empty(0, 1, 20, 32), variant=variant)
+    run_kernel(torch.empty(1, 2, 0, 32), k, v, variant=variant)
+
+
+def test_variants_agree():
+    if len(VARIANTS) < 2:
+        pytest.skip("only one variant on this CPU")
+    q, k, v = make(2, 8, 2, 77, 190, 80)
+    a, la = run_kernel(q, k, v, is_causal=True, variant=VARIANTS[0])
+    b, lb = run_kernel(q, k, v, is_causal=True, variant="generic")
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_exp2_accuracy(variant):
+    x = torch.cat([torch.linspace(-126, 128, 2_000_003), torch.rand(100_000) * 2 - 1,
+                   torch.tensor([0.0, 0.5, -0.5, 1.0, -1.0, 127.0, -126.0, 64.49, -125.9])])
+    y = torch.empty_like(x)
+    _C.attention_exp2(x.numel(), x.data_ptr(), y.data_ptr(), variant)
+    exact = torch.exp2(x.double())
+    fin = x < 128
+    # error in ulps of the exact result (ulp of a normal float at exact's binade)
+    ulp = torch.pow(2.0, torch.floor(torch.log2(exact[fin])) - 23)
+    ulps = ((y.double()[fin] - exact[fin]).abs() / ulp).max().item()
+    assert ulps <= 2.0, f"{ulps} ulp"
+    assert torch.isinf(y[~fin]).all()
+    special = torch.tensor([float("-inf"), -127.0, -200.0, -1e30, float("inf"), 200.0, float("nan")])
+    ys = torch.empty_like(special)
+    _C.attention_exp2(special.numel(), special.data_ptr(), ys.data_ptr(), variant)
+    assert ys[:4].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert math.isinf(ys[4]) and math.isinf(ys[5]) and math.isnan(ys[6])
+
+
+def _args(**over):
+    q = torch.randn(1, 4, 8, 16)
+    k = torch.randn(1, 2, 8, 16)
+    v = torch.randn(1, 2, 8, 16)
+    out = torch.empty(1, 4, 8, 16)
+    a = dict(B=1, Hq=4, Hkv=2, Lq=8, Lk=8, D=16, Dv=16,
+             q=q.data_ptr(), q_sb=512, q_sh=128, q_sl=16, q_sd=1,
+             k=k.data_ptr(), k_sb=256, k_sh=128, k_sl=16, k_sd=1,
+             v=v.data_ptr(), v_sb=256, v_sh=128, v_sl=16, v_sd=1,
+             mask=0, mask_kind=0, m_sb=0, m_sh=0, m_sq=0, m_sk=0,
+             is_causal=False, causal_bottom_right=False, scale=0.25,
+             out=out.data_ptr(), o_sb=512, o_sh=128, o_sl=16, o_sd=1, lse=0, nthreads=2)
+    a.update(over)
+    return a, (q, k, v, out)
+
+
+def test_valid_args_run():
+    a, keep = _args()
+    _C.attention_fwd(**a)
+    q, k, v, out = keep
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.25, enable_gqa=True))
+
+
+@pytest.mark.parametrize("over,exc,msg", [
+    (dict(B=-1), ValueError, "negative"),
+    (dict(Lk=-3), ValueError, "negative"),
+    (dict(Hq=3), ValueError, "multiple of Hkv"),
+    (dict(Hkv=0), ValueError, "Hkv"),
+    (dict(q=0), ValueError, "null"),
+    (dict(v=0), ValueError, "null"),
+    (dict(out=0), ValueError, "null"),
+    (dict(mask_kind=3), ValueError, "mask_kind"),
+    (dict(mask_kind=-1), ValueError, "mask_kind"),
+    (dict(mask_kind=1, mask=0), ValueError, "null"),
+    (dict(mask_kind=2, mask=1 << 20, is_causal=True), ValueError, "causal"),
+    (dict(causal_bottom_right=True), ValueError, "causal_bottom_right"),
+    (dict(nthreads=0), ValueError, "nthreads"),
+    (dict(q_sl=-16), ValueError, "stride"),
+    (dict(k_sl=1 << 62), OverflowError, "overflow"),
+    (dict(Lq=1 << 40, q_sl=1 << 30), OverflowError, "overflow"),
+    (dict(variant="nope"), ValueError, "variant"),
+])
+def test_bad_inputs_raise(over, exc, msg):
+    a, keep = _args(**over)
+    with pytest.raises(exc, match=msg) as e:
+        _C.attention_fwd(**a)
+    assert str(e.value).startswith("llmaccel::attention:")
