@@ -284,3 +284,4 @@ if torch.cuda.is_available():
 
 # Cases of the other ops register themselves on import.
 from . import cases_int8_linear  # noqa: E402,F401
+from . import cases_attention  # noqa: E402,F401
