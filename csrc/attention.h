@@ -24,6 +24,12 @@
 //     l  = alpha * l + rowsum P;  O = alpha * O + P V
 //   out = O / l,  lse = m + log l
 //
+// K^T is packed per kv block; without a KV split one work item covers several
+// q blocks of its (batch, kv head) and packs each K^T block once for all of
+// them.  Decode-sized M (<= 16 rows) skips the pack: Q K^T comes straight
+// from the K rows (4 keys x 4 rows per step, then a transpose-add tree), with
+// software prefetch of K; V streams through the hardware prefetchers.
+//
 // Decode / few work items (flash-decoding): the KV range of each work item is
 // split into chunks processed by different threads; each writes its partial
 // (m, l, O) and a second pass combines them:

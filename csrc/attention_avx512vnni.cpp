@@ -7,8 +7,11 @@
 // a micro-kernel of R <= 6 query rows x C <= 4 vectors (64 keys) keeps 24
 // accumulators in registers and, per d, issues C loads of K^T and R
 // broadcasts of Q for R * C FMAs.
+// Decode-sized M (qk_direct): 4 keys x R <= 4 rows of d-vector accumulators
+// straight from the K rows, reduced by one unpack/shuffle-add tree.
 // O = alpha O + P V: R <= 6 rows x C <= 4 vectors of Dv; per key, C loads of
-// V (read in place when its rows are contiguous) and R broadcasts of P.
+// V (read in place when its rows are contiguous) and R broadcasts of P; with
+// a single row tile, V is walked once in L1-sized chunks of keys.
 // exp2: 2^x = 2^n 2^f, n = round(x), |f| <= 1/2, 2^f by the Cephes degree-6
 // polynomial (max relative error ~1.7e-7), then vscalefps by n.
 #include <immintrin.h>
@@ -79,7 +82,15 @@ inline __attribute__((always_inline)) void transpose16(__m512 (&r)[16]) {
   }
 }
 
+// pack_kt fetches K rows this far ahead into L2.
 constexpr int64_t kPrefetchRows = 32;
+// qk_direct (decode, K from memory) fetches the next group of 4 rows with
+// T0 and the group 12 rows ahead with T2.  Measured on Zen 4, decode-gqa's
+// 8 x 32 MB caches, K+V GB/s with 1 / 2 threads: no prefetch 10.4 / 19,
+// T0 at 4 rows 13.5 / 26.6, plus T2 at 12 rows 16.8 / 31 (at 16: 16.3 / 30,
+// 24: 16.0 / 30).  T0 alone further ahead (6, 8, 16 rows) was worse than
+// none, and any software prefetch of V (in pv) slowed it down.
+constexpr int64_t kDirectPrefetch = 4, kDirectPrefetchFar = 12;
 
 template <int R, int C>
 void qk_tile(const float* q, int64_t ldq, const float* kt, int64_t ldkt, int64_t D, float* s, int64_t lds) {
@@ -105,6 +116,69 @@ void qk_tile(const float* q, int64_t ldq, const float* kt, int64_t ldkt, int64_t
     for (int c = 0; c < C; ++c) _mm512_storeu_ps(s + r * lds + 16 * c, acc[r][c]);
 }
 
+// s[r][j0 + jj] for R <= 4 rows and 4 keys at a time, straight from the K
+// rows: 4 x R vector accumulators over d, then one transpose-and-add tree
+// that leaves row r's 4 sums in 128-bit lane r.
+template <int R>
+void qk_direct_tile(int64_t n, int64_t D, const float* q, int64_t ldq, const float* k, int64_t k_sl, float* s,
+                    int64_t lds) {
+  const int64_t k_lines = llmaccel::ceil_div(D, 16);
+  for (int64_t j0 = 0; j0 < n; j0 += 4) {
+    const int64_t nj = std::min<int64_t>(4, n - j0);
+    const float* kr[4];
+#pragma GCC unroll 4
+    for (int jj = 0; jj < 4; ++jj) kr[jj] = k + (j0 + std::min<int64_t>(jj, nj - 1)) * k_sl;  // tail: repeat a row
+    // K streams from memory: fetch the rows kDirectPrefetch ahead (a
+    // prefetch never faults, so rows past the block are harmless).
+    for (int64_t jj = 0; jj < 4; ++jj)
+      for (int64_t l = 0; l < k_lines; ++l)
+        _mm_prefetch(reinterpret_cast<const char*>(k + (j0 + kDirectPrefetch + jj) * k_sl + 16 * l), _MM_HINT_T0);
+    for (int64_t jj = 0; jj < 4; ++jj)
+      for (int64_t l = 0; l < k_lines; ++l)
+        _mm_prefetch(reinterpret_cast<const char*>(k + (j0 + kDirectPrefetchFar + jj) * k_sl + 16 * l), _MM_HINT_T2);
+    // Named accumulators (a[4 r + jj]): GCC kept a 2-D array on the stack.
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0,
+           a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
+    auto step = [&](int64_t d0, __mmask16 md) __attribute__((always_inline)) {
+      const __m512 k0 = _mm512_maskz_loadu_ps(md, kr[0] + d0), k1 = _mm512_maskz_loadu_ps(md, kr[1] + d0),
+                   k2 = _mm512_maskz_loadu_ps(md, kr[2] + d0), k3 = _mm512_maskz_loadu_ps(md, kr[3] + d0);
+      __m512 qv = _mm512_maskz_loadu_ps(md, q + d0);
+      fma(a0, qv, k0), fma(a1, qv, k1), fma(a2, qv, k2), fma(a3, qv, k3);
+      if (R > 1) {
+        qv = _mm512_maskz_loadu_ps(md, q + ldq + d0);
+        fma(a4, qv, k0), fma(a5, qv, k1), fma(a6, qv, k2), fma(a7, qv, k3);
+      }
+      if (R > 2) {
+        qv = _mm512_maskz_loadu_ps(md, q + 2 * ldq + d0);
+        fma(a8, qv, k0), fma(a9, qv, k1), fma(a10, qv, k2), fma(a11, qv, k3);
+      }
+      if (R > 3) {
+        qv = _mm512_maskz_loadu_ps(md, q + 3 * ldq + d0);
+        fma(a12, qv, k0), fma(a13, qv, k1), fma(a14, qv, k2), fma(a15, qv, k3);
+      }
+    };
+    int64_t d0 = 0;
+    for (; d0 + 16 <= D; d0 += 16) step(d0, __mmask16(0xFFFF));
+    if (d0 < D) step(d0, tail_mask(D - d0));
+    // Pairwise unpack-add (per 128-bit lane), then across the lanes.
+    auto ps = [](__m512 x, __m512 y) { return _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y)); };
+    auto pd = [](__m512 x, __m512 y) {
+      const __m512d a = _mm512_castps_pd(x), b = _mm512_castps_pd(y);
+      return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    };
+    const __m512 u0 = pd(ps(a0, a1), ps(a2, a3)), u1 = pd(ps(a4, a5), ps(a6, a7));
+    const __m512 u2 = pd(ps(a8, a9), ps(a10, a11)), u3 = pd(ps(a12, a13), ps(a14, a15));
+    const __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(u0, u1, 0x88), _mm512_shuffle_f32x4(u0, u1, 0xdd));
+    const __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(u2, u3, 0x88), _mm512_shuffle_f32x4(u2, u3, 0xdd));
+    const __m512 res = _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, 0x88), _mm512_shuffle_f32x4(w01, w23, 0xdd));
+    alignas(64) float buf[16];
+    _mm512_store_ps(buf, res);
+    const __mmask8 mj = static_cast<__mmask8>((1u << nj) - 1);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) _mm_mask_storeu_ps(s + r * lds + j0, mj, _mm_load_ps(buf + 4 * r));
+  }
+}
+
 template <int R, int C>
 void pv_tile(int64_t n, int64_t dv_left, const float* p, int64_t ldp, const float* v, int64_t ldv,
              const float* alpha, float* o, int64_t ldo) {
@@ -119,9 +193,7 @@ void pv_tile(int64_t n, int64_t dv_left, const float* p, int64_t ldp, const floa
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_mul_ps(a, _mm512_loadu_ps(o + r * ldo + 16 * c));
   }
   for (int64_t j = 0; j < n; ++j) {
-    // V rows stream from memory when the cache is long (decode): fetch ahead.
-#pragma GCC unroll 8
-    for (int c = 0; c < C; ++c) _mm_prefetch(reinterpret_cast<const char*>(v + (j + kPrefetchRows) * ldv + 16 * c), _MM_HINT_T0);
+    // No software prefetch of V: on Zen 4 it slowed the decode stream.
     __m512 vv[C];
   #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) vv[c] = _mm512_maskz_loadu_ps(mk[c], v + j * ldv + 16 * c);
@@ -139,6 +211,15 @@ void pv_tile(int64_t n, int64_t dv_left, const float* p, int64_t ldp, const floa
 }
 
 constexpr int kMR = 6, kNC = 4;
+constexpr int64_t kPvChunk = 32;
+
+// Keys a row tile needs: the largest of its rows' limits.
+inline int64_t tile_n(const int64_t* row_n, int R) {
+  int64_t m = 0;
+  for (int r = 0; r < R; ++r) m = std::max(m, row_n[r]);
+  return m;
+}
+alignas(64) constexpr float kOnes[kMR] = {1, 1, 1, 1, 1, 1};
 
 template <template <int, int> class Fn, class F>
 struct Table {
@@ -208,16 +289,26 @@ struct Avx512 {
   }
 
   static void qk(int64_t M, int64_t n, int64_t D, const float* q, int64_t ldq, const float* kt, int64_t ldkt,
-                 float* s, int64_t lds) {
+                 float* s, int64_t lds, const int64_t* row_n) {
     static const Table<QkFn, QkPtr> table;
     const int64_t nv = llmaccel::ceil_div(n, 16);
     for (int64_t c0 = 0; c0 < nv; c0 += kNC) {
-      const int C = static_cast<int>(std::min<int64_t>(kNC, nv - c0));
       for (int64_t r0 = 0; r0 < M; r0 += kMR) {
         const int R = static_cast<int>(std::min<int64_t>(kMR, M - r0));
+        const int64_t nv_t = row_n ? llmaccel::ceil_div(tile_n(row_n + r0, R), 16) : nv;
+        if (c0 >= nv_t) continue;
+        const int C = static_cast<int>(std::min<int64_t>(kNC, nv_t - c0));
         table.fn[R - 1][C - 1](q + r0 * ldq, ldq, kt + 16 * c0, ldkt, D, s + r0 * lds + 16 * c0, lds);
       }
     }
+  }
+
+  static void qk_direct(int64_t M, int64_t n, int64_t D, const float* q, int64_t ldq, const float* k, int64_t k_sl,
+                        float* s, int64_t lds) {
+    using Fn = void (*)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t);
+    static constexpr Fn fns[4] = {&qk_direct_tile<1>, &qk_direct_tile<2>, &qk_direct_tile<3>, &qk_direct_tile<4>};
+    for (int64_t r0 = 0; r0 < M; r0 += 4)
+      fns[std::min<int64_t>(4, M - r0) - 1](n, D, q + r0 * ldq, ldq, k, k_sl, s + r0 * lds, lds);
   }
 
   static float rowmax(const float* x, int64_t n) {
@@ -251,15 +342,32 @@ struct Avx512 {
   }
 
   static void pv(int64_t M, int64_t n, int64_t Dv, const float* p, int64_t ldp, const float* v, int64_t ldv,
-                 const float* alpha, float* o, int64_t ldo) {
+                 const float* alpha, float* o, int64_t ldo, const int64_t* row_n) {
     static const Table<PvFn, PvPtr> table;
     const int64_t nv = llmaccel::ceil_div(Dv, 16);
+    if (M <= kMR && nv > kNC) {
+      // One row tile (decode) but several column tiles: walk V once, in
+      // chunks of keys that stay in L1 while each column tile reads them,
+      // instead of streaming every row twice from memory in halves.
+      const int R = static_cast<int>(M);
+      for (int64_t j0 = 0; j0 < n; j0 += kPvChunk) {
+        const int64_t nj = std::min<int64_t>(kPvChunk, n - j0);
+        for (int64_t c0 = 0; c0 < nv; c0 += kNC) {
+          const int C = static_cast<int>(std::min<int64_t>(kNC, nv - c0));
+          // alpha rescales O once, with the first chunk.
+          table.fn[R - 1][C - 1](nj, Dv - 16 * c0, p + j0, ldp, v + j0 * ldv + 16 * c0, ldv, j0 == 0 ? alpha : kOnes,
+                                 o + 16 * c0, ldo);
+        }
+      }
+      return;
+    }
     for (int64_t c0 = 0; c0 < nv; c0 += kNC) {
       const int C = static_cast<int>(std::min<int64_t>(kNC, nv - c0));
       for (int64_t r0 = 0; r0 < M; r0 += kMR) {
         const int R = static_cast<int>(std::min<int64_t>(kMR, M - r0));
-        table.fn[R - 1][C - 1](n, Dv - 16 * c0, p + r0 * ldp, ldp, v + 16 * c0, ldv, alpha + r0, o + r0 * ldo + 16 * c0,
-                               ldo);
+        // Keys past every row's limit have P = 0: skip them (n = 0 still rescales O).
+        table.fn[R - 1][C - 1](row_n ? tile_n(row_n + r0, R) : n, Dv - 16 * c0, p + r0 * ldp, ldp, v + 16 * c0, ldv,
+                               alpha + r0, o + r0 * ldo + 16 * c0, ldo);
       }
     }
   }

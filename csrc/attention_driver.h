@@ -8,14 +8,24 @@
 // dimensions; "vector" = Isa::VL floats):
 //   static constexpr int VL;
 //   pack_kt(k, k_sl, k_sd, n, D, kt, ldkt)  kt[d][j] = k[j][d] for j < n; zero for n <= j < round_up(n, VL)
-//   qk(M, n, D, q, ldq, kt, ldkt, s, lds)    s[r][0:round_up(n, VL)) = q[r] . kt[:, j]
+//   qk(M, n, D, q, ldq, kt, ldkt, s, lds, row_n)
+//                                            s[r][0:round_up(n, VL)) = q[r] . kt[:, j]; with
+//                                            row_n (causal diagonal blocks), s[r][j] for
+//                                            j >= row_n[r] may be left unwritten (the
+//                                            driver sets them to -inf)
 //   rowmax(x, n)                             max of x[0:n)  (-inf when n == 0)
 //   exp_sum(x, n, m)                         x[j] = e^(x[j] - m) = 2^((x[j] - m) log2 e) in place,
 //                                            returns the sum
-//   pv(M, n, Dv, p, ldp, v, ldv, alpha, o, ldo)
+//   pv(M, n, Dv, p, ldp, v, ldv, alpha, o, ldo, row_n)
 //                                            o[r][0:Dv) = alpha[r] * o[r] + sum_j p[r][j] v[j]
+//                                            (with row_n, p[r][j] = 0 for j >= row_n[r]: may skip)
 //                                            (ldo is a multiple of VL, o's padding may be written)
 //   exp2(n, x, y)                            the vectorized 2^x used by exp_sum
+//   qk_direct(M, n, D, q, ldq, k, k_sl, s, lds)
+//                                            s[r][0:n) = q[r] . k[j] with K read in place
+//                                            (rows contiguous, k_sd == 1); used for
+//                                            decode-sized M, where packing K^T for a
+//                                            few rows costs more than the products
 
 #include <omp.h>
 
@@ -47,6 +57,12 @@ inline FloatBuf alloc_floats(int64_t n) {
   return FloatBuf(static_cast<float*>(p));
 }
 
+// Largest M that computes Q K^T from the K rows in place (qk_direct).
+constexpr int64_t kDirectMaxRows = 16;
+// Largest per-thread cache of packed K^T blocks (floats) for reuse across the
+// q blocks of one kv head: 512 KB, half of a Zen 4 L2.
+constexpr int64_t kKtCacheFloats = 128 * 1024;
+
 // Block sizes.  qb query rows of each of the `group` heads form M = group * qb
 // rows (~64: Q, S, O and the K^T block stay in L2 while the micro-kernels
 // stream them through L1).  Decode-sized M gets longer KV blocks so the
@@ -64,7 +80,17 @@ inline Plan make_plan(const llmaccel::AttentionProblem& p) {
   pl.nqb = ceil_div(p.Lq, qb0);
   pl.qb = ceil_div(p.Lq, pl.nqb);  // equal blocks: 113 rows as 57 + 56, not 64 + 49
   pl.M = pl.group * pl.qb;
-  pl.Nb = pl.M <= 16 ? 512 : 256;
+  if (pl.M <= 16) {
+    pl.Nb = 512;
+  } else {
+    // Prefill: KV blocks of up to 512 keys (256 for D > 128, whose K^T block
+    // would crowd L2), split evenly: Lk = 384 is one block, not 256 + 128.
+    // Measured, 1 thread: 512 vs 256 is 1-2% faster on the benchmark shapes
+    // (fewer O rescales and per-block row passes), 128 is 1-2% slower.
+    const int64_t nb_max = p.D <= 128 ? 512 : 256;
+    const int64_t nblk = std::max<int64_t>(1, ceil_div(p.Lk, nb_max));
+    pl.Nb = std::max<int64_t>(16, llmaccel::round_up(ceil_div(p.Lk, nblk), 16));
+  }
   pl.off = p.bottom_right ? p.Lk - p.Lq : 0;
   // Split the KV range when there are too few work items to keep every
   // thread busy with a few items each (dynamic scheduling then evens out
@@ -109,12 +135,25 @@ void run_attention(const llmaccel::AttentionProblem& p) {
   const int64_t G = pl.group, M = pl.M, Nb = pl.Nb, nsplit = pl.nsplit, nqb = pl.nqb;
   const int64_t D = p.D, Dv = p.Dv;
   const int64_t ldq = std::max<int64_t>(D, 1);
-  const int64_t ldkt = round_up(Nb, VL), lds = ldkt;
+  // Rows of K^T and S are padded by one vector: with a power-of-two row
+  // length (1 KB for Nb = 256) the rows of a column tile alias to a few L1
+  // sets, which made packing K^T 2.3x slower.
+  const int64_t ldkt = round_up(Nb, VL) + VL, lds = ldkt;
   const int64_t ldo = round_up(std::max<int64_t>(Dv, 1), VL);
   const bool pack_v = p.v_sd != 1 && Dv > 1;
   const float qscale = p.scale;
-  const int64_t items = p.B * p.Hkv * nqb;
-  const int64_t total = items * nsplit;
+  // Few rows (decode): dot products straight from the K rows, no K^T pack.
+  const bool direct = M <= kDirectMaxRows && p.k_sd == 1;
+  const int64_t items = p.B * p.Hkv * nqb;  // (b, kv head, q block)
+  // Without a KV split, a work item is a group of q blocks of one (b, kv
+  // head): q blocks t = nqb - 1 - g, then every nqg-th below (heaviest
+  // first), and the thread packs each K^T block once for the whole group (kt
+  // then holds all of them) instead of once per q block.  Groups: enough items for dynamic scheduling to balance
+  // (8 per thread), and only while the packed K^T fits comfortably in L2.
+  const int64_t nblk_all = ceil_div(p.Lk, Nb);
+  const bool reuse = nsplit == 1 && !direct && nqb > 1 && nblk_all * std::max<int64_t>(D, 1) * ldkt <= kKtCacheFloats;
+  const int64_t nqg = reuse ? std::min(nqb, std::max<int64_t>(1, ceil_div(8 * p.nthreads, p.B * p.Hkv))) : nqb;
+  const int64_t total = p.B * p.Hkv * nqg * nsplit;
 
   // Partial results of the KV splits: per (item, split) M rows of (m, l) and O.
   FloatBuf part_o, part_ml;
@@ -131,9 +170,11 @@ void run_attention(const llmaccel::AttentionProblem& p) {
 
 #pragma omp parallel num_threads(p.nthreads)
   {
-    FloatBuf qs = alloc_floats(M * ldq), kt = alloc_floats(std::max<int64_t>(D, 1) * ldkt),
+    const int64_t kt_size = std::max<int64_t>(D, 1) * ldkt;
+    FloatBuf qs = alloc_floats(M * ldq), kt = alloc_floats(direct ? 16 : reuse ? nblk_all * kt_size : kt_size),
              s = alloc_floats(M * lds), o = alloc_floats(M * ldo), vs = alloc_floats(pack_v ? Nb * ldo : 16);
     std::vector<float> mrow(M), lrow(M), alpha(M);
+    std::vector<int64_t> rown(M);  // causal diagonal blocks: keys row r attends, in [0, n]
 
     // Heaviest q-blocks first (causal top-left: the last ones), so dynamic
     // scheduling fills the tail with light items.
@@ -144,92 +185,109 @@ void run_attention(const llmaccel::AttentionProblem& p) {
       const int64_t hk = rest % p.Hkv;
       rest /= p.Hkv;
       const int64_t b = rest % p.B;
-      const int64_t t = nqb - 1 - rest / p.B;
-      const int64_t i0 = t * pl.qb, ni = std::min<int64_t>(pl.qb, p.Lq - i0);
-      const int64_t Me = G * ni;  // rows r = g * ni + ii
-      const int64_t kv_end = kv_end_for(i0 + ni - 1);
-      const int64_t nblk = ceil_div(kv_end, Nb);
-      const int64_t blk0 = nblk * sp / nsplit, blk1 = nblk * (sp + 1) / nsplit;
+      const int64_t g_or_t = rest / p.B;  // group index (nqg groups; = q block index when nqg == nqb)
+      int64_t packed = 0;                 // K^T blocks of this (b, hk) already in kt (reuse)
+      for (int64_t t = nqb - 1 - g_or_t; t >= 0; t -= nqg) {
+        const int64_t i0 = t * pl.qb, ni = std::min<int64_t>(pl.qb, p.Lq - i0);
+        const int64_t Me = G * ni;  // rows r = g * ni + ii
+        const int64_t kv_end = kv_end_for(i0 + ni - 1);
+        const int64_t nblk = ceil_div(kv_end, Nb);
+        const int64_t blk0 = nblk * sp / nsplit, blk1 = nblk * (sp + 1) / nsplit;
 
-      for (int64_t r = 0; r < Me; ++r) {
-        const int64_t g = r / ni, ii = r % ni;
-        const float* qrow = p.q + b * p.q_sb + (hk * G + g) * p.q_sh + (i0 + ii) * p.q_sl;
-        float* dst = qs.get() + r * ldq;
-        if (p.q_sd == 1) {
-          for (int64_t d = 0; d < D; ++d) dst[d] = qrow[d] * qscale;
-        } else {
-          for (int64_t d = 0; d < D; ++d) dst[d] = qrow[d * p.q_sd] * qscale;
-        }
-        mrow[r] = kNegInf;
-        lrow[r] = 0.0f;
-        std::memset(o.get() + r * ldo, 0, sizeof(float) * ldo);
-      }
-
-      const float* kbase = p.k + b * p.k_sb + hk * p.k_sh;
-      const float* vbase = p.v + b * p.v_sb + hk * p.v_sh;
-      for (int64_t blk = blk0; blk < blk1; ++blk) {
-        const int64_t n0 = blk * Nb, n = std::min<int64_t>(Nb, kv_end - n0);
-        Isa::pack_kt(kbase + n0 * p.k_sl, p.k_sl, p.k_sd, n, D, kt.get(), ldkt);
-        Isa::qk(Me, n, D, qs.get(), ldq, kt.get(), ldkt, s.get(), lds);
-        // The block needs per-row masking unless it lies entirely below the
-        // diagonal of the first row and there is no explicit mask.
-        const bool diag = p.causal && n0 + n - 1 > i0 + pl.off;
         for (int64_t r = 0; r < Me; ++r) {
-          const int64_t g = r / ni, i = i0 + r % ni;
-          float* srow = s.get() + r * lds;
-          if (diag || p.mask_kind != llmaccel::kMaskNone) {
-            const int64_t n_lim = diag ? i + pl.off + 1 - n0 : n;
-            const void* mr = nullptr;
-            if (p.mask_kind == llmaccel::kMaskBool)
-              mr = static_cast<const uint8_t*>(p.mask) + b * p.m_sb + (hk * G + g) * p.m_sh + i * p.m_sq + n0 * p.m_sk;
-            else if (p.mask_kind == llmaccel::kMaskFloat)
-              mr = static_cast<const float*>(p.mask) + b * p.m_sb + (hk * G + g) * p.m_sh + i * p.m_sq + n0 * p.m_sk;
-            mask_row(srow, n, n_lim, p, mr);
+          const int64_t g = r / ni, ii = r % ni;
+          const float* qrow = p.q + b * p.q_sb + (hk * G + g) * p.q_sh + (i0 + ii) * p.q_sl;
+          float* dst = qs.get() + r * ldq;
+          if (p.q_sd == 1) {
+            for (int64_t d = 0; d < D; ++d) dst[d] = qrow[d] * qscale;
+          } else {
+            for (int64_t d = 0; d < D; ++d) dst[d] = qrow[d * p.q_sd] * qscale;
           }
-          const float mnew = std::max(mrow[r], Isa::rowmax(srow, n));
-          // While a row has seen only masked keys its max is -inf; subtract
-          // 0 instead so exp2 gives 0 (not NaN), and nothing is rescaled.
-          const float mu = mnew == kNegInf ? 0.0f : mnew;
-          const float a = mrow[r] == kNegInf ? 0.0f : std::exp(mrow[r] - mu);
-          const float sum = Isa::exp_sum(srow, n, mu);
-          lrow[r] = lrow[r] * a + sum;
-          mrow[r] = mnew;
-          alpha[r] = a;
+          mrow[r] = kNegInf;
+          lrow[r] = 0.0f;
+          std::memset(o.get() + r * ldo, 0, sizeof(float) * ldo);
         }
-        const float* vb = vbase + n0 * p.v_sl;
-        int64_t ldv = p.v_sl;
-        if (pack_v) {
-          for (int64_t j = 0; j < n; ++j)
-            for (int64_t d = 0; d < Dv; ++d) vs.get()[j * ldo + d] = vb[j * p.v_sl + d * p.v_sd];
-          vb = vs.get();
-          ldv = ldo;
-        }
-        Isa::pv(Me, n, Dv, s.get(), lds, vb, ldv, alpha.data(), o.get(), ldo);
-      }
 
-      if (nsplit > 1) {
-        float* po = part_o.get() + w * M * ldo;
-        float* pml = part_ml.get() + w * M * 2;
-        std::memcpy(po, o.get(), sizeof(float) * Me * ldo);
+        const float* kbase = p.k + b * p.k_sb + hk * p.k_sh;
+        const float* vbase = p.v + b * p.v_sb + hk * p.v_sh;
+        for (int64_t blk = blk0; blk < blk1; ++blk) {
+          const int64_t n0 = blk * Nb, n = std::min<int64_t>(Nb, kv_end - n0);
+          // The block needs per-row masking unless it lies entirely below the
+          // diagonal of the first row and there is no explicit mask.
+          const bool diag = p.causal && n0 + n - 1 > i0 + pl.off;
+          if (diag)  // the same limit mask_row applies below; QK and PV skip the keys past it
+            for (int64_t r = 0; r < Me; ++r) rown[r] = std::min(n, std::max<int64_t>(0, i0 + r % ni + pl.off + 1 - n0));
+          if (direct) {
+            Isa::qk_direct(Me, n, D, qs.get(), ldq, kbase + n0 * p.k_sl, p.k_sl, s.get(), lds);
+          } else {
+            float* ktb = reuse ? kt.get() + blk * kt_size : kt.get();
+            // Every q block walks the blocks from 0 and the first of a group
+            // walks the most, so the blocks below `packed` are all in place.
+            if (!reuse || blk >= packed) {
+              Isa::pack_kt(kbase + n0 * p.k_sl, p.k_sl, p.k_sd, n, D, ktb, ldkt);
+              packed = blk + 1;
+            }
+            Isa::qk(Me, n, D, qs.get(), ldq, ktb, ldkt, s.get(), lds, diag ? rown.data() : nullptr);
+          }
+          for (int64_t r = 0; r < Me; ++r) {
+            const int64_t g = r / ni, i = i0 + r % ni;
+            float* srow = s.get() + r * lds;
+            if (diag || p.mask_kind != llmaccel::kMaskNone) {
+              const int64_t n_lim = diag ? i + pl.off + 1 - n0 : n;
+              const void* mr = nullptr;
+              if (p.mask_kind == llmaccel::kMaskBool)
+                mr = static_cast<const uint8_t*>(p.mask) + b * p.m_sb + (hk * G + g) * p.m_sh + i * p.m_sq +
+                   n0 * p.m_sk;
+              else if (p.mask_kind == llmaccel::kMaskFloat)
+                mr = static_cast<const float*>(p.mask) + b * p.m_sb + (hk * G + g) * p.m_sh + i * p.m_sq +
+                   n0 * p.m_sk;
+              mask_row(srow, n, n_lim, p, mr);
+            }
+            const float mnew = std::max(mrow[r], Isa::rowmax(srow, n));
+            // While a row has seen only masked keys its max is -inf; subtract
+            // 0 instead so exp2 gives 0 (not NaN), and nothing is rescaled.
+            const float mu = mnew == kNegInf ? 0.0f : mnew;
+            const float a = mrow[r] == kNegInf ? 0.0f : std::exp(mrow[r] - mu);
+            const float sum = Isa::exp_sum(srow, n, mu);
+            lrow[r] = lrow[r] * a + sum;
+            mrow[r] = mnew;
+            alpha[r] = a;
+          }
+          const float* vb = vbase + n0 * p.v_sl;
+          int64_t ldv = p.v_sl;
+          if (pack_v) {
+            for (int64_t j = 0; j < n; ++j)
+              for (int64_t d = 0; d < Dv; ++d) vs.get()[j * ldo + d] = vb[j * p.v_sl + d * p.v_sd];
+            vb = vs.get();
+            ldv = ldo;
+          }
+          Isa::pv(Me, n, Dv, s.get(), lds, vb, ldv, alpha.data(), o.get(), ldo, diag ? rown.data() : nullptr);
+        }
+
+        if (nsplit > 1) {
+          float* po = part_o.get() + w * M * ldo;
+          float* pml = part_ml.get() + w * M * 2;
+          std::memcpy(po, o.get(), sizeof(float) * Me * ldo);
+          for (int64_t r = 0; r < Me; ++r) {
+            pml[2 * r] = mrow[r];
+            pml[2 * r + 1] = lrow[r];
+          }
+          continue;  // nsplit > 1: one q block per item, this is its only pass
+        }
         for (int64_t r = 0; r < Me; ++r) {
-          pml[2 * r] = mrow[r];
-          pml[2 * r + 1] = lrow[r];
+          const int64_t g = r / ni, i = i0 + r % ni, h = hk * G + g;
+          float* orow = p.out + b * p.o_sb + h * p.o_sh + i * p.o_sl;
+          const float l = lrow[r];
+          const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // l == 0: no attended key
+          const float* src = o.get() + r * ldo;
+          if (p.o_sd == 1) {
+            for (int64_t d = 0; d < Dv; ++d) orow[d] = src[d] * inv;
+          } else {
+            for (int64_t d = 0; d < Dv; ++d) orow[d * p.o_sd] = src[d] * inv;
+          }
+          if (p.lse) p.lse[(b * p.Hq + h) * p.Lq + i] = l > 0.0f ? mrow[r] + std::log(l) : kNegInf;
         }
-        continue;
-      }
-      for (int64_t r = 0; r < Me; ++r) {
-        const int64_t g = r / ni, i = i0 + r % ni, h = hk * G + g;
-        float* orow = p.out + b * p.o_sb + h * p.o_sh + i * p.o_sl;
-        const float l = lrow[r];
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;  // l == 0: no attended key
-        const float* src = o.get() + r * ldo;
-        if (p.o_sd == 1) {
-          for (int64_t d = 0; d < Dv; ++d) orow[d] = src[d] * inv;
-        } else {
-          for (int64_t d = 0; d < Dv; ++d) orow[d * p.o_sd] = src[d] * inv;
-        }
-        if (p.lse) p.lse[(b * p.Hq + h) * p.Lq + i] = l > 0.0f ? mrow[r] + std::log(l) : kNegInf;
-      }
+      }  // q blocks of the group
     }
 
     if (nsplit > 1) {

@@ -49,7 +49,7 @@ struct Generic {
   }
 
   static void qk(int64_t M, int64_t n, int64_t D, const float* q, int64_t ldq, const float* kt, int64_t ldkt,
-                 float* s, int64_t lds) {
+                 float* s, int64_t lds, const int64_t* /*row_n: computes every key*/) {
     const int64_t np = llmaccel::round_up(n, VL);
     for (int64_t r = 0; r < M; ++r) {
       float* srow = s + r * lds;
@@ -60,6 +60,16 @@ struct Generic {
         for (int64_t j = 0; j < np; ++j) srow[j] += a * kr[j];
       }
     }
+  }
+
+  static void qk_direct(int64_t M, int64_t n, int64_t D, const float* q, int64_t ldq, const float* k, int64_t k_sl,
+                        float* s, int64_t lds) {
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t j = 0; j < n; ++j) {
+        float acc = 0.0f;
+        for (int64_t d = 0; d < D; ++d) acc += q[r * ldq + d] * k[j * k_sl + d];
+        s[r * lds + j] = acc;
+      }
   }
 
   static float rowmax(const float* x, int64_t n) {
@@ -78,7 +88,7 @@ struct Generic {
   }
 
   static void pv(int64_t M, int64_t n, int64_t Dv, const float* p, int64_t ldp, const float* v, int64_t ldv,
-                 const float* alpha, float* o, int64_t ldo) {
+                 const float* alpha, float* o, int64_t ldo, const int64_t* /*row_n*/) {
     for (int64_t r = 0; r < M; ++r) {
       float* orow = o + r * ldo;
       const float a = alpha[r];

@@ -54,7 +54,14 @@ struct Avx512Vnni {
     __m512i bv[C];
     if constexpr (kStream) {
 #pragma GCC unroll 8
-      for (int c = 0; c < C; ++c) _mm_prefetch(reinterpret_cast<const char*>(b + c * B.cs + kPrefetchBytes * B.ks), _MM_HINT_T0);
+      for (int c = 0; c < C; ++c) {
+        // Near: this column, a little ahead, into L1.  Far: the same bytes
+        // of the next group's column, into L2, so the next tile starts on
+        // warm lines (a column of an nn.Linear weight is a one-page stream,
+        // too short for the hardware prefetcher to ramp up on).
+        _mm_prefetch(reinterpret_cast<const char*>(b + c * B.cs + kPrefetchBytes * B.ks), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(b + c * B.cs + B.next), _MM_HINT_T1);
+      }
     }
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c)

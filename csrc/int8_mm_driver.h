@@ -83,6 +83,7 @@ struct TileOut {
 struct BCols {
   const int8_t* b;
   int64_t cs, ks;
+  int64_t next;  // bytes from this group's base to the next group's (for streaming prefetch)
 };
 
 using TileFn = void (*)(const uint8_t*, const BCols&, int64_t, const TileOut&);
@@ -252,8 +253,8 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
 
     // B columns of the group starting at column n0.
     auto bcols = [&](int64_t n0) {
-      if (p.b_packed) return BCols{p.b + n0 * Kp, KA, NR};
-      return BCols{p.b + n0 * p.ldb, p.ldb, 1};
+      if (p.b_packed) return BCols{p.b + n0 * Kp, KA, NR, NR * Kp};
+      return BCols{p.b + n0 * p.ldb, p.ldb, 1, NR * p.ldb};
     };
 
     // Tile output descriptor for packed rows starting at r0 (a multiple of MR).

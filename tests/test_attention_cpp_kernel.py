@@ -226,6 +226,26 @@ def test_decode_split_kv_threads(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("D", [5, 16, 80, 128])
+def test_few_rows_direct_qk(variant, D):
+    # M = group * Lq <= 16 rows take the decode path (Q K^T straight from the
+    # K rows, 4 keys x 4 rows at a time): ragged row groups (M = 1, 3, 5, 15,
+    # 16), ragged key groups (Lk % 4 != 0), ragged D, strided K rows.
+    for (Hq, Hkv, Lq, Lk) in [(1, 1, 1, 1), (3, 1, 1, 37), (5, 1, 1, 1023), (5, 1, 3, 514), (8, 2, 4, 9),
+                              (16, 1, 1, 130)]:
+        for transposed in (False, True):
+            q, k, v = make(1, Hq, Hkv, Lq, Lk, D, transposed=transposed)
+            assert_close(q, k, v, variant=variant)
+    q, k, v = make(1, 6, 2, 2, 700, D)
+    assert_close(q, k, v, is_causal=True, bottom_right=True, variant=variant, nthreads=3)
+    if D == 5:  # D = 0 on this path too: all scores 0 -> uniform average of v
+        v = torch.randn(1, 1, 21, 8)
+        out, lse = run_kernel(torch.empty(1, 4, 1, 0), torch.empty(1, 1, 21, 0), v, scale=1.0, variant=variant)
+        torch.testing.assert_close(out, v.mean(dim=2, keepdim=True).expand(1, 4, 1, 8), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(lse, torch.full_like(lse, math.log(21)))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_scale_and_zero_dims(variant):
     q, k, v = make(1, 2, 1, 9, 20, 32)
     assert_close(q, k, v, scale=0.37, variant=variant)
