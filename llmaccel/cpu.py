@@ -13,8 +13,8 @@ def cpu_info() -> dict:
     Example::
 
         {'features': ['avx2', 'fma', 'avx512f', ..., 'avx512vnni'],
-         'variants': {'int8_mm': 'avx512vnni'},
-         'available_variants': {'int8_mm': ['avx512vnni', 'avx2', 'generic']},
+         'variants': {'int8_mm': 'avx512vnni', 'attention': 'avx512'},
+         'available_variants': {'int8_mm': ['avx512vnni', 'avx2', 'generic'], 'attention': ['avx512', 'generic']},
          'torch_cpu_capability': 'AVX512', 'num_threads': 2, 'extension': 'loaded'}
     """
     info = {
@@ -26,7 +26,7 @@ def cpu_info() -> dict:
         info.update(extension=err, features=[], variants={}, available_variants={})
         return info
     c = _ext.ext()
-    available = {"int8_mm": list(c.int8_mm_variants())}
+    available = {"int8_mm": list(c.int8_mm_variants()), "attention": list(c.attention_variants())}
     info.update(
         extension="loaded",
         features=list(c.cpu_features()),
