@@ -18,6 +18,7 @@ struct Variant {
   const char* name;
   void (*run)(const AttentionProblem&);
   void (*exp2)(int64_t, const float*, float*);
+  void (*bwd)(const AttentionBwdProblem&);
   bool (*supported)();
 };
 
@@ -25,12 +26,12 @@ struct Variant {
 // _avx512vnni.cpp flag set (F/BW/VL/DQ/VNNI), so it is entered only on CPUs
 // reporting all of them, like int8_mm's.
 const Variant kVariants[] = {
-    {"avx512", &attention_run_avx512, &attention_exp2_avx512,
+    {"avx512", &attention_run_avx512, &attention_exp2_avx512, &attention_bwd_avx512,
      [] {
        const CpuFeatures& f = cpu_features();
        return f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
      }},
-    {"generic", &attention_run_generic, &attention_exp2_generic, [] { return true; }},
+    {"generic", &attention_run_generic, &attention_exp2_generic, &attention_bwd_generic, [] { return true; }},
 };
 
 const Variant& pick(const std::string& name) {
@@ -77,7 +78,10 @@ void attention_exp2(int64_t n, const float* x, float* y, const std::string& vari
   pick(variant).exp2(n, x, y);
 }
 
-void attention_fwd(const AttentionProblem& p, const std::string& variant) {
+namespace {
+
+// Argument checks shared by the forward and the backward; returns the variant.
+const Variant& check_problem(const AttentionProblem& p, const std::string& variant) {
   const int64_t sizes[] = {p.B, p.Hq, p.Hkv, p.Lq, p.Lk, p.D, p.Dv};
   const char* names[] = {"B", "Hq", "Hkv", "Lq", "Lk", "D", "Dv"};
   for (int i = 0; i < 7; ++i)
@@ -109,9 +113,42 @@ void attention_fwd(const AttentionProblem& p, const std::string& variant) {
                   ", Dv = " + std::to_string(p.Dv) + ")");
   if (p.Hkv > 0 && p.Hq / p.Hkv > (int64_t{1} << 16))
     fail(kOp, "more than 65536 query heads per kv head are not supported");
+  return v;
+}
+
+// Zero fill of a strided 4-D fp32 view.
+void zero4(float* t, const int64_t (&size)[4], const int64_t (&stride)[4]) {
+  for (int64_t a = 0; a < size[0]; ++a)
+    for (int64_t b = 0; b < size[1]; ++b)
+      for (int64_t c = 0; c < size[2]; ++c)
+        for (int64_t d = 0; d < size[3]; ++d) t[a * stride[0] + b * stride[1] + c * stride[2] + d * stride[3]] = 0.0f;
+}
+
+}  // namespace
+
+void attention_fwd(const AttentionProblem& p, const std::string& variant) {
+  const Variant& v = check_problem(p, variant);
   // Dv == 0 still runs: the log-sum-exp of each row is wanted.
-  if (rows == 0) return;
+  if (p.B * p.Hq * p.Lq == 0) return;
   v.run(p);
+}
+
+void attention_bwd(const AttentionBwdProblem& bp, const std::string& variant) {
+  const AttentionProblem& p = bp.f;
+  const Variant& v = check_problem(p, variant);
+  const int64_t B = p.B, Hq = p.Hq, Hkv = p.Hkv, Lq = p.Lq, Lk = p.Lk, D = p.D, Dv = p.Dv;
+  if (B * Hq * Lq > 0 && p.lse == nullptr) fail(kOp, "backward: lse is a null pointer");
+  check_tensor("dout", bp.dout, {B, Hq, Lq, Dv}, {bp.do_sb, bp.do_sh, bp.do_sl, bp.do_sd});
+  check_tensor("dq", bp.dq, {B, Hq, Lq, D}, {bp.dq_sb, bp.dq_sh, bp.dq_sl, bp.dq_sd});
+  check_tensor("dk", bp.dk, {B, Hkv, Lk, D}, {bp.dk_sb, bp.dk_sh, bp.dk_sl, bp.dk_sd});
+  check_tensor("dv", bp.dv, {B, Hkv, Lk, Dv}, {bp.dv_sb, bp.dv_sh, bp.dv_sl, bp.dv_sd});
+  if (B * Hq * Lq == 0 || Lk == 0) {  // nothing attended: every gradient is 0
+    zero4(bp.dq, {B, Hq, Lq, D}, {bp.dq_sb, bp.dq_sh, bp.dq_sl, bp.dq_sd});
+    zero4(bp.dk, {B, Hkv, Lk, D}, {bp.dk_sb, bp.dk_sh, bp.dk_sl, bp.dk_sd});
+    zero4(bp.dv, {B, Hkv, Lk, Dv}, {bp.dv_sb, bp.dv_sh, bp.dv_sl, bp.dv_sd});
+    return;
+  }
+  v.bwd(bp);
 }
 
 }  // namespace llmaccel

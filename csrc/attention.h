@@ -72,6 +72,31 @@ enum AttentionMaskKind { kMaskNone = 0, kMaskBool = 1, kMaskFloat = 2 };
 // the named one ("avx512", "generic").
 void attention_fwd(const AttentionProblem& p, const std::string& variant);
 
+// Backward (FlashAttention-2 style, no dropout).  `f` is the forward problem
+// (its out = the forward output, read only; its lse is required).  With
+// delta_i = rowsum(dO_i * O_i) - dlse_i and P = exp(S - lse) recomputed per block:
+//   dV = P^T dO,  dP = dO V^T,  dS = P * (dP - delta),  dQ = dS K * scale,  dK = dS^T Q * scale
+// (dK, dV summed over each GQA group).  Pass 1 parallelizes over (b, kv head,
+// kv block) and accumulates dK, dV for that block over every query row of the
+// group; pass 2 over (b, kv head, q block) accumulates dQ.  No atomics.
+// Blocks entirely above the causal diagonal are skipped.  Fully masked rows
+// (lse = -inf) contribute nothing and get dQ = 0.  A float mask is added to
+// the scores like the forward (its gradient, dS, is not produced).
+struct AttentionBwdProblem {
+  AttentionProblem f;
+  const float* dout;
+  int64_t do_sb, do_sh, do_sl, do_sd;
+  const float* dlse;  // contiguous [B, Hq, Lq] or null (no gradient through lse)
+  float* dq;
+  int64_t dq_sb, dq_sh, dq_sl, dq_sd;
+  float* dk;
+  int64_t dk_sb, dk_sh, dk_sl, dk_sd;
+  float* dv;
+  int64_t dv_sb, dv_sh, dv_sl, dv_sd;
+};
+
+void attention_bwd(const AttentionBwdProblem& p, const std::string& variant);
+
 // Variants this CPU can run, best first.
 std::vector<std::string> attention_variants();
 
@@ -83,6 +108,8 @@ void attention_exp2(int64_t n, const float* x, float* y, const std::string& vari
 // Per-variant entry points (attention_generic.cpp, attention_avx512vnni.cpp).
 void attention_run_generic(const AttentionProblem& p);
 void attention_run_avx512(const AttentionProblem& p);
+void attention_bwd_generic(const AttentionBwdProblem& p);
+void attention_bwd_avx512(const AttentionBwdProblem& p);
 void attention_exp2_generic(int64_t n, const float* x, float* y);
 void attention_exp2_avx512(int64_t n, const float* x, float* y);
 

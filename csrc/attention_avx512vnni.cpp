@@ -12,11 +12,13 @@
 // O = alpha O + P V: R <= 6 rows x C <= 4 vectors of Dv; per key, C loads of
 // V (read in place when its rows are contiguous) and R broadcasts of P; with
 // a single row tile, V is walked once in L1-sized chunks of keys.
+// Backward (attention_bwd_driver.h): the same qk / pv / exp_sum, plus pvt
+// (o += P^T v: R <= 6 keys x C <= 4 vectors, broadcasts of P read transposed).
 // exp2: 2^x = 2^n 2^f, n = round(x), |f| <= 1/2, 2^f by the Cephes degree-6
 // polynomial (max relative error ~1.7e-7), then vscalefps by n.
 #include <immintrin.h>
 
-#include "attention_driver.h"
+#include "attention_bwd_driver.h"
 
 namespace {
 
@@ -210,6 +212,36 @@ void pv_tile(int64_t n, int64_t dv_left, const float* p, int64_t ldp, const floa
     for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + r * ldo + 16 * c, acc[r][c]);
 }
 
+// Backward: o[r][:] += sum_{i < m} p[i][r] v[i] for R keys r (P used transposed: dV += P^T dO,
+// dK += dS^T Q).  Per query row i: C loads of v and R broadcasts of P for R * C FMAs.
+template <int R, int C>
+void pvt_tile(int64_t m, int64_t dv_left, const float* p, int64_t ldp, const float* v, int64_t ldv, float* o,
+              int64_t ldo) {
+  __m512 acc[R][C];
+  __mmask16 mk[C];
+#pragma GCC unroll 8
+  for (int c = 0; c < C; ++c) mk[c] = tail_mask(dv_left - 16 * c);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+  #pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(o + r * ldo + 16 * c);
+  for (int64_t i = 0; i < m; ++i) {
+    __m512 vv[C];
+  #pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) vv[c] = _mm512_maskz_loadu_ps(mk[c], v + i * ldv + 16 * c);
+  #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 pb = _mm512_set1_ps(p[i * ldp + r]);
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) fma(acc[r][c], pb, vv[c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+  #pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + r * ldo + 16 * c, acc[r][c]);
+}
+
 constexpr int kMR = 6, kNC = 4;
 constexpr int64_t kPvChunk = 32;
 
@@ -248,6 +280,14 @@ struct PvFn {
     pv_tile<R, C>(n, dv_left, p, ldp, v, ldv, alpha, o, ldo);
   }
 };
+template <int R, int C>
+struct PvtFn {
+  static void run(int64_t m, int64_t dv_left, const float* p, int64_t ldp, const float* v, int64_t ldv, float* o,
+                  int64_t ldo) {
+    pvt_tile<R, C>(m, dv_left, p, ldp, v, ldv, o, ldo);
+  }
+};
+using PvtPtr = void (*)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t);
 using QkPtr = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t);
 using PvPtr = void (*)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, const float*, float*, int64_t);
 
@@ -372,6 +412,19 @@ struct Avx512 {
     }
   }
 
+  static void pvt(int64_t n, int64_t m, int64_t Dv, const float* p, int64_t ldp, const float* v, int64_t ldv,
+                  float* o, int64_t ldo) {
+    static const Table<PvtFn, PvtPtr> table;
+    const int64_t nv = llmaccel::ceil_div(Dv, 16);
+    for (int64_t c0 = 0; c0 < nv; c0 += kNC) {
+      const int C = static_cast<int>(std::min<int64_t>(kNC, nv - c0));
+      for (int64_t r0 = 0; r0 < n; r0 += kMR) {
+        const int R = static_cast<int>(std::min<int64_t>(kMR, n - r0));
+        table.fn[R - 1][C - 1](m, Dv - 16 * c0, p + r0, ldp, v + 16 * c0, ldv, o + r0 * ldo + 16 * c0, ldo);
+      }
+    }
+  }
+
   static void exp2(int64_t n, const float* x, float* y) {
     int64_t j = 0;
     for (; j < n; j += 16) {
@@ -385,5 +438,6 @@ struct Avx512 {
 
 namespace llmaccel {
 void attention_run_avx512(const AttentionProblem& p) { run_attention<Avx512>(p); }
+void attention_bwd_avx512(const AttentionBwdProblem& p) { run_attention_bwd<Avx512>(p); }
 void attention_exp2_avx512(int64_t n, const float* x, float* y) { Avx512::exp2(n, x, y); }
 }  // namespace llmaccel

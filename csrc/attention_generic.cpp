@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "attention_driver.h"
+#include "attention_bwd_driver.h"
 
 namespace {
 
@@ -101,6 +101,18 @@ struct Generic {
     }
   }
 
+  static void pvt(int64_t n, int64_t m, int64_t Dv, const float* p, int64_t ldp, const float* v, int64_t ldv,
+                  float* o, int64_t ldo) {
+    for (int64_t i = 0; i < m; ++i) {
+      const float* vr = v + i * ldv;
+      for (int64_t r = 0; r < n; ++r) {
+        const float pr = p[i * ldp + r];
+        float* orow = o + r * ldo;
+        for (int64_t d = 0; d < Dv; ++d) orow[d] += pr * vr[d];
+      }
+    }
+  }
+
   static void exp2(int64_t n, const float* x, float* y) {
     for (int64_t i = 0; i < n; ++i) y[i] = fast_exp2(x[i]);
   }
@@ -110,5 +122,6 @@ struct Generic {
 
 namespace llmaccel {
 void attention_run_generic(const AttentionProblem& p) { run_attention<Generic>(p); }
+void attention_bwd_generic(const AttentionBwdProblem& p) { run_attention_bwd<Generic>(p); }
 void attention_exp2_generic(int64_t n, const float* x, float* y) { Generic::exp2(n, x, y); }
 }  // namespace llmaccel

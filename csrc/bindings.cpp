@@ -120,6 +120,47 @@ PYBIND11_MODULE(_C, m) {
       "1 bool (uint8, nonzero = attend), 2 float additive, a 4-D [B, Hq, Lq, Lk] view (stride 0 broadcasts). "
       "lse: fp32 [B, Hq, Lq] contiguous (natural log) or 0. variant: '' = best, 'avx512', 'generic'.");
   m.def(
+      "attention_bwd",
+      [](int64_t B, int64_t Hq, int64_t Hkv, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv, uintptr_t q, int64_t q_sb,
+         int64_t q_sh, int64_t q_sl, int64_t q_sd, uintptr_t k, int64_t k_sb, int64_t k_sh, int64_t k_sl, int64_t k_sd,
+         uintptr_t v, int64_t v_sb, int64_t v_sh, int64_t v_sl, int64_t v_sd, uintptr_t mask, int mask_kind,
+         int64_t m_sb, int64_t m_sh, int64_t m_sq, int64_t m_sk, bool is_causal, bool causal_bottom_right,
+         double scale, uintptr_t out, int64_t o_sb, int64_t o_sh, int64_t o_sl, int64_t o_sd, uintptr_t lse,
+         uintptr_t dout, int64_t do_sb, int64_t do_sh, int64_t do_sl, int64_t do_sd, uintptr_t dlse, uintptr_t dq,
+         int64_t dq_sb, int64_t dq_sh, int64_t dq_sl, int64_t dq_sd, uintptr_t dk, int64_t dk_sb, int64_t dk_sh,
+         int64_t dk_sl, int64_t dk_sd, uintptr_t dv, int64_t dv_sb, int64_t dv_sh, int64_t dv_sl, int64_t dv_sd,
+         int nthreads, const std::string& variant) {
+        llmaccel::AttentionBwdProblem p{{B, Hq, Hkv, Lq, Lk, D, Dv,
+                                         ptr<const float>(q), q_sb, q_sh, q_sl, q_sd,
+                                         ptr<const float>(k), k_sb, k_sh, k_sl, k_sd,
+                                         ptr<const float>(v), v_sb, v_sh, v_sl, v_sd,
+                                         ptr<const void>(mask), mask_kind, m_sb, m_sh, m_sq, m_sk,
+                                         is_causal, causal_bottom_right, static_cast<float>(scale),
+                                         ptr<float>(out), o_sb, o_sh, o_sl, o_sd,
+                                         ptr<float>(lse), nthreads},
+                                        ptr<const float>(dout), do_sb, do_sh, do_sl, do_sd,
+                                        ptr<const float>(dlse),
+                                        ptr<float>(dq), dq_sb, dq_sh, dq_sl, dq_sd,
+                                        ptr<float>(dk), dk_sb, dk_sh, dk_sl, dk_sd,
+                                        ptr<float>(dv), dv_sb, dv_sh, dv_sl, dv_sd};
+        py::gil_scoped_release release;
+        llmaccel::attention_bwd(p, variant);
+      },
+      py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("Lq"), py::arg("Lk"), py::arg("D"), py::arg("Dv"),
+      py::arg("q"), py::arg("q_sb"), py::arg("q_sh"), py::arg("q_sl"), py::arg("q_sd"), py::arg("k"), py::arg("k_sb"),
+      py::arg("k_sh"), py::arg("k_sl"), py::arg("k_sd"), py::arg("v"), py::arg("v_sb"), py::arg("v_sh"),
+      py::arg("v_sl"), py::arg("v_sd"), py::arg("mask"), py::arg("mask_kind"), py::arg("m_sb"), py::arg("m_sh"),
+      py::arg("m_sq"), py::arg("m_sk"), py::arg("is_causal"), py::arg("causal_bottom_right"), py::arg("scale"),
+      py::arg("out"), py::arg("o_sb"), py::arg("o_sh"), py::arg("o_sl"), py::arg("o_sd"), py::arg("lse"),
+      py::arg("dout"), py::arg("do_sb"), py::arg("do_sh"), py::arg("do_sl"), py::arg("do_sd"), py::arg("dlse"),
+      py::arg("dq"), py::arg("dq_sb"), py::arg("dq_sh"), py::arg("dq_sl"), py::arg("dq_sd"),
+      py::arg("dk"), py::arg("dk_sb"), py::arg("dk_sh"), py::arg("dk_sl"), py::arg("dk_sd"),
+      py::arg("dv"), py::arg("dv_sb"), py::arg("dv_sh"), py::arg("dv_sl"), py::arg("dv_sd"),
+      py::arg("nthreads"), py::arg("variant") = "",
+      "Fused SDPA backward (FlashAttention-2, fp32, no dropout): attention_fwd's arguments (out = the forward "
+      "output, lse required) plus dout (strides), dlse (fp32 [B, Hq, Lq] contiguous, or 0) and the outputs dq, dk, "
+      "dv (fp32, strides). A float mask is added to the scores; its gradient is not computed.");
+  m.def(
       "attention_exp2",
       [](int64_t n, uintptr_t x, uintptr_t y, const std::string& variant) {
         py::gil_scoped_release release;

@@ -342,3 +342,182 @@ def test_bad_inputs_raise(over, exc, msg):
     with pytest.raises(exc, match=msg) as e:
         _C.attention_fwd(**a)
     assert str(e.value).startswith("llmaccel::attention:")
+
+
+# -------------------------------------------------------------------------
+# backward: _C.attention_bwd against float64 autograd of the naive reference
+# -------------------------------------------------------------------------
+
+def run_bwd(q, k, v, dout, mask=None, is_causal=False, bottom_right=False, scale=None, dlse=None, variant="",
+            nthreads=NTHREADS, grads_strided=False):
+    """Forward with attention_fwd, then attention_bwd; returns (dq, dk, dv)."""
+    B, Hq, Lq, D = q.shape
+    _, Hkv, Lk, Dv = v.shape
+    out, lse = run_kernel(q, k, v, mask, is_causal, bottom_right, scale, variant=variant, nthreads=nthreads)
+    if grads_strided:  # [B, L, H, D] memory viewed as [B, H, L, D]
+        dq = torch.full((B, Lq, Hq, D), float("nan")).transpose(1, 2)
+        dk = torch.full((B, Lk, Hkv, D), float("nan")).transpose(1, 2)
+        dv = torch.full((B, Lk, Hkv, Dv), float("nan")).transpose(1, 2)
+    else:
+        dq = torch.full((B, Hq, Lq, D), float("nan"))
+        dk = torch.full((B, Hkv, Lk, D), float("nan"))
+        dv = torch.full((B, Hkv, Lk, Dv), float("nan"))
+    if mask is None:
+        m, kind, ms = 0, 0, (0, 0, 0, 0)
+    else:
+        mask = mask.expand(B, Hq, Lq, Lk)
+        if mask.dtype == torch.bool:
+            mask, kind = mask.view(torch.uint8), 1
+        else:
+            kind = 2
+        m, ms = mask.data_ptr(), mask.stride()
+    dl = dlse.contiguous() if dlse is not None else None
+    _C.attention_bwd(B, Hq, Hkv, Lq, Lk, D, Dv,
+                     q.data_ptr(), *q.stride(), k.data_ptr(), *k.stride(), v.data_ptr(), *v.stride(),
+                     m, kind, *ms, is_causal, bottom_right, 1.0 / math.sqrt(D) if scale is None else scale,
+                     out.data_ptr(), *out.stride(), lse.data_ptr(),
+                     dout.data_ptr(), *dout.stride(), dl.data_ptr() if dl is not None else 0,
+                     dq.data_ptr(), *dq.stride(), dk.data_ptr(), *dk.stride(), dv.data_ptr(), *dv.stride(),
+                     nthreads, variant)
+    return dq, dk, dv
+
+
+def reference_grads(q, k, v, dout, mask=None, scale=None, dlse=None):
+    """float64 autograd of the naive reference (fully masked rows: out 0, lse -inf, no gradient)."""
+    leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    Hq, Hkv = q.shape[1], k.shape[1]
+    qd, kd, vd = leaves
+    kd = kd.repeat_interleave(Hq // Hkv, dim=1)
+    vd = vd.repeat_interleave(Hq // Hkv, dim=1)
+    sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = qd @ kd.transpose(-1, -2) * sc
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.double()
+    live = torch.isfinite(s).any(-1, keepdim=True)
+    s = torch.where(live, s, torch.zeros_like(s))  # fully masked rows: finite, weight 0 below
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - lse[..., None]) * live
+    loss = ((p @ vd) * dout.double()).sum()
+    if dlse is not None:
+        loss = loss + (lse * live[..., 0] * dlse.double()).sum()
+    loss.backward()
+    return [t.grad for t in leaves]
+
+
+def sdpa_grads(q, k, v, dout, mask=None, scale=None):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    sdpa_fp32(*leaves, mask, scale).backward(dout)
+    return [torch.nan_to_num(t.grad) for t in leaves]
+
+
+def assert_bwd_close(q, k, v, mask=None, is_causal=False, bottom_right=False, scale=None, variant="", dlse=None,
+                     **kw):
+    dout = torch.randn(*q.shape[:3], v.shape[3])
+    mask_ref = causal_mask(q.shape[2], k.shape[2], bottom_right) if is_causal else mask
+    ours = run_bwd(q, k, v, dout, mask, is_causal, bottom_right, scale, dlse=dlse, variant=variant, **kw)
+    ref = reference_grads(q, k, v, dout, mask_ref, scale, dlse)
+    base = sdpa_grads(q, k, v, dout, mask_ref, scale) if dlse is None else None
+    for name, o, r, b in zip(("dq", "dk", "dv"), ours, ref, base or [None] * 3):
+        assert torch.isfinite(o).all(), f"{name}: non-finite"
+        if o.numel() == 0:
+            continue
+        err = (o.double() - r).abs().max().item()
+        base_err = (b.double() - r).abs().max().item() if b is not None else 0.0
+        tol = 2 * base_err + 2e-5 * max(1.0, r.abs().max().item())
+        assert err <= tol, f"{name}: max err {err:.3g} > tol {tol:.3g} (sdpa err {base_err:.3g})"
+    return ours
+
+
+BWD_HEADS = [(1, 1), (3, 3), (4, 1), (8, 2)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("heads", BWD_HEADS)
+@pytest.mark.parametrize("lens", [(1, 1), (7, 13), (70, 70), (130, 67), (33, 150)])
+def test_bwd_shapes(variant, heads, lens):
+    q, k, v = make(2, heads[0], heads[1], lens[0], lens[1], 24, Dv=40)
+    assert_bwd_close(q, k, v, variant=variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("heads", [(4, 1), (8, 2)])
+@pytest.mark.parametrize("lens", [(65, 65), (100, 37), (37, 100), (129, 200)])
+@pytest.mark.parametrize("bottom_right", [False, True])
+def test_bwd_causal(variant, heads, lens, bottom_right):
+    q, k, v = make(1, heads[0], heads[1], lens[0], lens[1], 32)
+    assert_bwd_close(q, k, v, is_causal=True, bottom_right=bottom_right, variant=variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("D", [16, 64, 80])
+def test_bwd_head_dims(variant, D):
+    q, k, v = make(1, 4, 2, 90, 75, D)
+    assert_bwd_close(q, k, v, is_causal=True, variant=variant)
+    assert_bwd_close(q, k, v, variant=variant, scale=0.3)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bwd_bool_masks_and_fully_masked_rows(variant):
+    B, Hq, Hkv, Lq, Lk = 2, 4, 1, 50, 70
+    q, k, v = make(B, Hq, Hkv, Lq, Lk, 32)
+    mask = torch.rand(B, Hq, Lq, Lk) > 0.5
+    mask[0, 1, 3] = False            # fully masked rows: every gradient from them is 0
+    mask[1, :, 10:20] = False
+    mask[0, 2, 5] = False
+    mask[0, 2, 5, 7] = True          # a row with a single live key
+    dq, dk, dv = assert_bwd_close(q, k, v, mask, variant=variant)
+    assert (dq[0, 1, 3] == 0).all() and (dq[1, :, 10:20] == 0).all()
+    # broadcast 2-D mask ([Lq, Lk], stride 0 on B and H) with whole masked rows
+    m2 = torch.rand(Lq, Lk) > 0.3
+    m2[4] = False
+    dq, _, _ = assert_bwd_close(q, k, v, m2, variant=variant)
+    assert (dq[:, :, 4] == 0).all()
+    # everything masked: all gradients 0
+    dq, dk, dv = run_bwd(q, k, v, torch.randn(B, Hq, Lq, 32), torch.zeros(Lq, Lk, dtype=torch.bool),
+                         variant=variant)
+    assert (dq == 0).all() and (dk == 0).all() and (dv == 0).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bwd_float_mask_and_dlse(variant):
+    q, k, v = make(1, 4, 2, 40, 55, 16)
+    fm = torch.randn(1, 1, 40, 55)
+    assert_bwd_close(q, k, v, fm, variant=variant)
+    dlse = torch.randn(1, 4, 40)
+    assert_bwd_close(q, k, v, is_causal=True, bottom_right=True, variant=variant, dlse=dlse)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bwd_non_contiguous(variant):
+    q, k, v = make(2, 8, 2, 77, 91, 64, transposed=True)
+    assert_bwd_close(q, k, v, is_causal=True, variant=variant, grads_strided=True)
+    # non-unit innermost strides (every other element)
+    qb, kb, vb = make(1, 4, 1, 30, 45, 32 * 2)
+    assert_bwd_close(qb[..., ::2], kb[..., ::2], vb[..., ::2], variant=variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bwd_threads_agree(variant):
+    q, k, v = make(1, 8, 2, 200, 200, 64)
+    dout = torch.randn(1, 8, 200, 64)
+    one = run_bwd(q, k, v, dout, is_causal=True, variant=variant, nthreads=1)
+    many = run_bwd(q, k, v, dout, is_causal=True, variant=variant, nthreads=3)
+    for a, b in zip(one, many):
+        assert torch.equal(a, b)
+
+
+def test_bwd_variants_agree():
+    q, k, v = make(1, 4, 2, 100, 120, 48)
+    dout = torch.randn(1, 4, 100, 48)
+    grads = [run_bwd(q, k, v, dout, is_causal=True, variant=name) for name in VARIANTS]
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            assert (a - b).abs().max() <= 1e-4 * max(1.0, a.abs().max().item())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bwd_empty_sizes(variant):
+    for Lq, Lk in ((0, 5), (5, 0)):
+        q, k, v = make(1, 2, 1, Lq, Lk, 16)
+        dq, dk, dv = run_bwd(q, k, v, torch.randn(1, 2, Lq, 16), variant=variant)
+        assert (dq == 0).all() and (dk == 0).all() and (dv == 0).all()

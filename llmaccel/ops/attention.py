@@ -34,9 +34,13 @@ drawn from torch's default CPU generator, so results are random and
 reproducible under ``torch.manual_seed``; backward regenerates the same mask
 from that seed.  Only the ``torch`` backend implements dropout.
 
-Backward (plain PyTorch for every backend, from the saved q, k, v, mask, out
-and lse; chunked over queries so memory stays O(L); a fused C++/Triton
-backward comes next)::
+Backward (from the saved q, k, v, mask, out and lse).  On CPU tensors with
+``dropout_p == 0`` and no float mask (whose gradient it does not produce), when
+llmaccel._C is built and the requested backend is ``auto`` or ``cpp``, the
+fused C++ backward runs (csrc/attention_bwd_driver.h, FlashAttention-2 style:
+delta = rowsum(dO * O) - dlse, one pass over kv blocks for dK/dV and one over
+query blocks for dQ; fp16/bf16 cast to fp32 and back).  Everything else runs
+plain PyTorch, chunked over queries so memory stays O(L)::
 
     P  = exp(S - lse)  (recomputed per chunk of queries, renormalized to row sums of 1), Pd = dropout(P)
     dV = Pd^T dO                        dP = dropout(dO V^T)
@@ -457,6 +461,66 @@ def _setup_context(ctx, inputs, output):
     ctx.mask_is_float = attn_mask is not None and attn_mask.is_floating_point()
 
 
+def _use_cpp_backward(query, attn_mask, dropout_p) -> bool:
+    """The fused C++ backward runs for CPU tensors without dropout and without a float mask (whose gradient it
+    does not produce), when llmaccel._C has it and the requested backend is "auto" or "cpp"."""
+    if query.device.type != "cpu" or dropout_p > 0:
+        return False
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        return False
+    if backends.current() not in ("auto", "cpp"):
+        return False
+    try:
+        return hasattr(ext(), "attention_bwd")
+    except Exception:  # extension not built
+        return False
+
+
+@torch.library.custom_op("llmaccel::attention_backward_cpp", mutates_args=())
+def _attention_backward_cpp(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], out: Tensor, lse: Tensor,
+                            grad_out: Tensor, grad_lse: Optional[Tensor], is_causal: bool, scale: Optional[float],
+                            causal_bottom_right: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(dq, dk, dv) fp32 from csrc/attention*.cpp's fused backward (an opaque op, so it traces under compile)."""
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    qf, kf, vf, of, gf = (t.to(torch.float32) for t in (q, k, v, out, grad_out))  # no copy for fp32
+    lsef = lse.to(torch.float32).contiguous()
+    dl = grad_lse.to(torch.float32).contiguous() if grad_lse is not None else None
+    mask_kind, mptr, ms = 0, 0, (0, 0, 0, 0)
+    m = None
+    if attn_mask is not None:
+        m = _mask4(attn_mask).expand(B, Hq, Lq, Lk).view(torch.uint8)  # bool; stride 0 on broadcast dims
+        mask_kind, mptr, ms = 1, m.data_ptr(), m.stride()
+    dq = torch.empty((B, Hq, Lq, D), dtype=torch.float32, device=q.device)
+    dk = torch.empty((B, Hkv, Lk, D), dtype=torch.float32, device=q.device)
+    dv = torch.empty((B, Hkv, Lk, Dv), dtype=torch.float32, device=q.device)
+    ext().attention_bwd(
+        B, Hq, Hkv, Lq, Lk, D, Dv,
+        qf.data_ptr(), *qf.stride(),
+        kf.data_ptr(), *kf.stride(),
+        vf.data_ptr(), *vf.stride(),
+        mptr, mask_kind, *ms,
+        bool(is_causal), bool(causal_bottom_right), _resolve_scale(scale, D),
+        of.data_ptr(), *of.stride(),
+        lsef.data_ptr(),
+        gf.data_ptr(), *gf.stride(),
+        dl.data_ptr() if dl is not None else 0,
+        dq.data_ptr(), *dq.stride(),
+        dk.data_ptr(), *dk.stride(),
+        dv.data_ptr(), *dv.stride(),
+        torch.get_num_threads())
+    return dq, dk, dv
+
+
+@_attention_backward_cpp.register_fake
+def _attention_backward_cpp_fake(q, k, v, attn_mask, out, lse, grad_out, grad_lse, is_causal, scale,
+                                 causal_bottom_right):
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    return (q.new_empty((B, Hq, Lq, D), dtype=torch.float32), q.new_empty((B, Hkv, Lk, D), dtype=torch.float32),
+            q.new_empty((B, Hkv, Lk, Dv), dtype=torch.float32))
+
+
 def _backward(ctx, grad_out, grad_lse):
     query, key, value, attn_mask, out, lse = ctx.saved_tensors
     dropout_p, is_causal, scale, causal_bottom_right = ctx.args
@@ -470,8 +534,13 @@ def _backward(ctx, grad_out, grad_lse):
     need_mask_grad = ctx.mask_is_float and ctx.needs_input_grad[3]
     if grad_out is None:
         grad_out = torch.zeros_like(out)
-    dq, dk, dv, dmask = _attention_backward(query, key, value, attn_mask, out, lse, grad_out, grad_lse, dropout_p,
-                                            is_causal, scale, causal_bottom_right, seed, chunk, need_mask_grad)
+    if _use_cpp_backward(query, attn_mask, dropout_p):
+        dq, dk, dv = _attention_backward_cpp(query, key, value, attn_mask, out, lse, grad_out, grad_lse, is_causal,
+                                             scale, causal_bottom_right)
+        dmask = None
+    else:
+        dq, dk, dv, dmask = _attention_backward(query, key, value, attn_mask, out, lse, grad_out, grad_lse, dropout_p,
+                                                is_causal, scale, causal_bottom_right, seed, chunk, need_mask_grad)
     if dmask is not None:
         dmask = dmask.reshape(attn_mask.shape).to(attn_mask.dtype)
     return (dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype), dmask, None, None, None, None, None)
