@@ -39,8 +39,11 @@ Backward (from the saved q, k, v, mask, out and lse).  On CPU tensors with
 llmaccel._C is built and the requested backend is ``auto`` or ``cpp``, the
 fused C++ backward runs (csrc/attention_bwd_driver.h, FlashAttention-2 style:
 delta = rowsum(dO * O) - dlse, one pass over kv blocks for dK/dV and one over
-query blocks for dQ; fp16/bf16 cast to fp32 and back).  Everything else runs
-plain PyTorch, chunked over queries so memory stays O(L)::
+query blocks for dQ; fp16/bf16 cast to fp32 and back).  On CUDA tensors with
+backend ``auto`` or ``triton`` (or CPU tensors under TRITON_INTERPRET=1 with
+backend ``triton``), ``dropout_p == 0`` and no float mask, the fused Triton
+backward runs (kernels/attention.py ``attention_bwd``, the same two passes, in
+the inputs' dtype with fp32 accumulation).  Everything else runs plain PyTorch, chunked over queries so memory stays O(L)::
 
     P  = exp(S - lse)  (recomputed per chunk of queries, renormalized to row sums of 1), Pd = dropout(P)
     dV = Pd^T dO                        dP = dropout(dO V^T)
@@ -73,8 +76,18 @@ from .quantize import FLOAT_DTYPES
 OP = "attention"
 
 # Queries processed per step by the reference forward and by the backward:
-# the largest temporary is [B, Hq, QUERY_CHUNK, Lk] fp32, never [.., Lq, Lk].
+# the largest temporary is [B, Hq, chunk, Lk] fp32, never [.., Lq, Lk].
+# chunk = QUERY_CHUNK rows, fewer for long keys so that one temporary stays
+# within CHUNK_BYTES (a handful are alive at once: at L = 16384, one head,
+# the forward's peak extra memory is ~40 MB instead of ~150 MB).
 QUERY_CHUNK = 256
+CHUNK_BYTES = 4 << 20
+
+
+def default_chunk(B: int, Hq: int, Lk: int) -> int:
+    """Query rows per step for [B, Hq, ., Lk]: QUERY_CHUNK, or fewer (>= 16) to keep CHUNK_BYTES per temporary."""
+    rows = CHUNK_BYTES // max(4 * B * Hq * max(Lk, 1), 1)
+    return int(max(min(16, QUERY_CHUNK), min(QUERY_CHUNK, rows)))
 
 
 # --------------------------------------------------------------------------
@@ -226,14 +239,14 @@ def attention_reference(query: Tensor, key: Tensor, value: Tensor, attn_mask: Op
                         dropout_seed: Optional[int] = None, chunk: Optional[int] = None) -> tuple[Tensor, Tensor]:
     """Plain-PyTorch attention (module docstring): ``(out, lse)``, fp32 math, any device.
 
-    Queries are processed ``chunk`` (default :data:`QUERY_CHUNK`) rows at a
+    Queries are processed ``chunk`` (default :func:`default_chunk`) rows at a
     time, so no ``Lq x Lk`` matrix is ever allocated; GQA stacks the query
     heads of a group against their one K/V head (no repeat).  With
     ``dropout_p > 0`` the keep mask is drawn from ``dropout_seed`` (default: a
     seed drawn from torch's default generator, so the result is random).
     """
     _validate(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal_bottom_right)
-    chunk = chunk or QUERY_CHUNK
+    chunk = chunk or default_chunk(query.shape[0], query.shape[1], key.shape[2])
     c = _Chunks(query, key, value, attn_mask, is_causal, scale, causal_bottom_right)
     B, Hq, Lq, Hkv, G, Dv = c.B, c.Hq, c.Lq, c.Hkv, c.G, c.Dv
     out = torch.empty((B, Hq, Lq, Dv), dtype=torch.float32, device=query.device)
@@ -521,10 +534,52 @@ def _attention_backward_cpp_fake(q, k, v, attn_mask, out, lse, grad_out, grad_ls
             q.new_empty((B, Hkv, Lk, Dv), dtype=torch.float32))
 
 
+def _use_triton_backward(query, attn_mask, dropout_p) -> bool:
+    """The fused Triton backward (kernels/attention.py ``attention_bwd``) runs when the requested backend is
+    "triton" (or "auto" on CUDA), the tensors are CUDA (or CPU under TRITON_INTERPRET=1), there is no dropout
+    and the mask is None or bool (a float mask needs its gradient: plain PyTorch)."""
+    if dropout_p > 0 or (attn_mask is not None and attn_mask.dtype != torch.bool):
+        return False
+    backend = backends.current()
+    if query.device.type == "cuda":
+        if backend not in ("auto", "triton"):
+            return False
+    elif query.device.type == "cpu":
+        if backend != "triton" or not backends.TRITON_INTERPRET:
+            return False
+    else:
+        return False
+    try:
+        return hasattr(_triton_module(), "attention_bwd")
+    except Exception:  # Triton or the kernel file not importable
+        return False
+
+
+@torch.library.custom_op("llmaccel::attention_backward_triton", mutates_args=())
+def _attention_backward_triton(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], out: Tensor,
+                               lse: Tensor, grad_out: Tensor, grad_lse: Optional[Tensor], is_causal: bool,
+                               scale: Optional[float], causal_bottom_right: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(dq, dk, dv) in the inputs' dtype from kernels/attention.py's fused backward (an opaque op for compile)."""
+    B, Hq, Lq, D = q.shape
+    m = _mask4(attn_mask).expand(B, Hq, Lq, k.shape[2]) if attn_mask is not None else None
+    dq, dk, dv = _triton_module().attention_bwd(q, k, v, m, bool(is_causal), bool(causal_bottom_right),
+                                                _resolve_scale(scale, D), out, lse, grad_out.to(out.dtype),
+                                                grad_lse)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous()
+
+
+@_attention_backward_triton.register_fake
+def _attention_backward_triton_fake(q, k, v, attn_mask, out, lse, grad_out, grad_lse, is_causal, scale,
+                                    causal_bottom_right):
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk, Dv = k.shape[1], k.shape[2], v.shape[3]
+    return (q.new_empty((B, Hq, Lq, D)), q.new_empty((B, Hkv, Lk, D)), q.new_empty((B, Hkv, Lk, Dv)))
+
+
 def _backward(ctx, grad_out, grad_lse):
     query, key, value, attn_mask, out, lse = ctx.saved_tensors
     dropout_p, is_causal, scale, causal_bottom_right = ctx.args
-    seed, chunk = None, QUERY_CHUNK
+    seed, chunk = None, default_chunk(query.shape[0], query.shape[1], key.shape[2])
     if dropout_p > 0:
         if ctx.dropout is None:
             raise NotImplementedError("llmaccel.attention: backward with dropout_p > 0 needs the dropout seed of an "
@@ -534,7 +589,11 @@ def _backward(ctx, grad_out, grad_lse):
     need_mask_grad = ctx.mask_is_float and ctx.needs_input_grad[3]
     if grad_out is None:
         grad_out = torch.zeros_like(out)
-    if _use_cpp_backward(query, attn_mask, dropout_p):
+    if _use_triton_backward(query, attn_mask, dropout_p):
+        dq, dk, dv = _attention_backward_triton(query, key, value, attn_mask, out, lse, grad_out, grad_lse,
+                                                is_causal, scale, causal_bottom_right)
+        dmask = None
+    elif _use_cpp_backward(query, attn_mask, dropout_p):
         dq, dk, dv = _attention_backward_cpp(query, key, value, attn_mask, out, lse, grad_out, grad_lse, is_causal,
                                              scale, causal_bottom_right)
         dmask = None
