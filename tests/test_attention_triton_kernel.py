@@ -25,7 +25,7 @@ HAS_CUDA = torch.cuda.is_available()
 if not INTERPRET and not HAS_CUDA:
     pytest.skip("Triton kernels need TRITON_INTERPRET=1 or a CUDA GPU", allow_module_level=True)
 
-from llmaccel.kernels.attention import attention_fwd  # noqa: E402
+from llmaccel.kernels.attention import attention_bwd, attention_fwd  # noqa: E402
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 HEADS = [(2, 2), (4, 2), (4, 1)]
@@ -312,3 +312,148 @@ def test_bad_arguments():
         attention_fwd(q, k, v, torch.ones(3, 4, dtype=torch.bool, device=DEVICE), False, False, None)
     with pytest.raises(ValueError, match="split_kv"):
         attention_fwd(q, k, v, None, False, False, None, split_kv=0)
+
+
+# --------------------------------------------------------------------------
+# backward (attention_bwd)
+# --------------------------------------------------------------------------
+
+def _grads(fn, leaves, dout, dlse=None):
+    """Gradients of sum(out * dout) (+ sum(lse * dlse)) w.r.t. leaves, through autograd of fn."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in leaves]
+    res = fn(*leaves)
+    out, lse = res if isinstance(res, tuple) else (res, None)
+    loss = (out * dout.to(out.dtype)).sum()
+    if dlse is not None:
+        loss = loss + (lse.nan_to_num(0.0, 0.0, 0.0) * dlse.to(lse.dtype)).sum()
+    loss.backward()
+    return [t.grad for t in leaves]
+
+
+def check_bwd(q, k, v, mask=None, is_causal=False, bottom_right=False, scale=None, dlse=None):
+    """attention_bwd against float64 autograd of reference64 (FlashAttention's rule, as check())."""
+    out, lse = attention_fwd(q, k, v, mask, is_causal, bottom_right, scale)
+    dout = randn(*out.shape, dtype=q.dtype)
+    grads = attention_bwd(q, k, v, mask, is_causal, bottom_right, scale, out, lse, dout, dlse)
+    for g, t in zip(grads, (q, k, v)):
+        assert g.shape == t.shape and g.dtype == t.dtype and g.device == t.device
+    grads = [g.cpu() for g in grads]
+    assert not any(torch.isnan(g).any() for g in grads)
+
+    cpu = [t.cpu() for t in (q, k, v)]
+    m_cpu = None if mask is None else mask.cpu()
+    dout_c = dout.cpu()
+    ref = _grads(lambda a, b, c: reference64(a, b, c, m_cpu, is_causal, bottom_right, scale),
+                 [t.double() for t in cpu], dout_c.double(), None if dlse is None else dlse.cpu().double())
+    _, ref_lse = reference64(*cpu, m_cpu, is_causal, bottom_right, scale)
+    dead = torch.isinf(ref_lse)
+    assert (grads[0][dead] == 0).all(), "fully masked rows must give dq = 0"
+
+    if dlse is not None:  # SDPA has no lse output: plain tolerance (fp32 callers only)
+        for name, g, r in zip("qkv", grads, ref):
+            err = (g.double() - r).abs().max().item()
+            assert err <= 1e-5 * (1 + r.abs().max().item()), f"d{name} err {err:.3g}"
+        return grads
+    # SDPA baseline in the same dtype; rows with no attended key attend everything there instead (SDPA
+    # would give NaN) with dout = 0: they then contribute exactly nothing to dk, dv; their dq is not compared.
+    sm = m_cpu
+    if dead.any():
+        sm = (m_cpu if m_cpu is not None else causal_mask(q.shape[2], k.shape[2], bottom_right)
+              .expand(dead.shape + (k.shape[2],))) | dead[..., None]
+    base = _grads(lambda a, b, c: sdpa_same_dtype(a, b, c, sm, is_causal and sm is None, bottom_right, scale),
+                  cpu, dout_c.masked_fill(dead[..., None], 0))
+    live = ~dead
+    for name, g, r, s in zip("qkv", grads, ref, base):
+        sel = live if name == "q" else slice(None)
+        err = (g.double() - r)[sel].abs().max().item()
+        sdpa_err = (s.double() - r)[sel].abs().max().item()
+        assert not math.isnan(sdpa_err)
+        assert err <= 2 * sdpa_err + 1e-5, f"d{name}: max err {err:.3g} vs 2 * sdpa err {sdpa_err:.3g} + 1e-5"
+    return grads
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("Hq,Hkv", [(2, 2), (4, 1)])
+@pytest.mark.parametrize("Lq,Lk,D", [(1, 33, 16), (17, 17, 40), (33, 17, 16), (17, 33, 40)])
+def test_bwd_matches_reference(Lq, Lk, D, Hq, Hkv, dtype):
+    check_bwd(*make_qkv(2, Hq, Hkv, Lq, Lk, D, dtype))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("bottom_right", [False, True], ids=["top_left", "bottom_right"])
+@pytest.mark.parametrize("Lq,Lk", [(1, 33), (17, 33), (33, 17)])
+def test_bwd_causal(Lq, Lk, bottom_right, dtype):
+    # (33, 17) bottom-right: the first 16 query rows attend nothing (dq exactly 0 there).
+    check_bwd(*make_qkv(1, 4, 1, Lq, Lk, 40, dtype), is_causal=True, bottom_right=bottom_right)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_bwd_bool_mask(dtype):
+    B, Hq, Hkv, Lq, Lk, D = 2, 4, 2, 17, 33, 16
+    q, k, v = make_qkv(B, Hq, Hkv, Lq, Lk, D, dtype)
+    mask = _bool_mask(B, Hq, Lq, Lk)  # row 3 of (0, 0) fully masked
+    dq, _, _ = check_bwd(q, k, v, mask)
+    assert (dq[0, 0, 3] == 0).all()
+    # broadcast (stride-0) mask: [B, 1, 1, Lk] key padding, batch 1 fully masked
+    kp = torch.ones(B, 1, 1, Lk, dtype=torch.bool)
+    kp[0, ..., 20:] = False
+    kp[1] = False
+    dq, dk, dv = check_bwd(q, k, v, kp.to(DEVICE).expand(B, Hq, Lq, Lk))
+    assert (dq[1] == 0).all() and (dk[1] == 0).all() and (dv[1] == 0).all()
+    assert (dk[0, :, 20:] == 0).all() and (dv[0, :, 20:] == 0).all()
+
+
+@pytest.mark.triton
+def test_bwd_dlse_and_views():
+    B, Hq, Hkv, Lq, Lk, D = 2, 4, 2, 17, 33, 40
+    q = randn(B, Lq, Hq, D).transpose(1, 2)  # [B, L, H, D] storage
+    k = randn(B, Lk, Hkv, D).transpose(1, 2)
+    v = randn(B, Hkv, Lk, 2 * D)[..., ::2]
+    dlse = randn(B, Hq, Lq)
+    check_bwd(q, k, v, dlse=dlse)
+    check_bwd(q, k, v, is_causal=True, bottom_right=True, dlse=dlse, scale=0.3)
+
+
+@pytest.mark.triton
+def test_bwd_empty():
+    q, k, v = make_qkv(1, 2, 1, 3, 0, 16, torch.float32)
+    out, lse = attention_fwd(q, k, v, None, False, False, None)
+    dq, dk, dv = attention_bwd(q, k, v, None, False, False, None, out, lse, torch.ones_like(out))
+    assert (dq == 0).all() and dk.shape == k.shape and dv.shape == v.shape
+
+
+@pytest.mark.triton
+def test_op_backward_uses_triton(monkeypatch):
+    """llmaccel.attention's backward runs attention_bwd for the triton backend (bool mask, no dropout)."""
+    import llmaccel
+    from llmaccel import backends
+    import llmaccel.kernels.attention as kmod
+
+    calls = []
+    real = kmod.attention_bwd
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kmod, "attention_bwd", spy)
+    q0, k0, v0 = make_qkv(1, 4, 2, 17, 33, 16, torch.float32)
+    mask = _bool_mask(1, 4, 17, 33)
+    leaves = [t.clone().requires_grad_(True) for t in (q0, k0, v0)]
+    with backends.use("triton"):
+        out = llmaccel.attention(*leaves, attn_mask=mask, enable_gqa=True)
+        out.backward(torch.ones_like(out))
+    assert calls == [1]
+    ref = _grads(lambda a, b, c: reference64(a, b, c, mask.cpu()), [t.cpu().double() for t in (q0, k0, v0)],
+                 torch.ones(out.shape, dtype=torch.float64))
+    for t, r in zip(leaves, ref):
+        assert (t.grad.cpu().double() - r).abs().max() <= 1e-5
+    # a float mask needs its gradient: the plain-PyTorch backward runs instead
+    fm = torch.zeros(1, 4, 17, 33, device=DEVICE, requires_grad=True)
+    with backends.use("triton"):
+        out = llmaccel.attention(*[t.detach() for t in (q0, k0, v0)], attn_mask=fm, enable_gqa=True)
+        out.sum().backward()
+    assert calls == [1] and fm.grad is not None
