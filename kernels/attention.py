@@ -428,6 +428,34 @@ def _mask_strides(mask: torch.Tensor, shape) -> tuple:
     return tuple(out)
 
 
+def _launch_params(q, mask, scale, is_causal, causal_bottom_right, B, Hq, Lq, Lk, D):
+    """What the forward and backward kernels share: the resolved scale, mask kind/argument/strides, score and
+    exp scales, causal offset.
+
+    Scores t satisfy exp(s) = 2^(exp_scale * t): the scale rides in the
+    exponent unless a float mask (natural-log units) must be added to the
+    scaled logits, or a non-positive scale would turn the running max of
+    q . k into a min.
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    if mask is None:
+        mask_kind, mask_arg, m_strides = 0, q, (0, 0, 0, 0)
+    else:
+        m_strides = _mask_strides(mask, (B, Hq, Lq, Lk))
+        if mask.dtype == torch.bool:
+            mask_kind, mask_arg = 1, mask.view(torch.uint8)
+        elif mask.is_floating_point():
+            mask_kind, mask_arg = 2, mask
+        else:
+            raise ValueError(f"llmaccel::attention: attn_mask must be bool or float, got {mask.dtype}")
+    scale_in_exp = mask_kind != 2 and scale > 0
+    score_scale = 1.0 if scale_in_exp else float(scale)
+    exp_scale = float(scale) * _LOG2E if scale_in_exp else _LOG2E
+    causal_off = (Lk - Lq if causal_bottom_right else 0) if is_causal else 0
+    return scale, mask_kind, mask_arg, m_strides, scale_in_exp, score_scale, exp_scale, causal_off
+
+
 def attention_fwd(q, k, v, mask=None, is_causal=False, causal_bottom_right=False, scale=None,
                   split_kv: int | None = None):
     """Fused attention forward: returns ``(out [B, Hq, Lq, Dv] in q's dtype, lse fp32 [B, Hq, Lq])``.
@@ -466,28 +494,8 @@ def attention_fwd(q, k, v, mask=None, is_causal=False, causal_bottom_right=False
         lse.fill_(float("-inf"))
         return out.to(q.dtype), lse
 
-    if scale is None:
-        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
-    if mask is None:
-        mask_kind, mask_arg, m_strides = 0, q, (0, 0, 0, 0)
-    else:
-        m_strides = _mask_strides(mask, (B, Hq, Lq, Lk))
-        if mask.dtype == torch.bool:
-            mask_kind, mask_arg = 1, mask.view(torch.uint8)
-        elif mask.is_floating_point():
-            mask_kind, mask_arg = 2, mask
-        else:
-            raise ValueError(f"llmaccel::attention: attn_mask must be bool or float, got {mask.dtype}")
-    # Scores t with exp(s) = 2^(exp_scale * t): the scale rides in the exponent unless a float mask
-    # (natural-log units) must be added to the scaled logits, or a non-positive scale would turn
-    # the running max of q . k into a min.
-    scale_in_exp = mask_kind != 2 and scale > 0
-    score_scale = 1.0 if scale_in_exp else float(scale)
-    exp_scale = float(scale) * _LOG2E if scale_in_exp else _LOG2E
-    if is_causal:
-        causal_off = Lk - Lq if causal_bottom_right else 0
-    else:
-        causal_off = 0
+    scale, mask_kind, mask_arg, m_strides, scale_in_exp, score_scale, exp_scale, causal_off = _launch_params(
+        q, mask, scale, is_causal, causal_bottom_right, B, Hq, Lq, Lk, D)
 
     if q.dtype == torch.float16:
         dot_fp32 = False
@@ -860,23 +868,9 @@ def attention_bwd(q, k, v, mask, is_causal, causal_bottom_right, scale, out, lse
     if Hkv == 0 or Hq % Hkv != 0:
         raise ValueError(f"llmaccel::attention: Hq ({Hq}) must be a multiple of Hkv ({Hkv})")
 
-    if scale is None:
-        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
-    if mask is None:
-        mask_kind, mask_arg, m_strides = 0, q, (0, 0, 0, 0)
-    else:
-        m_strides = _mask_strides(mask, (B, Hq, Lq, Lk))
-        if mask.dtype == torch.bool:
-            mask_kind, mask_arg = 1, mask.view(torch.uint8)
-        elif mask.is_floating_point():
-            mask_kind, mask_arg = 2, mask
-        else:
-            raise ValueError(f"llmaccel::attention: attn_mask must be bool or float, got {mask.dtype}")
-    scale_in_exp = mask_kind != 2 and scale > 0
-    score_scale = 1.0 if scale_in_exp else float(scale)
-    exp_scale = float(scale) * _LOG2E if scale_in_exp else _LOG2E
+    scale, mask_kind, mask_arg, m_strides, scale_in_exp, score_scale, exp_scale, causal_off = _launch_params(
+        q, mask, scale, is_causal, causal_bottom_right, B, Hq, Lq, Lk, D)
     lse_mul = _LOG2E / exp_scale  # natural-log lse -> units of t
-    causal_off = (Lk - Lq if causal_bottom_right else 0) if is_causal else 0
     if q.dtype == torch.float16:
         dot_fp32 = False
     elif q.dtype == torch.bfloat16:
