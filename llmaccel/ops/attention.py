@@ -60,7 +60,6 @@ is_causal, scale, enable_gqa, causal_bottom_right)`` says which one runs.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import math
 import threading
 from typing import Optional
@@ -358,19 +357,14 @@ def _degenerate(query, key, value):
     return None
 
 
-def _cpp_check(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal_bottom_right):
-    try:
-        module = ext()
-    except Exception as exc:  # not built: the device check reports this first
-        return str(exc)
-    if not hasattr(module, "attention_fwd"):
-        return "this build of llmaccel._C has no attention_fwd kernel (rebuild with pip install -e .)"
+def _no_dropout_check(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal_bottom_right):
+    """Op-level limit shared by both kernels (availability of the backend itself is the dispatcher's check)."""
     if dropout_p > 0:
-        return "the C++ attention kernel does not implement dropout yet (dropout_p > 0 runs on torch)"
+        return "the fused attention kernels do not implement dropout yet (dropout_p > 0 runs on torch)"
     return None
 
 
-@register_backend("cpp", check=_cpp_check)
+@register_backend("cpp", check=_no_dropout_check)
 def _attention_cpp(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal_bottom_right):
     """csrc/attention*.cpp: fp32 core; fp16/bf16 are widened first and the output rounded back."""
     done = _degenerate(query, key, value)
@@ -409,25 +403,7 @@ def _triton_module():
     return importlib.import_module("llmaccel.kernels.attention")
 
 
-def _triton_check(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal_bottom_right):
-    try:
-        found = importlib.util.find_spec("llmaccel.kernels.attention") is not None
-    except Exception as exc:  # broken parent package
-        return f"llmaccel.kernels.attention cannot be located ({exc.__class__.__name__}: {exc})"
-    if not found:
-        return "the Triton attention kernel (kernels/attention.py) is not installed"
-    try:
-        module = _triton_module()
-    except Exception as exc:
-        return f"kernels/attention.py failed to import ({exc.__class__.__name__}: {exc})"
-    if not hasattr(module, "attention_fwd"):
-        return "kernels/attention.py has no attention_fwd"
-    if dropout_p > 0:
-        return "the Triton attention kernel does not implement dropout yet (dropout_p > 0 runs on torch)"
-    return None
-
-
-@register_backend("triton", check=_triton_check)
+@register_backend("triton", check=_no_dropout_check)
 def _attention_triton(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal_bottom_right):
     """kernels/attention.py: FlashAttention-style Triton forward (mask passed 4-D, stride 0 on broadcast dims)."""
     done = _degenerate(query, key, value)
@@ -476,17 +452,14 @@ def _setup_context(ctx, inputs, output):
 
 def _use_cpp_backward(query, attn_mask, dropout_p) -> bool:
     """The fused C++ backward runs for CPU tensors without dropout and without a float mask (whose gradient it
-    does not produce), when llmaccel._C has it and the requested backend is "auto" or "cpp"."""
+    does not produce), when llmaccel._C is built and the requested backend is "auto" or "cpp"."""
     if query.device.type != "cpu" or dropout_p > 0:
         return False
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         return False
     if backends.current() not in ("auto", "cpp"):
         return False
-    try:
-        return hasattr(ext(), "attention_bwd")
-    except Exception:  # extension not built
-        return False
+    return backends.cpp_device_problem(query.device) is None  # the extension is built
 
 
 @torch.library.custom_op("llmaccel::attention_backward_cpp", mutates_args=())
@@ -549,10 +522,7 @@ def _use_triton_backward(query, attn_mask, dropout_p) -> bool:
             return False
     else:
         return False
-    try:
-        return hasattr(_triton_module(), "attention_bwd")
-    except Exception:  # Triton or the kernel file not importable
-        return False
+    return backends.triton_device_problem(query.device) is None  # Triton importable
 
 
 @torch.library.custom_op("llmaccel::attention_backward_triton", mutates_args=())
