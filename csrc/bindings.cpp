@@ -10,6 +10,7 @@
 #include "cpu_features.h"
 #include "int8_linear_wo.h"
 #include "int8_mm.h"
+#include "memory.h"
 #include "quantize.h"
 
 namespace py = pybind11;
@@ -27,6 +28,13 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "llmaccel C++/OpenMP CPU kernels (raw pointers + sizes + strides)";
 
   m.def("cpu_features", &llmaccel::cpu_feature_names, "CPU features detected at run time by CPUID.");
+  m.def("huge_page_bytes", &llmaccel::huge_page_bytes, "Transparent huge page size in bytes (0 if unavailable).");
+  m.def("transparent_huge_pages_mode", &llmaccel::transparent_huge_pages_mode,
+        "The kernel's THP policy: always, madvise, never or unsupported.");
+  m.def(
+      "advise_huge_pages", [](uintptr_t addr, int64_t nbytes) { return llmaccel::advise_huge_pages(ptr<void>(addr), nbytes); },
+      py::arg("addr"), py::arg("nbytes"),
+      "madvise(MADV_HUGEPAGE) on a huge-page-aligned range; returns whether the advice was taken.");
   m.def("int8_mm_variants", &llmaccel::int8_mm_variants, "int8_mm variants this CPU can run, best first.");
   m.def(
       "int8_mm",

@@ -32,5 +32,6 @@ def cpu_info() -> dict:
         features=list(c.cpu_features()),
         variants={op: names[0] for op, names in available.items()},
         available_variants=available,
+        transparent_huge_pages=c.transparent_huge_pages_mode(),
     )
     return info

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
+from .._memory import streamed_buffer
 from .._ext import ext
 from ._checks import check_same_device, check_tensor, fail
 from .int8_mm import MAX_K
@@ -136,10 +137,14 @@ def register_backend(backend: str, check=None):
     return _dispatch.register(backend, check)
 
 
-@torch.library.custom_op("llmaccel::int8_linear", mutates_args=())
-def _int8_linear_op(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None, act: str) -> Tensor:
+def _int8_linear_body(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None, act: str) -> Tensor:
     _validate(x, w_int8, w_scale, bias, act)
     return _dispatch(x, w_int8, w_scale, bias, act)
+
+
+@torch.library.custom_op("llmaccel::int8_linear", mutates_args=())
+def _int8_linear_op(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None, act: str) -> Tensor:
+    return _int8_linear_body(x, w_int8, w_scale, bias, act)
 
 
 @_int8_linear_op.register_fake
@@ -179,7 +184,7 @@ def int8_linear(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None 
     check_tensor(OP, "x", x)
     check_tensor(OP, "w_int8", w_int8)
     check_tensor(OP, "w_scale", w_scale)
-    return torch.ops.llmaccel.int8_linear(x, w_int8, w_scale, bias, act)
+    return backends.call_op(torch.ops.llmaccel.int8_linear, _int8_linear_body, x, w_int8, w_scale, bias, act)
 
 
 # Packed (panel-layout) copies of int8 weights for the C++ kernel, derived
@@ -201,7 +206,8 @@ def packed_weight_cpp(w_int8: Tensor) -> Tensor:
         return hit[2]
     N, K = w_int8.shape
     w = w_int8 if w_int8.stride(1) == 1 or K <= 1 else w_int8.contiguous()
-    packed = torch.empty(ext().int8_mm_packed_size("", N, K), dtype=torch.int8)
+    # Streamed in full by every decode step: huge pages (see llmaccel/_memory.py).
+    packed = streamed_buffer(ext().int8_mm_packed_size("", N, K))
     ext().int8_mm_pack_b("", N, K, w.data_ptr(), w.stride(0) if N > 1 else K, packed.data_ptr(),
                          torch.get_num_threads())
     ref = weakref.ref(w_int8, lambda _, key=key: _packed_cache.pop(key, None))

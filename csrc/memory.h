@@ -1,0 +1,23 @@
+// Page-level advice for long-lived, streamed buffers (packed int8 weights).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace llmaccel {
+
+// Size of a transparent huge page on this system (bytes; 2 MiB on x86-64),
+// or 0 when the kernel has no transparent huge pages.
+int64_t huge_page_bytes();
+
+// The kernel's transparent-huge-page policy ("always", "madvise", "never"),
+// or "unsupported" off Linux / without THP.
+std::string transparent_huge_pages_mode();
+
+// Asks the OS to back [addr, addr + nbytes) with transparent huge pages
+// (madvise(MADV_HUGEPAGE)).  addr and nbytes must be multiples of
+// huge_page_bytes().  Returns whether the advice was accepted; false (never
+// an error) where THP is unavailable, since the advice is only a speed hint.
+bool advise_huge_pages(void* addr, int64_t nbytes);
+
+}  // namespace llmaccel
