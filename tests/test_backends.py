@@ -91,3 +91,62 @@ def test_cpu_info_reports_features_and_variants():
     if "avx512vnni" in info["features"] and "avx512bw" in info["features"]:
         assert variants[0] == "avx512vnni"
     assert info["num_threads"] == torch.get_num_threads()
+
+
+# --- public functions: the custom-op boundary is taken exactly when something needs it ---
+
+class _RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_plain_eager_call_skips_the_custom_op_layer_and_matches_it():
+    import importlib
+
+    mod = importlib.import_module("llmaccel.ops.int8_linear")
+    x = torch.randn(3, 40)
+    w, s, bias = randint8(24, 40), torch.rand(24) + 0.01, torch.randn(24)
+    assert not backends._op_boundary_needed([x, w, s, bias])
+    direct = llmaccel.int8_linear(x, w, s, bias)
+    through_op = torch.ops.llmaccel.int8_linear(x, w, s, bias, "dynamic")
+    assert torch.equal(direct, through_op)
+    torch.testing.assert_close(direct, mod.int8_linear_reference(x, w, s, bias, "dynamic"), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("why", ["requires_grad", "dispatch_mode", "fake", "subclass"])
+def test_boundary_is_taken_when_needed(why):
+    x = torch.randn(2, 16)
+    w, s = randint8(8, 16), torch.rand(8) + 0.01
+    if why == "requires_grad":
+        x.requires_grad_(True)
+        assert backends._op_boundary_needed([x, w, s])
+        llmaccel.int8_linear(x, w, s).sum().backward()  # autograd only exists on the op road
+        assert x.grad is not None and x.grad.shape == x.shape
+    elif why == "dispatch_mode":
+        with _RecordOps() as rec:
+            llmaccel.int8_linear(x, w, s)
+            llmaccel.int8_mm(randint8(2, 16), randint8(16, 3))
+            llmaccel.quantize_per_token(x)
+            q = torch.randn(1, 2, 3, 8)
+            llmaccel.attention(q, q, q)
+        seen = {o for o in rec.ops if o.startswith("llmaccel.")}
+        assert seen == {"llmaccel.int8_linear.default", "llmaccel.int8_mm.default",
+                        "llmaccel.quantize_per_token.default", "llmaccel.attention.default"}
+    elif why == "fake":
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        with FakeTensorMode():
+            fx, fw, fs = torch.empty(5, 16), torch.empty(8, 16, dtype=torch.int8), torch.empty(8)
+            y = llmaccel.int8_linear(fx, fw, fs)
+        assert y.shape == (5, 8)
+    else:
+        class Sub(torch.Tensor):
+            pass
+
+        assert backends._op_boundary_needed([x.as_subclass(Sub), w, s])
+    assert not backends._op_boundary_needed([torch.randn(2, 16), w, s])

@@ -419,15 +419,20 @@ def _attention_triton(query, key, value, attn_mask, dropout_p, is_causal, scale,
 # the op
 # --------------------------------------------------------------------------
 
-@torch.library.custom_op("llmaccel::attention", mutates_args=())
-def _attention_op(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor], dropout_p: float,
-                  is_causal: bool, scale: Optional[float], enable_gqa: bool,
-                  causal_bottom_right: bool) -> tuple[Tensor, Tensor]:
+def _attention_body(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal_bottom_right):
+    """The op's body: validation, then the backend the dispatcher picks."""
     _validate(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal_bottom_right)
     _tls.dropout = None
     out, lse = _dispatch(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal_bottom_right)
     # Fresh, contiguous outputs whatever the backend returned (the fake promises exactly this).
     return out.contiguous(), lse.contiguous()
+
+
+@torch.library.custom_op("llmaccel::attention", mutates_args=())
+def _attention_op(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor], dropout_p: float,
+                  is_causal: bool, scale: Optional[float], enable_gqa: bool,
+                  causal_bottom_right: bool) -> tuple[Tensor, Tensor]:
+    return _attention_body(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal_bottom_right)
 
 
 @_attention_op.register_fake
@@ -599,7 +604,7 @@ def attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Ten
         fail(OP, f"dropout_p must be a float in [0, 1), got {dropout_p!r}", TypeError)
     if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)):
         fail(OP, f"scale must be a float or None, got {scale!r}", TypeError)
-    out, lse = torch.ops.llmaccel.attention(query, key, value, attn_mask, float(dropout_p), bool(is_causal),
-                                            None if scale is None else float(scale), bool(enable_gqa),
-                                            bool(causal_bottom_right))
+    out, lse = backends.call_op(torch.ops.llmaccel.attention, _attention_body, query, key, value, attn_mask,
+                                float(dropout_p), bool(is_causal), None if scale is None else float(scale),
+                                bool(enable_gqa), bool(causal_bottom_right))
     return (out, lse) if return_lse else out

@@ -79,10 +79,14 @@ def _int8_mm_triton(a: Tensor, b: Tensor) -> Tensor:
     return triton_int8_mm(a, b)
 
 
-@torch.library.custom_op("llmaccel::int8_mm", mutates_args=())
-def _int8_mm_op(a: Tensor, b: Tensor) -> Tensor:
+def _int8_mm_body(a: Tensor, b: Tensor) -> Tensor:
     _validate(a, b)
     return _dispatch(a, b)
+
+
+@torch.library.custom_op("llmaccel::int8_mm", mutates_args=())
+def _int8_mm_op(a: Tensor, b: Tensor) -> Tensor:
+    return _int8_mm_body(a, b)
 
 
 @_int8_mm_op.register_fake
@@ -94,10 +98,11 @@ def _int8_mm_fake(a: Tensor, b: Tensor) -> Tensor:
 def int8_mm(a: Tensor, b: Tensor) -> Tensor:
     """``out[m, n] = sum_k a[m, k] * b[k, n]``: int8 [M, K] @ int8 [K, N] -> int32 [M, N], exact.
 
-    Runs ``torch.ops.llmaccel.int8_mm`` (so it traces under ``torch.compile``);
+    Runs ``torch.ops.llmaccel.int8_mm`` (so it traces under ``torch.compile``; plain eager calls skip the
+    custom-op layer, see :func:`llmaccel.backends.call_op`);
     the backend follows :mod:`llmaccel.backends`.
     """
     # Full validation happens inside the op; only non-tensors are caught here, before the schema would.
     check_tensor(OP, "a", a)
     check_tensor(OP, "b", b)
-    return torch.ops.llmaccel.int8_mm(a, b)
+    return backends.call_op(torch.ops.llmaccel.int8_mm, _int8_mm_body, a, b)

@@ -52,10 +52,14 @@ _dispatch = backends.dispatcher(OP, device_of=lambda x: x.device)
 _dispatch.register("torch")(quantize_per_token_reference)
 
 
-@torch.library.custom_op("llmaccel::quantize_per_token", mutates_args=())
-def _quantize_per_token_op(x: Tensor) -> tuple[Tensor, Tensor]:
+def _quantize_per_token_body(x: Tensor) -> tuple[Tensor, Tensor]:
     _validate(x)
     return _dispatch(x)
+
+
+@torch.library.custom_op("llmaccel::quantize_per_token", mutates_args=())
+def _quantize_per_token_op(x: Tensor) -> tuple[Tensor, Tensor]:
+    return _quantize_per_token_body(x)
 
 
 @_quantize_per_token_op.register_fake
@@ -67,7 +71,7 @@ def _quantize_per_token_fake(x: Tensor) -> tuple[Tensor, Tensor]:
 def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric absmax int8 per row: returns ``(q int8 [..., K], scale fp32 [...])`` with ``x ~= q * scale``."""
     check_tensor(OP, "x", x)  # full validation happens inside the op
-    return torch.ops.llmaccel.quantize_per_token(x)
+    return backends.call_op(torch.ops.llmaccel.quantize_per_token, _quantize_per_token_body, x)
 
 
 def register_backend(backend: str, check=None):
