@@ -11,11 +11,52 @@ dims::
     w_scale : fp32  [N]       per output channel
     bias    : float [N] or None
 
-``act="dynamic"`` (W8A8)::
+``act="dynamic"`` (W8A8), one fused kernel::
 
-    q, s  = quantize_per_token(x)                        # kernels/quantize.py: q int8 [M, K], s fp32 [M]
+    s[m]  = absmax_k |x[m, k]| / 127   (1.0 if 0)        # prologue, per row of the tile
+    q     = clamp(round_half_even(x / s[m]), -127, 127)  # in registers, per K tile
     acc   = sum_k int32(q[m, k]) * int32(w_int8[n, k])   # tl.dot(..., out_dtype=int32): exact
     y     = (fp32(acc) * s[m]) * w_scale[n] + bias[n]    # fused epilogue, same order as the reference
+
+The quantization of ``x`` is the per-token rule of ``kernels/quantize.py``
+(the contract of ``llmaccel/ops/quantize.py``), computed by the very
+``@triton.jit`` helpers that kernel uses (``_scale_from_absmax``,
+``_quantize_values``: correctly rounded fp32 divisions ``absmax / 127`` and
+``x / s``, exact round-half-even, clamp to [-127, 127]). So ``s`` and ``q``
+are bit-identical to ``llmaccel.quantize_per_token`` on the Triton backend,
+and the int32 core equals ``q @ w_int8.T`` exactly. (The torch reference
+divides ``x / s`` in float64; where the exact quotient lies within half an
+fp32 ulp of a rounding tie, q may differ from it by one step -- the latitude
+the quantize contract grants; about 1 element in 1000 for random fp16/bf16
+x, far rarer for fp32.) No reciprocal ``1 / s``
+or ``127 / absmax`` is formed, so rows with a tiny absmax (subnormal scale,
+where ``127 / absmax`` would overflow fp32) need no special path; rows whose
+``absmax / 127`` underflows to 0, and all-zero rows, get ``s = 1`` and
+``q = 0``.
+
+Each program owns a ``BLOCK_M x BLOCK_N`` tile of y and walks K twice:
+
+1. prologue: load the ``[BLOCK_M, BLOCK_K]`` x tiles (any strides, fp32 /
+   fp16 / bf16 upcast to fp32), keep an element-wise running ``|x|`` max,
+   reduce it to the per-row absmax at the end, derive ``s``;
+2. main loop: reload each x tile, quantize it in registers to int8, and feed
+   it to the int8 ``tl.dot`` with the ``[BLOCK_K, BLOCK_N]`` weight tile;
+
+then the fused epilogue. Trade-off against the former two launches (a
+quantize kernel writing an int8 ``[M, K]`` q plus ``s [M]``, then a GEMM
+reading them):
+
+* saved: one kernel launch (matters at decode sizes, where each kernel runs
+  for microseconds), the int8 ``[M, K]`` temporary (allocation, one write
+  and one read of M*K bytes), and the serialization between the kernels;
+* paid: x is read twice per program (prologue + main loop; the second read
+  normally hits L2) in its float dtype (2-4 bytes per element instead of q's
+  one), and every one of the ``N / BLOCK_N`` programs along a row of tiles
+  re-reads and re-quantizes the same rows of x. The re-quantization is ALU
+  work (a correctly rounded division and the rounding per element) repeated
+  ``N / BLOCK_N`` times; per element of x it is amortized over ``BLOCK_N``
+  int8 MACs on the tensor cores. For large M*N*K on a GPU this redundancy may
+  cost more than the launch it saves -- not yet measured on a GPU.
 
 ``int32`` accumulation is exact for K <= 131071 (the op layer enforces it).
 The int32 ``[M, N]`` tile never leaves registers: the epilogue scales, adds
@@ -43,7 +84,7 @@ L2 reuse of the weight panels), walk K in ``BLOCK_K`` steps with masked tail
 loads (``other=0`` adds nothing), and store with a masked, fused epilogue.
 Offsets are int64 before they meet strides, so huge or transposed operands do
 not overflow address arithmetic. Every operand is addressed through runtime
-strides: x, q, w and y may be any 2-D views.
+strides: x, w and y may be any 2-D views (no copies).
 
 Decode (small M) is a GEMV: the ``M/BLOCK_M x N/BLOCK_N`` tile grid is too
 small to fill the GPU and each program would stream a long K. The weight-only
@@ -72,22 +113,22 @@ import triton
 import triton.language as tl
 
 from ._tiling import grouped_tile_ids
-from .quantize import quantize_per_token
+from .quantize import _quantize_values, _scale_from_absmax
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # --------------------------------------------------------------------------
-# W8A8: int8 x int8 -> int32 dot, fused dequantization epilogue
+# W8A8: per-token quantization of x fused into the int8 x int8 -> int32 GEMM
 # --------------------------------------------------------------------------
 
 @triton.jit
-def _w8a8_kernel(
-    q_ptr, w_ptr, xs_ptr, ws_ptr, b_ptr, y_ptr,
+def _w8a8_dynamic_kernel(
+    x_ptr, w_ptr, ws_ptr, b_ptr, y_ptr,
     M, N, K,
-    stride_qm, stride_qk,
+    stride_xm, stride_xk,
     stride_wn, stride_wk,
-    stride_xs, stride_ws, stride_b,
+    stride_ws, stride_b,
     stride_ym, stride_yn,
     HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -101,20 +142,36 @@ def _w8a8_kernel(
     offs_k0 = tl.arange(0, BLOCK_K).to(tl.int64)
     mask_m = offs_m < M
     mask_n = offs_n < N
+    k_tiles = tl.cdiv(K, BLOCK_K)
 
-    q_row = q_ptr + offs_m[:, None] * stride_qm  # [BLOCK_M, 1]
+    x_row = x_ptr + offs_m[:, None] * stride_xm  # [BLOCK_M, 1]
     w_col = w_ptr + offs_n[None, :] * stride_wn  # [1, BLOCK_N]: B[k, n] = w[n, k]
 
+    # ---- prologue: per-row absmax -> scale ------------------------------------
+    # Element-wise running max over the K tiles, one cross-lane reduction at the
+    # end (max is exact and order-free, so this equals the quantize kernel's
+    # absmax bit for bit). Masked lanes load 0, which never raises the max:
+    # rows past M come out as all-zero rows (s = 1, q = 0) and are not stored.
+    running = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+    for k in range(0, k_tiles):
+        offs_k = k * BLOCK_K + offs_k0
+        x = tl.load(x_row + offs_k[None, :] * stride_xk, mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
+        running = tl.maximum(running, tl.abs(x.to(tl.float32)))
+    xs = _scale_from_absmax(tl.max(running, axis=1))  # [BLOCK_M] fp32; K == 0 gives s = 1, y = bias
+
+    # ---- main loop: quantize the x tile in registers, int8 dot ----------------
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
+    for k in range(0, k_tiles):
         offs_k = k * BLOCK_K + offs_k0
         mask_k = offs_k < K
-        a = tl.load(q_row + offs_k[None, :] * stride_qk, mask=mask_m[:, None] & mask_k[None, :], other=0)
+        x = tl.load(x_row + offs_k[None, :] * stride_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        # Same helper as kernels/quantize.py: q is that kernel's q, bit for bit.
+        # Masked lanes are 0 -> q = 0, which adds nothing to the dot.
+        a = _quantize_values(x.to(tl.float32), xs[:, None]).to(tl.int8)
         b = tl.load(w_col + offs_k[:, None] * stride_wk, mask=mask_k[:, None] & mask_n[None, :], other=0)
         acc = tl.dot(a, b, acc, out_dtype=tl.int32)
 
     # ---- fused epilogue: the int32 tile never goes to memory -----------------
-    xs = tl.load(xs_ptr + offs_m * stride_xs, mask=mask_m, other=0.0)
     ws = tl.load(ws_ptr + offs_n * stride_ws, mask=mask_n, other=0.0)
     y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
     if HAS_BIAS:
@@ -220,7 +277,7 @@ def _split_k_epilogue_kernel(
 if _INTERPRET:
     # Triton's CPU interpreter: one small config, plain launches (no autotune).
     _META = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=1)
-    _w8a8 = _w8a8_kernel
+    _w8a8 = _w8a8_dynamic_kernel
     _weight_only = _weight_only_kernel
 else:
     _META = {}
@@ -230,15 +287,22 @@ else:
                              num_warps=warps, num_stages=stages)
 
     # int8 MMA eats K in chunks of 32: BLOCK_K 64/128 keeps tensor cores fed.
+    # The fused kernel also holds (and pipelines) a float x tile of
+    # BLOCK_M x BLOCK_K -- 4 bytes per element for fp32 x, 4x the int8 q tile it
+    # replaces -- so the big tiles take BLOCK_K = 64 to stay within shared
+    # memory and registers. Wide BLOCK_N cuts how many column programs
+    # re-quantize the same rows of x (module docstring).
     _W8A8_CONFIGS = [
         _cfg(128, 256, 64, 8, 3),
+        _cfg(128, 128, 64, 8, 3),
         _cfg(128, 128, 64, 4, 4),
-        _cfg(128, 128, 128, 8, 3),
-        _cfg(64, 128, 128, 4, 4),
-        _cfg(64, 64, 128, 4, 5),
-        _cfg(32, 64, 128, 4, 5),
+        _cfg(64, 256, 64, 8, 3),
+        _cfg(64, 128, 64, 4, 4),
+        _cfg(64, 64, 128, 4, 4),
+        _cfg(32, 64, 128, 4, 4),
         _cfg(16, 64, 256, 4, 4),   # decode: narrow M, long K steps
         _cfg(16, 128, 128, 4, 4),
+        _cfg(16, 256, 128, 8, 3),  # decode, wide N: fewer programs re-quantizing x
     ]
     _WEIGHT_ONLY_CONFIGS = [
         _cfg(128, 128, 32, 4, 4),
@@ -250,7 +314,7 @@ else:
         _cfg(16, 128, 128, 4, 3),
         _cfg(16, 32, 256, 4, 4),
     ]
-    _w8a8 = triton.autotune(configs=_W8A8_CONFIGS, key=["M", "N", "K"])(_w8a8_kernel)
+    _w8a8 = triton.autotune(configs=_W8A8_CONFIGS, key=["M", "N", "K"])(_w8a8_dynamic_kernel)
     _weight_only = triton.autotune(configs=_WEIGHT_ONLY_CONFIGS, key=["M", "N", "K", "SPLIT_K"])(_weight_only_kernel)
 
 
@@ -298,24 +362,24 @@ def _store_dtype(out_dtype):
     return torch.float32 if (_INTERPRET and out_dtype == torch.bfloat16) else out_dtype
 
 
-def w8a8_linear(q, x_scale, w_int8, w_scale, bias, out_dtype):
-    """``y [M, N] = (q @ w_int8.T) * x_scale[:, None] * w_scale[None, :] + bias`` in ``out_dtype``."""
-    M, K = q.shape
+def w8a8_dynamic_linear(x2, w_int8, w_scale, bias):
+    """``y [M, N]`` in x2's dtype: per-token quantization of ``x2 [M, K]`` and the W8A8 GEMM in one launch."""
+    M, K = x2.shape
     N = w_int8.shape[0]
-    y = torch.empty((M, N), dtype=_store_dtype(out_dtype), device=q.device)
+    y = torch.empty((M, N), dtype=_store_dtype(x2.dtype), device=x2.device)
     if M == 0 or N == 0:
-        return y.to(out_dtype)
+        return y.to(x2.dtype)
     b = bias if bias is not None else w_scale  # dummy pointer, never read
     args = (
-        q, w_int8, x_scale, w_scale, b, y,
+        x2, w_int8, w_scale, b, y,
         M, N, K,
-        q.stride(0), q.stride(1),
+        x2.stride(0), x2.stride(1),
         w_int8.stride(0), w_int8.stride(1),
-        x_scale.stride(0), w_scale.stride(0), b.stride(0),
+        w_scale.stride(0), b.stride(0),
         y.stride(0), y.stride(1),
     )
-    _launch(_w8a8, _tile_grid(M, N), args, dict(HAS_BIAS=bias is not None, **_META), q.device)
-    return y.to(out_dtype)
+    _launch(_w8a8, _tile_grid(M, N), args, dict(HAS_BIAS=bias is not None, **_META), x2.device)
+    return y.to(x2.dtype)
 
 
 def weight_only_linear(x2, w_int8, w_scale, bias, split_k=None):
@@ -363,8 +427,7 @@ def int8_linear(x, w_int8, w_scale, bias, act):
     N = w_int8.shape[0]
     x2 = x.reshape(math.prod(x.shape[:-1]), K)  # not -1: K may be 0
     if act == "dynamic":
-        q, s = quantize_per_token(x2)
-        y = w8a8_linear(q, s, w_int8, w_scale, bias, x.dtype)
+        y = w8a8_dynamic_linear(x2, w_int8, w_scale, bias)
     elif act == "weight_only":
         y = weight_only_linear(x2, w_int8, w_scale, bias)
     else:

@@ -52,6 +52,11 @@ contiguous, ``scale`` as an fp32 tensor of shape ``x.shape[:-1]``.
 bf16/fp16 are loaded and converted to fp32 before any arithmetic (the
 interpreter has no bf16 arithmetic, and the contract computes in fp32 anyway).
 
+The scale and rounding rule live in two small ``@triton.jit`` helpers
+(``_scale_from_absmax``, ``_quantize_values``) that the fused W8A8 GEMM in
+``kernels/int8_linear.py`` calls too: its in-register quantization of ``x``
+is bit-identical to this kernel's output.
+
 Input validation lives in ``llmaccel/ops/quantize.py``; the launcher assumes
 it has been done.
 """
@@ -78,6 +83,26 @@ def _round_half_even_clamped(v):
     return tl.where(v < 0, -r, r)
 
 
+# The two helpers below are the whole per-row quantization rule. Both this
+# file's kernel and the fused W8A8 GEMM in kernels/int8_linear.py call them, so
+# the two paths produce bit-identical scales and q (the GEMM's int32 core then
+# equals q @ w_int8.T of this kernel's q exactly).
+
+@triton.jit
+def _scale_from_absmax(absmax):
+    """fp32 per-row scale = absmax / 127 (correctly rounded), or 1.0 where that is 0."""
+    scale = tl.math.div_rn(absmax, 127.0)
+    # All-zero row, or absmax so tiny that absmax / 127 underflows. No reciprocal
+    # is ever formed (x is divided by scale), so tiny scales cannot overflow.
+    return tl.where(scale > 0, scale, 1.0)
+
+
+@triton.jit
+def _quantize_values(x, scale):
+    """clamp(round_half_even(x / scale), -127, 127) as fp32 (exact integers); x fp32, scale broadcastable."""
+    return _round_half_even_clamped(tl.math.div_rn(x, scale))
+
+
 @triton.jit
 def _quantize_per_token_kernel(
     x_ptr,
@@ -100,8 +125,7 @@ def _quantize_per_token_kernel(
         x = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
         running = tl.maximum(running, tl.abs(x))
     absmax = tl.max(running, axis=0)
-    scale = tl.math.div_rn(absmax, 127.0)
-    scale = tl.where(scale > 0, scale, 1.0)  # all-zero row, or absmax so tiny that absmax / 127 underflows
+    scale = _scale_from_absmax(absmax)
     tl.store(scale_ptr + row, scale)
 
     # ---- pass 2: quantize ----------------------------------------------------
@@ -109,8 +133,7 @@ def _quantize_per_token_kernel(
         offs = k0 + offs0
         mask = offs < K
         x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
-        v = tl.math.div_rn(x, scale)
-        q = _round_half_even_clamped(v)
+        q = _quantize_values(x, scale)
         tl.store(q_row + offs, q.to(tl.int8), mask=mask)
 
 

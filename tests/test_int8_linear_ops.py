@@ -364,6 +364,174 @@ def test_cuda_triton_int8_linear_matches_fp64():
     _check_weight_only(shapes, "cuda")
 
 
+# -------------------------------------------------------------------------
+# Triton act="dynamic": quantization fused into the GEMM (one launch)
+# -------------------------------------------------------------------------
+
+_TRITON_DEVICE = "cpu" if INTERPRET else ("cuda" if torch.cuda.is_available() else None)
+_needs_triton = pytest.mark.skipif(_TRITON_DEVICE is None, reason="needs the Triton interpreter or a GPU")
+
+
+def _extreme_x(M, K, dtype, case):
+    """x [M, K] in dtype (random, x3), with extreme rows when M >= 3, in a contiguous,
+    transposed or strided layout (``case`` picks the layout)."""
+    x = torch.randn(M, K) * 3
+    if M >= 3:
+        if dtype == torch.float16:
+            huge, tiny = 6.0e4, 6.0e-8  # fp16: max 65504, smallest subnormal 6e-8
+        else:
+            huge, tiny = 3e38, 1e-40  # fp32 / bf16: near the top; subnormal (absmax / 127 too)
+        x[0] = 0.0                                   # all-zero row: scale 1, q = 0
+        x[1] = torch.randn(K) * (huge / 10)          # huge row: q spread over the grid...
+        x[1, K // 2] = -huge                         # ...around an absmax near the top of the range
+        tiny_row = torch.randn(K) * tiny  # tiny row: subnormal scale, 127 / absmax would overflow fp32
+        if dtype == torch.bfloat16:
+            # Normal bf16 values only: the interpreter's bf16 -> fp32 conversion mishandles bf16
+            # subnormals (a GPU converts them exactly). absmax ~ 2e-37 still gives a subnormal scale.
+            tiny_row = torch.sign(torch.randn(K)) * (1 + torch.rand(K)) * 1e-37
+        x[M // 2 + 1 if M > 3 else 2] = tiny_row
+        if M > 3:
+            x[-1] = torch.randn(K) * 1e-44           # absmax / 127 underflows (fp16: to 0 already): scale 1
+    x = x.to(dtype)
+    if case % 3 == 1:
+        x = x.t().contiguous().t()                   # transposed view: stride (1, M)
+    elif case % 3 == 2:
+        wide = torch.zeros(2 * M + 1, 3 * K + 2, dtype=dtype)
+        wide[1::2, 2::3] = x
+        x = wide[1::2, 2::3]                         # strided rows and columns
+        assert x.stride() == (2 * (3 * K + 2), 3)
+    return x
+
+
+def _near_tie(x, s):
+    """Where x / s (float64: exact for these operands) lies within 2**-17 of a half-integer: the only
+    places a correctly rounded fp32 division x / s may round onto the other side (module docstring of
+    kernels/quantize.py; the quantize contract allows one step there)."""
+    v = x.double() / s.double().unsqueeze(-1)
+    return ((v - torch.floor(v) - 0.5).abs() <= 2.0**-17) & (v.abs() < 127.5)
+
+
+def _epilogue(q, s, w, w_scale, bias, dtype):
+    """The contract's epilogue on given (q, s), in the order and precision of int8_linear_reference."""
+    acc = torch.matmul(q.double(), w.double().t()).to(torch.float32)  # exact: |acc| < 2**24 here
+    y = acc * s.unsqueeze(1) * w_scale.unsqueeze(0)
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y.to(dtype)
+
+
+def _assert_same_y(y, expected, exact, where):
+    """Bitwise under the interpreter (numpy fp32 == torch fp32); on a GPU the compiler may fuse the epilogue's
+    multiply-add into an fma (one rounding instead of two), so allow a couple of fp32 ulps there."""
+    assert y.dtype == expected.dtype and y.shape == expected.shape, where
+    y, expected = y.cpu(), expected.cpu()
+    fin = torch.isfinite(expected)
+    assert torch.equal(y[~fin], expected[~fin]), f"inf positions or signs differ: {where}"
+    if exact:
+        diff = (y.double() - expected.double())[fin].abs().max() if fin.any() else 0.0
+        assert torch.equal(y, expected), f"not bit-identical: {where}, max diff {diff}"
+    else:
+        e64 = expected[fin].double()
+        tol = (4 * 2.0**-24 + OUT_EPS[expected.dtype]) * e64.abs() + OUT_ATOL[expected.dtype]
+        assert ((y[fin].double() - e64).abs() <= tol).all(), f"off: {where}"
+
+
+@pytest.mark.triton
+@_needs_triton
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # huge rows: y is inf, as in the reference
+def test_triton_dynamic_fused_quantization_matches_reference():
+    """The fused kernel quantizes x exactly as the Triton quantize kernel does (bit for bit: same scale, same q),
+    which equals the torch reference's q except at fp32 near-ties; the int32 core is exact; the epilogue has
+    the reference's operation order. Odd M / K / N, strided and transposed x, fp16 / bf16, zero, huge, tiny
+    and underflowing rows."""
+    from llmaccel.kernels.int8_linear import int8_linear as fused
+    from llmaccel.kernels.quantize import quantize_per_token as triton_quantize
+    from llmaccel.ops.int8_linear import int8_linear_reference
+    from llmaccel.ops.quantize import quantize_per_token_reference
+
+    dev = _TRITON_DEVICE
+    exact = INTERPRET
+    case = 0
+    for M in (1, 3, 17, 113):
+        for K in (1, 3, 67, 129):
+            for N in ((1, 5, 33) if M < 113 else (5, 33)):
+                for dtype in FLOATS:
+                    case += 1
+                    x = _extreme_x(M, K, dtype, case)
+                    with_bias = case % 2 == 0
+                    w, w_scale, bias = _weights(N, K, dtype, with_bias, strided=case % 4 == 3)
+                    where = f"{dtype}, x {tuple(x.shape)} strides {x.stride()}, N={N}, bias={with_bias}"
+                    # The quantization the fused kernel must reproduce bit for bit: the standalone Triton kernel.
+                    q_t, s_t = triton_quantize(x.to(dev))
+                    q_t, s_t = q_t.cpu(), s_t.cpu()
+                    q_ref, s_ref = quantize_per_token_reference(x)
+                    assert torch.equal(s_t, s_ref), f"scale: {where}"
+                    differ = q_t != q_ref
+                    assert not (differ & ~_near_tie(x, s_ref)).any(), f"q differs away from a near-tie: {where}"
+                    assert ((q_t.long() - q_ref.long()).abs() <= 1).all(), where
+                    y = fused(*_to(dev, x, w, w_scale, bias), "dynamic")
+                    _assert_same_y(y, _epilogue(q_t, s_t, w, w_scale, bias, dtype), exact, where)
+                    # Rows without a near-tie: the torch reference itself, bit for bit (interpreter).
+                    rows = ~differ.any(dim=1)
+                    y_ref = int8_linear_reference(x, w, w_scale, bias, "dynamic")
+                    _assert_same_y(y[rows.to(y.device)], y_ref[rows], exact, f"vs reference: {where}")
+                    if dtype == torch.float32 and N == 5:
+                        # Identity weight: y[m, k] = q[m, k] * s[m] (finite even for the huge row), so q is seen
+                        # directly, element by element.
+                        eye = torch.eye(K, dtype=torch.int8)
+                        y_id = fused(*_to(dev, x, eye, torch.ones(K), None), "dynamic").cpu()
+                        q_seen = torch.round(y_id.double() / s_t.double().unsqueeze(1))
+                        assert torch.equal(q_seen, q_t.double()), f"identity weight: {where}"
+    assert case > 100
+
+
+@pytest.mark.triton
+@_needs_triton
+def test_triton_dynamic_is_one_kernel_launch(monkeypatch):
+    """act="dynamic" on the Triton backend runs the fused kernel only: no quantize_per_token, no q temporary."""
+    import triton.runtime.jit as triton_jit
+
+    import llmaccel.kernels.int8_linear as triton_linear
+    import llmaccel.kernels.quantize as triton_quantize
+    from llmaccel.ops.int8_linear import int8_linear_reference
+
+    launches = []
+
+    def spy(cls):
+        original = cls.run
+
+        def run(self, *args, **kwargs):
+            launches.append(self.fn.__name__)
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "run", run)
+
+    spy(triton_jit.JITFunction)
+    if INTERPRET:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        spy(InterpretedFunction)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("int8_linear(act='dynamic') must not call kernels.quantize.quantize_per_token")
+
+    monkeypatch.setattr(triton_quantize, "quantize_per_token", forbidden)
+    assert not hasattr(triton_linear, "quantize_per_token")
+
+    dev = _TRITON_DEVICE
+    x = torch.randn(2, 9, 67)
+    w, w_scale, bias = _weights(33, 67, torch.float32, True)
+    args = _to(dev, x, w, w_scale, bias)
+    expected = int8_linear_reference(x, w, w_scale, bias, "dynamic")
+    with backends.use("triton"):
+        llmaccel.int8_linear(*args, act="dynamic")  # on a GPU: autotuning launches every config once
+        launches.clear()
+        y = llmaccel.int8_linear(*args, act="dynamic")
+    assert launches == ["_w8a8_dynamic_kernel"], launches
+    assert y.shape == (2, 9, 33)
+    assert (y.cpu() - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
 @pytest.mark.triton
 @pytest.mark.parametrize("lead,K,N", [((0,), 5, 3), ((2, 0), 5, 3), ((4,), 5, 0), ((3,), 0, 2)])
 def test_int8_linear_empty_dimensions(lead, K, N):
