@@ -274,7 +274,8 @@ def _triton_check(x, w_int8, w_scale, bias, act):
 
 @register_backend("triton", check=_triton_check)
 def _int8_linear_triton(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str) -> Tensor:
-    """kernels/int8_linear.py: Triton quantize + fused W8A8 GEMM, or the weight-only (split-K) GEMM."""
+    """kernels/int8_linear.py: one fused W8A8 kernel (per-token quantize prologue -> int8 tl.dot -> fp32
+    epilogue), or the weight-only (split-K) GEMM."""
     from ..kernels.int8_linear import int8_linear as triton_int8_linear
 
     return triton_int8_linear(x, w_int8, w_scale, bias, act)
