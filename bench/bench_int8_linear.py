@@ -1,4 +1,5 @@
-"""int8_linear: llmaccel.int8_linear stacks against their peers (fp32 F.linear, torch.ao dynamic int8, memcpy).
+"""int8_linear: llmaccel.int8_linear stacks against their peers (fp32 F.linear, torch.ao dynamic int8, memcpy,
+a plain read of the same packed weight bytes).
 
 Each case times a pass through a stack of layers (llmaccel/bench/cases_int8_linear.py);
 accuracy (SQNR against the fp32 stack) is checked once per case before any timing.

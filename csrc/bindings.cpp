@@ -35,6 +35,15 @@ PYBIND11_MODULE(_C, m) {
       "advise_huge_pages", [](uintptr_t addr, int64_t nbytes) { return llmaccel::advise_huge_pages(ptr<void>(addr), nbytes); },
       py::arg("addr"), py::arg("nbytes"),
       "madvise(MADV_HUGEPAGE) on a huge-page-aligned range; returns whether the advice was taken.");
+  m.def(
+      "stream_read",
+      [](uintptr_t addr, int64_t nbytes, int nthreads) {
+        py::gil_scoped_release release;
+        return llmaccel::stream_read(ptr<const void>(addr), nbytes, nthreads);
+      },
+      py::arg("addr"), py::arg("nbytes"), py::arg("nthreads"),
+      "Reads a buffer once (threads split it) and returns its wrapping uint64 word sum: the read-bandwidth "
+      "ceiling that streaming kernels are measured against.");
   m.def("int8_mm_variants", &llmaccel::int8_mm_variants, "int8_mm variants this CPU can run, best first.");
   m.def(
       "int8_mm",

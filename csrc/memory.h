@@ -20,4 +20,11 @@ std::string transparent_huge_pages_mode();
 // an error) where THP is unavailable, since the advice is only a speed hint.
 bool advise_huge_pages(void* addr, int64_t nbytes);
 
+// Reads [addr, addr + nbytes) once, split into one contiguous range per
+// thread, and returns the wrapping 64-bit sum of its 8-byte words (so the
+// loads cannot be optimized away).  It does nothing else: its time is the
+// machine's sequential read bandwidth for that buffer, the ceiling of any
+// kernel that streams the same bytes (benchmarks time it beside decode).
+uint64_t stream_read(const void* addr, int64_t nbytes, int nthreads);
+
 }  // namespace llmaccel

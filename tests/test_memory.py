@@ -52,3 +52,26 @@ def test_advise_validates_its_arguments():
     with pytest.raises(ValueError, match="advise_huge_pages.*null"):
         ext().advise_huge_pages(0, page)
     assert isinstance(ext().advise_huge_pages(buf.data_ptr(), page), bool)
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, 7, 8, 4099, 100003])
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+def test_stream_read_reads_every_byte_once(nbytes, nthreads):
+    g = torch.Generator().manual_seed(nbytes)
+    buf = torch.randint(-128, 128, (nbytes,), dtype=torch.int8, generator=g)
+    # Exact reference: the wrapping uint64 sum of the 8-byte little-endian words, plus the tail bytes.
+    raw = buf.numpy().view("uint8")
+    words = nbytes // 8
+    expect = int(raw[:words * 8].view("<u8").sum(dtype="uint64")) if words else 0
+    expect = (expect + int(raw[words * 8:].sum(dtype="uint64"))) % (1 << 64)
+    assert ext().stream_read(buf.data_ptr(), nbytes, nthreads) == expect
+
+
+def test_stream_read_validates_its_arguments():
+    buf = torch.ones(64, dtype=torch.int8)
+    with pytest.raises(ValueError, match="stream_read.*nbytes"):
+        ext().stream_read(buf.data_ptr(), -1, 1)
+    with pytest.raises(ValueError, match="stream_read.*nthreads"):
+        ext().stream_read(buf.data_ptr(), 64, 0)
+    with pytest.raises(ValueError, match="stream_read.*null"):
+        ext().stream_read(0, 64, 1)

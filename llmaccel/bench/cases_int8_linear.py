@@ -13,6 +13,11 @@ shapes chain).  Peers run the same stack on the same input:
   same run.  speedup = copy time / our time = (our weight-stream rate) /
   (bytes copied per second); a read+write-counted copy bandwidth is twice
   the latter.
+* ``read``  -- ``llmaccel._C.stream_read`` over the very buffers our kernel
+  streams (the packed weights, huge pages and all): one sequential read of
+  each byte and nothing else, split over the same threads.  It is the
+  ceiling of any decode kernel on this machine, so here speedup = our share
+  of it (<= 1 by construction).
 
 Decode stacks 8 layers of 4096 x 4096 (8 x 16 MB int8 = 128 MB, 512 MB in
 fp32), far beyond the 32-36 MB L3, so weights stream from DRAM on every pass.
@@ -97,6 +102,16 @@ def _builder(M: int, n_layers: int, n_stacks: int, peer_kind: str):
             def peer(i: int):
                 with torch.no_grad():
                     return ao_stacks[i % n_stacks](xs[i % n_stacks])
+        elif peer_kind == "read":
+            from .._ext import ext
+            from ..ops.int8_linear import packed_weight_cpp
+
+            # The same cached buffers ours reads (packed on first use, kept per weight tensor).
+            buffers = [[packed_weight_cpp(wq) for _, _, wq, _ in layers] for layers in stacks]
+            nthreads = torch.get_num_threads()
+
+            def peer(i: int):
+                return [ext().stream_read(p.data_ptr(), p.numel(), nthreads) for p in buffers[i % n_stacks]]
         elif peer_kind == "copy":
             n_bytes = n_layers * N * K
             src = [torch.empty(n_bytes, dtype=torch.int8).random_(-128, 127) for _ in range(n_stacks)]
@@ -114,6 +129,8 @@ def _builder(M: int, n_layers: int, n_stacks: int, peer_kind: str):
             db = _sqnr_db(o, refs[j])
             if db < 25:
                 return f"llmaccel's stack output has SQNR {db:.1f} dB against the fp32 stack (< 25 dB)"
+            if peer_kind == "read" and len(p) != n_layers:
+                return "the read peer did not read every layer's buffer"
             if peer_kind == "ao":
                 db_ao = _sqnr_db(p, refs[j])
                 if db_ao < 20:
@@ -137,6 +154,8 @@ _PEERS = {
     "fp32": ("F.linear fp32", "torch.nn.functional.linear with the unquantized fp32 weights (MKL sgemm/sgemv)"),
     "ao": ("torch.ao dynamic int8", "torch.ao.quantization.quantize_dynamic(nn.Linear, qint8): fbgemm per-tensor "
                                     "dynamic int8 Linear, PyTorch's shipped int8 CPU path"),
+    "read": ("read of packed weights", "llmaccel._C.stream_read over the packed weight buffers our kernel streams: "
+                                       "the machine's read bandwidth for those bytes, same run (speedup = our share)"),
     "copy": ("memcpy of weight bytes", "Tensor.copy_ of as many bytes as the int8 weights (the copy bandwidth of "
                                        "this machine, measured in the same run)"),
 }
@@ -150,7 +169,7 @@ def _case(name: str, M: int, n_layers: int, n_stacks: int, peer_kind: str, descr
     return c
 
 
-for _kind in ("fp32", "ao", "copy"):
+for _kind in ("fp32", "ao", "copy", "read"):
     register(_case(f"decode-vs-{_kind}", 1, 8, 1, _kind,
                    "one token through 8 chained 4096 x 4096 layers (128 MB of int8 weights per pass, beyond L3)"))
 for _kind in ("fp32", "ao"):
