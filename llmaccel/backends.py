@@ -76,7 +76,14 @@ def current() -> str:
     name = _override.get()
     if name is not None:
         return name
-    return _validate_name(os.environ.get("LLMACCEL_BACKEND", "auto"), "LLMACCEL_BACKEND")
+    raw = os.environ.get("LLMACCEL_BACKEND", "auto")
+    # Read per call (tests and users flip it at run time); validated once per distinct value.
+    if raw != _env_cache[0]:
+        _env_cache[:] = [raw, _validate_name(raw, "LLMACCEL_BACKEND")]
+    return _env_cache[1]
+
+
+_env_cache: list = [None, None]  # [raw LLMACCEL_BACKEND value, its validated name]
 
 
 @contextlib.contextmanager

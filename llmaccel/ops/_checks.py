@@ -19,7 +19,8 @@ def check_tensor(op: str, name: str, t, *, dtype: torch.dtype | None = None, ndi
 
 
 def check_same_device(op: str, **tensors: torch.Tensor) -> None:
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+    it = iter(tensors.values())
+    first = next(it).device
+    if any(t.device != first for t in it):  # the common case stays a few comparisons (per-call cost)
+        listing = ", ".join(f"{n} on {t.device}" for n, t in tensors.items())
         fail(op, f"all tensors must be on one device; got {listing}")
