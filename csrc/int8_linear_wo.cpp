@@ -19,14 +19,18 @@ void int8_linear_weight_only(int64_t M, int64_t N, int64_t K, const float* x, in
   if (nthreads < 1) fail(op, "nthreads must be >= 1, got " + std::to_string(nthreads));
   const CpuFeatures& f = cpu_features();
   const bool avx512 = f.avx512f && f.avx512bw && f.avx512vl;
+  const bool avx2 = f.avx2 && f.fma;
   void (*fn)(const Int8LinearWOProblem&) = nullptr;
   if (variant.empty()) {
-    fn = avx512 ? &int8_linear_wo_avx512vnni : &int8_linear_wo_generic;
+    fn = avx512 ? &int8_linear_wo_avx512vnni : avx2 ? &int8_linear_wo_avx2 : &int8_linear_wo_generic;
   } else if (variant == "avx512vnni") {
     if (!avx512) fail(op, "variant 'avx512vnni' needs CPU features this machine lacks");
     fn = &int8_linear_wo_avx512vnni;
-  } else if (variant == "generic" || variant == "avx2") {
-    fn = &int8_linear_wo_generic;  // no separate AVX2 build of this kernel
+  } else if (variant == "avx2") {
+    if (!avx2) fail(op, "variant 'avx2' needs CPU features this machine lacks");
+    fn = &int8_linear_wo_avx2;
+  } else if (variant == "generic") {
+    fn = &int8_linear_wo_generic;
   } else {
     fail(op, "unknown variant '" + variant + "'");
   }

@@ -23,6 +23,7 @@ struct Int8LinearWOProblem {
 };
 
 void int8_linear_wo_generic(const Int8LinearWOProblem& p);
+void int8_linear_wo_avx2(const Int8LinearWOProblem& p);
 void int8_linear_wo_avx512vnni(const Int8LinearWOProblem& p);
 
 // Validated entry point; variant "" picks the best for this CPU.

@@ -71,7 +71,7 @@ def test_bad_variant_and_arguments():
         ext().int8_linear_dynamic(2, 3, 5, x.data_ptr(), 5, w.data_ptr(), 5, 0, 0, 0, torch.empty(2, 3).data_ptr(), 3, 1)
 
 
-@pytest.mark.parametrize("variant", ["generic"] + (["avx512vnni"] if "avx512vnni" in VARIANTS else []))
+@pytest.mark.parametrize("variant", ["generic"] + [v for v in ("avx2", "avx512vnni") if v in VARIANTS])
 @pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 67, 13), (3, 130, 7), (17, 64, 33), (5, 4099, 11)])
 def test_weight_only_every_variant(variant, M, K, N):
     x = torch.randn(M, K) * 3
