@@ -47,12 +47,24 @@ struct Avx512Vnni {
   // Prefetch distance along a B column when streaming it from memory.
   static constexpr int64_t kPrefetchBytes = 1024;
 
-  template <int R, int C, bool kMasked, bool kStream>
+  // Packed panels: the hardware prefetcher follows the single sequential
+  // stream; one L2 prefetch per line 1.5 KB ahead keeps enough misses in
+  // flight.  Measured at M=1 on 8 x 16 MB packed weights (huge pages),
+  // against a plain read of the same bytes: 0.90-0.93 of its rate on 2
+  // threads (0.84-0.88 on one) with this, 0.85-0.87 (0.67) with the column
+  // scheme, 0.72-0.83 with no software prefetch.
+  static constexpr int64_t kPanelPrefetchBytes = 1536;
+
+  template <int R, int C, bool kMasked, int kStream>
   static inline __attribute__((always_inline)) void step(__m512i* acc, const uint8_t* a, const BCols& B,
                                                          int64_t k, __mmask64 mask) {
     const int8_t* b = B.b + k * B.ks;
     __m512i bv[C];
-    if constexpr (kStream) {
+    if constexpr (kStream == kStreamPanels) {
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c)  // the C columns' 64-byte chunks are C adjacent lines
+        _mm_prefetch(reinterpret_cast<const char*>(b + c * B.cs + kPanelPrefetchBytes), _MM_HINT_T1);
+    } else if constexpr (kStream == kStreamColumns) {
 #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) {
         // Near: this column, a little ahead, into L1.  Far: the same bytes
@@ -74,14 +86,14 @@ struct Avx512Vnni {
     }
   }
 
-  template <int R, int C, bool kStream>
+  template <int R, int C, int kStream>
   static void tile(const uint8_t* a, const BCols& b, int64_t K, int32_t* out) {
     __m512i acc[R * C];
 #pragma GCC unroll 32
     for (int i = 0; i < R * C; ++i) acc[i] = _mm512_setzero_si512();
     const int64_t kfull = K & ~int64_t(63);
     for (int64_t k = 0; k < kfull; k += 64) step<R, C, false, kStream>(acc, a, b, k, 0);
-    if (kfull < K) step<R, C, true, false>(acc, a, b, kfull, _cvtu64_mask64(~0ull >> (64 - (K - kfull))));
+    if (kfull < K) step<R, C, true, kReuse>(acc, a, b, kfull, _cvtu64_mask64(~0ull >> (64 - (K - kfull))));
     constexpr int kQuads = R * C / 4;
 #pragma GCC unroll 8
     for (int q = 0; q < kQuads; ++q)

@@ -29,9 +29,10 @@
 //   static constexpr int MR, NR;        register tile (rows, columns)
 //   static constexpr int64_t KALIGN;    packed A rows are padded to this many bytes
 //   static constexpr bool kOnesRow;     A stored as a + 128 with a row of ones
-//   template <int R, int C, bool kStream> static void tile(const uint8_t* a,
+//   template <int R, int C, int kStream> static void tile(const uint8_t* a,
 //       const BCols& b, int64_t K, int32_t* out);                  // out[R*C]
-//     (kStream: B is arriving from memory; prefetch ahead in each column)
+//     (kStream: how B arrives, a Stream value below; the ISA decides what
+//     software prefetch that calls for)
 //     tile() must read B only inside [0, K) of each column.
 //
 // Packed A layout ("interleaved by tile"): rows are grouped in tiles of MR;
@@ -57,6 +58,13 @@
 #include "quantize.h"
 
 namespace {
+
+// How a tile's B columns arrive (the tile's kStream template argument).
+enum Stream : int {
+  kReuse = 0,          // already in L1/L2 (an earlier row tile of the block read them)
+  kStreamColumns = 1,  // from L3/DRAM as NR separate columns of a plain nn.Linear weight
+  kStreamPanels = 2,   // from L3/DRAM as one contiguous packed panel (int8_mm_pack_b)
+};
 
 // Where a finished R x C tile goes.  `c` addresses C at the tile's first real
 // row and first column.  With kOnesRow, `colsum` addresses the column sums of
@@ -91,7 +99,7 @@ using TileFn = void (*)(const uint8_t*, const BCols&, int64_t, const TileOut&);
 // Runs one register tile and its epilogue.  R and C are compile-time here so
 // the epilogue is a handful of vector instructions; with the store written
 // as a runtime-sized scalar loop it cost ~10% of the whole GEMM at K = 4096.
-template <class Isa, bool kStream, int R, int C>
+template <class Isa, int kStream, int R, int C>
 void tile_entry(const uint8_t* a, const BCols& b, int64_t K, const TileOut& o) {
   int32_t out[R * C];
   Isa::template tile<R, C, kStream>(a, b, K, out);
@@ -135,11 +143,13 @@ void tile_entry(const uint8_t* a, const BCols& b, int64_t K, const TileOut& o) {
 }
 
 // fn[r - 1][c - 1] -> tile<r, c>, so ragged edges get exact-size tiles.
-// `kStream` tiles are the ones that meet their B columns first (from L3 or
-// DRAM): they prefetch ahead in each column, since a column of an nn.Linear
-// weight is a short (often one-page) stream the hardware prefetcher barely
-// ramps up on.  Tiles that reuse B from L1/L2 skip those instructions.
-template <class Isa, bool kStream>
+// Streaming tiles are the ones that meet their B columns first (from L3 or
+// DRAM).  Plain columns: each column of an nn.Linear weight is a short (often
+// one-page) stream the hardware prefetcher barely ramps up on, so the tile
+// prefetches ahead in every column.  Packed panels are one long sequential
+// stream the hardware prefetcher follows by itself; the tile only adds a
+// short L2 lookahead.  Tiles that reuse B from L1/L2 skip all of it.
+template <class Isa, int kStream>
 struct TileTable {
   TileFn fn[Isa::MR][Isa::NR];
   template <int R, int... Cs>
@@ -172,8 +182,10 @@ template <class Isa>
 void run_int8_mm(const llmaccel::Int8MMProblem& p) {
   using llmaccel::ceil_div;
   using llmaccel::round_up;
-  static const TileTable<Isa, false> table;
-  static const TileTable<Isa, true> stream_table;
+  static const TileTable<Isa, kReuse> table;
+  static const TileTable<Isa, kStreamColumns> column_stream_table;
+  static const TileTable<Isa, kStreamPanels> panel_stream_table;
+  const TileFn(*stream_fn)[Isa::NR] = p.b_packed ? panel_stream_table.fn : column_stream_table.fn;
   constexpr int MR = Isa::MR, NR = Isa::NR;
 
   const int64_t M = p.M, N = p.N, K = p.K;
@@ -301,7 +313,7 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
               const int64_t byte = pf * 64, c = byte / Kp, k = byte % Kp;
               __builtin_prefetch(bnext.b + (bnext.ks == 1 ? c * bnext.cs + k : byte), 0, 2);
             }
-            const TileFn(*tiles)[NR] = r0 == m0 ? stream_table.fn : table.fn;
+            const TileFn(*tiles)[NR] = r0 == m0 ? stream_fn : table.fn;
             tiles[R - 1][Cn - 1](apack + r0 * Kp, bcol, K, out_at(r0, n0, true));
           }
         }
@@ -312,7 +324,7 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
         for (int64_t g = 0; g < ngroups; ++g) {
           const int64_t n0 = g * nr;
           const int Cn = static_cast<int>(std::min<int64_t>(nr, N - n0));
-          stream_table.fn[0][Cn - 1](apack, bcols(n0), K, out_at(0, n0, true));
+          stream_fn[0][Cn - 1](apack, bcols(n0), K, out_at(0, n0, true));
         }
       }
       const int64_t ntiles = ceil_div(P, MR);

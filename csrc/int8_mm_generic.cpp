@@ -11,7 +11,7 @@ struct Generic {
   static constexpr int64_t KALIGN = 16;
   static constexpr bool kOnesRow = false;
 
-  template <int R, int C, bool kStream>  // kStream: unused, the hardware prefetcher suffices here
+  template <int R, int C, int kStream>  // kStream: unused, the hardware prefetcher suffices here
   static void tile(const uint8_t* a8, const BCols& B, int64_t K, int32_t* out) {
     const int8_t* a = reinterpret_cast<const int8_t*>(a8);
     for (int r = 0; r < R; ++r) {
