@@ -298,7 +298,8 @@ def _op_boundary_needed(tensors) -> bool:
     16 MB of weights has evicted the Python code it runs on (measured on the
     2-core Zen 4 VM, 8 x 4096^2 layers at M=1: 15% of the pass).
     """
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+    # (torch.jit.is_scripting() is never true here: scripted code does not run Python.)
+    if torch.compiler.is_compiling() or torch._C._is_tracing():
         return True
     if torch._C._are_functorch_transforms_active() or torch._C._is_torch_function_mode_enabled():
         return True
@@ -306,11 +307,18 @@ def _op_boundary_needed(tensors) -> bool:
         return True
     grad = torch.is_grad_enabled()
     for t in tensors:
-        if t is None:
-            continue
         if type(t) not in _PLAIN_TENSOR_TYPES or (grad and t.requires_grad):
             return True
     return False
+
+
+def _check_tensor_args(op, args) -> None:
+    """On the torch.ops road: a non-tensor where the schema wants a Tensor raises a TypeError naming the
+    op and the argument (the body's own validation does the same on the direct road)."""
+    for arg, value in zip(op.default._schema.arguments, args):
+        if isinstance(arg.type, torch.TensorType) and not isinstance(value, torch.Tensor):
+            name = op.default._schema.name.removeprefix("llmaccel::")
+            raise TypeError(f"llmaccel.{name}: {arg.name} must be a torch.Tensor, got {type(value).__name__}")
 
 
 def call_op(op, body: Callable, *args):
@@ -318,7 +326,9 @@ def call_op(op, body: Callable, *args):
     boundary has nothing to do (:func:`_op_boundary_needed`), ``body`` -- the op's own Python body
     (validation + this module's backend selection), so both roads reach the same kernels.
     """
-    if _op_boundary_needed([a for a in args if a is None or isinstance(a, torch.Tensor)]):
+    if _op_boundary_needed([a for a in args if isinstance(a, torch.Tensor)]):
+        if not torch.compiler.is_compiling():  # dynamo checks the schema itself while tracing
+            _check_tensor_args(op, args)
         return op(*args)
     return body(*args)
 

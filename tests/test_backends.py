@@ -150,3 +150,13 @@ def test_boundary_is_taken_when_needed(why):
 
         assert backends._op_boundary_needed([x.as_subclass(Sub), w, s])
     assert not backends._op_boundary_needed([torch.randn(2, 16), w, s])
+
+
+def test_non_tensor_on_the_op_road_names_op_and_argument():
+    # A trainable bias sends the call through torch.ops; a bad x must still get our TypeError.
+    w, s = randint8(8, 16), torch.rand(8) + 0.01
+    bias = torch.randn(8, requires_grad=True)
+    with pytest.raises(TypeError, match=r"llmaccel\.int8_linear: x must be a torch\.Tensor, got list"):
+        llmaccel.int8_linear([[0.0] * 16], w, s, bias)
+    with pytest.raises(TypeError, match=r"llmaccel\.int8_linear: x must be a torch\.Tensor, got list"):
+        llmaccel.int8_linear([[0.0] * 16], w, s, bias.detach())  # direct road: the body's own check

@@ -594,12 +594,7 @@ def attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Ten
     sees keys j <= i + Lk - Lq: KV-cache decoding).  Runs ``torch.ops.llmaccel.attention`` (so it traces
     under ``torch.compile``); the backend follows :mod:`llmaccel.backends`; the module docstring has the math.
     """
-    # Full validation happens inside the op; non-tensors and bad scalars are caught here, before the schema would.
-    check_tensor(OP, "query", query)
-    check_tensor(OP, "key", key)
-    check_tensor(OP, "value", value)
-    if attn_mask is not None:
-        check_tensor(OP, "attn_mask", attn_mask)
+    # Tensors are validated in the op's body; bad scalars are caught here, before the schema would.
     if not isinstance(dropout_p, (int, float)) or isinstance(dropout_p, bool):
         fail(OP, f"dropout_p must be a float in [0, 1), got {dropout_p!r}", TypeError)
     if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)):

@@ -179,11 +179,7 @@ def int8_linear(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None 
     ``act="auto"`` is resolved per call inside the op (so also at run time
     under ``torch.compile``); ``llmaccel.backends.explain`` reports the choice.
     """
-    # Full validation happens inside the op (so direct torch.ops calls get it
-    # too); only non-tensors are caught here, before the schema would.
-    check_tensor(OP, "x", x)
-    check_tensor(OP, "w_int8", w_int8)
-    check_tensor(OP, "w_scale", w_scale)
+    # Validation happens in the op's body (so direct torch.ops calls get it too).
     return backends.call_op(torch.ops.llmaccel.int8_linear, _int8_linear_body, x, w_int8, w_scale, bias, act)
 
 
@@ -198,8 +194,6 @@ _packed_cache: dict[int, tuple[weakref.ref, int, Tensor]] = {}
 
 def packed_weight_cpp(w_int8: Tensor) -> Tensor:
     """The C++ kernel's packed layout of ``w_int8`` [N, K] (groups of NR rows, K chunks interleaved)."""
-    from .._ext import ext
-
     key = id(w_int8)
     hit = _packed_cache.get(key)
     if hit is not None and hit[0]() is w_int8 and hit[1] == w_int8._version:
