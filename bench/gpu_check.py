@@ -6,14 +6,38 @@
 1. ``pytest tests -m "cuda or triton" -x -q`` in a subprocess, without
    ``TRITON_INTERPRET`` (so the Triton kernels compile for the GPU);
 2. every CUDA case of :mod:`llmaccel.bench.cases` (the same registry as
-   ``python -m llmaccel.bench``): set up, verify llmaccel against the peer
-   (``torch.equal`` on every input set; this first call also runs Triton's
-   autotuning), then time both with ``triton.testing.do_bench`` (CUDA events,
-   L2 flushed before every call) in 3 interleaved rounds (ours, peer, ours,
-   peer, ...), keeping the median of each side's per-round medians;
+   ``python -m llmaccel.bench``): set up, verify llmaccel against the peer on
+   every input set (``torch.equal`` for int8_mm; for int8_linear and attention
+   the case's accuracy check against a float64 reference, see below; this
+   first call also runs Triton's autotuning), then time both with
+   ``triton.testing.do_bench`` (CUDA events, L2 flushed before every call) in
+   3 interleaved rounds (ours, peer, ours, peer, ...), keeping the median of
+   each side's per-round medians;
 3. a markdown block (date, GPU, torch/Triton/CUDA versions, test result,
-   table) on stdout and in ``--out``, to paste into ``bench/RESULTS.md``;
-4. a plain summary table, printed last.
+   table, and whether each goal below was met) on stdout and in ``--out``, to
+   paste into ``bench/RESULTS.md``;
+4. a plain summary table and the goals, printed last.
+
+Goals measured (:data:`GOALS`; speedup = peer time / llmaccel time, all bf16,
+Triton backend).  Their cases run first, in this order, so that a tight
+budget cuts the least important ones:
+
+* ``int8_linear`` W8A8 (``act="dynamic"``) vs bf16 ``F.linear``, K = N = 8192,
+  M = 4096 (first) and M = 2048: >= 1.6x
+  (llmaccel/bench/cases_int8_linear_cuda.py; checked: SQNR >= 25 dB against
+  the float64 product with the unquantized weights, every row >= 15 dB);
+* ``attention`` prefill vs ``F.scaled_dot_product_attention`` (PyTorch picks
+  flash / cuDNN / mem-efficient): B=1 H=32 L=2048 D=128 causal (second) and
+  non-causal, B=1 H=16 L=4096 D=64 causal: >= 0.9x;
+* ``attention`` decode, Lq=1, 32 query / 8 KV heads (GQA), D=128, Lk=8192,
+  8 layers' caches rotating, vs SDPA with ``enable_gqa=True`` (third): > 1x
+  (llmaccel/bench/cases_attention_cuda.py; checked with FlashAttention's rule:
+  max error <= 2 x SDPA's + 2^-8 of the output scale, against float64);
+* ``int8_linear`` weight-only decode (``act="weight_only"``), M = 1 (fourth) and
+  M = 16, 8192 x 8192 layers, 8 rotating (512 MiB int8, 1 GiB bf16: beyond
+  L2), vs bf16 ``F.linear``: > 1x.
+
+Then the int8_mm cases (vs ``torch._int_mm``), in registration order.
 
 Everything stays inside a time budget (default 450 s, under 8 minutes with
 start-up): the tests get at most ``--test-timeout`` seconds, and benchmark
@@ -21,13 +45,14 @@ cases that would start past the budget are skipped and listed as such; a case
 still running when the budget ends is interrupted.
 
 Exit status: 0 when the tests passed (or none were collected) and every case
-ran and matched; 1 otherwise; 0 with a "no CUDA GPU" message where torch sees
-no GPU (nothing to check there).
+ran and matched; 1 otherwise (a goal not met is reported, not an error); 0
+with a "no CUDA GPU" message where torch sees no GPU (nothing to check there).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import itertools
 import os
@@ -44,6 +69,62 @@ from typing import Any, Callable, Optional
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS = 3
 CASE_RESERVE_S = 25.0  # don't start a case with less than this left: set-up plus autotuning
+
+
+@dataclasses.dataclass(frozen=True)
+class Goal:
+    """A goal of the issue for one case: speedup (peer / ours) >= ``min_speedup`` (> when ``strict``)."""
+
+    key: str            # Case.key: "op/name/device"
+    min_speedup: float
+    strict: bool
+    text: str
+
+    def met(self, speedup: float) -> bool:
+        return speedup > self.min_speedup if self.strict else speedup >= self.min_speedup
+
+    @property
+    def target(self) -> str:
+        return f"{'>' if self.strict else '>='} {self.min_speedup:g}x"
+
+
+# The issue's GPU goals, in the order their cases run (most important first); the other CUDA cases follow in
+# registration order.  Case definitions: llmaccel/bench/cases_int8_linear_cuda.py, cases_attention_cuda.py.
+GOALS: tuple[Goal, ...] = (
+    Goal("int8_linear/w8a8-m4096/cuda", 1.6, False, "W8A8 int8_linear vs bf16 F.linear, M=4096 K=N=8192"),
+    Goal("attention/prefill-1x32x2048x128-causal/cuda", 0.9, False,
+         "attention prefill vs SDPA, B=1 H=32 L=2048 D=128 causal"),
+    Goal("attention/decode-gqa-lk8192/cuda", 1.0, True, "attention GQA decode vs SDPA, 32/8 heads, Lk=8192, D=128"),
+    Goal("int8_linear/wo-decode-m1/cuda", 1.0, True, "weight-only int8_linear decode vs bf16 F.linear, M=1"),
+    Goal("int8_linear/w8a8-m2048/cuda", 1.6, False, "W8A8 int8_linear vs bf16 F.linear, M=2048 K=N=8192"),
+    Goal("attention/prefill-1x32x2048x128/cuda", 0.9, False, "attention prefill vs SDPA, B=1 H=32 L=2048 D=128"),
+    Goal("attention/prefill-1x16x4096x64-causal/cuda", 0.9, False,
+         "attention prefill vs SDPA, B=1 H=16 L=4096 D=64 causal"),
+    Goal("int8_linear/wo-decode-m16/cuda", 1.0, True, "weight-only int8_linear decode vs bf16 F.linear, M=16"),
+)
+
+
+def order_cases(cases: list) -> list:
+    """The goal cases first, in :data:`GOALS` order, then the others in their given (registration) order."""
+    rank = {g.key: n for n, g in enumerate(GOALS)}
+    return [c for _, c in sorted(enumerate(cases), key=lambda t: (rank.get(t[1].key, len(GOALS)), t[0]))]
+
+
+def goal_report(rows: list[dict], selected_keys: set[str]) -> list[tuple[Goal, str, str]]:
+    """(goal, measured, verdict) for every goal whose case was selected."""
+    by_key = {f"{r['op']}/{r['case']}/{r['device']}": r for r in rows}
+    out = []
+    for g in GOALS:
+        if g.key not in selected_keys:
+            continue
+        r = by_key.get(g.key)
+        if r is None:
+            out.append((g, "-", "not run (time budget)"))
+        elif r.get("status") != "ok":
+            out.append((g, "-", f"not measured ({r.get('status')})"))
+        else:
+            out.append((g, f"{r['speedup']:.2f}x", "met" if g.met(r["speedup"]) else "NOT met"))
+    return out
 
 
 class BudgetExceeded(Exception):
@@ -177,7 +258,8 @@ def _versions() -> dict[str, str]:
     return v
 
 
-def markdown(v: dict[str, str], tests: dict[str, Any], rows: list[dict], skipped: list[str]) -> str:
+def markdown(v: dict[str, str], tests: dict[str, Any], rows: list[dict], skipped: list[str],
+             goals: Optional[list[tuple[Goal, str, str]]] = None) -> str:
     from llmaccel.bench.cli import format_table
 
     out = [
@@ -193,6 +275,10 @@ def markdown(v: dict[str, str], tests: dict[str, Any], rows: list[dict], skipped
         "",
         format_table(rows, markdown=True) if rows else "(no benchmark case ran)",
     ]
+    if goals:
+        out += ["", "Goals (speedup = peer / llmaccel):", "", "| goal | case | target | measured | verdict |",
+                "|---|---|---|---|---|"]
+        out += [f"| {g.text} | {g.key} | {g.target} | {m} | {verdict} |" for g, m, verdict in goals]
     if skipped:
         out += ["", f"Skipped (time budget): {', '.join(skipped)}"]
     for r in rows:
@@ -244,7 +330,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         tests = run_tests(max(10.0, min(args.test_timeout, left - 60.0)))
 
     # 2. benchmarks
-    selected = _cases.select(ops=args.op, devices=["cuda"])
+    selected = order_cases(_cases.select(ops=args.op, devices=["cuda"]))
     rows: list[dict] = []
     skipped: list[str] = []
     old = signal.signal(signal.SIGALRM, _on_alarm)
@@ -274,7 +360,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         signal.signal(signal.SIGALRM, old)
 
     # 3. markdown block, then 4. the summary, last
-    md = markdown(versions, tests, rows, skipped)
+    goals = goal_report(rows, {c.key for c in selected})
+    md = markdown(versions, tests, rows, skipped, goals)
     print("\n----- markdown for bench/RESULTS.md -----\n" + md + "\n----- end -----\n")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -286,6 +373,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(format_table(rows) if rows else "(no benchmark case ran)")
     if skipped:
         print(f"skipped (time budget): {', '.join(skipped)}")
+    for g, m, verdict in goals:
+        print(f"goal {g.target} {g.text}: {m} {verdict}")
     bad = tests["status"] in ("FAILED", "TIMEOUT") or any(r["status"] != "ok" for r in rows) or bool(skipped)
     print("RESULT: " + ("PROBLEMS (see above)" if bad else "ok"))
     return 1 if bad else 0

@@ -13,6 +13,9 @@ sides run through their public Python entry points.
 
 Outputs are checked against SDPA before timing (max abs difference within
 1e-4 of the output scale; gradients for fwd+bwd).
+
+These are the CPU cases; the CUDA ones (Triton backend, bf16, against SDPA)
+live in :mod:`llmaccel.bench.cases_attention_cuda`.
 """
 
 from __future__ import annotations
@@ -129,3 +132,6 @@ register(_case("decode-gqa", "Hq=32 Hkv=8 Lq=1 Lk=4096 D=128 x8 layers", _decode
                "one token against 8 layers' KV caches (256 MB, beyond L3), GQA 4:1"))
 register(_case("fwd+bwd-1x8x512x64-causal", "B=1 H=8 L=512 D=64 causal", _fwd_bwd(1, 8, 512, 64, True),
                "training step of one attention layer: forward + backward"))
+
+# CUDA cases (Triton prefill and GQA decode in bf16 vs SDPA): registered only where a GPU exists.
+from . import cases_attention_cuda  # noqa: E402,F401

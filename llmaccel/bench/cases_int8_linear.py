@@ -24,6 +24,9 @@ fp32), far beyond the 32-36 MB L3, so weights stream from DRAM on every pass.
 Correctness is checked before timing: our stack against the fp32 stack
 (SQNR >= 25 dB; W8A8 at 8 bits gives ~40 dB on these inputs) and, for the
 torch.ao peer, its output against the fp32 stack too.
+
+These are the CPU cases; the CUDA ones (Triton backend against bf16
+``F.linear``) live in :mod:`llmaccel.bench.cases_int8_linear_cuda`.
 """
 
 from __future__ import annotations
@@ -175,3 +178,6 @@ for _kind in ("fp32", "ao", "copy", "read"):
 for _kind in ("fp32", "ao"):
     register(_case(f"prefill-vs-{_kind}", 512, 1, 2, _kind,
                    "512 tokens through one 4096 x 4096 layer (compute-bound; 2 weight sets rotate)"))
+
+# CUDA cases (Triton W8A8 and weight-only vs bf16 F.linear): registered only where a GPU exists.
+from . import cases_int8_linear_cuda  # noqa: E402,F401
