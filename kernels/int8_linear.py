@@ -14,25 +14,23 @@ dims::
 ``act="dynamic"`` (W8A8), one fused kernel::
 
     s[m]  = absmax_k |x[m, k]| / 127   (1.0 if 0)        # prologue, per row of the tile
-    q     = clamp(round_half_even(x / s[m]), -127, 127)  # in registers, per K tile
+    q     = clamp(round_half_even(x / s[m]), -127, 127)  # in registers, per K tile (as x * (1/s), below)
     acc   = sum_k int32(q[m, k]) * int32(w_int8[n, k])   # tl.dot(..., out_dtype=int32): exact
     y     = (fp32(acc) * s[m]) * w_scale[n] + bias[n]    # fused epilogue, same order as the reference
 
 The quantization of ``x`` is the per-token rule of ``kernels/quantize.py``
 (the contract of ``llmaccel/ops/quantize.py``), computed by the very
-``@triton.jit`` helpers that kernel uses (``_scale_from_absmax``,
-``_quantize_values``: correctly rounded fp32 divisions ``absmax / 127`` and
-``x / s``, exact round-half-even, clamp to [-127, 127]). So ``s`` and ``q``
-are bit-identical to ``llmaccel.quantize_per_token`` on the Triton backend,
-and the int32 core equals ``q @ w_int8.T`` exactly. (The torch reference
-divides ``x / s`` in float64; where the exact quotient lies within half an
-fp32 ulp of a rounding tie, q may differ from it by one step -- the latitude
-the quantize contract grants; about 1 element in 1000 for random fp16/bf16
-x, far rarer for fp32.) No reciprocal ``1 / s``
-or ``127 / absmax`` is formed, so rows with a tiny absmax (subnormal scale,
-where ``127 / absmax`` would overflow fp32) need no special path; rows whose
-``absmax / 127`` underflows to 0, and all-zero rows, get ``s = 1`` and
-``q = 0``.
+``@triton.jit`` helpers that kernel uses (``_scale_from_absmax``: a
+correctly rounded ``absmax / 127``; ``_row_reciprocal``: one correctly
+rounded ``1 / s`` per row, pre-scaled by a power of two for subnormal
+scales; ``_quantize_values``: a product, a clamp to [-127, 127] and an exact
+round-half-even). So ``s`` and ``q`` are bit-identical to
+``llmaccel.quantize_per_token`` on the Triton backend, and the int32 core
+equals ``q @ w_int8.T`` exactly. (The torch reference divides ``x / s`` in
+float64; where the exact quotient lies within 2**-16 of a rounding tie, q
+may differ from it by one step -- the latitude the quantize contract grants.)
+Rows whose ``absmax / 127`` underflows to 0, and all-zero rows, get ``s = 1``
+and ``q = 0``.
 
 Each program owns a ``BLOCK_M x BLOCK_N`` tile of y and walks K twice:
 
@@ -53,10 +51,11 @@ reading them):
   normally hits L2) in its float dtype (2-4 bytes per element instead of q's
   one), and every one of the ``N / BLOCK_N`` programs along a row of tiles
   re-reads and re-quantizes the same rows of x. The re-quantization is ALU
-  work (a correctly rounded division and the rounding per element) repeated
-  ``N / BLOCK_N`` times; per element of x it is amortized over ``BLOCK_N``
-  int8 MACs on the tensor cores. For large M*N*K on a GPU this redundancy may
-  cost more than the launch it saves -- not yet measured on a GPU.
+  work repeated ``N / BLOCK_N`` times, which is why it is a multiply, a
+  clamp and a 2-instruction rounding per element rather than a division
+  (~20 instructions on a GPU); per element of x it is amortized over
+  ``BLOCK_N`` int8 MACs on the tensor cores. Whether that beats the two
+  launches for large M*N*K on a GPU is not yet measured.
 
 ``int32`` accumulation is exact for K <= 131071 (the op layer enforces it).
 The int32 ``[M, N]`` tile never leaves registers: the epilogue scales, adds
@@ -113,7 +112,7 @@ import triton
 import triton.language as tl
 
 from ._tiling import grouped_tile_ids
-from .quantize import _quantize_values, _scale_from_absmax
+from .quantize import _quantize_values, _row_reciprocal, _scale_from_absmax
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -158,6 +157,7 @@ def _w8a8_dynamic_kernel(
         x = tl.load(x_row + offs_k[None, :] * stride_xk, mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
         running = tl.maximum(running, tl.abs(x.to(tl.float32)))
     xs = _scale_from_absmax(tl.max(running, axis=1))  # [BLOCK_M] fp32; K == 0 gives s = 1, y = bias
+    xf, xinv = _row_reciprocal(xs)  # per row, so the loop multiplies instead of dividing
 
     # ---- main loop: quantize the x tile in registers, int8 dot ----------------
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
@@ -167,7 +167,7 @@ def _w8a8_dynamic_kernel(
         x = tl.load(x_row + offs_k[None, :] * stride_xk, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         # Same helper as kernels/quantize.py: q is that kernel's q, bit for bit.
         # Masked lanes are 0 -> q = 0, which adds nothing to the dot.
-        a = _quantize_values(x.to(tl.float32), xs[:, None]).to(tl.int8)
+        a = _quantize_values(x.to(tl.float32), xf[:, None], xinv[:, None]).to(tl.int8)
         b = tl.load(w_col + offs_k[:, None] * stride_wk, mask=mask_k[:, None] & mask_n[None, :], other=0)
         acc = tl.dot(a, b, acc, out_dtype=tl.int32)
 

@@ -11,30 +11,36 @@ the truth this kernel is tested against). For ``x`` float ``[..., K]``
                                                         or absmax so tiny that absmax / 127 underflows)
     q[r, k]   = clamp(round_half_even(x[r, k] / scale[r]), -127, 127)   (int8)
 
-Both divisions are IEEE round-to-nearest fp32 divisions (``tl.math.div_rn``).
-Triton's plain ``/`` on fp32 may lower to the approximate ``div.full.f32`` on
-NVIDIA GPUs (up to 2 ulp off); ``div_rn`` makes ``scale`` bit-identical to
-the reference. The reference divides ``x / scale`` in float64; the correctly
-rounded fp32 quotient differs from it only when the exact quotient lies
-within half an fp32 ulp of a rounding tie, where q may land one step away --
-the latitude the contract grants (it allows ``x * (1 / scale)``, which is
-further off). fp64 arithmetic would cost 1/64 of the fp32 rate on consumer
-GPUs for a memory-bound kernel. ``div.rn.f32`` does not flush subnormals, so
-subnormal scales (absmax below ~1.5e-36) behave as in the reference.
+``scale`` is an IEEE round-to-nearest fp32 division (``tl.math.div_rn``;
+Triton's plain ``/`` may lower to the approximate ``div.full.f32`` on NVIDIA
+GPUs), so it is bit-identical to the reference.
+
+``q`` is computed as a product with a per-row reciprocal, not a per-element
+division: the fused W8A8 GEMM re-quantizes each x tile in every column
+program, and a correctly rounded division is a ~20-instruction sequence per
+element on a GPU, against 3 instructions here (multiply, clamp, round)::
+
+    f[r]   = 2**64 if scale[r] < 2**-64 else 1        (a power of two: scaling by it is exact)
+    inv[r] = 1 / (scale[r] * f[r])                     (div_rn, once per row)
+    q      = round_half_even(clamp((x * f[r]) * inv[r], -127, 127))
+
+``f`` exists for subnormal and tiny scales, whose reciprocal would overflow
+fp32; ``x * f`` and ``scale * f`` are exact, so the quotient is unchanged.
+The reference divides ``x / scale`` in float64; the product above is within
+two fp32 roundings (relative 2**-23, i.e. at most 2**-16 for |v| <= 127.5) of
+that quotient, so q can differ only when the exact quotient lies that close
+to a rounding tie, by one step -- the latitude the contract grants (the C++
+kernel multiplies by ``127 / absmax``, which is further off).
 
 Rounding
 --------
-Triton has no portable round-half-even: ``libdevice.rint`` exists only on the
-GPU, and Triton's CPU interpreter (``TRITON_INTERPRET=1``, which the CPU test
-suite uses) lacks libdevice. The kernel therefore rounds with plain, exact
-arithmetic on ``a = |v|`` (``v`` already clamped to [-127, 127])::
-
-    f = floor(a);  d = a - f          # exact: f <= a < f + 1, same binade or smaller
-    r = f + 1  if d > 0.5  or (d == 0.5 and f is odd)   else f
-    q = sign(v) * r
-
-``floor(a + 0.5)`` (the usual shortcut) is *not* used: ``a + 0.5`` itself
-rounds, e.g. ``0.49999997 + 0.5`` gives ``1.0`` in fp32.
+Triton has no portable round-half-even (``libdevice.rint`` exists only on the
+GPU, and the CPU interpreter the test suite uses lacks libdevice). With ``v``
+clamped to [-127, 127], ``(v + 1.5 * 2**23) - 1.5 * 2**23`` is exactly
+round-half-even(v): the sum lies in [2**23, 2**24), where fp32's spacing is
+1, so the addition itself rounds v to an integer (ties to even) and the
+subtraction is exact. Two instructions, IEEE only (no fast-math
+reassociation is ever enabled, so the compiler cannot fold them).
 
 Tiling
 ------
@@ -73,14 +79,9 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 @triton.jit
 def _round_half_even_clamped(v):
-    """round_half_even(clamp(v, -127, 127)) as fp32, with exact arithmetic only (see module docstring)."""
+    """round_half_even(clamp(v, -127, 127)) as fp32 (module docstring: the 1.5 * 2**23 shift)."""
     v = tl.minimum(tl.maximum(v, -127.0), 127.0)
-    a = tl.abs(v)
-    f = tl.floor(a)
-    d = a - f  # exact
-    f_is_odd = (f - 2.0 * tl.floor(f * 0.5)) == 1.0  # f <= 127: every step exact
-    r = f + tl.where((d > 0.5) | ((d == 0.5) & f_is_odd), 1.0, 0.0)
-    return tl.where(v < 0, -r, r)
+    return (v + 12582912.0) - 12582912.0
 
 
 # The two helpers below are the whole per-row quantization rule. Both this
@@ -98,9 +99,16 @@ def _scale_from_absmax(absmax):
 
 
 @triton.jit
-def _quantize_values(x, scale):
-    """clamp(round_half_even(x / scale), -127, 127) as fp32 (exact integers); x fp32, scale broadcastable."""
-    return _round_half_even_clamped(tl.math.div_rn(x, scale))
+def _row_reciprocal(scale):
+    """(f, inv) of a row's scale (module docstring): inv = 1 / (scale * f) is finite for every scale."""
+    f = tl.where(scale < 5.421010862427522e-20, 1.8446744073709552e19, 1.0)  # 2**-64, 2**64
+    return f, tl.math.div_rn(1.0, scale * f)
+
+
+@triton.jit
+def _quantize_values(x, f, inv):
+    """round_half_even(clamp((x * f) * inv, -127, 127)) as fp32 (exact integers); x fp32, f / inv broadcastable."""
+    return _round_half_even_clamped((x * f) * inv)
 
 
 @triton.jit
@@ -127,13 +135,14 @@ def _quantize_per_token_kernel(
     absmax = tl.max(running, axis=0)
     scale = _scale_from_absmax(absmax)
     tl.store(scale_ptr + row, scale)
+    f, inv = _row_reciprocal(scale)
 
     # ---- pass 2: quantize ----------------------------------------------------
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + offs0
         mask = offs < K
         x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
-        q = _quantize_values(x, scale)
+        q = _quantize_values(x, f, inv)
         tl.store(q_row + offs, q.to(tl.int8), mask=mask)
 
 
