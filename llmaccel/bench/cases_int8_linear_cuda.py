@@ -75,16 +75,28 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale.to(torch.float32)
 
 
-def int8_check(o: Any, p: Any, ref: torch.Tensor) -> Optional[str]:
-    """None when ours (``o``) and the bf16 peer (``p``) both approximate ``ref`` (fp32 [M, N]) well enough."""
+def pair_problem(o: Any, p: Any, ref: torch.Tensor, peer: str) -> Optional[str]:
+    """Why ours (``o``) and the peer (``p``) cannot be compared with ``ref`` at all, or None.
+
+    Shared by every CUDA case's check: two tensors of one shape and dtype, the
+    reference's shape, and a reference that is not all zeros.
+    """
     if not isinstance(o, torch.Tensor) or not isinstance(p, torch.Tensor):
         return f"expected two tensors, got {type(o).__name__} and {type(p).__name__}"
     if o.shape != p.shape or o.dtype != p.dtype or tuple(o.shape) != tuple(ref.shape):
-        return (f"ours is {o.dtype} {tuple(o.shape)}, the peer {p.dtype} {tuple(p.shape)}, "
+        return (f"ours is {o.dtype} {tuple(o.shape)}, {peer} {p.dtype} {tuple(p.shape)}, "
                 f"the reference {tuple(ref.shape)}")
-    scale = float(ref.abs().max())
-    if not scale > 0:
+    if not float(ref.abs().max()) > 0:
         return "the reference output is all zeros: degenerate inputs"
+    return None
+
+
+def int8_check(o: Any, p: Any, ref: torch.Tensor) -> Optional[str]:
+    """None when ours (``o``) and the bf16 peer (``p``) both approximate ``ref`` (fp32 [M, N]) well enough."""
+    problem = pair_problem(o, p, ref, "the peer")
+    if problem:
+        return problem
+    scale = float(ref.abs().max())
     db = sqnr_db(o, ref)
     if not db >= SQNR_MIN_DB:
         return f"llmaccel's output has SQNR {db:.1f} dB against the float64 reference (< {SQNR_MIN_DB:g} dB)"
