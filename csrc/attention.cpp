@@ -1,6 +1,6 @@
 // attention_fwd entry point: validation and variant selection (the loop nest
-// is attention_driver.h, the ISA kernels attention_generic.cpp and
-// attention_avx512vnni.cpp).
+// is attention_driver.h, the ISA kernels attention_generic.cpp,
+// attention_avx2.cpp and attention_avx512vnni.cpp).
 #include "attention.h"
 
 #include <string>
@@ -30,6 +30,13 @@ const Variant kVariants[] = {
      [] {
        const CpuFeatures& f = cpu_features();
        return f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
+     }},
+    // Built with the _avx2.cpp flag set; it uses AVX2 and FMA instructions
+    // only (nothing converts halves, so -mf16c emits nothing), like int8_mm's.
+    {"avx2", &attention_run_avx2, &attention_exp2_avx2, &attention_bwd_avx2,
+     [] {
+       const CpuFeatures& f = cpu_features();
+       return f.avx2 && f.fma;
      }},
     {"generic", &attention_run_generic, &attention_exp2_generic, &attention_bwd_generic, [] { return true; }},
 };

@@ -69,7 +69,7 @@ enum AttentionMaskKind { kMaskNone = 0, kMaskBool = 1, kMaskFloat = 2 };
 
 // Validates every argument (ValueError / OverflowError with messages that
 // start "llmaccel::attention:") and runs the best variant for this CPU, or
-// the named one ("avx512", "generic").
+// the named one ("avx512", "avx2", "generic").
 void attention_fwd(const AttentionProblem& p, const std::string& variant);
 
 // Backward (FlashAttention-2 style, no dropout).  `f` is the forward problem
@@ -105,12 +105,16 @@ std::vector<std::string> attention_variants();
 // is exactly 0 below).
 void attention_exp2(int64_t n, const float* x, float* y, const std::string& variant);
 
-// Per-variant entry points (attention_generic.cpp, attention_avx512vnni.cpp).
+// Per-variant entry points (attention_generic.cpp, attention_avx2.cpp,
+// attention_avx512vnni.cpp).
 void attention_run_generic(const AttentionProblem& p);
+void attention_run_avx2(const AttentionProblem& p);
 void attention_run_avx512(const AttentionProblem& p);
 void attention_bwd_generic(const AttentionBwdProblem& p);
+void attention_bwd_avx2(const AttentionBwdProblem& p);
 void attention_bwd_avx512(const AttentionBwdProblem& p);
 void attention_exp2_generic(int64_t n, const float* x, float* y);
+void attention_exp2_avx2(int64_t n, const float* x, float* y);
 void attention_exp2_avx512(int64_t n, const float* x, float* y);
 
 }  // namespace llmaccel

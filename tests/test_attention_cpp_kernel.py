@@ -265,14 +265,51 @@ def test_scale_and_zero_dims(variant):
     run_kernel(torch.empty(1, 2, 0, 32), k, v, variant=variant)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dims", [(1, 1), (7, 9), (9, 7), (33, 23)], ids=str)
+def test_ragged_vector_tails(variant, dims):
+    # Head dims and key counts around the vector widths (8 floats for avx2, 16
+    # for avx512): masked loads of the last D / Dv vector, keys past n in the
+    # packed K^T, ragged 4-key groups of the direct path.  Lq = 1 with 4 query
+    # heads takes the direct (decode) path, Lq = 6 the packed one.
+    D, Dv = dims
+    for Lk in range(1, 10):
+        for Lq in (1, 6):
+            q, k, v = make(1, 4, 1, Lq, Lk, D, Dv=Dv)
+            assert_close(q, k, v, variant=variant)
+            if Lq > 1:
+                assert_close(q, k, v, is_causal=True, bottom_right=True, variant=variant)
+    # Decode with several row and column tiles of O (M = 8, Dv = 33 or 23) over
+    # more than one L1 chunk of keys, and a KV split.
+    for Hq, Lk in [(8, 70), (4, 300)]:
+        q, k, v = make(1, Hq, 1, 1, Lk, D, Dv=Dv)
+        assert_close(q, k, v, variant=variant, nthreads=1)
+        assert_close(q, k, v, variant=variant, nthreads=3)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_exp2_tails(variant):
+    # Every length up to 2 vectors + 1: the same values as one long call, and
+    # nothing written past n.
+    x = torch.linspace(-130, 130, 35)
+    full = torch.empty_like(x)
+    _C.attention_exp2(x.numel(), x.data_ptr(), full.data_ptr(), variant)
+    for n in range(0, 34):
+        y = torch.full((n + 16,), 7.0)
+        _C.attention_exp2(n, x[1:].data_ptr(), y.data_ptr(), variant)
+        assert torch.equal(y[:n], full[1:n + 1]), n
+        assert (y[n:] == 7.0).all(), n
+
+
 def test_variants_agree():
     if len(VARIANTS) < 2:
         pytest.skip("only one variant on this CPU")
     q, k, v = make(2, 8, 2, 77, 190, 80)
-    a, la = run_kernel(q, k, v, is_causal=True, variant=VARIANTS[0])
     b, lb = run_kernel(q, k, v, is_causal=True, variant="generic")
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
+    for name in VARIANTS:
+        a, la = run_kernel(q, k, v, is_causal=True, variant=name)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -521,3 +558,15 @@ def test_bwd_empty_sizes(variant):
         q, k, v = make(1, 2, 1, Lq, Lk, 16)
         dq, dk, dv = run_bwd(q, k, v, torch.randn(1, 2, Lq, 16), variant=variant)
         assert (dq == 0).all() and (dk == 0).all() and (dv == 0).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dims", [(1, 9), (7, 1), (9, 17), (33, 7)], ids=str)
+def test_bwd_ragged_vector_tails(variant, dims):
+    # Ragged D / Dv in pvt (dV, dK), pv (dQ) and the packed K^T / V^T, with key
+    # counts around the vector width and kv blocks (64 keys) that end ragged.
+    D, Dv = dims
+    for lens in [(5, 1), (3, 9), (9, 7), (13, 70)]:
+        q, k, v = make(1, 4, 2, *lens, D, Dv=Dv)
+        assert_bwd_close(q, k, v, variant=variant)
+        assert_bwd_close(q, k, v, is_causal=True, bottom_right=True, variant=variant)
