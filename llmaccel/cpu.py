@@ -14,7 +14,7 @@ def cpu_info() -> dict:
 
         {'features': ['avx2', 'fma', 'avx512f', ..., 'avx512vnni'],
          'variants': {'int8_mm': 'avx512vnni', 'attention': 'avx512'},
-         'available_variants': {'int8_mm': ['avx512vnni', 'avx2', 'generic'], 'attention': ['avx512', 'generic']},
+         'available_variants': {'int8_mm': ['avx512vnni', 'avx2', 'generic'], 'attention': ['avx512', 'avx2', 'generic']},
          'torch_cpu_capability': 'AVX512', 'num_threads': 2, 'extension': 'loaded'}
     """
     info = {
