@@ -295,15 +295,7 @@ struct Avx512 {
   static constexpr int VL = 16;
 
   static void pack_kt(const float* k, int64_t k_sl, int64_t k_sd, int64_t n, int64_t D, float* kt, int64_t ldkt) {
-    if (k_sd != 1) {
-      const int64_t np = llmaccel::round_up(n, VL);
-      for (int64_t d = 0; d < D; ++d) {
-        float* row = kt + d * ldkt;
-        for (int64_t j = 0; j < n; ++j) row[j] = k[j * k_sl + d * k_sd];
-        for (int64_t j = n; j < np; ++j) row[j] = 0.0f;
-      }
-      return;
-    }
+    if (k_sd != 1) return pack_kt_strided<VL>(k, k_sl, k_sd, n, D, kt, ldkt);
     // K arrives from memory (decode, long caches) or L3: prefetch the rows
     // kPrefetchRows ahead into L2; a prefetch never faults, so rows past the
     // block are harmless.

@@ -57,6 +57,21 @@ inline FloatBuf alloc_floats(int64_t n) {
   return FloatBuf(static_cast<float*>(p));
 }
 
+// K^T of a block of n keys, read element by element through any strides:
+// kt[d * ldkt + j] = k[j * k_sl + d * k_sd], columns n..round_up(n, VL) zero.
+// The generic variant's packing, and the vector variants' fallback when the
+// head dim of K is not contiguous (their fast path transposes in registers).
+template <int VL>
+inline void pack_kt_strided(const float* k, int64_t k_sl, int64_t k_sd, int64_t n, int64_t D, float* kt,
+                            int64_t ldkt) {
+  const int64_t np = llmaccel::round_up(n, VL);
+  for (int64_t d = 0; d < D; ++d) {
+    float* row = kt + d * ldkt;
+    for (int64_t j = 0; j < n; ++j) row[j] = k[j * k_sl + d * k_sd];
+    for (int64_t j = n; j < np; ++j) row[j] = 0.0f;
+  }
+}
+
 // Largest M that computes Q K^T from the K rows in place (qk_direct).
 constexpr int64_t kDirectMaxRows = 16;
 // Largest per-thread cache of packed K^T blocks (floats) for reuse across the

@@ -40,12 +40,7 @@ struct Generic {
   static constexpr int VL = 4;
 
   static void pack_kt(const float* k, int64_t k_sl, int64_t k_sd, int64_t n, int64_t D, float* kt, int64_t ldkt) {
-    const int64_t np = llmaccel::round_up(n, VL);
-    for (int64_t d = 0; d < D; ++d) {
-      float* row = kt + d * ldkt;
-      for (int64_t j = 0; j < n; ++j) row[j] = k[j * k_sl + d * k_sd];
-      for (int64_t j = n; j < np; ++j) row[j] = 0.0f;
-    }
+    pack_kt_strided<VL>(k, k_sl, k_sd, n, D, kt, ldkt);
   }
 
   static void qk(int64_t M, int64_t n, int64_t D, const float* q, int64_t ldq, const float* kt, int64_t ldkt,

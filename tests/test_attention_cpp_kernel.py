@@ -570,3 +570,16 @@ def test_bwd_ragged_vector_tails(variant, dims):
         q, k, v = make(1, 4, 2, *lens, D, Dv=Dv)
         assert_bwd_close(q, k, v, variant=variant)
         assert_bwd_close(q, k, v, is_causal=True, bottom_right=True, variant=variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("Lq,Lk,D", [(17, 113, 33), (1, 300, 64), (64, 64, 80)])
+def test_key_with_strided_head_dim(variant, Lq, Lk, D):
+    """K whose head dim is not contiguous ([B, H, D, L] memory viewed as [B, H, L, D]) takes every
+    variant's element-wise K^T packing (pack_kt_strided); prefill and decode shapes, GQA."""
+    q = torch.randn(2, 4, Lq, D)
+    k = torch.randn(2, 2, D, Lk).transpose(-1, -2)
+    v = torch.randn(2, 2, Lk, D)
+    assert k.stride(-1) != 1
+    assert_close(q, k, v, variant=variant)
+    assert_close(q, k, v, is_causal=True, bottom_right=True, variant=variant)
