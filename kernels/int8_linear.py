@@ -111,7 +111,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiling import grouped_tile_ids
+from ._tiling import gemm_tile
 from .quantize import _quantize_values, _row_reciprocal, _scale_from_absmax
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -135,12 +135,7 @@ def _w8a8_dynamic_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid_m, pid_n = grouped_tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    offs_k0 = tl.arange(0, BLOCK_K).to(tl.int64)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+    offs_m, offs_n, offs_k0, mask_m, mask_n = gemm_tile(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     k_tiles = tl.cdiv(K, BLOCK_K)
 
     x_row = x_ptr + offs_m[:, None] * stride_xm  # [BLOCK_M, 1]
@@ -201,13 +196,8 @@ def _weight_only_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid_m, pid_n = grouped_tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m, offs_n, offs_k0, mask_m, mask_n = gemm_tile(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     pid_k = tl.program_id(1)
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    offs_k0 = tl.arange(0, BLOCK_K).to(tl.int64)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
 
     x_row = x_ptr + offs_m[:, None] * stride_xm
     w_col = w_ptr + offs_n[None, :] * stride_wn

@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiling import grouped_tile_ids
+from ._tiling import gemm_tile
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -76,15 +76,8 @@ def _int8_mm_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    # ---- grouped program ordering (L2 reuse) --------------------------------
-    pid_m, pid_n = grouped_tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-
-    # ---- tile offsets, int64 so offset * stride cannot overflow -------------
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    offs_k0 = tl.arange(0, BLOCK_K).to(tl.int64)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+    # ---- this program's tile, grouped order (L2 reuse), int64 offsets -------
+    offs_m, offs_n, offs_k0, mask_m, mask_n = gemm_tile(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
     # Row part of A addresses and column part of B addresses are loop-invariant.
     a_row = a_ptr + offs_m[:, None] * stride_am  # [BLOCK_M, 1]
