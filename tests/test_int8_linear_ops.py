@@ -217,9 +217,14 @@ def _linear_shapes_large():
     return shapes
 
 
-def _check_dynamic_gaussian(shapes, device="cpu"):
+def _gaussian_cases(shapes, strided_parity):
+    """Gaussian x and random int8 weights over ``shapes`` x dtypes x bias, with the float64 truth.
+
+    Yields (lead, K, N, dtype, with_bias, x, w, w_scale, bias, x64, wd, b64, y64): wd is the
+    dequantized weight and y64 = x64 @ wd.T + b64.  Shapes whose index has parity
+    ``strided_parity`` use strided / transposed layouts."""
     for i, (lead, K, N) in enumerate(shapes):
-        strided = i % 2 == 1
+        strided = i % 2 == strided_parity
         for dtype in FLOATS:
             for with_bias in (False, True):
                 x = _layout(torch.randn(*lead, K).to(dtype), strided)
@@ -227,19 +232,23 @@ def _check_dynamic_gaussian(shapes, device="cpu"):
                 x64 = x.double().reshape(-1, K)
                 wd = _w_deq64(w, w_scale)
                 b64 = bias.double() if bias is not None else torch.zeros(N, dtype=torch.float64)
-                y64 = x64 @ wd.t() + b64
-                _, s_ref = _quantize_fp64(x64)
-                # |q * s - x| <= s / 2 per element, summed against |w_deq| over k.
-                quant = 0.5 * (1 + Q_SLACK) * (s_ref * (1 + 1e-6)).unsqueeze(1) * wd.abs().sum(1).unsqueeze(0)
-                mag = x64.abs() @ wd.abs().t() + quant + b64.abs()
-                tol = quant + _fp32_slack(K) * mag + OUT_EPS[dtype] * (y64.abs() + quant) + OUT_ATOL[dtype]
-                args = _to(device, x, w, w_scale, bias)
-                for name in _runnable("int8_linear", *args, "dynamic"):
-                    where = f"{name}, {dtype}, x {tuple(x.shape)}, N={N}, bias={with_bias}"
-                    y = _on(name, llmaccel.int8_linear, *args, act="dynamic")
-                    assert y.dtype == dtype and y.shape == (*lead, N), where
-                    err = (y.cpu().double().reshape(-1, N) - y64).abs()
-                    assert (err <= tol).all(), f"outside the quantization bound: {where}, worst {(err / tol).max()}"
+                yield lead, K, N, dtype, with_bias, x, w, w_scale, bias, x64, wd, b64, x64 @ wd.t() + b64
+
+
+def _check_dynamic_gaussian(shapes, device="cpu"):
+    for lead, K, N, dtype, with_bias, x, w, w_scale, bias, x64, wd, b64, y64 in _gaussian_cases(shapes, 1):
+        _, s_ref = _quantize_fp64(x64)
+        # |q * s - x| <= s / 2 per element, summed against |w_deq| over k.
+        quant = 0.5 * (1 + Q_SLACK) * (s_ref * (1 + 1e-6)).unsqueeze(1) * wd.abs().sum(1).unsqueeze(0)
+        mag = x64.abs() @ wd.abs().t() + quant + b64.abs()
+        tol = quant + _fp32_slack(K) * mag + OUT_EPS[dtype] * (y64.abs() + quant) + OUT_ATOL[dtype]
+        args = _to(device, x, w, w_scale, bias)
+        for name in _runnable("int8_linear", *args, "dynamic"):
+            where = f"{name}, {dtype}, x {tuple(x.shape)}, N={N}, bias={with_bias}"
+            y = _on(name, llmaccel.int8_linear, *args, act="dynamic")
+            assert y.dtype == dtype and y.shape == (*lead, N), where
+            err = (y.cpu().double().reshape(-1, N) - y64).abs()
+            assert (err <= tol).all(), f"outside the quantization bound: {where}, worst {(err / tol).max()}"
 
 
 @pytest.mark.triton
@@ -303,25 +312,16 @@ def test_int8_linear_dynamic_integer_core_is_exact_large():
 
 
 def _check_weight_only(shapes, device="cpu"):
-    for i, (lead, K, N) in enumerate(shapes):
-        strided = i % 2 == 0
-        for dtype in FLOATS:
-            for with_bias in (False, True):
-                x = _layout(torch.randn(*lead, K).to(dtype), strided)
-                w, w_scale, bias = _weights(N, K, dtype, with_bias, strided)
-                x64 = x.double().reshape(-1, K)
-                wd = _w_deq64(w, w_scale)
-                b64 = bias.double() if bias is not None else torch.zeros(N, dtype=torch.float64)
-                y64 = x64 @ wd.t() + b64
-                tol = _fp32_slack(K) * (x64.abs() @ wd.abs().t() + b64.abs()) + OUT_EPS[dtype] * y64.abs() \
-                    + OUT_ATOL[dtype]
-                args = _to(device, x, w, w_scale, bias)
-                for name in _runnable("int8_linear", *args, "weight_only"):
-                    where = f"{name}, {dtype}, x {tuple(x.shape)}, N={N}, bias={with_bias}"
-                    y = _on(name, llmaccel.int8_linear, *args, act="weight_only")
-                    assert y.dtype == dtype and y.shape == (*lead, N), where
-                    err = (y.cpu().double().reshape(-1, N) - y64).abs()
-                    assert (err <= tol).all(), f"weight_only off: {where}, worst {(err / tol).max()}"
+    for lead, K, N, dtype, with_bias, x, w, w_scale, bias, x64, wd, b64, y64 in _gaussian_cases(shapes, 0):
+        tol = _fp32_slack(K) * (x64.abs() @ wd.abs().t() + b64.abs()) + OUT_EPS[dtype] * y64.abs() \
+            + OUT_ATOL[dtype]
+        args = _to(device, x, w, w_scale, bias)
+        for name in _runnable("int8_linear", *args, "weight_only"):
+            where = f"{name}, {dtype}, x {tuple(x.shape)}, N={N}, bias={with_bias}"
+            y = _on(name, llmaccel.int8_linear, *args, act="weight_only")
+            assert y.dtype == dtype and y.shape == (*lead, N), where
+            err = (y.cpu().double().reshape(-1, N) - y64).abs()
+            assert (err <= tol).all(), f"weight_only off: {where}, worst {(err / tol).max()}"
 
 
 @pytest.mark.triton
