@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import inspect
 import logging
 import os
 from typing import Callable, Iterator, Optional
@@ -196,6 +197,56 @@ class OpDispatcher:
         # explains the choice in explain().
         self._prepare = prepare
         self._impls: dict[str, _Impl] = {}
+        # The public function (llmaccel.<name>) whose signature explain() binds its arguments to, and the op's
+        # argument validation (set by set_public once the op module has defined them).
+        self.public: Optional[Callable] = None
+        self._validate: Optional[Callable] = None
+
+    def set_public(self, fn: Callable, validate: Optional[Callable] = None) -> None:
+        """``fn`` is ``llmaccel.<name>``: :func:`explain` accepts exactly its arguments (and the custom op's).
+
+        Every argument of the op schema must be a parameter of ``fn`` (same name); ``fn``'s extra parameters
+        (``return_lse``...) do not reach the dispatcher.  ``validate(*op_args)`` is the op body's validation,
+        run by explain so bad input raises the op's own error.
+        """
+        missing = [n for n in self.schema_names() if n not in inspect.signature(fn).parameters]
+        if missing:
+            raise ValueError(f"llmaccel::{self.name}: the public function {fn.__name__} lacks the op arguments {missing}")
+        self.public = fn
+        self._validate = validate
+
+    def _schema(self):
+        return getattr(torch.ops.llmaccel, self.name).default._schema
+
+    def schema_names(self) -> list[str]:
+        return [a.name for a in self._schema().arguments]
+
+    def _schema_signature(self) -> inspect.Signature:
+        params = []
+        for a in self._schema().arguments:
+            default = a.default_value if a.has_default_value() else inspect.Parameter.empty
+            params.append(inspect.Parameter(a.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
+        return inspect.Signature(params)
+
+    def bind(self, args: tuple, kwargs: dict) -> tuple:
+        """The op's positional arguments (schema order) for a call written as ``llmaccel.<name>(*args, **kwargs)``
+        (defaults filled in), or as ``torch.ops.llmaccel.<name>(*args, **kwargs)``; TypeError naming the op else."""
+        names = self.schema_names()
+        errors = []
+        for where, sig in ((f"llmaccel.{self.name}", self.public and inspect.signature(self.public)),
+                           (f"torch.ops.llmaccel.{self.name}", self._schema_signature())):
+            if sig is None:
+                continue
+            try:
+                bound = sig.bind(*args, **kwargs)
+            except TypeError as exc:
+                errors.append((where, sig, exc))
+                continue
+            bound.apply_defaults()
+            return tuple(bound.arguments[n] for n in names)
+        where, sig, exc = errors[0]
+        raise TypeError(f"llmaccel.backends.explain('{self.name}', ...): the arguments do not fit {where}{sig}: "
+                        f"{exc}") from None
 
     def register(self, backend: str, check: Optional[Callable[..., Optional[str]]] = None):
         """Decorator: ``fn`` implements this op on ``backend``; ``check(*args)`` states op-specific limits."""
@@ -223,6 +274,10 @@ class OpDispatcher:
         return ["triton", "torch"] if device.type == "cuda" else ["cpp", "torch"]
 
     def explain(self, *args, **kwargs) -> Explanation:
+        """What :func:`explain` reports; takes the arguments of ``llmaccel.<name>`` (or of the custom op)."""
+        args, kwargs = self.bind(args, kwargs), {}
+        if self._validate is not None:
+            self._validate(*args)
         notes = []
         if self._prepare is not None:
             args, note = self._prepare(*args, **kwargs)
@@ -342,7 +397,12 @@ def dispatcher(name: str, device_of: Callable[..., torch.device], prepare=None) 
 
 
 def explain(op_name: str, *args, **kwargs) -> Explanation:
-    """Which backend ``llmaccel.<op_name>(*args, **kwargs)`` would run on now, and why each other was refused."""
+    """Which backend ``llmaccel.<op_name>(*args, **kwargs)`` would run on now, and why each other was refused.
+
+    Takes exactly the arguments of the public function ``llmaccel.<op_name>`` (positional or keyword, defaults
+    filled in), or those of ``torch.ops.llmaccel.<op_name>``; arguments that fit neither raise a TypeError
+    naming the op, and bad values raise the op's own error.
+    """
     op_name = op_name.removeprefix("llmaccel::").removeprefix("llmaccel.")
     if op_name not in _REGISTRY:
         raise ValueError(f"llmaccel: unknown op {op_name!r}; known ops: {', '.join(sorted(_REGISTRY))}")

@@ -160,3 +160,69 @@ def test_non_tensor_on_the_op_road_names_op_and_argument():
         llmaccel.int8_linear([[0.0] * 16], w, s, bias)
     with pytest.raises(TypeError, match=r"llmaccel\.int8_linear: x must be a torch\.Tensor, got list"):
         llmaccel.int8_linear([[0.0] * 16], w, s, bias.detach())  # direct road: the body's own check
+
+
+# --- explain() takes exactly the public function's arguments, for every registered op ---
+
+def _explain_cases():
+    """op -> (the full positional call of torch.ops.llmaccel.<op>, [(args, kwargs) forms of the same public call])."""
+    torch.manual_seed(0)
+    a, b = randint8(3, 20), randint8(4, 20).t()
+    x = torch.randn(3, 20)
+    w, s, bias = randint8(6, 20), torch.rand(6) + 0.01, torch.randn(6)
+    q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 7, 8), torch.randn(1, 2, 7, 8)
+    return {
+        "int8_mm": ((a, b), [((a, b), {}), ((a,), {"b": b}), ((), {"a": a, "b": b})]),
+        "quantize_per_token": ((x,), [((x,), {}), ((), {"x": x})]),
+        "int8_linear": ((x, w, s, None, "dynamic"), [
+            ((x, w, s), {}),                                              # bias and act left at their defaults
+            ((x, w, s, None), {"act": "dynamic"}),
+            ((), {"x": x, "w_int8": w, "w_scale": s}),
+        ]),
+        "attention": ((q, k, v, None, 0.0, False, None, False, False), [
+            ((q, k, v), {}),
+            ((q, k, v, None, 0.0), {"is_causal": False, "return_lse": True}),
+            ((), {"query": q, "key": k, "value": v, "causal_bottom_right": False, "scale": None}),
+        ]),
+    }
+
+
+def test_explain_accepts_every_ops_public_signature():
+    cases = _explain_cases()
+    assert set(cases) == set(backends._REGISTRY), "every registered op needs a case here"
+    for op, (full, forms) in cases.items():
+        ref = backends.explain(op, *full)  # the custom op's own positional form still works
+        assert ref.backend is not None, ref
+        for args, kwargs in forms:
+            ex = backends.explain(op, *args, **kwargs)
+            assert (ex.backend, ex.refused, ex.notes) == (ref.backend, ref.refused, ref.notes), (op, args, kwargs)
+
+
+def test_explain_sees_keyword_arguments():
+    c = _explain_cases()
+    x, w, s, bias, _ = c["int8_linear"][0]
+    # The README's call: bias positional, act by keyword.
+    assert backends.explain("int8_linear", x, w, s, torch.randn(6), act="dynamic").notes == []
+    auto = backends.explain("int8_linear", x, w, s, act="auto")
+    assert any("act='auto' ->" in n for n in auto.notes), auto
+    q, k, v = c["attention"][0][:3]
+    ex = backends.explain("attention", q, k, v, dropout_p=0.1)
+    assert ex.backend == "torch" and "dropout" in ex.refused["cpp"], ex
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x, w, s: backends.explain("int8_linear", x, w, s, actt="dynamic"), r"explain\('int8_linear'.*actt"),
+    (lambda x, w, s: backends.explain("int8_linear", x), r"explain\('int8_linear'.*missing.*w_int8"),
+    (lambda x, w, s: backends.explain("int8_mm", x, x, x), r"explain\('int8_mm'.*too many"),
+    (lambda x, w, s: backends.explain("quantize_per_token"), r"explain\('quantize_per_token'.*missing.*x"),
+    (lambda x, w, s: backends.explain("attention", x, x, x, bogus=1), r"explain\('attention'.*bogus"),
+])
+def test_explain_wrong_arguments_raise_a_type_error_naming_the_op(call, match):
+    x, w, s = torch.randn(3, 20), randint8(6, 20), torch.rand(6) + 0.01
+    with pytest.raises(TypeError, match=match):
+        call(x, w, s)
+
+
+def test_explain_validates_values_like_the_op():
+    with pytest.raises(TypeError, match=r"int8_linear.*w_int8"):
+        backends.explain("int8_linear", torch.randn(3, 20), torch.randn(6, 20), torch.rand(6) + 0.01)

@@ -603,3 +603,6 @@ def attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Ten
                                 float(dropout_p), bool(is_causal), None if scale is None else float(scale),
                                 bool(enable_gqa), bool(causal_bottom_right))
     return (out, lse) if return_lse else out
+
+
+_dispatch.set_public(attention, validate=_validate)  # the arguments backends.explain accepts

@@ -183,6 +183,9 @@ def int8_linear(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None 
     return backends.call_op(torch.ops.llmaccel.int8_linear, _int8_linear_body, x, w_int8, w_scale, bias, act)
 
 
+_dispatch.set_public(int8_linear, validate=_validate)  # the arguments backends.explain accepts
+
+
 # Packed (panel-layout) copies of int8 weights for the C++ kernel, derived
 # on first use and cached per weight tensor; never saved in a state_dict.
 # Keyed by the tensor's id with a weak reference that evicts the entry when

@@ -104,3 +104,6 @@ def int8_mm(a: Tensor, b: Tensor) -> Tensor:
     """
     # Validation happens in the op's body (so direct torch.ops calls get it too).
     return backends.call_op(torch.ops.llmaccel.int8_mm, _int8_mm_body, a, b)
+
+
+_dispatch.set_public(int8_mm, validate=_validate)  # the arguments backends.explain accepts

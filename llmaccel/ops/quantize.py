@@ -74,6 +74,9 @@ def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
     return backends.call_op(torch.ops.llmaccel.quantize_per_token, _quantize_per_token_body, x)
 
 
+_dispatch.set_public(quantize_per_token, validate=_validate)  # the arguments backends.explain accepts
+
+
 def register_backend(backend: str, check=None):
     """Kernels in other files (C++ / Triton bindings) attach themselves here."""
     return _dispatch.register(backend, check)
