@@ -20,6 +20,13 @@ the ``out_proj`` of ``nn.MultiheadAttention`` (its forward reads
 than ``Int8Config.min_features`` and, for ``act="dynamic"``, Linears whose
 ``in_features`` could overflow the exact int32 accumulator.
 
+Torch's fused inference paths (``nn.TransformerEncoderLayer``'s
+``torch._transformer_encoder_layer_fwd``, ``nn.TransformerEncoder``'s nested
+tensors) read a layer's weights directly, bypassing the swapped modules;
+``quantize_`` keeps them off for every layer that holds an Int8Linear (see
+``llmaccel/_swap.py``), so the model is correct in train, eval, ``no_grad``
+and ``inference_mode``.
+
 SmoothQuant: pass the scales that :func:`llmaccel.smoothquant.smooth_`
 could not fold into a LayerNorm as ``smooth_scales=report.smooth_scales``;
 those layers are built with ``Int8Linear.from_linear(..., smooth_scale=s)``.
@@ -33,6 +40,7 @@ from typing import Callable, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from ._swap import after_swap
 from .nn.int8_linear import ACT_MODES, Int8Linear
 from .ops.int8_mm import MAX_K
 
@@ -81,6 +89,8 @@ class QuantizeSummary:
     bytes_before: int
     bytes_after: int
     layers: list[SwappedLayer] = field(default_factory=list, repr=False)
+    # Torch modules changed so their inference fast paths cannot bypass the swapped layers (llmaccel/_swap.py).
+    fastpath: list[str] = field(default_factory=list, repr=False)
     bytes_saved: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -100,6 +110,9 @@ class QuantizeSummary:
             lines.append("skipped:")
             w = max(len(k) for k in self.skipped)
             lines.extend(f"  {fqn:<{w}}  {why}" for fqn, why in self.skipped.items())
+        if self.fastpath:
+            lines.append("kept correct under no_grad / inference_mode:")
+            lines.extend(f"  {line}" for line in self.fastpath)
         pct = 100.0 * self.bytes_saved / self.bytes_before if self.bytes_before else 0.0
         lines.append(f"model bytes: {self.bytes_before:,} -> {self.bytes_after:,} "
                      f"(saved {self.bytes_saved:,}, {pct:.1f}%)")
@@ -173,7 +186,7 @@ def quantize_(model: nn.Module, config: Int8Config | None = None,
                 slots.setdefault(id(child), []).append((parent, attr))
 
     bytes_before = _model_bytes(model)
-    swapped, skipped, layers = [], {}, []
+    swapped, skipped, layers, new_modules = [], {}, [], []
     for fqn, mod in linears.items():
         if filter_fn is not None and not filter_fn(mod, fqn):
             skipped[fqn] = "filter_fn returned False"
@@ -186,6 +199,7 @@ def quantize_(model: nn.Module, config: Int8Config | None = None,
         q = Int8Linear.from_linear(mod, act=config.act, smooth_scale=s)
         for parent, attr in slots[id(mod)]:
             setattr(parent, attr, q)
+        new_modules.append(q)
         swapped.append(fqn)
         layers.append(SwappedLayer(fqn, mod.in_features, mod.out_features, s is not None,
                                    _tensor_bytes(mod.weight, mod.bias),
@@ -193,4 +207,5 @@ def quantize_(model: nn.Module, config: Int8Config | None = None,
     for fqn in smooth_scales:
         if fqn in skipped:
             skipped[fqn] += " (its smooth_scale is unused: smooth_ left the float layer unchanged)"
-    return QuantizeSummary(config.act, swapped, skipped, bytes_before, _model_bytes(model), layers)
+    fastpath = after_swap(model, new_modules)
+    return QuantizeSummary(config.act, swapped, skipped, bytes_before, _model_bytes(model), layers, fastpath)

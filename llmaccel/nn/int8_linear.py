@@ -30,6 +30,9 @@ a LayerNorm, ``llmaccel.smoothquant.smooth_`` folds ``1/s`` into the norm's
 weight and bias and ``s`` into the float Linear's weight instead, so the
 Int8Linear made from it has no ``smooth_scale`` and pays nothing at run time.
 
+Nested-tensor inputs (as ``nn.TransformerEncoderLayer`` passes on) run one
+sequence at a time.
+
 Dtype / device moves: ``.to(torch.bfloat16)`` / ``.half()`` convert only the
 bias; ``weight`` stays int8 and the scales stay fp32 (bit for bit).
 ``.to(device)`` moves everything.
@@ -166,6 +169,10 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"Int8Linear: input must be a torch.Tensor, got {type(x).__name__}")
+        if x.is_nested:
+            # Nested batches (what nn.TransformerEncoderLayer passes on from a nested input): each sequence
+            # on its own; per-token quantization makes that the same as running the padded batch.
+            return torch.nested.as_nested_tensor([self(t) for t in x.unbind()], layout=x.layout)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Int8Linear(in_features={self.in_features}, out_features={self.out_features}): "
                              f"the input's last dimension must be in_features={self.in_features}, "
