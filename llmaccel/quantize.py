@@ -27,9 +27,12 @@ tensors) read a layer's weights directly, bypassing the swapped modules;
 ``llmaccel/_swap.py``), so the model is correct in train, eval, ``no_grad``
 and ``inference_mode``.
 
-SmoothQuant: pass the scales that :func:`llmaccel.smoothquant.smooth_`
-could not fold into a LayerNorm as ``smooth_scales=report.smooth_scales``;
-those layers are built with ``Int8Linear.from_linear(..., smooth_scale=s)``.
+SmoothQuant: :func:`llmaccel.smoothquant.smooth_` folds what it can into
+the norms (nothing left to do here) and records the scales it could not fold
+on their Linears; ``quantize_`` picks those up, builds those layers with
+``Int8Linear.from_linear(..., smooth_scale=s)`` and says ``smooth yes`` in
+the summary.  ``smooth_scales={fqn: s}`` passes scales explicitly (they win
+over recorded ones for the same layer).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from torch import Tensor, nn
 from ._swap import after_swap
 from .nn.int8_linear import ACT_MODES, Int8Linear
 from .ops.int8_mm import MAX_K
+from .smoothquant import recorded_smooth_scale
 
 __all__ = ["Int8Config", "QuantizeSummary", "quantize_", "OUTPUT_HEAD_NAMES"]
 
@@ -153,8 +157,9 @@ def quantize_(model: nn.Module, config: Int8Config | None = None,
     """Replace ``model``'s ``nn.Linear`` layers by :class:`Int8Linear` in place (module docstring).
 
     ``config`` defaults to ``Int8Config()``.  ``filter_fn(module, fqn)``
-    returning False keeps a layer in floating point.  ``smooth_scales`` maps
-    a Linear's fqn to its SmoothQuant scale (``smooth_(...).smooth_scales``).
+    returning False keeps a layer in floating point.  SmoothQuant scales that
+    :func:`smooth_` recorded on the model's Linears are applied;
+    ``smooth_scales`` (fqn -> scale) adds or overrides scales explicitly.
     A Linear registered under several names is converted once and the same
     Int8Linear is put at every name; it is reported under its first name.
     """
@@ -170,11 +175,14 @@ def quantize_(model: nn.Module, config: Int8Config | None = None,
 
     named = dict(model.named_modules())  # first name of each module instance
     linears = {fqn: m for fqn, m in named.items() if isinstance(m, nn.Linear)}
-    smooth_scales = dict(smooth_scales or {})
-    unknown = sorted(set(smooth_scales) - set(linears))
+    explicit = dict(smooth_scales or {})
+    unknown = sorted(set(explicit) - set(linears))
     if unknown:
         raise ValueError(f"quantize_: smooth_scales names modules that are not nn.Linear layers of this model: "
                          f"{unknown}")
+    # Scales smooth_ recorded on the layers, then the explicit ones (which win).
+    smooth_scales = {fqn: s for fqn, m in linears.items() if (s := recorded_smooth_scale(m)) is not None}
+    smooth_scales.update(explicit)
     embeddings = {id(m.weight): fqn for fqn, m in named.items() if isinstance(m, nn.Embedding)}
     mha_out_proj = {id(m.out_proj) for m in named.values()
                     if isinstance(m, nn.MultiheadAttention) and isinstance(getattr(m, "out_proj", None), nn.Linear)}

@@ -31,16 +31,19 @@ Where ``1/s`` goes:
 * **Unfolded**: any other Linear (input from a GELU, an attention product, a
   norm whose output is also used elsewhere, e.g. by a residual add in a
   post-norm model, ...).  There is no preceding op to absorb ``1/s``, so
-  ``smooth_`` leaves the float layer untouched and returns ``s`` in
-  ``report.smooth_scales[fqn]``; ``Int8Linear.from_linear(linear,
-  smooth_scale=s)`` (or ``quantize_(model, smooth_scales=report.smooth_scales)``)
-  quantizes ``W * s`` and divides x by ``s`` in its forward.
+  ``smooth_`` leaves the float layer untouched, returns ``s`` in
+  ``report.smooth_scales[fqn]`` and records it on the Linear itself; the
+  next ``quantize_(model)`` picks it up (``Int8Linear.from_linear(linear,
+  smooth_scale=s)``: quantizes ``W * s`` and divides x by ``s`` in its
+  forward) and its summary says ``smooth yes`` for that layer.  Recorded
+  scales live on the module objects, not in ``state_dict``: quantize the
+  same model object you smoothed (or pass ``smooth_scales=`` explicitly).
 
 Usage::
 
     report = llmaccel.smooth_(model, calib_batches, alpha=0.5)
     print(report)
-    llmaccel.quantize_(model, llmaccel.Int8Config(act="dynamic"), smooth_scales=report.smooth_scales)
+    print(llmaccel.quantize_(model, llmaccel.Int8Config(act="dynamic")))   # applies folded and unfolded scales
 
 How the norm -> Linear edges are found: during calibration a forward hook on
 every norm records its output tensor, a forward pre-hook on every Linear
@@ -69,9 +72,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["smooth_", "SmoothReport", "smooth_scales_for", "NORM_TYPES"]
+__all__ = ["smooth_", "SmoothReport", "smooth_scales_for", "recorded_smooth_scale", "NORM_TYPES"]
 
 NORM_TYPES: tuple = (nn.LayerNorm, nn.RMSNorm)
+# Attribute of an nn.Linear holding the unfolded scale smooth_ recorded for quantize_ (a plain attribute:
+# not a parameter or buffer, so state_dict, parameters() and buffers() do not change).
+SMOOTH_ATTR = "_llmaccel_smooth_scale"
 MIN_SCALE = 1e-5
 
 # Reading these from a norm's output does not depend on its values.
@@ -132,6 +138,9 @@ class SmoothReport:
             lines.append(f"  skip  {fqn}: not called during calibration")
         if self.max_output_change is not None:
             lines.append(f"float output change after folding (relative to max |output|): {self.max_output_change:.2e}")
+        if self.smooth_scales:
+            lines.append(f"{len(self.smooth_scales)} unfolded smooth_scales are recorded on their Linears: "
+                         f"llmaccel.quantize_(model) applies them")
         return "\n".join(lines)
 
 
@@ -423,4 +432,15 @@ def smooth_(model: nn.Module, calibration_batches: Iterable, alpha: float = 0.5,
     report.unfolded = {f: report.unfolded[f] for f in linears if f in report.unfolded}  # model order
     for fqn in report.unfolded:
         report.smooth_scales[fqn] = own_scale(fqn)
+    # Record each unfolded scale on its Linear, where quantize_ picks it up (a later smooth_ replaces them).
+    for fqn, lin in linears.items():
+        if fqn in report.smooth_scales:
+            setattr(lin, SMOOTH_ATTR, report.smooth_scales[fqn])
+        elif hasattr(lin, SMOOTH_ATTR):
+            delattr(lin, SMOOTH_ATTR)
     return report
+
+
+def recorded_smooth_scale(linear: nn.Module) -> Optional[Tensor]:
+    """The unfolded SmoothQuant scale :func:`smooth_` recorded on ``linear`` (None if there is none)."""
+    return getattr(linear, SMOOTH_ATTR, None)
