@@ -9,12 +9,23 @@ Calling convention follows torchao's ``quantize_(model, config, filter_fn)``::
 ``filter_fn(module, fqn) -> bool`` (optional) is asked about every
 ``nn.Linear``; ``False`` keeps that layer in floating point.
 
-Skipped by default (``Int8Config(skip_output_head=True)``): output heads,
-that is Linears registered at the top level of the model under one of the
-names ``lm_head``, ``output``, ``classifier``, ``score``, and any Linear whose
-weight *is* (same Parameter object) the weight of an ``nn.Embedding`` (a
-tied LM head: quantizing it would not free the shared float weight and the
-logits are the layer most sensitive to quantization error).  Always skipped:
+Skipped by default (``Int8Config(skip_output_head=True)``): output heads
+(the logits are the layer most sensitive to quantization error), recognized
+statically, without running the model, as
+
+* a Linear registered at the top level of the model under one of the names
+  ``lm_head``, ``output``, ``classifier``, ``score`` (``model.lm_head``, not
+  ``model.decoder.output``);
+* any Linear whose weight *is* (same Parameter object) the weight of an
+  ``nn.Embedding`` (a tied LM head: quantizing it would not free the shared
+  float weight either);
+* when the model is an ``nn.Sequential``: its last module that has
+  parameters, if that is an ``nn.Linear`` (only parameter-free modules such as
+  activations, dropout or softmax follow it, so its output is the model's
+  output; trailing nested ``nn.Sequential`` are searched the same way).
+
+A head under any other name (``model.decoder.proj``) is quantized: keep it in
+floating point with ``filter_fn=lambda mod, fqn: fqn != "decoder.proj"``.  Always skipped:
 the ``out_proj`` of ``nn.MultiheadAttention`` (its forward reads
 ``out_proj.weight`` directly instead of calling the layer), Linears smaller
 than ``Int8Config.min_features`` and, for ``act="dynamic"``, Linears whose
@@ -133,13 +144,27 @@ def _tensor_bytes(*ts) -> int:
     return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 
+def _sequential_head(model: nn.Module) -> Optional[nn.Linear]:
+    """The last module with parameters of an ``nn.Sequential`` model (descending into trailing nested
+    Sequentials), if it is an ``nn.Linear``: its output is the model's output."""
+    while isinstance(model, nn.Sequential):
+        last = next((m for m in reversed(list(model)) if any(True for _ in m.parameters())), None)
+        if last is None:
+            return None
+        model = last
+    return model if isinstance(model, nn.Linear) else None
+
+
 def _skip_reason(fqn: str, mod: nn.Linear, config: Int8Config, embeddings: dict[int, str],
-                 mha_out_proj: set[int]) -> Optional[str]:
+                 mha_out_proj: set[int], seq_head: Optional[nn.Linear]) -> Optional[str]:
     if id(mod) in mha_out_proj:
         return "out_proj of nn.MultiheadAttention (its forward reads the weight directly)"
     if config.skip_output_head:
         if "." not in fqn and fqn in OUTPUT_HEAD_NAMES:
             return f"output head (top-level '{fqn}'); Int8Config(skip_output_head=False) quantizes it"
+        if mod is seq_head:
+            return ("output head (last layer with parameters of the nn.Sequential model); "
+                    "Int8Config(skip_output_head=False) quantizes it")
         emb = embeddings.get(id(mod.weight))
         if emb is not None:
             return f"output head (weight tied to nn.Embedding '{emb}'); Int8Config(skip_output_head=False) " \
@@ -186,6 +211,7 @@ def quantize_(model: nn.Module, config: Int8Config | None = None,
     embeddings = {id(m.weight): fqn for fqn, m in named.items() if isinstance(m, nn.Embedding)}
     mha_out_proj = {id(m.out_proj) for m in named.values()
                     if isinstance(m, nn.MultiheadAttention) and isinstance(getattr(m, "out_proj", None), nn.Linear)}
+    seq_head = _sequential_head(model)
     # Every (parent, attribute) that holds each Linear, so shared layers are replaced everywhere.
     slots: dict[int, list[tuple[nn.Module, str]]] = {}
     for _, parent in model.named_modules(remove_duplicate=False):
@@ -199,7 +225,7 @@ def quantize_(model: nn.Module, config: Int8Config | None = None,
         if filter_fn is not None and not filter_fn(mod, fqn):
             skipped[fqn] = "filter_fn returned False"
             continue
-        reason = _skip_reason(fqn, mod, config, embeddings, mha_out_proj)
+        reason = _skip_reason(fqn, mod, config, embeddings, mha_out_proj, seq_head)
         if reason is not None:
             skipped[fqn] = reason
             continue

@@ -547,7 +547,7 @@ def test_quantize_tied_head_min_features_and_filter_fn():
 
 def test_quantize_shared_linear_and_multihead_attention():
     shared = nn.Linear(16, 16)
-    model = nn.Sequential(shared, nn.ReLU(), shared)
+    model = nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(16, 4))  # "4": the output head
     summary = quantize_(model)
     assert summary.swapped == ["0"] and model[0] is model[2] and isinstance(model[0], Int8Linear)
 
