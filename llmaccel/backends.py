@@ -211,7 +211,8 @@ class OpDispatcher:
         """
         missing = [n for n in self.schema_names() if n not in inspect.signature(fn).parameters]
         if missing:
-            raise ValueError(f"llmaccel::{self.name}: the public function {fn.__name__} lacks the op arguments {missing}")
+            raise ValueError(f"llmaccel::{self.name}: the public function {fn.__name__} lacks the op arguments "
+                             f"{missing}")
         self.public = fn
         self._validate = validate
 

@@ -25,8 +25,9 @@ statically, without running the model, as
   output; trailing nested ``nn.Sequential`` are searched the same way).
 
 A head under any other name (``model.decoder.proj``) is quantized: keep it in
-floating point with ``filter_fn=lambda mod, fqn: fqn != "decoder.proj"``.  Always skipped:
-the ``out_proj`` of ``nn.MultiheadAttention`` (its forward reads
+floating point with ``filter_fn=lambda mod, fqn: fqn != "decoder.proj"``.
+
+Always skipped: the ``out_proj`` of ``nn.MultiheadAttention`` (its forward reads
 ``out_proj.weight`` directly instead of calling the layer), Linears smaller
 than ``Int8Config.min_features`` and, for ``act="dynamic"``, Linears whose
 ``in_features`` could overflow the exact int32 accumulator.
