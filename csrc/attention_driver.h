@@ -107,13 +107,17 @@ inline Plan make_plan(const llmaccel::AttentionProblem& p) {
     pl.Nb = std::max<int64_t>(16, llmaccel::round_up(ceil_div(p.Lk, nblk), 16));
   }
   pl.off = p.bottom_right ? p.Lk - p.Lq : 0;
-  // Split the KV range when there are too few work items to keep every
-  // thread busy with a few items each (dynamic scheduling then evens out
-  // the ragged end).  Each split owns at least one KV block.
+  // Split the KV range when there are too few work items to keep several
+  // threads busy with a few items each (dynamic scheduling then evens out
+  // the ragged end).  Each split owns at least one KV block.  The split
+  // count follows the problem's shape only, never the thread count: the
+  // splits are combined in a fixed order, so any number of threads gives
+  // the same bits (tests/test_determinism.py).  kSplitItems work items
+  // keep up to 8 threads busy with 8 items each.
+  constexpr int64_t kSplitItems = 64;
   const int64_t items = p.B * p.Hkv * pl.nqb;
-  const int64_t want = 8 * static_cast<int64_t>(p.nthreads);
   pl.nsplit = 1;
-  if (p.nthreads > 1 && items < want) pl.nsplit = std::max<int64_t>(1, std::min(ceil_div(want, items), ceil_div(p.Lk, pl.Nb)));
+  if (items < kSplitItems) pl.nsplit = std::max<int64_t>(1, std::min(ceil_div(kSplitItems, items), ceil_div(p.Lk, pl.Nb)));
   return pl;
 }
 

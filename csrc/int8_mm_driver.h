@@ -223,21 +223,24 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
       const uint8_t flip = Isa::kOnesRow ? 0x80u : 0u;
       const int8_t* src = ones || p.x ? nullptr : p.a + (r - row0) * p.a_sm;
       const float* xrow = ones || !p.x ? nullptr : p.x + (r - row0) * p.x_sm;
-      float inv = 0.0f;
-      bool tiny = false;  // 127 / absmax would overflow: quantize with a double division (quantize.h)
+      // Same row numerics as quantize_per_token (quantize.h: row_scale), so
+      // both give identical q; a non-finite row packs as zeros with scale NaN.
+      llmaccel::RowScale rs{};
       if (xrow) {
-        float amax = 0.0f;
-        for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xrow[k]));
-        const float s = amax / 127.0f;
-        p.x_scale[r - row0] = s > 0.0f ? s : 1.0f;
-        tiny = !(s > 0.0f && amax >= llmaccel::kTinyAbsmax);
-        inv = tiny ? 0.0f : 127.0f / amax;
+        rs = llmaccel::row_scale(xrow, K);
+        p.x_scale[r - row0] = rs.scale;
+        if (rs.nonfinite) xrow = nullptr, src = nullptr;
       }
+      const bool zero_row = !ones && !xrow && !src;
+      const float inv = rs.inv;
+      const bool tiny = rs.tiny;
       for (int64_t k0 = 0; k0 < Kp; k0 += KA) {
         uint8_t* dst = base + k0 * MR;
         const int64_t n = std::min<int64_t>(KA, std::max<int64_t>(K - k0, 0));
         if (ones) {
           std::memset(dst, 1, n);
+        } else if (zero_row) {
+          std::memset(dst, flip, n);  // q = 0 (stored as 0 ^ flip)
         } else if (xrow) {
           // nearbyint rounds half to even in the default rounding mode.
           if (!tiny) {

@@ -23,18 +23,17 @@ void quantize_per_token(int64_t M, int64_t K, const float* x, int64_t x_sm, int8
   for (int64_t m = 0; m < M; ++m) {
     const float* xr = x + m * x_sm;
     int8_t* qr = q + m * q_sm;
-    float amax = 0.0f;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
-    const float s = amax / 127.0f;
-    scale[m] = s > 0.0f ? s : 1.0f;
-    if (s > 0.0f && amax >= kTinyAbsmax) {
-      const float inv = 127.0f / amax;
+    const RowScale rs = row_scale(xr, K);
+    scale[m] = rs.scale;
+    if (rs.nonfinite) {
+      for (int64_t k = 0; k < K; ++k) qr[k] = 0;
+    } else if (!rs.tiny) {
       for (int64_t k = 0; k < K; ++k)
-        qr[k] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(xr[k] * inv))));
+        qr[k] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(xr[k] * rs.inv))));
     } else {
       // 127 / amax overflows fp32 here (or the scale underflowed to 0 and
       // became 1): divide in double instead.
-      const double sd = scale[m];
+      const double sd = rs.scale;
       for (int64_t k = 0; k < K; ++k)
         qr[k] = static_cast<int8_t>(std::min(127.0, std::max(-127.0, std::nearbyint(xr[k] / sd))));
     }

@@ -1,6 +1,7 @@
 // quantize_per_token: symmetric absmax int8 quantization of each row.
 //   scale[m] = max_k |x[m][k]| / 127   (1 where that is 0: all-zero or underflowing rows)
 //   q[m][k]  = clamp(round_half_even(x[m][k] * 127 / absmax), -127, 127)
+//   a row holding NaN or +-Inf: scale NaN, q 0 (see row_scale)
 #pragma once
 
 #include <cstdint>
@@ -10,6 +11,51 @@ namespace llmaccel {
 // Below this absmax, 127 / absmax is not a finite float: such rows are
 // quantized with a double division instead of a float reciprocal.
 constexpr float kTinyAbsmax = 1e-36f;
+
+// absmax of one row as the bit pattern of max_k |x[k]|, computed on the
+// integers: for non-NaN floats |x| orders like its bits (sign cleared) read
+// as uint32, so this is an exact max that vectorizes without -ffast-math,
+// and any NaN (bits above 0x7f800000) or Inf (0x7f800000) makes the result
+// >= kNonFiniteBits: the row is non-finite.
+constexpr uint32_t kNonFiniteBits = 0x7f800000u;
+inline uint32_t row_absmax_bits(const float* x, int64_t K) {
+  uint32_t m = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    uint32_t b;
+    __builtin_memcpy(&b, x + k, 4);
+    b &= 0x7fffffffu;
+    m = b > m ? b : m;
+  }
+  return m;
+}
+
+// Numerics of a row (documented in llmaccel/ops/quantize.py):
+//   finite, absmax > 0   scale = absmax / 127
+//   all zero (or absmax / 127 underflows)   scale = 1, q = 0 (or the double-division path)
+//   NaN or +-Inf anywhere in the row   scale = NaN, q = 0, so everything
+//     computed from the row (a dequantized value, an int8_linear output row) is NaN.
+struct RowScale {
+  float scale;     // what the caller stores
+  float inv;       // 127 / absmax when usable
+  bool tiny;       // quantize with a double division by scale instead (127 / absmax overflows)
+  bool nonfinite;  // q = 0, scale = NaN
+};
+inline RowScale row_scale(const float* x, int64_t K) {
+  const uint32_t bits = row_absmax_bits(x, K);
+  RowScale r{};
+  if (bits >= kNonFiniteBits) {
+    r.scale = __builtin_nanf("");
+    r.nonfinite = true;
+    return r;
+  }
+  float amax;
+  __builtin_memcpy(&amax, &bits, 4);
+  const float s = amax / 127.0f;
+  r.scale = s > 0.0f ? s : 1.0f;
+  r.tiny = !(s > 0.0f && amax >= kTinyAbsmax);
+  r.inv = r.tiny ? 0.0f : 127.0f / amax;
+  return r;
+}
 
 void quantize_per_token(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm, float* scale,
                         int nthreads);

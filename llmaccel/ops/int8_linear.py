@@ -32,6 +32,7 @@ hardware (see :func:`choose_mode`); ``explain()`` says which and why.
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 import torch
@@ -195,12 +196,31 @@ _dispatch.set_public(int8_linear, validate=_validate)  # the arguments backends.
 _packed_cache: dict[int, tuple[weakref.ref, int, Tensor]] = {}
 
 
-def packed_weight_cpp(w_int8: Tensor) -> Tensor:
-    """The C++ kernel's packed layout of ``w_int8`` [N, K] (groups of NR rows, K chunks interleaved)."""
-    key = id(w_int8)
-    hit = _packed_cache.get(key)
+# Serializes packing: request threads hitting a fresh weight at once (the
+# kernels release the GIL, so they really run together) would otherwise each
+# pack their own copy.  Hits never take the lock.
+_pack_lock = threading.Lock()
+
+
+def _cached_pack(w_int8: Tensor):
+    hit = _packed_cache.get(id(w_int8))
     if hit is not None and hit[0]() is w_int8 and hit[1] == w_int8._version:
         return hit[2]
+    return None
+
+
+def packed_weight_cpp(w_int8: Tensor) -> Tensor:
+    """The C++ kernel's packed layout of ``w_int8`` [N, K] (groups of NR rows, K chunks interleaved)."""
+    packed = _cached_pack(w_int8)
+    if packed is not None:
+        return packed
+    with _pack_lock:
+        packed = _cached_pack(w_int8)  # another thread may have packed it while we waited
+        return packed if packed is not None else _pack(w_int8)
+
+
+def _pack(w_int8: Tensor) -> Tensor:
+    key = id(w_int8)
     N, K = w_int8.shape
     w = w_int8 if w_int8.stride(1) == 1 or K <= 1 else w_int8.contiguous()
     # Streamed in full by every decode step: huge pages (see llmaccel/_memory.py).

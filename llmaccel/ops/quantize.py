@@ -12,8 +12,11 @@ so ``x ~= q * scale[..., None]`` with |error| <= scale / 2 per element.
 -128 is never produced, which keeps the grid symmetric.  Backends may compute
 ``x * (1 / scale)`` instead of ``x / scale``; the two differ by at most one
 ulp, so a value within an ulp of a rounding tie may land one step away.
-NaN or infinite inputs give unspecified results (backends differ in how a
-max reduction treats NaN); check ``torch.isfinite`` first if they can occur.
+Non-finite input: a row holding NaN or +-Inf gets ``scale = NaN`` and ``q = 0``,
+on every backend, so everything computed from that row is NaN (a
+dequantized value, an ``int8_linear(act="dynamic")`` output row), as an fp32
+``F.linear`` gives NaN or +-Inf there.  A quantized model never turns a
+NaN into a plausible finite number.
 """
 
 from __future__ import annotations
@@ -44,8 +47,13 @@ def quantize_per_token_reference(x: Tensor) -> tuple[Tensor, Tensor]:
     scale = absmax / 127.0
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     # float64 division: for tiny rows 1 / scale would overflow fp32.
-    q = torch.clamp(torch.round(xf.double() / scale.double().unsqueeze(-1)), -127, 127).to(torch.int8)
-    return q, scale
+    q = torch.round(xf.double() / scale.double().unsqueeze(-1)).clamp(-127, 127)
+    # A NaN / Inf anywhere in the row: absmax is NaN or Inf (amax propagates NaN).
+    nonfinite = ~torch.isfinite(absmax)
+    if nonfinite.any():
+        scale = scale.masked_fill(nonfinite, float("nan"))
+        q = q.masked_fill(nonfinite.unsqueeze(-1), 0)
+    return q.to(torch.int8), scale
 
 
 _dispatch = backends.dispatcher(OP, device_of=lambda x: x.device)
