@@ -112,7 +112,7 @@ import triton
 import triton.language as tl
 
 from ._tiling import gemm_tile
-from .quantize import _quantize_values, _row_reciprocal, _scale_from_absmax
+from .quantize import _abs_for_max, _quantize_values, _row_reciprocal, _scale_from_absmax
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -150,7 +150,7 @@ def _w8a8_dynamic_kernel(
     for k in range(0, k_tiles):
         offs_k = k * BLOCK_K + offs_k0
         x = tl.load(x_row + offs_k[None, :] * stride_xk, mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
-        running = tl.maximum(running, tl.abs(x.to(tl.float32)))
+        running = tl.maximum(running, _abs_for_max(x.to(tl.float32)))
     xs = _scale_from_absmax(tl.max(running, axis=1))  # [BLOCK_M] fp32; K == 0 gives s = 1, y = bias
     xf, xinv = _row_reciprocal(xs)  # per row, so the loop multiplies instead of dividing
 

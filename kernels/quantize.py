@@ -8,7 +8,8 @@ the truth this kernel is tested against). For ``x`` float ``[..., K]``
 
     absmax[r] = max_k |x[r, k]|                       (in fp32)
     scale[r]  = absmax[r] / 127                        (1.0 where that is 0: an all-zero row,
-                                                        or absmax so tiny that absmax / 127 underflows)
+                                                        or absmax so tiny that absmax / 127 underflows;
+                                                        NaN, with q = 0, for a row holding NaN or +-Inf)
     q[r, k]   = clamp(round_half_even(x[r, k] / scale[r]), -127, 127)   (int8)
 
 ``scale`` is an IEEE round-to-nearest fp32 division (``tl.math.div_rn``;
@@ -90,12 +91,21 @@ def _round_half_even_clamped(v):
 # equals q @ w_int8.T of this kernel's q exactly).
 
 @triton.jit
+def _abs_for_max(x):
+    """|x| for the running absmax, with NaN mapped to +inf: a max reduction on the GPU drops NaN, so a
+    row holding NaN or +-Inf is recognised by its absmax being +inf (see ``_scale_from_absmax``)."""
+    return tl.where(x == x, tl.abs(x), float("inf"))
+
+
+@triton.jit
 def _scale_from_absmax(absmax):
-    """fp32 per-row scale = absmax / 127 (correctly rounded), or 1.0 where that is 0."""
+    """fp32 per-row scale = absmax / 127 (correctly rounded), 1.0 where that is 0, NaN for a
+    non-finite row (absmax == +inf, from ``_abs_for_max``)."""
     scale = tl.math.div_rn(absmax, 127.0)
     # All-zero row, or absmax so tiny that absmax / 127 underflows. No reciprocal
     # is ever formed (x is divided by scale), so tiny scales cannot overflow.
-    return tl.where(scale > 0, scale, 1.0)
+    scale = tl.where(scale > 0, scale, 1.0)
+    return tl.where(absmax < float("inf"), scale, float("nan"))
 
 
 @triton.jit
@@ -107,8 +117,9 @@ def _row_reciprocal(scale):
 
 @triton.jit
 def _quantize_values(x, f, inv):
-    """round_half_even(clamp((x * f) * inv, -127, 127)) as fp32 (exact integers); x fp32, f / inv broadcastable."""
-    return _round_half_even_clamped((x * f) * inv)
+    """round_half_even(clamp((x * f) * inv, -127, 127)) as fp32 (exact integers); x fp32, f / inv broadcastable.
+    A non-finite row (scale NaN, so inv NaN) quantizes to 0."""
+    return tl.where(inv == inv, _round_half_even_clamped((x * f) * inv), 0.0)
 
 
 @triton.jit
@@ -131,7 +142,7 @@ def _quantize_per_token_kernel(
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + offs0
         x = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
-        running = tl.maximum(running, tl.abs(x))
+        running = tl.maximum(running, _abs_for_max(x))
     absmax = tl.max(running, axis=0)
     scale = _scale_from_absmax(absmax)
     tl.store(scale_ptr + row, scale)

@@ -128,3 +128,25 @@ def test_int8_mm_never_overflows_silently():
     for backend in BACKENDS:
         with llmaccel.backends.use(backend), pytest.raises(ValueError, match="int8_mm.*131071"):
             llmaccel.int8_mm(a2, b2)
+
+
+@pytest.mark.triton
+def test_triton_quantize_and_w8a8_nonfinite_rows():
+    """The Triton quantizer and the fused W8A8 kernel follow the same row numerics (interpreter on CPU)."""
+    from helpers import INTERPRET
+
+    if not (INTERPRET or torch.cuda.is_available()):
+        pytest.skip("needs the Triton interpreter or a GPU")
+    dev = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
+    x = torch.randn(5, 40, device=dev)
+    x[1, 3], x[2, 5], x[4, 0] = float("nan"), float("-inf"), float("inf")
+    x[3] = 0
+    w = torch.randint(-127, 128, (6, 40), dtype=torch.int8, device=dev)
+    s = torch.rand(6, device=dev) * 0.01 + 1e-3
+    with llmaccel.backends.use("triton"):
+        q, sc = llmaccel.quantize_per_token(x)
+        y = llmaccel.int8_linear(x, w, s, act="dynamic")
+    q_ref, sc_ref = llmaccel.quantize_per_token_reference(x.cpu())
+    assert torch.equal(q.cpu(), q_ref)
+    assert torch.equal(sc.cpu().isnan(), sc_ref.isnan()) and torch.equal(sc.cpu()[[0, 3]], sc_ref[[0, 3]])
+    assert y[[1, 2, 4]].isnan().all() and torch.isfinite(y[[0, 3]]).all() and (y[3] == 0).all()
