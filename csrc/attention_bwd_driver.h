@@ -144,7 +144,7 @@ void run_attention_bwd(const llmaccel::AttentionBwdProblem& bp) {
     Scratch& mine = scratch[omp_get_thread_num()];
     FloatBuf &kt = mine.kt, &vt = mine.vt, &qs = mine.qs, &dos = mine.dos, &s = mine.s, &dp = mine.dp,
              &acc_k = mine.acc_k, &acc_v = mine.acc_v, &kr = mine.kr;
-    std::vector<float>& ones = mine.ones;
+    auto& ones = mine.ones;
 
     // Pass 1: dK, dV.  Heaviest first (causal: the first kv blocks see the most rows).
 #pragma omp for schedule(dynamic, 1)

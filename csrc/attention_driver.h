@@ -211,8 +211,8 @@ void run_attention(const llmaccel::AttentionProblem& p) {
   {
     Scratch& mine = scratch[omp_get_thread_num()];
     FloatBuf &qs = mine.qs, &kt = mine.kt, &s = mine.s, &o = mine.o, &vs = mine.vs;
-    std::vector<float>&mrow = mine.mrow, &lrow = mine.lrow, &alpha = mine.alpha;
-    std::vector<int64_t>& rown = mine.rown;
+    auto &mrow = mine.mrow, &lrow = mine.lrow, &alpha = mine.alpha;
+    auto& rown = mine.rown;
 
     // Heaviest q-blocks first (causal top-left: the last ones), so dynamic
     // scheduling fills the tail with light items.

@@ -1,6 +1,7 @@
 // ISA levels and the LLMACCEL_CPU_ISA cap (see isa.h).
 #include "isa.h"
 
+#include <atomic>
 #include <cctype>
 #include <cstdlib>
 #include <mutex>
@@ -41,10 +42,23 @@ std::string join(const std::vector<std::string>& v) {
   return s;
 }
 
+std::vector<std::string> missing_features(IsaLevel level) {
+  std::vector<std::string> missing;
+  for (const std::string& f : isa_level_features(level)) {
+    bool known = false;
+    if (!cpu_has(f, &known)) missing.push_back(known ? f : f + " (unknown to cpu_features.cpp)");
+  }
+  return missing;
+}
+
+// CPU features never change while the process runs: computed once.
 IsaLevel best_supported() {
-  for (int i = kNumIsaLevels - 1; i > 0; --i)
-    if (isa_level_missing(static_cast<IsaLevel>(i)).empty()) return static_cast<IsaLevel>(i);
-  return IsaLevel::generic;
+  static const IsaLevel best = [] {
+    for (int i = kNumIsaLevels - 1; i > 0; --i)
+      if (isa_level_missing(static_cast<IsaLevel>(i)).empty()) return static_cast<IsaLevel>(i);
+    return IsaLevel::generic;
+  }();
+  return best;
 }
 
 // The cap and, when the configuration is bad, the error every selection raises.
@@ -54,8 +68,19 @@ struct Cap {
   bool bad_value = false;  // std::invalid_argument; otherwise std::runtime_error
   std::string error;
 };
+
+// isa_cap() runs on every kernel call, so its common path is one atomic
+// load: kUncapped, a level, or kBadConfig (then g_error, under g_mutex, says why).
+constexpr int kUncapped = -1, kBadConfig = -2;
+std::atomic<int> g_state{kUncapped};
 std::mutex g_mutex;
-Cap g_cap;
+Cap g_error;
+
+void store(const Cap& c) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_error = c;
+  g_state.store(!c.error.empty() ? kBadConfig : c.set ? static_cast<int>(c.level) : kUncapped);
+}
 
 // Parses `value` (case-insensitive) into a cap, or an error naming `source`.
 Cap parse(const std::string& value, const std::string& source) {
@@ -86,40 +111,35 @@ Cap parse(const std::string& value, const std::string& source) {
 
 const char* isa_level_name(IsaLevel level) { return kLevelNames[static_cast<int>(level)]; }
 
-const std::vector<std::string>& isa_level_features(IsaLevel level) {
+const std::vector<std::string>& isa_level_features(IsaLevel level) {  // parsed once
   static const std::vector<std::string> features[kNumIsaLevels] = {
       split(kLevelFeatures[0]), split(kLevelFeatures[1]), split(kLevelFeatures[2])};
   return features[static_cast<int>(level)];
 }
 
-std::vector<std::string> isa_level_missing(IsaLevel level) {
-  std::vector<std::string> missing;
-  for (const std::string& f : isa_level_features(level)) {
-    bool known = false;
-    if (!cpu_has(f, &known)) missing.push_back(known ? f : f + " (unknown to cpu_features.cpp)");
-  }
-  return missing;
+const std::vector<std::string>& isa_level_missing(IsaLevel level) {
+  static const std::vector<std::string> missing[kNumIsaLevels] = {
+      missing_features(IsaLevel::generic), missing_features(IsaLevel::avx2), missing_features(IsaLevel::avx512)};
+  return missing[static_cast<int>(level)];
 }
 
 IsaLevel isa_cap() {
+  const int state = g_state.load();
+  if (state >= 0) return static_cast<IsaLevel>(state);
+  if (state == kUncapped) return best_supported();
   std::lock_guard<std::mutex> lock(g_mutex);
-  if (!g_cap.error.empty()) {
-    if (g_cap.bad_value) throw std::invalid_argument(g_cap.error);
-    throw std::runtime_error(g_cap.error);
-  }
-  return g_cap.set ? g_cap.level : best_supported();
+  if (g_error.bad_value) throw std::invalid_argument(g_error.error);
+  throw std::runtime_error(g_error.error);
 }
 
 std::string isa_cap_name() {
-  std::lock_guard<std::mutex> lock(g_mutex);
-  return g_cap.set ? kLevelNames[static_cast<int>(g_cap.level)] : "";
+  const int state = g_state.load();
+  return state >= 0 ? kLevelNames[state] : "";
 }
 
 void isa_cap_from_env() {
   const char* v = std::getenv(kEnv);
-  Cap c = parse(v ? v : "", kEnv);
-  std::lock_guard<std::mutex> lock(g_mutex);
-  g_cap = c;
+  store(parse(v ? v : "", kEnv));
 }
 
 void set_cpu_isa(const std::string& value) {
@@ -128,8 +148,7 @@ void set_cpu_isa(const std::string& value) {
     if (c.bad_value) throw std::invalid_argument(c.error);
     throw std::runtime_error(c.error);
   }
-  std::lock_guard<std::mutex> lock(g_mutex);
-  g_cap = c;
+  store(c);
 }
 
 }  // namespace llmaccel

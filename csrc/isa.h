@@ -22,7 +22,7 @@ const char* isa_level_name(IsaLevel level);
 const std::vector<std::string>& isa_level_features(IsaLevel level);
 
 // Features of `level` this machine lacks (unknown names count as missing).
-std::vector<std::string> isa_level_missing(IsaLevel level);
+const std::vector<std::string>& isa_level_missing(IsaLevel level);
 
 // The highest level variants may use: LLMACCEL_CPU_ISA (read once, when the
 // extension loads) or set_cpu_isa(); by default the best the CPU supports.

@@ -67,6 +67,12 @@ std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
   return s;
 }
 
+// pick() runs on every kernel call: the eligibility test allocates nothing;
+// refusal() builds the message only when one is needed.
+bool eligible(const Variant& v, IsaLevel cap) {
+  return static_cast<int>(v.level) <= static_cast<int>(cap) && isa_level_missing(v.level).empty();
+}
+
 // "" if `v` may run now, else why not.
 std::string refusal(const Variant& v, IsaLevel cap) {
   const std::vector<std::string> missing = isa_level_missing(v.level);
@@ -98,24 +104,23 @@ const Variant& pick(Family family, const char* op, const std::string& requested)
   } catch (const std::invalid_argument& e) {
     fail(op, e.what());
   }
-  std::string known;
   for (const Variant& v : kVariants) {
-    if (v.family != family) continue;
-    known += (known.empty() ? "" : ", ") + std::string(v.name);
-    if (!requested.empty() && requested != v.name) continue;
-    const std::string why = refusal(v, cap);
-    if (why.empty()) return v;
-    if (!requested.empty()) fail(op, "variant " + why);
+    if (v.family != family || (!requested.empty() && requested != v.name)) continue;
+    if (eligible(v, cap)) return v;
+    if (!requested.empty()) fail(op, "variant " + refusal(v, cap));
   }
-  if (!requested.empty()) fail(op, "unknown variant '" + requested + "' (known: " + known + ")");
-  fail(op, "no variant can run on this CPU");  // unreachable: every family has a generic variant
+  if (requested.empty()) fail(op, "no variant can run on this CPU");  // unreachable: every family has a generic one
+  std::string known;
+  for (const Variant& v : kVariants)
+    if (v.family == family) known += (known.empty() ? "" : ", ") + std::string(v.name);
+  fail(op, "unknown variant '" + requested + "' (known: " + known + ")");
 }
 
 std::vector<std::string> available_variants(Family family) {
   const IsaLevel cap = isa_cap();
   std::vector<std::string> out;
   for (const Variant& v : kVariants)
-    if (v.family == family && refusal(v, cap).empty()) out.push_back(v.name);
+    if (v.family == family && eligible(v, cap)) out.push_back(v.name);
   return out;
 }
 
@@ -124,8 +129,7 @@ std::string explain_pick(Family family) {
   std::vector<std::string> refused;
   for (const Variant& v : kVariants) {
     if (v.family != family) continue;
-    const std::string why = refusal(v, cap);
-    if (why.empty()) {
+    if (eligible(v, cap)) {
       std::string s = std::string(v.name) + ": ";
       if (refused.empty()) {
         s += "the best variant";
@@ -135,7 +139,7 @@ std::string explain_pick(Family family) {
       }
       return s;
     }
-    refused.push_back(why);
+    refused.push_back(refusal(v, cap));
   }
   return "none: " + join(refused, "; ");
 }

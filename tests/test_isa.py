@@ -355,3 +355,33 @@ def test_int8_mm_scratch_failure_is_memory_error():
     c = torch.zeros(1, dtype=torch.int32)
     with pytest.raises(MemoryError):
         ext().int8_mm(1, N, K, a.data_ptr(), K, 1, one.data_ptr(), 0, 0, c.data_ptr(), 0, 0, 2, "")
+
+
+# What may throw or allocate (std::bad_alloc) in our C++: none of it may appear inside an OpenMP
+# parallel region, because an exception leaving a region calls std::terminate (the process dies instead
+# of raising MemoryError / ValueError).  A shallow lint: it reads the region bodies, not their callees;
+# the kernels they call are loops over preallocated buffers.
+_THROWING = re.compile(r"alloc_floats\(|scratch_alloc\(|alloc_bytes\(|aligned_alloc\(|malloc\(|std::vector<|"
+                       r"\.resize\(|\.assign\(|push_back\(|emplace_back\(|\bnew\b|\bthrow\b|\bfail\(|"
+                       r"fail_overflow\(|check_matrix\(|check_tensor\(|std::string|std::to_string|\.at\(")
+
+
+def _omp_regions():
+    for path in sorted((ROOT / "csrc").glob("*.[ch]*")):
+        text = re.sub(r"//[^\n]*", "", path.read_text())
+        for m in re.finditer(r"#pragma omp parallel[^\n]*\n", text):
+            start = text.index("{", m.end())
+            depth, i = 0, start
+            while True:
+                depth += {"{": 1, "}": -1}.get(text[i], 0)
+                if depth == 0:
+                    break
+                i += 1
+            yield path.name, text.count("\n", 0, m.start()) + 1, text[start:i + 1]
+
+
+def test_no_allocation_or_throw_inside_openmp_regions():
+    regions = list(_omp_regions())
+    assert len(regions) >= 8  # int8_mm (3), driver, weight-only, quantize, attention fwd + bwd, stream_read
+    bad = [(f, line, _THROWING.search(body).group(0)) for f, line, body in regions if _THROWING.search(body)]
+    assert not bad, f"allocation or throw inside an OpenMP parallel region: {bad}"
