@@ -6,7 +6,8 @@ and strides, so it builds in seconds against any torch version.
 CPU features are chosen at run time, never at build time.  The extension is
 compiled for baseline x86-64; each hot kernel has extra translation units
 named ``*_avx2.cpp`` / ``*_avx512vnni.cpp`` that get their own ``-m`` flags
-here and are only entered when CPUID reports those features.
+here (ISA_FLAGS) and are only entered when the CPU reports every feature
+those flags use (csrc/variants.h).
 
 Environment:
   LLMACCEL_NATIVE=1   add -march=native to every file (local builds only;
@@ -22,18 +23,44 @@ import pybind11
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+# The ISA levels above the baseline, ascending: capability name -> (source
+# suffix, -m flags).  The single source of truth for what each variant unit
+# may execute: every unit named *<suffix> is compiled with these flags, and
+# C++ gates the unit's variants on exactly these features (flag "-mavx512vnni"
+# -> feature "avx512vnni", "-mamx-tile" -> "amx_tile"; see csrc/isa.h and
+# csrc/cpu_features.h, which must know every feature used here).  Every other
+# unit is compiled for baseline x86-64 as capability "generic".
 ISA_FLAGS = {
-    "_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
-    "_avx512vnni.cpp": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
-                        "-mavx512vnni"],
+    "avx2": ("_avx2.cpp", ["-mavx2", "-mfma", "-mf16c"]),
+    "avx512": ("_avx512vnni.cpp", ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                                   "-mavx512dq", "-mavx512vnni"]),
 }
+BASELINE_CAPABILITY = "generic"
+
+
+def flag_feature(flag):
+    """The CPU feature a -m flag needs: "-mavx512vnni" -> "avx512vnni", "-mamx-int8" -> "amx_int8"."""
+    assert flag.startswith("-m"), flag
+    return flag[2:].replace("-", "_")
+
+
+def _capability(src):
+    for cap, (suffix, _) in ISA_FLAGS.items():
+        if src.endswith(suffix):
+            return cap
+    return BASELINE_CAPABILITY
 
 
 def _isa_flags(src):
-    for suffix, flags in ISA_FLAGS.items():
-        if src.endswith(suffix):
-            return flags
-    return []
+    """Compile flags of one unit: its level's -m flags, its capability (the per-ISA namespace of
+    csrc/common.h) and every level's feature list (csrc/isa.cpp builds the gates from them)."""
+    cap = _capability(src)
+    flags = list(ISA_FLAGS[cap][1]) if cap in ISA_FLAGS else []
+    flags.append(f"-DLLMACCEL_CPU_CAPABILITY={cap}")
+    for level, (_, level_flags) in ISA_FLAGS.items():
+        features = ",".join(flag_feature(f) for f in level_flags)
+        flags.append(f'-DLLMACCEL_ISA_FEATURES_{level}="{features}"')
+    return flags
 
 
 class BuildExt(build_ext):
@@ -68,8 +95,10 @@ debug = os.environ.get("LLMACCEL_DEBUG") == "1"
 # the C++ layer checks index arithmetic for overflow before any kernel runs.
 cflags = ["-std=c++17", "-fopenmp", "-fvisibility=hidden", "-fno-wrapv", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 cflags += ["-O0", "-g"] if debug else ["-O3"]
-if os.environ.get("LLMACCEL_NATIVE") == "1":
+native = os.environ.get("LLMACCEL_NATIVE") == "1"
+if native:
     cflags.append("-march=native")
+cflags.append(f"-DLLMACCEL_NATIVE_BUILD={int(native)}")
 
 sources = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".cpp"))
 

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "common.h"
-#include "cpu_features.h"
+#include "variants.h"
 
 namespace llmaccel {
 
@@ -14,43 +14,7 @@ namespace {
 
 const char* kOp = "attention";
 
-struct Variant {
-  const char* name;
-  void (*run)(const AttentionProblem&);
-  void (*exp2)(int64_t, const float*, float*);
-  void (*bwd)(const AttentionBwdProblem&);
-  bool (*supported)();
-};
-
-// Best first.  The AVX-512 translation unit is compiled with the
-// _avx512vnni.cpp flag set (F/BW/VL/DQ/VNNI), so it is entered only on CPUs
-// reporting all of them, like int8_mm's.
-const Variant kVariants[] = {
-    {"avx512", &attention_run_avx512, &attention_exp2_avx512, &attention_bwd_avx512,
-     [] {
-       const CpuFeatures& f = cpu_features();
-       return f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
-     }},
-    // Built with the _avx2.cpp flag set; it uses AVX2 and FMA instructions
-    // only (nothing converts halves, so -mf16c emits nothing), like int8_mm's.
-    {"avx2", &attention_run_avx2, &attention_exp2_avx2, &attention_bwd_avx2,
-     [] {
-       const CpuFeatures& f = cpu_features();
-       return f.avx2 && f.fma;
-     }},
-    {"generic", &attention_run_generic, &attention_exp2_generic, &attention_bwd_generic, [] { return true; }},
-};
-
-const Variant& pick(const std::string& name) {
-  for (const Variant& v : kVariants) {
-    if (name.empty() && v.supported()) return v;
-    if (name == v.name) {
-      if (!v.supported()) fail(kOp, "variant '" + name + "' needs CPU features this machine lacks");
-      return v;
-    }
-  }
-  fail(kOp, "unknown variant '" + name + "'");
-}
+const Variant& pick(const std::string& name) { return llmaccel::pick(Family::attention, kOp, name); }
 
 // Offset of the last element of a strided 4-D view (sizes > 0), or failure
 // on int64 overflow.  Strides must be >= 0.
@@ -72,17 +36,12 @@ void check_tensor(const char* name, const void* ptr, const int64_t (&size)[4], c
 
 }  // namespace
 
-std::vector<std::string> attention_variants() {
-  std::vector<std::string> out;
-  for (const Variant& v : kVariants)
-    if (v.supported()) out.push_back(v.name);
-  return out;
-}
+std::vector<std::string> attention_variants() { return available_variants(Family::attention); }
 
 void attention_exp2(int64_t n, const float* x, float* y, const std::string& variant) {
   if (n < 0) fail(kOp, "exp2: negative length");
   if (n > 0 && (x == nullptr || y == nullptr)) fail(kOp, "exp2: null pointer");
-  pick(variant).exp2(n, x, y);
+  pick(variant).kernels.attention_exp2(n, x, y);
 }
 
 namespace {
@@ -137,7 +96,7 @@ void attention_fwd(const AttentionProblem& p, const std::string& variant) {
   const Variant& v = check_problem(p, variant);
   // Dv == 0 still runs: the log-sum-exp of each row is wanted.
   if (p.B * p.Hq * p.Lq == 0) return;
-  v.run(p);
+  v.kernels.attention_fwd(p);
 }
 
 void attention_bwd(const AttentionBwdProblem& bp, const std::string& variant) {
@@ -155,7 +114,7 @@ void attention_bwd(const AttentionBwdProblem& bp, const std::string& variant) {
     zero4(bp.dv, {B, Hkv, Lk, Dv}, {bp.dv_sb, bp.dv_sh, bp.dv_sl, bp.dv_sd});
     return;
   }
-  v.bwd(bp);
+  v.kernels.attention_bwd(bp);
 }
 
 }  // namespace llmaccel

@@ -31,6 +31,8 @@
 
 #include "attention_bwd_driver.h"
 
+namespace llmaccel {
+inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
 constexpr int kMR = 4, kNC = 3;  // register tile: rows x vectors (see the header)
@@ -483,8 +485,8 @@ struct Avx2 {
 };
 
 }  // namespace
+}  // namespace LLMACCEL_CPU_CAPABILITY
 
-namespace llmaccel {
 void attention_run_avx2(const AttentionProblem& p) { run_attention<Avx2>(p); }
 void attention_bwd_avx2(const AttentionBwdProblem& p) { run_attention_bwd<Avx2>(p); }
 void attention_exp2_avx2(int64_t n, const float* x, float* y) { Avx2::exp2(n, x, y); }

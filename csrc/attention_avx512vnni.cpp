@@ -20,6 +20,8 @@
 
 #include "attention_bwd_driver.h"
 
+namespace llmaccel {
+inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
 inline __m512 exp2v(__m512 x) {
@@ -427,8 +429,8 @@ struct Avx512 {
 };
 
 }  // namespace
+}  // namespace LLMACCEL_CPU_CAPABILITY
 
-namespace llmaccel {
 void attention_run_avx512(const AttentionProblem& p) { run_attention<Avx512>(p); }
 void attention_bwd_avx512(const AttentionBwdProblem& p) { run_attention_bwd<Avx512>(p); }
 void attention_exp2_avx512(int64_t n, const float* x, float* y) { Avx512::exp2(n, x, y); }

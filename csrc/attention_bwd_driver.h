@@ -22,6 +22,8 @@
 
 #include "attention_driver.h"
 
+namespace llmaccel {
+inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
 constexpr int64_t kBwdNk = 64;    // keys per kv block
@@ -105,6 +107,27 @@ void run_attention_bwd(const llmaccel::AttentionBwdProblem& bp) {
     return std::min<int64_t>(Lk, std::max<int64_t>(i_last + off + 1, 0));
   };
 
+  // Per-thread scratch, allocated here: a bad_alloc inside the parallel
+  // region could not propagate (std::terminate).
+  const int64_t kt_size = std::max<int64_t>(D, 1) * ldkt, vt_size = std::max<int64_t>(Dv, 1) * ldkt;
+  struct Scratch {
+    FloatBuf kt, vt, qs, dos, s, dp, acc_k, acc_v, kr;
+    std::vector<float> ones;
+  };
+  std::vector<Scratch> scratch(static_cast<size_t>(p.nthreads));
+  for (Scratch& t : scratch) {
+    t.kt = alloc_floats(kt_size);
+    t.vt = alloc_floats(vt_size);
+    t.qs = alloc_floats(Mmax * ldq);
+    t.dos = alloc_floats(Mmax * ldd);
+    t.s = alloc_floats(Mmax * lds);
+    t.dp = alloc_floats(Mmax * lds);
+    t.acc_k = alloc_floats(std::max(kBwdNk, M2) * ldq);
+    t.acc_v = alloc_floats(kBwdNk * ldd);
+    t.kr = alloc_floats(pack_k_rows ? kBwdNk * ldq : 16);
+    t.ones.assign(Mmax, 1.0f);
+  }
+
 #pragma omp parallel num_threads(p.nthreads)
   {
     // Pass 0: delta.
@@ -118,12 +141,10 @@ void run_attention_bwd(const llmaccel::AttentionBwdProblem& bp) {
       delta.get()[x] = acc - (bp.dlse ? bp.dlse[x] : 0.0f);
     }
 
-    const int64_t kt_size = std::max<int64_t>(D, 1) * ldkt, vt_size = std::max<int64_t>(Dv, 1) * ldkt;
-    FloatBuf kt = alloc_floats(kt_size), vt = alloc_floats(vt_size), qs = alloc_floats(Mmax * ldq),
-             dos = alloc_floats(Mmax * ldd), s = alloc_floats(Mmax * lds), dp = alloc_floats(Mmax * lds),
-             acc_k = alloc_floats(std::max(kBwdNk, M2) * ldq), acc_v = alloc_floats(kBwdNk * ldd),
-             kr = alloc_floats(pack_k_rows ? kBwdNk * ldq : 16);
-    std::vector<float> ones(Mmax, 1.0f);
+    Scratch& mine = scratch[omp_get_thread_num()];
+    FloatBuf &kt = mine.kt, &vt = mine.vt, &qs = mine.qs, &dos = mine.dos, &s = mine.s, &dp = mine.dp,
+             &acc_k = mine.acc_k, &acc_v = mine.acc_v, &kr = mine.kr;
+    auto& ones = mine.ones;
 
     // Pass 1: dK, dV.  Heaviest first (causal: the first kv blocks see the most rows).
 #pragma omp for schedule(dynamic, 1)
@@ -220,3 +241,5 @@ void run_attention_bwd(const llmaccel::AttentionBwdProblem& bp) {
 }
 
 }  // namespace
+}  // namespace LLMACCEL_CPU_CAPABILITY
+}  // namespace llmaccel

@@ -1,8 +1,9 @@
 #pragma once
 // The blocked, threaded flash-attention loop nest shared by every ISA
 // variant (math and notation in attention.h).  Like int8_mm_driver.h, it
-// lives in an anonymous namespace so each variant's translation unit gets its
-// own copy compiled with its own target flags.
+// lives in an anonymous namespace inside the unit's capability namespace
+// (common.h) so each variant's translation unit gets its own copy compiled
+// with its own target flags.
 //
 // An ISA policy provides (all buffers fp32, row-major with the given leading
 // dimensions; "vector" = Isa::VL floats):
@@ -39,7 +40,10 @@
 
 #include "attention.h"
 #include "common.h"
+#include "memory.h"
 
+namespace llmaccel {
+inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
@@ -50,11 +54,10 @@ struct FreeDeleter {
 };
 using FloatBuf = std::unique_ptr<float, FreeDeleter>;
 
+// Scratch comes from llmaccel::scratch_alloc (bad_alloc -> MemoryError) and
+// is allocated before any parallel region: an exception may not leave one.
 inline FloatBuf alloc_floats(int64_t n) {
-  const size_t bytes = static_cast<size_t>(llmaccel::round_up(std::max<int64_t>(n, 16) * 4, 64));
-  void* p = std::aligned_alloc(64, bytes);
-  if (!p) throw std::bad_alloc();
-  return FloatBuf(static_cast<float*>(p));
+  return FloatBuf(static_cast<float*>(llmaccel::scratch_alloc(std::max<int64_t>(n, 16) * 4)));
 }
 
 // K^T of a block of n keys, read element by element through any strides:
@@ -187,13 +190,33 @@ void run_attention(const llmaccel::AttentionProblem& p) {
     return std::min<int64_t>(p.Lk, std::max<int64_t>(i_last + pl.off + 1, 0));
   };
 
+  // Per-thread scratch, allocated here: a bad_alloc inside the parallel
+  // region could not propagate (std::terminate).
+  const int64_t kt_size = std::max<int64_t>(D, 1) * ldkt;
+  struct Scratch {
+    FloatBuf qs, kt, s, o, vs;
+    std::vector<float> mrow, lrow, alpha;
+    std::vector<int64_t> rown;  // causal diagonal blocks: keys row r attends, in [0, n]
+  };
+  std::vector<Scratch> scratch(static_cast<size_t>(p.nthreads));
+  for (Scratch& t : scratch) {
+    t.qs = alloc_floats(M * ldq);
+    t.kt = alloc_floats(direct ? 16 : reuse ? nblk_all * kt_size : kt_size);
+    t.s = alloc_floats(M * lds);
+    t.o = alloc_floats(M * ldo);
+    t.vs = alloc_floats(pack_v ? Nb * ldo : 16);
+    t.mrow.resize(M);
+    t.lrow.resize(M);
+    t.alpha.resize(M);
+    t.rown.resize(M);
+  }
+
 #pragma omp parallel num_threads(p.nthreads)
   {
-    const int64_t kt_size = std::max<int64_t>(D, 1) * ldkt;
-    FloatBuf qs = alloc_floats(M * ldq), kt = alloc_floats(direct ? 16 : reuse ? nblk_all * kt_size : kt_size),
-             s = alloc_floats(M * lds), o = alloc_floats(M * ldo), vs = alloc_floats(pack_v ? Nb * ldo : 16);
-    std::vector<float> mrow(M), lrow(M), alpha(M);
-    std::vector<int64_t> rown(M);  // causal diagonal blocks: keys row r attends, in [0, n]
+    Scratch& mine = scratch[omp_get_thread_num()];
+    FloatBuf &qs = mine.qs, &kt = mine.kt, &s = mine.s, &o = mine.o, &vs = mine.vs;
+    auto &mrow = mine.mrow, &lrow = mine.lrow, &alpha = mine.alpha;
+    auto& rown = mine.rown;
 
     // Heaviest q-blocks first (causal top-left: the last ones), so dynamic
     // scheduling fills the tail with light items.
@@ -350,3 +373,5 @@ void run_attention(const llmaccel::AttentionProblem& p) {
 }
 
 }  // namespace
+}  // namespace LLMACCEL_CPU_CAPABILITY
+}  // namespace llmaccel

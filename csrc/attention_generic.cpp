@@ -6,6 +6,8 @@
 
 #include "attention_bwd_driver.h"
 
+namespace llmaccel {
+inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
 // 2^x for one float: x = n + f with n = round(x), |f| <= 1/2, 2^f by the
@@ -114,8 +116,8 @@ struct Generic {
 };
 
 }  // namespace
+}  // namespace LLMACCEL_CPU_CAPABILITY
 
-namespace llmaccel {
 void attention_run_generic(const AttentionProblem& p) { run_attention<Generic>(p); }
 void attention_bwd_generic(const AttentionBwdProblem& p) { run_attention_bwd<Generic>(p); }
 void attention_exp2_generic(int64_t n, const float* x, float* y) { Generic::exp2(n, x, y); }

@@ -4,14 +4,18 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <dlfcn.h>
+
 #include <cstdint>
 
 #include "attention.h"
 #include "cpu_features.h"
 #include "int8_linear_wo.h"
 #include "int8_mm.h"
+#include "isa.h"
 #include "memory.h"
 #include "quantize.h"
+#include "variants.h"
 
 namespace py = pybind11;
 
@@ -22,12 +26,101 @@ T* ptr(uintptr_t addr) {
   return reinterpret_cast<T*>(addr);
 }
 
+// Offset of a kernel entry point inside this shared library (its symbol
+// value), for the disassembly check in tests/test_isa.py.
+template <class Fn>
+py::object library_offset(Fn fn) {
+  if (fn == nullptr) return py::none();
+  Dl_info info{};
+  void* addr = reinterpret_cast<void*>(fn);
+  if (dladdr(addr, &info) == 0 || info.dli_fbase == nullptr) return py::none();
+  return py::int_(reinterpret_cast<uintptr_t>(addr) - reinterpret_cast<uintptr_t>(info.dli_fbase));
+}
+
+void bind_isa(py::module_& m) {
+  using namespace llmaccel;
+  m.attr("native_build") = py::bool_(LLMACCEL_NATIVE_BUILD != 0);
+  m.def("cpu_features", &cpu_feature_names, "CPU features detected at run time (CPUID + XGETBV), setup.py spelling.");
+  m.def("known_cpu_features", &cpu_feature_names_all, "Every feature the detector knows (cpu_features.h).");
+  m.def(
+      "isa_levels",
+      [] {
+        py::dict d;
+        for (int i = 0; i < kNumIsaLevels; ++i)
+          d[isa_level_name(static_cast<IsaLevel>(i))] = isa_level_features(static_cast<IsaLevel>(i));
+        return d;
+      },
+      "{level: features its units are compiled for}, ascending; from setup.py's ISA_FLAGS.");
+  m.def("cpu_isa", &isa_cap_name, "The LLMACCEL_CPU_ISA cap in force ('' = none: the best the CPU supports).");
+  m.def("set_cpu_isa", &set_cpu_isa, py::arg("level"),
+        "Caps the variants at `level` ('' = uncapped) for this process, like LLMACCEL_CPU_ISA at load. "
+        "ValueError for an unknown level, RuntimeError for one this CPU lacks. Packed weights from before "
+        "the change must be repacked (llmaccel.cpu.cpu_isa does that).");
+  m.def(
+      "variant_table",
+      [] {
+        py::list out;
+        for (const Variant* v : all_variants()) {
+          py::dict d;
+          d["family"] = family_name(v->family);
+          d["variant"] = v->name;
+          d["level"] = isa_level_name(v->level);
+          d["features"] = isa_level_features(v->level);
+          out.append(d);
+        }
+        return out;
+      },
+      "Every kernel variant: family, name, ISA level and the CPU features it needs, best first per family.");
+  m.def(
+      "variant_choice",
+      [] {
+        py::dict out;
+        for (int f = 0; f < kNumFamilies; ++f) {
+          const Family fam = static_cast<Family>(f);
+          py::dict d;
+          d["variant"] = pick(fam, family_name(fam), "").name;
+          d["why"] = explain_pick(fam);
+          d["available"] = available_variants(fam);
+          out[family_name(fam)] = d;
+        }
+        return out;
+      },
+      "{family: {variant, why, available}}: what each kernel family runs here and why. Raises the "
+      "LLMACCEL_CPU_ISA error, if any.");
+  m.def(
+      "_variant_entry_points",
+      [] {
+        py::list out;
+        for (const Variant* v : all_variants()) {
+          const Kernels& k = v->kernels;
+          const std::pair<const char*, py::object> fns[] = {
+              {"int8_mm", library_offset(k.int8_mm)},
+              {"int8_mm_layout", library_offset(k.int8_mm_layout)},
+              {"int8_linear_wo", library_offset(k.int8_linear_wo)},
+              {"quantize", library_offset(k.quantize)},
+              {"attention_fwd", library_offset(k.attention_fwd)},
+              {"attention_bwd", library_offset(k.attention_bwd)},
+              {"attention_exp2", library_offset(k.attention_exp2)}};
+          for (const auto& fn : fns)
+            if (!fn.second.is_none())
+              out.append(py::make_tuple(family_name(v->family), v->name, isa_level_name(v->level), fn.first,
+                                        fn.second));
+        }
+        return out;
+      },
+      "(family, variant, level, kernel, offset in this library) of every registered entry point (tests).");
+  m.def("_fail_scratch_alloc_after", &fail_scratch_alloc_after, py::arg("n"),
+        "Test hook: the n-th kernel scratch allocation from now fails with MemoryError (0 disarms).");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "llmaccel C++/OpenMP CPU kernels (raw pointers + sizes + strides)";
 
-  m.def("cpu_features", &llmaccel::cpu_feature_names, "CPU features detected at run time by CPUID.");
+  // Read once, here: a bad value is raised by every kernel call (isa.h).
+  llmaccel::isa_cap_from_env();
+  bind_isa(m);
   m.def("huge_page_bytes", &llmaccel::huge_page_bytes, "Transparent huge page size in bytes (0 if unavailable).");
   m.def("transparent_huge_pages_mode", &llmaccel::transparent_huge_pages_mode,
         "The kernel's THP policy: always, madvise, never or unsupported.");

@@ -11,7 +11,22 @@
 #include <stdexcept>
 #include <string>
 
+// Every inline function here is compiled into each unit that includes it,
+// with that unit's target flags, and inline functions have weak linkage: the
+// linker keeps one copy per name for the whole library.  Without a
+// per-capability namespace it could keep the AVX-512 unit's copy of, say,
+// check_matrix and hand it to the generic unit's callers, which then crash
+// on a CPU without AVX-512.  setup.py defines LLMACCEL_CPU_CAPABILITY per
+// unit (generic, avx2, avx512); the inline namespace changes the mangled
+// names without changing any call site (PyTorch's CPU_CAPABILITY scheme).
+// Types shared across units and the cross-unit entry points stay in plain
+// llmaccel.
+#ifndef LLMACCEL_CPU_CAPABILITY
+#error "setup.py defines LLMACCEL_CPU_CAPABILITY (generic, avx2 or avx512) for every translation unit"
+#endif
+
 namespace llmaccel {
+inline namespace LLMACCEL_CPU_CAPABILITY {
 
 // pybind11 maps std::invalid_argument -> ValueError, std::overflow_error ->
 // OverflowError.  Every message starts with the op name so the user knows
@@ -55,4 +70,5 @@ inline void check_matrix(const char* op, const char* name, const void* ptr, int6
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
 
+}  // namespace LLMACCEL_CPU_CAPABILITY
 }  // namespace llmaccel

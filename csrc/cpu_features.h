@@ -1,7 +1,13 @@
-// Run-time CPU feature detection (CPUID via the compiler's builtins).  The
-// extension is built for baseline x86-64; faster code lives in translation
-// units compiled with their own -m flags and is only called when the running
-// CPU reports the features here.
+// Run-time CPU feature detection: CPUID for what the CPU implements, XGETBV
+// for what the operating system saves on a context switch (a CPU with
+// AVX-512 under an OS that does not save zmm state must not run AVX-512
+// code), and on Linux the AMX tile-data permission.
+//
+// The list is every feature some variant's compile flags can ask for:
+// setup.py's ISA_FLAGS maps "-mavx512vnni" -> "avx512vnni", "-mamx-tile" ->
+// "amx_tile" (drop "-m", "-" -> "_"), and a variant only runs where each of
+// its unit's features is detected here (isa.h).  A flag with no entry here
+// makes its level unusable, never silently allowed.
 #pragma once
 
 #include <string>
@@ -9,18 +15,35 @@
 
 namespace llmaccel {
 
-struct CpuFeatures {
-  bool avx2 = false;
-  bool fma = false;
-  bool avx512f = false;
-  bool avx512bw = false;
-  bool avx512vl = false;
-  bool avx512vnni = false;
+enum class CpuFeature : int {
+  avx,
+  avx2,
+  fma,
+  f16c,
+  avx512f,
+  avx512bw,
+  avx512vl,
+  avx512dq,
+  avx512vnni,
+  avxvnni,
+  avx512bf16,
+  amx_tile,
+  amx_int8,
+  amx_bf16,
+  kCount
 };
 
-const CpuFeatures& cpu_features();
+// "avx512vnni" for CpuFeature::avx512vnni (the setup.py spelling).
+const char* cpu_feature_name(CpuFeature f);
 
-// Names of the detected features, for llmaccel.cpu_info().
+// Whether the CPU implements the feature and the OS enabled its state.
+bool cpu_has(CpuFeature f);
+
+// Looks a feature up by name; returns false if the name is unknown (and sets *known = false).
+bool cpu_has(const std::string& name, bool* known);
+
+// Names of every known feature, and of the detected ones (llmaccel.cpu_info()).
+std::vector<std::string> cpu_feature_names_all();
 std::vector<std::string> cpu_feature_names();
 
 }  // namespace llmaccel

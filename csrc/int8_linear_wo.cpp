@@ -2,7 +2,7 @@
 #include "int8_linear_wo.h"
 
 #include "common.h"
-#include "cpu_features.h"
+#include "variants.h"
 
 namespace llmaccel {
 
@@ -17,26 +17,10 @@ void int8_linear_weight_only(int64_t M, int64_t N, int64_t K, const float* x, in
   if (bias) check_matrix(op, "bias", bias, 1, N, 0, 1);
   if (M > 1 && N > 0 && y_sm < N) fail(op, "out rows overlap (row stride < N)");
   if (nthreads < 1) fail(op, "nthreads must be >= 1, got " + std::to_string(nthreads));
-  const CpuFeatures& f = cpu_features();
-  const bool avx512 = f.avx512f && f.avx512bw && f.avx512vl;
-  const bool avx2 = f.avx2 && f.fma;
-  void (*fn)(const Int8LinearWOProblem&) = nullptr;
-  if (variant.empty()) {
-    fn = avx512 ? &int8_linear_wo_avx512vnni : avx2 ? &int8_linear_wo_avx2 : &int8_linear_wo_generic;
-  } else if (variant == "avx512vnni") {
-    if (!avx512) fail(op, "variant 'avx512vnni' needs CPU features this machine lacks");
-    fn = &int8_linear_wo_avx512vnni;
-  } else if (variant == "avx2") {
-    if (!avx2) fail(op, "variant 'avx2' needs CPU features this machine lacks");
-    fn = &int8_linear_wo_avx2;
-  } else if (variant == "generic") {
-    fn = &int8_linear_wo_generic;
-  } else {
-    fail(op, "unknown variant '" + variant + "'");
-  }
+  const Variant& v = pick(Family::int8_linear_weight_only, op, variant);
   if (M == 0 || N == 0) return;
   Int8LinearWOProblem p{M, N, K, x, x_sm, w, ldw, w_scale, bias, y, y_sm, nthreads};
-  fn(p);
+  v.kernels.int8_linear_wo(p);
 }
 
 }  // namespace llmaccel

@@ -1,7 +1,8 @@
 // The weight-only kernel body, compiled once per ISA translation unit
 // (int8_linear_wo_generic.cpp, int8_linear_wo_avx512vnni.cpp) with that
-// unit's target flags; everything is in an anonymous namespace so no
-// AVX-512 instantiation can leak into the generic build.
+// unit's target flags; everything is in an anonymous namespace inside the
+// unit's capability namespace (common.h), so no AVX-512 instantiation can
+// leak into the generic build.
 //
 // Dot-product formulation, like int8_mm: a 4 x 4 register tile of outputs,
 // each kept as 16 fp32 lane partial sums.  Per 16-k step it converts 4 x 16
@@ -20,6 +21,8 @@
 #include "common.h"
 #include "int8_linear_wo.h"
 
+namespace llmaccel {
+inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
 constexpr int kWoMR = 4, kWoNR = 4, kWoL = 16;
@@ -83,3 +86,5 @@ void run_int8_linear_wo(const llmaccel::Int8LinearWOProblem& p) {
 }
 
 }  // namespace
+}  // namespace LLMACCEL_CPU_CAPABILITY
+}  // namespace llmaccel

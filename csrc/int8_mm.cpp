@@ -8,49 +8,17 @@
 #include <vector>
 
 #include "common.h"
-#include "cpu_features.h"
+#include "variants.h"
 
 namespace llmaccel {
 
 namespace {
 
-struct Variant {
-  const char* name;
-  Int8MMVariant fn;
-  Int8MMLayout (*layout)();
-  bool (*supported)();
-};
-
-// Best first.  The generic variant runs everywhere.
-const Variant kVariants[] = {
-    {"avx512vnni", &int8_mm_avx512vnni, &int8_mm_layout_avx512vnni,
-     [] {
-       const CpuFeatures& f = cpu_features();
-       return f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
-     }},
-    {"avx2", &int8_mm_avx2, &int8_mm_layout_avx2, [] { return cpu_features().avx2 && cpu_features().fma; }},
-    {"generic", &int8_mm_generic, &int8_mm_layout_generic, [] { return true; }},
-};
-
-const Variant& pick(const char* op, const std::string& name) {
-  for (const Variant& v : kVariants) {
-    if (name.empty() && v.supported()) return v;
-    if (name == v.name) {
-      if (!v.supported()) fail(op, "variant '" + name + "' needs CPU features this machine lacks");
-      return v;
-    }
-  }
-  fail(op, "unknown variant '" + name + "'");
-}
+const Variant& pick(const char* op, const std::string& name) { return llmaccel::pick(Family::int8_mm, op, name); }
 
 }  // namespace
 
-std::vector<std::string> int8_mm_variants() {
-  std::vector<std::string> out;
-  for (const Variant& v : kVariants)
-    if (v.supported()) out.push_back(v.name);
-  return out;
-}
+std::vector<std::string> int8_mm_variants() { return available_variants(Family::int8_mm); }
 
 void int8_mm(int64_t M, int64_t N, int64_t K, const int8_t* a, int64_t a_sm, int64_t a_sk, const int8_t* b,
              int64_t b_sk, int64_t b_sn, int32_t* c, int64_t c_sm, int64_t c_sn, int nthreads,
@@ -94,7 +62,7 @@ void int8_mm(int64_t M, int64_t N, int64_t K, const int8_t* a, int64_t a_sm, int
     ldb = K;
   }
   Int8MMProblem p{M, N, K, a, a_sm, a_sk, bcols, ldb, false, nullptr, c, c_sm, c_sn, nthreads};
-  v.fn(p);
+  v.kernels.int8_mm(p);
 }
 
 // Bytes of the panels alone (the column sums follow them).
@@ -105,20 +73,76 @@ int64_t packed_panel_bytes(const Int8MMLayout& L, int64_t N, int64_t K) {
   return round_up(bytes, 64);
 }
 
-int64_t int8_mm_packed_size(const std::string& variant, int64_t N, int64_t K) {
-  if (N < 0 || K < 0) fail("int8_mm_pack_b", "negative size");
-  const Int8MMLayout L = pick("int8_mm_pack_b", variant).layout();
-  return packed_panel_bytes(L, N, K) + 4 * N;
+namespace {
+
+// The first 64 bytes of every packed weight: which variant's layout follows
+// (its register tile width and K alignment), for which shape, in which
+// version of the format.  int8_linear_dynamic checks it, so a buffer packed
+// for another variant (e.g. before LLMACCEL_CPU_ISA or set_cpu_isa changed
+// the choice) or a weight of another shape raises instead of being read as
+// garbage.
+struct PackedHeader {
+  char magic[8];  // kPackedMagic
+  uint32_t version;
+  uint32_t nr, kalign;
+  uint32_t reserved;
+  int64_t n, k;
+  char variant[24];  // NUL terminated
+};
+static_assert(sizeof(PackedHeader) == 64, "the panels start 64 bytes in");
+constexpr char kPackedMagic[8] = {'L', 'L', 'M', 'A', 'P', 'A', 'C', 'K'};
+constexpr uint32_t kPackedVersion = 1;
+
+PackedHeader make_header(const Variant& v, int64_t N, int64_t K) {
+  PackedHeader h{};
+  std::memcpy(h.magic, kPackedMagic, sizeof(kPackedMagic));
+  const Int8MMLayout L = v.kernels.int8_mm_layout();
+  h.version = kPackedVersion;
+  h.nr = static_cast<uint32_t>(L.nr);
+  h.kalign = static_cast<uint32_t>(L.kalign);
+  h.n = N;
+  h.k = K;
+  std::strncpy(h.variant, v.name, sizeof(h.variant) - 1);
+  return h;
 }
 
-void int8_mm_pack_b(const std::string& variant, int64_t N, int64_t K, const int8_t* w, int64_t ldw, int8_t* out,
+std::string describe(const PackedHeader& h) {
+  return "variant '" + std::string(h.variant, strnlen(h.variant, sizeof(h.variant))) + "' (layout " +
+         std::to_string(h.nr) + " x " + std::to_string(h.kalign) + ", format " + std::to_string(h.version) +
+         "), N = " + std::to_string(h.n) + ", K = " + std::to_string(h.k);
+}
+
+void check_packed(const char* op, const int8_t* w_packed, const Variant& v, int64_t N, int64_t K) {
+  PackedHeader got;
+  std::memcpy(&got, w_packed, sizeof(got));
+  if (std::memcmp(got.magic, kPackedMagic, sizeof(kPackedMagic)) != 0)
+    fail(op, "w_packed is not a packed weight (no header; it must come from int8_mm_pack_b)");
+  const PackedHeader want = make_header(v, N, K);
+  if (std::memcmp(&got, &want, sizeof(got)) != 0)
+    fail(op, "w_packed holds " + describe(got) + ", but this call runs " + describe(want) +
+                 "; repack the weight with int8_mm_pack_b");
+}
+
+}  // namespace
+
+int64_t int8_mm_packed_size(const std::string& variant, int64_t N, int64_t K) {
+  if (N < 0 || K < 0) fail("int8_mm_pack_b", "negative size");
+  const Int8MMLayout L = pick("int8_mm_pack_b", variant).kernels.int8_mm_layout();
+  return int64_t(sizeof(PackedHeader)) + packed_panel_bytes(L, N, K) + 4 * N;
+}
+
+void int8_mm_pack_b(const std::string& variant, int64_t N, int64_t K, const int8_t* w, int64_t ldw, int8_t* out_buf,
                     int nthreads) {
   const char* op = "int8_mm_pack_b";
   check_matrix(op, "w", w, N, K, ldw, 1);
   const int64_t bytes = int8_mm_packed_size(variant, N, K);
-  if (bytes > 0 && out == nullptr) fail(op, "out is a null pointer");
+  if (bytes > 0 && out_buf == nullptr) fail(op, "out is a null pointer");
   if (nthreads < 1) fail(op, "nthreads must be >= 1");
-  const Int8MMLayout L = pick(op, variant).layout();
+  const Variant& v = pick(op, variant);
+  const PackedHeader header = make_header(v, N, K);
+  std::memcpy(out_buf, &header, sizeof(header));
+  int8_t* out = out_buf + sizeof(PackedHeader);
+  const Int8MMLayout L = v.kernels.int8_mm_layout();
   const int64_t NR = L.nr, KA = L.kalign, Kp = round_up(K, KA), ngroups = ceil_div(N, NR);
   // Layout: group g = n / NR, chunk j = k / KA, column c = n % NR ->
   //   out[g * NR * Kp + j * NR * KA + c * KA + k % KA]; padding is zero.
@@ -164,11 +188,15 @@ void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_
       for (int64_t n = 0; n < N; ++n) y[m * y_sm + n] = bias ? bias[n] : 0.0f;
     return;
   }
+  const int8_t* panels = nullptr;
+  const int32_t* colsum = nullptr;
+  if (w_packed) {
+    check_packed(op, w_packed, v, N, K);
+    panels = w_packed + sizeof(PackedHeader);
+    colsum = reinterpret_cast<const int32_t*>(panels + packed_panel_bytes(v.kernels.int8_mm_layout(), N, K));
+  }
   std::vector<float> x_scale(static_cast<size_t>(M));
-  const int32_t* colsum =
-      w_packed ? reinterpret_cast<const int32_t*>(w_packed + packed_panel_bytes(pick(op, variant).layout(), N, K))
-               : nullptr;
-  Int8MMProblem p{M, N, K, nullptr, 0, 1, w_packed ? w_packed : w, ldw, w_packed != nullptr, colsum,
+  Int8MMProblem p{M, N, K, nullptr, 0, 1, w_packed ? panels : w, ldw, w_packed != nullptr, colsum,
                   nullptr, 0, 1, nthreads};
   p.x = x;
   p.x_sm = x_sm;
@@ -177,7 +205,7 @@ void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_
   p.bias = bias;
   p.y = y;
   p.y_sm = y_sm;
-  v.fn(p);
+  v.kernels.int8_mm(p);
 }
 
 }  // namespace llmaccel

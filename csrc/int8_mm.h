@@ -89,8 +89,10 @@ void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_
 
 // Packed (panel) layout of a weight W [N, K] (row n at w + n * ldw, k
 // contiguous) for `variant`: int8_mm_packed_size() bytes, written to `out`:
-// the panels, then (at a 64-byte aligned offset) the N int32 column sums
-// sum_k W[n][k], which the u8 x s8 VNNI kernel needs for its +128 bias.
+// a 64-byte header (variant, tile layout, N, K, format version; checked by
+// int8_linear_dynamic), the panels, then (at a 64-byte aligned offset) the N
+// int32 column sums sum_k W[n][k], which the u8 x s8 VNNI kernel needs for
+// its +128 bias.
 int64_t int8_mm_packed_size(const std::string& variant, int64_t N, int64_t K);
 void int8_mm_pack_b(const std::string& variant, int64_t N, int64_t K, const int8_t* w, int64_t ldw, int8_t* out,
                     int nthreads);

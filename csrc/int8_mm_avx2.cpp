@@ -9,6 +9,8 @@
 
 #include "int8_mm_driver.h"
 
+namespace llmaccel {
+inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
 inline int32_t hsum256(__m256i v) {
@@ -52,8 +54,8 @@ struct Avx2 {
 };
 
 }  // namespace
+}  // namespace LLMACCEL_CPU_CAPABILITY
 
-namespace llmaccel {
 void int8_mm_avx2(const Int8MMProblem& p) { run_int8_mm<Avx2>(p); }
 Int8MMLayout int8_mm_layout_avx2() { return {Avx2::NR, Avx2::KALIGN}; }
 }  // namespace llmaccel

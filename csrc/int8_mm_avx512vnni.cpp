@@ -12,6 +12,8 @@
 
 #include "int8_mm_driver.h"
 
+namespace llmaccel {
+inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
 // Sums each of four vectors across its 16 lanes: returns {sum v0, sum v1, sum v2, sum v3}.
@@ -108,8 +110,8 @@ struct Avx512Vnni {
 };
 
 }  // namespace
+}  // namespace LLMACCEL_CPU_CAPABILITY
 
-namespace llmaccel {
 void int8_mm_avx512vnni(const Int8MMProblem& p) { run_int8_mm<Avx512Vnni>(p); }
 Int8MMLayout int8_mm_layout_avx512vnni() { return {Avx512Vnni::NR, Avx512Vnni::KALIGN}; }
 }  // namespace llmaccel

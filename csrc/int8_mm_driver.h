@@ -1,9 +1,11 @@
 #pragma once
 // The blocked, threaded loop nest shared by every int8_mm ISA variant.
 //
-// Everything here lives in an anonymous namespace: each variant's translation
-// unit gets its own copy compiled with its own target flags, and no AVX-512
-// instantiation can be merged by the linker into a generic caller.
+// Everything here lives in an anonymous namespace inside the unit's
+// capability namespace (common.h): each variant's translation unit gets its
+// own copy compiled with its own target flags, no AVX-512 instantiation can
+// be merged by the linker into a generic caller, and the disassembly check
+// (tests/test_isa.py) can tell from a symbol's name which level it is.
 //
 // Formulation ("dot-product" GEMM).  B columns are contiguous in k (the
 // nn.Linear weight layout), A rows are packed contiguous in k, so one output
@@ -57,6 +59,8 @@
 #include "int8_mm.h"
 #include "quantize.h"
 
+namespace llmaccel {
+inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
 // How a tile's B columns arrive (the tile's kStream template argument).
@@ -346,3 +350,5 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
 }
 
 }  // namespace
+}  // namespace LLMACCEL_CPU_CAPABILITY
+}  // namespace llmaccel

@@ -3,6 +3,8 @@
 // are tested against inside the C++ layer.
 #include "int8_mm_driver.h"
 
+namespace llmaccel {
+inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
 struct Generic {
@@ -30,8 +32,8 @@ struct Generic {
 };
 
 }  // namespace
+}  // namespace LLMACCEL_CPU_CAPABILITY
 
-namespace llmaccel {
 void int8_mm_generic(const Int8MMProblem& p) { run_int8_mm<Generic>(p); }
 Int8MMLayout int8_mm_layout_generic() { return {Generic::NR, Generic::KALIGN}; }
 }  // namespace llmaccel

@@ -9,8 +9,12 @@
 
 #include <omp.h>
 
+#include <atomic>
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "common.h"
 
@@ -22,6 +26,21 @@ namespace llmaccel {
 
 namespace {
 constexpr const char* kThpEnabled = "/sys/kernel/mm/transparent_hugepage/enabled";
+std::atomic<int64_t> g_fail_countdown{0};
+}  // namespace
+
+void fail_scratch_alloc_after(int64_t n) { g_fail_countdown.store(n < 0 ? 0 : n); }
+
+void* scratch_alloc(int64_t bytes) {
+  int64_t left = g_fail_countdown.load();
+  while (left > 0 && !g_fail_countdown.compare_exchange_weak(left, left - 1)) {
+  }
+  if (left == 1) throw std::bad_alloc();
+  if (bytes < 0 || bytes > (int64_t{1} << 62)) throw std::bad_alloc();
+  const size_t n = static_cast<size_t>(round_up(std::max<int64_t>(bytes, 64), 64));
+  void* p = std::aligned_alloc(64, n);
+  if (!p) throw std::bad_alloc();
+  return p;
 }
 
 std::string transparent_huge_pages_mode() {

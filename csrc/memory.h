@@ -27,4 +27,15 @@ bool advise_huge_pages(void* addr, int64_t nbytes);
 // kernel that streams the same bytes (benchmarks time it beside decode).
 uint64_t stream_read(const void* addr, int64_t nbytes, int nthreads);
 
+// 64-byte aligned kernel scratch of at least `bytes` bytes (free with
+// std::free); throws std::bad_alloc, which Python sees as MemoryError.
+// Kernels take all their scratch from here BEFORE their OpenMP parallel
+// region: an exception that leaves a parallel region calls std::terminate.
+void* scratch_alloc(int64_t bytes);
+
+// Test hook: the n-th scratch_alloc() from now (1 = the next one) fails with
+// std::bad_alloc; 0 disarms.  Lets tests reach every allocation-failure path
+// without exhausting memory.
+void fail_scratch_alloc_after(int64_t n);
+
 }  // namespace llmaccel

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "common.h"
+#include "variants.h"
 
 namespace llmaccel {
 
@@ -16,6 +17,11 @@ void quantize_per_token(int64_t M, int64_t K, const float* x, int64_t x_sm, int8
   check_matrix(op, "q", q, M, K, q_sm, 1);
   check_matrix(op, "scale", scale, 1, M, 0, 1);
   if (nthreads < 1) fail(op, "nthreads must be >= 1");
+  pick(Family::quantize_per_token, op, "").kernels.quantize(M, K, x, x_sm, q, q_sm, scale, nthreads);
+}
+
+void quantize_per_token_generic(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm,
+                                float* scale, int nthreads) {
   // Rows are independent; each is read twice (absmax, then quantize) while
   // it is still in cache.  Same arithmetic as the fused prologue of
   // int8_linear (int8_mm_driver.h), so both give identical q.

@@ -6,7 +6,10 @@
 
 #include <cstdint>
 
+#include "common.h"
+
 namespace llmaccel {
+inline namespace LLMACCEL_CPU_CAPABILITY {
 
 // Below this absmax, 127 / absmax is not a finite float: such rows are
 // quantized with a double division instead of a float reciprocal.
@@ -57,7 +60,14 @@ inline RowScale row_scale(const float* x, int64_t K) {
   return r;
 }
 
+}  // namespace LLMACCEL_CPU_CAPABILITY
+
+// Validated entry point (variant picked by variants.h; one generic kernel today).
 void quantize_per_token(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm, float* scale,
                         int nthreads);
+
+// The generic kernel (arguments already validated).
+void quantize_per_token_generic(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm,
+                                float* scale, int nthreads);
 
 }  // namespace llmaccel

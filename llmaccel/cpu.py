@@ -1,21 +1,49 @@
-"""``llmaccel.cpu_info()``: what the CPU offers and which kernel variant each op runs."""
+"""``llmaccel.cpu_info()``: what the CPU offers and which kernel variant each op runs, and why.
+
+The C++ side owns the facts (csrc/variants.h: one table of variants, one
+``pick``); this module only arranges them per public op.  ``cpu_isa`` caps
+the variants for a block of code, the in-process twin of the
+``LLMACCEL_CPU_ISA`` environment variable (read when the extension loads).
+"""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from . import _ext
 
+# Public op -> the C++ kernel family that runs it (csrc/variants.h, Family).
+# int8_linear act="dynamic" and the weight packing share int8_mm's variants:
+# the packed layout belongs to the variant.
+OP_FAMILIES = {
+    "int8_mm": "int8_mm",
+    "int8_linear_dynamic": "int8_mm",
+    "int8_linear_weight_only": "int8_linear_weight_only",
+    "quantize_per_token": "quantize_per_token",
+    "attention_forward": "attention",
+    "attention_decode": "attention",
+    "attention_backward": "attention",
+}
+
 
 def cpu_info() -> dict:
-    """Detected CPU features (CPUID, at run time) and the C++ variant each op uses.
+    """Detected CPU features (CPUID + XGETBV, at run time) and the C++ variant each op uses, with the reason.
 
-    Example::
+    Example (an AVX2 machine)::
 
-        {'features': ['avx2', 'fma', 'avx512f', ..., 'avx512vnni'],
-         'variants': {'int8_mm': 'avx512vnni', 'attention': 'avx512'},
-         'available_variants': {'int8_mm': ['avx512vnni', 'avx2', 'generic'], 'attention': ['avx512', 'avx2', 'generic']},
-         'torch_cpu_capability': 'AVX512', 'num_threads': 2, 'extension': 'loaded'}
+        {'features': ['avx', 'avx2', 'fma', 'f16c'],
+         'isa_levels': {'generic': [], 'avx2': ['avx2', 'fma', 'f16c'], 'avx512': [...]},
+         'cpu_isa': '',                       # LLMACCEL_CPU_ISA in force ('' = best the CPU supports)
+         'ops': {'int8_mm': {'family': 'int8_mm', 'variant': 'avx2',
+                             'why': 'avx2: avx512vnni needs avx2, ..., avx512vnni (missing: avx512f, ...)'}, ...},
+         'variants': {'int8_mm': 'avx2', 'attention': 'avx2', ...},          # per kernel family
+         'available_variants': {'int8_mm': ['avx2', 'generic'], ...},
+         'torch_cpu_capability': 'AVX2', 'num_threads': 2, 'extension': 'loaded'}
+
+    Raises the ``LLMACCEL_CPU_ISA`` error (ValueError for an unknown value,
+    RuntimeError for a level this CPU lacks) like every C++ kernel call does.
     """
     info = {
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -23,15 +51,42 @@ def cpu_info() -> dict:
     }
     err = _ext.load_error()
     if err:
-        info.update(extension=err, features=[], variants={}, available_variants={})
+        info.update(extension=err, features=[], variants={}, available_variants={}, ops={})
         return info
     c = _ext.ext()
-    available = {"int8_mm": list(c.int8_mm_variants()), "attention": list(c.attention_variants())}
+    choice = c.variant_choice()
     info.update(
         extension="loaded",
         features=list(c.cpu_features()),
-        variants={op: names[0] for op, names in available.items()},
-        available_variants=available,
+        isa_levels={k: list(v) for k, v in c.isa_levels().items()},
+        cpu_isa=c.cpu_isa(),
+        ops={op: {"family": fam, "variant": choice[fam]["variant"], "why": choice[fam]["why"]}
+             for op, fam in OP_FAMILIES.items()},
+        variants={fam: d["variant"] for fam, d in choice.items()},
+        available_variants={fam: list(d["available"]) for fam, d in choice.items()},
         transparent_huge_pages=c.transparent_huge_pages_mode(),
     )
     return info
+
+
+def set_cpu_isa(level: str) -> None:
+    """Caps the C++ variants at ``level`` ("generic", "avx2", "avx512"; "" = the best the CPU supports)
+    for this process, as ``LLMACCEL_CPU_ISA`` does at load.  Cached packed weights are dropped (their
+    layout belongs to the variant that packed them).  ValueError for an unknown level, RuntimeError
+    naming the missing features for a level this CPU lacks."""
+    import importlib
+
+    _ext.ext().set_cpu_isa(level)
+    importlib.import_module("llmaccel.ops.int8_linear")._packed_cache.clear()
+
+
+@contextlib.contextmanager
+def cpu_isa(level: str):
+    """``with llmaccel.cpu.cpu_isa("generic"): ...`` runs the block with the variants capped at ``level``
+    (tests use it to drive the public ops through each variant); the previous cap is restored after."""
+    before = _ext.ext().cpu_isa()
+    set_cpu_isa(level)
+    try:
+        yield
+    finally:
+        set_cpu_isa(before)

@@ -85,3 +85,29 @@ def test_weight_only_every_variant(variant, M, K, N):
     # fp32 accumulation of K products: error grows like sqrt(K) ulps of the partial sums.
     bound = 1e-6 * (K ** 0.5 + 1) * ((x.abs().double() @ (w.abs().double() * s.double()[:, None]).t()) + b.abs().double())
     assert ((y.double() - ref).abs() <= bound + 1e-7).all(), variant
+
+
+def test_packed_header_rejects_another_variant_shape_or_garbage():
+    """Packed weights start with a header (variant, tile layout, N, K, format version) that the kernel
+    checks: a buffer packed for another variant or shape raises instead of being misread."""
+    N, K = 13, 70
+    w = torch.randint(-128, 128, (N, K), dtype=torch.int8)
+    x, s, y = torch.randn(2, K), torch.rand(N) + 0.01, torch.empty(2, N)
+
+    def run(packed, variant, k=K):
+        ext().int8_linear_dynamic(2, N, k, x.data_ptr(), K, w.data_ptr(), K, packed.data_ptr(), s.data_ptr(), 0,
+                                  y.data_ptr(), N, 1, variant)
+
+    for variant in VARIANTS:
+        p = _packed(w, variant)
+        assert bytes(p[:8].view(torch.uint8).tolist()) == b"LLMAPACK"
+        run(p, variant)  # its own variant: fine
+        with pytest.raises(ValueError, match=rf"w_packed holds variant '{variant}' .*N = 13, K = 70, but this call "
+                                             rf"runs variant '{variant}' .*K = 69; repack"):
+            run(p, variant, k=69)
+        for other in VARIANTS:
+            if other != variant:
+                with pytest.raises(ValueError, match=rf"holds variant '{variant}'.* runs variant '{other}'"):
+                    run(p, other)
+        with pytest.raises(ValueError, match="w_packed is not a packed weight"):
+            run(torch.zeros_like(p), variant)

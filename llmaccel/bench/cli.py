@@ -83,6 +83,7 @@ def conditions(device: str) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cpu_features": info.get("features", []),
         "cpu_variants": info.get("variants", {}),
+        "LLMACCEL_CPU_ISA": info.get("cpu_isa") or "(unset: best the CPU supports)",
         "torch_cpu_capability": info.get("torch_cpu_capability"),
         "extension": info.get("extension"),
         "device": device,
@@ -101,7 +102,8 @@ def format_header(cond: dict[str, Any], timing: dict[str, Any]) -> str:
         f"  cpu: {cond['cpu']}, {cond['cpu_count']} logical cpus, torch threads {cond['torch_threads']}",
         f"  cpu features: {' '.join(cond['cpu_features']) or '(none detected)'}; "
         f"torch cpu capability {cond['torch_cpu_capability']}; llmaccel._C {cond['extension']}",
-        f"  llmaccel cpu variants: {', '.join(f'{k}={v}' for k, v in cond['cpu_variants'].items()) or '-'}",
+        f"  llmaccel cpu variants: {', '.join(f'{k}={v}' for k, v in cond['cpu_variants'].items()) or '-'} "
+        f"(LLMACCEL_CPU_ISA={cond.get('LLMACCEL_CPU_ISA', '-')})",
         f"  device: {cond['device']}" + (f" ({cond['gpu']}, sm {cond['gpu_capability']}, CUDA {cond['cuda']})"
                                          if "gpu" in cond else ""),
         f"  backend request: LLMACCEL_BACKEND={cond['LLMACCEL_BACKEND']}",
