@@ -12,6 +12,11 @@ Environment:
   LLMACCEL_NATIVE=1   add -march=native to every file (local builds only;
                       such a build crashes on older CPUs)
   LLMACCEL_DEBUG=1    -O0 -g
+  LLMACCEL_SANITIZE=address,undefined
+                      AddressSanitizer and/or UndefinedBehaviorSanitizer
+                      (comma list: address, undefined); -O1 -g, reports are
+                      fatal. Python is not instrumented: run under
+                      LD_PRELOAD=libasan.so (scripts/sanitize.sh does it all)
 """
 
 import os
@@ -71,6 +76,18 @@ cflags += ["-O0", "-g"] if debug else ["-O3"]
 if os.environ.get("LLMACCEL_NATIVE") == "1":
     cflags.append("-march=native")
 
+# ---- sanitizers (scripts/sanitize.sh) -------------------------------------
+sanitize = [s.strip() for s in os.environ.get("LLMACCEL_SANITIZE", "").split(",") if s.strip()]
+if sanitize:
+    unknown = set(sanitize) - {"address", "undefined"}
+    if unknown:
+        raise RuntimeError(f"LLMACCEL_SANITIZE: unknown sanitizer(s) {sorted(unknown)}; use address, undefined")
+    san = [f"-fsanitize={','.join(sanitize)}", "-fno-sanitize-recover=all"]
+    cflags = [f for f in cflags if not f.startswith("-O")] + san + ["-fno-omit-frame-pointer", "-O1", "-g"]
+    link_san = san
+else:
+    link_san = []
+
 sources = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".cpp"))
 
 ext = Extension(
@@ -78,7 +95,7 @@ ext = Extension(
     sources=sources,
     include_dirs=[pybind11.get_include(), "csrc"],
     extra_compile_args=cflags,
-    extra_link_args=["-fopenmp"],
+    extra_link_args=["-fopenmp"] + link_san,
     language="c++",
     depends=[os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h")],
 )
