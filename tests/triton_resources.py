@@ -58,6 +58,7 @@ class Spec:
     num_warps: int
     num_stages: int
     mma: str = ""                # "int8" / "fp16" / "bf16" when tl.dot should use tensor cores
+    archs: tuple = (80, 90)      # the architectures the kernel's autotuner runs this config on
 
 
 def _ptr(dtype: str) -> str:
@@ -96,9 +97,11 @@ def _gemm_specs() -> list[Spec]:
         const = dict(c.kwargs, stride_ak=1, stride_bk=1, stride_cn=1)
         types = {"a_ptr": "*i8", "b_ptr": "*i8", "c_ptr": "*i32"}
         types.update({n: "i32" for n in fn.arg_names if n not in types and n not in const})
+        archs = tuple(a for a in (80, 90) if int8_mm.config_fits(c.kwargs, c.num_warps, a // 10))
         specs.append(Spec("int8_mm._int8_mm_kernel", "int8", _cfg_name(c.kwargs, c.num_warps, c.num_stages),
                           _signature(fn, types, const), const,
-                          tuple(n for n in fn.arg_names if n not in const), c.num_warps, c.num_stages, "int8"))
+                          tuple(n for n in fn.arg_names if n not in const), c.num_warps, c.num_stages, "int8",
+                          archs))
 
     # int8_linear W8A8: x [M, K] row-major (bf16, and fp32: its x tile is twice the registers and shared
     # memory), int8 w [N, K] row-major, fp32 scales, bias / y in x's dtype.
@@ -268,7 +271,11 @@ def _check_env():
 
 
 def autotune_configs() -> dict:
-    """{"module.kernel": [config names]} of every ``triton.autotune`` object in ``kernels/*.py``."""
+    """{"module.kernel": [config names]} of every ``triton.autotune`` object in ``kernels/*.py``.
+
+    A config that a kernel module's ``config_fits(kwargs, num_warps, major)`` rules out on an
+    architecture is named with an ``@sm_<arch>`` suffix for the architectures it runs on.
+    """
     import importlib
     import pkgutil
 
@@ -283,7 +290,13 @@ def autotune_configs() -> dict:
             if isinstance(obj, Autotuner):
                 name = f"{info.name}.{obj.fn.__name__}"
                 out.setdefault(name, [])
-                out[name] += [_cfg_name(c.kwargs, c.num_warps, c.num_stages) for c in obj.configs]
+                fits = getattr(module, "config_fits", None)
+                for c in obj.configs:
+                    cname = _cfg_name(c.kwargs, c.num_warps, c.num_stages)
+                    if fits is None or all(fits(c.kwargs, c.num_warps, a // 10) for a in (80, 90)):
+                        out[name].append(cname)
+                    else:
+                        out[name] += [f"{cname}@sm_{a}" for a in (80, 90) if fits(c.kwargs, c.num_warps, a // 10)]
     return out
 
 
@@ -377,7 +390,7 @@ def check_row(row: dict) -> list[str]:
 
 def sweep(specs: list[Spec], archs=(80, 90), jobs: int = 1, sink=None) -> list[dict]:
     """Compile every (spec, arch); ``sink(row)`` is called as each finishes (in order)."""
-    items = [(s, a) for s in specs for a in archs]
+    items = [(s, a) for s in specs for a in archs if a in s.archs]
     rows = []
     if jobs <= 1:
         results = map(_work, items)
