@@ -215,10 +215,13 @@ def _attention_specs(dtypes=("bf16", "fp16"), head_dims=(64, 128)) -> list[Spec]
                               _cfg_name(dict(BLOCK_M=64), 4, 3), _signature(fn, types, const), const,
                               tuple(types), 4, 3))
 
-    for fn, configs in ((attention._attn_bwd_dkdv_kernel, attention._dkdv_kernel.configs),
-                        (attention._attn_bwd_dq_kernel, attention._dq_kernel.configs)):
+    for fn, tuner in ((attention._attn_bwd_dkdv_kernel, attention._dkdv_kernel),
+                      (attention._attn_bwd_dq_kernel, attention._dq_kernel)):
         for dt in dtypes:
             for d in head_dims:
+                configs = tuner.configs
+                if tuner.early_config_prune:  # the configs the autotuner would consider at this head dim
+                    configs = tuner.early_config_prune(configs, {"q_ptr": _Named(dt)}, BLOCK_D=d, BLOCK_DV=d)
                 for c in configs:
                     const = dict(c.kwargs, MASK_KIND=0, SCALE_IN_EXP=True, IS_CAUSAL=True, DOT_FP32=False,
                                  BLOCK_D=d, BLOCK_DV=d)
