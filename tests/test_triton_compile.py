@@ -15,7 +15,7 @@ The sweep runs in a subprocess with ``TRITON_INTERPRET`` unset: under the interp
 modules pick their interpreter configs at import. So this test is not marked ``triton`` (the
 interpreter pass does not select it) and gives the same answer in either pass.
 
-Default pass: every config of every kernel once (210 compiles): the
+Default pass: every config of every kernel once (203 compiles): the
 GEMMs in their representative dtypes (int8 operands; W8A8 with bf16 and fp32 x; weight-only bf16,
 with and without split-K), attention in bf16 at head dim 128 (the most registers and shared memory)
 in every config its autotuner keeps there, plus head dim 64 for the configs it prunes at 128. The
