@@ -13,6 +13,11 @@ Environment:
   LLMACCEL_NATIVE=1   add -march=native to every file (local builds only;
                       such a build crashes on older CPUs)
   LLMACCEL_DEBUG=1    -O0 -g
+  LLMACCEL_SANITIZE=address,undefined
+                      AddressSanitizer and/or UndefinedBehaviorSanitizer
+                      (comma list: address, undefined); -O1 -g, reports are
+                      fatal. Python is not instrumented: run under
+                      LD_PRELOAD=libasan.so (scripts/sanitize.sh does it all)
 """
 
 import os
@@ -100,6 +105,18 @@ if native:
     cflags.append("-march=native")
 cflags.append(f"-DLLMACCEL_NATIVE_BUILD={int(native)}")
 
+# ---- sanitizers (scripts/sanitize.sh) -------------------------------------
+sanitize = [s.strip() for s in os.environ.get("LLMACCEL_SANITIZE", "").split(",") if s.strip()]
+if sanitize:
+    unknown = set(sanitize) - {"address", "undefined"}
+    if unknown:
+        raise RuntimeError(f"LLMACCEL_SANITIZE: unknown sanitizer(s) {sorted(unknown)}; use address, undefined")
+    san = [f"-fsanitize={','.join(sanitize)}", "-fno-sanitize-recover=all"]
+    cflags = [f for f in cflags if not f.startswith("-O")] + san + ["-fno-omit-frame-pointer", "-O1", "-g"]
+    link_san = san
+else:
+    link_san = []
+
 sources = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".cpp"))
 
 ext = Extension(
@@ -107,7 +124,7 @@ ext = Extension(
     sources=sources,
     include_dirs=[pybind11.get_include(), "csrc"],
     extra_compile_args=cflags,
-    extra_link_args=["-fopenmp"],
+    extra_link_args=["-fopenmp"] + link_san,
     language="c++",
     depends=[os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h")],
 )

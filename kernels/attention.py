@@ -91,8 +91,9 @@ Configs
 On a GPU ``triton.autotune`` picks among BLOCK_M in {64, 128}, BLOCK_N in {32, 64, 128}, 4/8 warps,
 2-4 stages (decode split path: BLOCK_M = 16), keyed on (Lq, Lk) bucketed to powers of two (so a
 growing KV cache does not re-tune at every step) and (D, Dv); configs whose K/V pipeline would not
-obviously cannot fit in shared memory or whose accumulator would spill are pruned before
-benchmarking (the autotuner skips any remaining one that runs out of resources). Under
+obviously cannot fit in shared memory or whose live tiles would spill registers are pruned before
+benchmarking (the autotuner skips any remaining one that runs out of resources; the register model
+is checked against sm_80 / sm_90 compiles by tests/test_triton_compile.py). Under
 ``TRITON_INTERPRET=1`` a single small config is used (BLOCK_M = 16, BLOCK_N = 16, 1 stage).
 
 Input validation (dtypes, devices, enable_gqa, mask shape, is_causal with a mask) lives in
@@ -349,7 +350,7 @@ else:
         return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
 
     def _prune(configs, named_args, **kwargs):
-        """Drop configs that cannot fit: a rough shared-memory / register model.
+        """Drop configs that cannot fit: a rough shared-memory / register (no spills) model.
 
         Calibrated on sm_90 compiles: Triton multi-buffers K/V (and mask) tiles ``num_stages - 1``
         times and adds layout-conversion scratch for large head dims, so this is only a coarse
@@ -366,12 +367,21 @@ else:
             tile = bn * (bd + bdv) * esize + bm * bn * mesize
             return tile, max(c.num_stages - 1, 1) * tile
 
-        def regs(c):  # fp32 accumulator + q tile, 32-bit registers per thread
-            bm = c.kwargs["BLOCK_M"]
-            return bm * (bdv + bd * esize // 4) // (32 * c.num_warps)
+        def regs(c):
+            """32-bit registers per thread for the tiles live in the key loop: fp32 acc [M, DV] and scores
+            [M, N]; q [M, D], p [M, N] and the K^T / V operand tiles [D, N] / [N, DV] in the input dtype.
+
+            Calibrated on sm_80 / sm_90 compiles (tests/test_triton_compile.py): configs estimated at 256
+            or more spilled (128 x 64 and 128 x 128 on 4 warps, 64 x 128 on 4 warps and 128 x 128 on 8
+            warps at D = 128) or sat at the 255-register cap; every config kept compiles without spills.
+            """
+            bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+            fp32 = bm * bdv + bm * bn
+            narrow = bm * bd + bm * bn + bd * bn + bn * bdv
+            return (fp32 + narrow * esize // 4) // (32 * c.num_warps)
 
         kept = [c for c in configs
-                if smem(c)[0] <= 64 * 1024 and smem(c)[1] <= 160 * 1024 and regs(c) <= 192]
+                if smem(c)[0] <= 64 * 1024 and smem(c)[1] <= 160 * 1024 and regs(c) <= 240]
         return kept or [min(configs, key=lambda c: smem(c)[1])]
 
     _FWD_CONFIGS = [
@@ -381,6 +391,7 @@ else:
         for w in (4, 8)
         for s in (2, 3, 4)
         if not (bm == 64 and w == 8 and bn == 32)
+        and not (bm == 128 and bn == 128 and w == 4)  # spills at any head dim >= 32 (see _prune)
     ]
     # Decode (Lq <= 16): one 16-row query tile, parallelism comes from the splits.
     _SPLIT_CONFIGS = [_cfg(16, bn, w, s) for bn in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)
@@ -822,8 +833,12 @@ else:
 
     _BWD_KEY = ["TUNE_LQ", "TUNE_LK", "D", "Dv", "MASK_KIND", "SCALE_IN_EXP", "IS_CAUSAL"]
     # dK/dV: the key block is the resident tile (dK, dV accumulators), query blocks stream.
+    # Registers: resident dk, dv (fp32) and k, v of the key block, plus per query block q, do and the
+    # fp32 p, dp, ds. 32 x 64 / 64 x 64 on 4 warps and 32 x 128 / 64 x 128 on 8 warps spilled on sm_80
+    # and sm_90 at head dims 64 and 128 (32-1056 B per thread); these two compile without spills at
+    # head dim 128 (tests/test_triton_compile.py).
     _dkdv_kernel = triton.autotune(
-        configs=[_bcfg(32, 64, 4, 2), _bcfg(64, 64, 4, 2), _bcfg(32, 128, 8, 2), _bcfg(64, 128, 8, 2)],
+        configs=[_bcfg(32, 32, 4, 2), _bcfg(32, 64, 8, 2)],
         key=_BWD_KEY,
     )(_attn_bwd_dkdv_kernel)
     # dQ: the query block is resident, key blocks stream.

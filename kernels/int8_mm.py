@@ -118,8 +118,9 @@ else:
         )
 
     # int8 MMA consumes K in chunks of 32, so BLOCK_K of 64/128 keeps the
-    # tensor cores fed; shared-memory use stays <= ~96 KB for every entry
-    # (fits Ampere's 164 KB and Hopper's 228 KB).
+    # tensor cores fed; shared-memory use stays <= 128 KB for every entry
+    # (fits Ampere's 164 KB and Hopper's 228 KB). The first three are Hopper
+    # only: on Ampere they spill registers (config_fits, _prune).
     _CONFIGS = [
         _cfg(128, 256, 64, 8, 3),
         _cfg(256, 128, 64, 8, 3),
@@ -130,7 +131,29 @@ else:
         _cfg(64, 64, 128, 4, 5),
         _cfg(32, 64, 128, 4, 5),  # small-M (decode-like) shapes
     ]
-    _kernel = triton.autotune(configs=_CONFIGS, key=["M", "N", "K"])(_int8_mm_kernel)
+
+    def _prune(configs, named_args, **kwargs):
+        """The configs that compile without register spills on this GPU (:func:`config_fits`)."""
+        a = named_args.get("a_ptr")
+        major = 9
+        if isinstance(a, torch.Tensor) and a.is_cuda:
+            major = torch.cuda.get_device_capability(a.device)[0]
+        return [c for c in configs if config_fits(c.kwargs, c.num_warps, major)] or configs
+
+    _kernel = triton.autotune(configs=_CONFIGS, key=["M", "N", "K"],
+                              prune_configs_by={"early_config_prune": _prune})(_int8_mm_kernel)
+
+
+def config_fits(kwargs: dict, num_warps: int, major: int) -> bool:
+    """Whether an autotune config compiles without register spills for compute capability ``major``.
+
+    On Ampere (sm_8x, ``mma.sync``) an int32 accumulator of 128 registers per thread (128 x 256 or
+    256 x 128 on 8 warps, 128 x 128 on 4) spills 224-608 bytes per thread whatever BLOCK_K; 64 per
+    thread does not. Hopper's ``wgmma`` takes those tiles without spilling (measured with Triton 3.9's
+    ptxas: tests/test_triton_compile.py).
+    """
+    acc_regs = kwargs["BLOCK_M"] * kwargs["BLOCK_N"] // (32 * num_warps)
+    return major >= 9 or acc_regs <= 64
 
 
 def int8_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
