@@ -1,13 +1,91 @@
 #!/usr/bin/env bash
-# The test command: install, then both test passes.
-#   1. default pass: every backend that runs here (C++ variants, torch reference)
-#   2. Triton pass:  the Triton kernels in Triton's CPU interpreter, small shapes
-# Any pytest exit code other than 0 fails, including 5 ("no tests collected").
+# The test command (what CI runs through .ci/run): install, then the test
+# passes listed at the bottom, each under a "===== pass N/M: label =====" header,
+# then one line per pass and the total.
+#
+# Any pytest exit code other than 0 fails the run, including 5 ("no tests
+# collected"); a failed pass does not stop the later ones.
+#
+# Adding a pass is one more line at the bottom:
+#   run_pass "label: what it runs and why" [VAR=value ...] -- [pytest arguments ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+t_all=$SECONDS
+
 bash scripts/install.sh
-$PY -m pytest tests -q
-TRITON_INTERPRET=1 LLMACCEL_BACKEND=triton $PY -m pytest tests -q -m "triton and not slow"
-# Benchmarks stay out of the timed tests; this only checks that they run.
-$PY -m pytest bench -q --benchmark-disable
+
+PASSES=()      # filled by the run_pass lines below, run by run_all
+pass_lines=()  # one summary line per pass
+sum_passed=0 sum_failed=0 sum_errors=0 sum_skipped=0 any_failed=0
+log_dir=$(mktemp -d)
+trap 'rm -rf "$log_dir"' EXIT
+
+# Count "<n> <word>" from pytest's closing line ("== 5 passed, 2 skipped in 1.2s ==", or -q's bare form).
+_count() { grep -oE "[0-9]+ $1" <<<"$2" | grep -oE '^[0-9]+' || echo 0; }
+
+run_pass() {
+  PASSES+=("$(printf '%q ' "$@")")
+}
+
+_run_one() {  # k n label env... -- pytest args...
+  local k=$1 n=$2 label=$3
+  shift 3
+  local envs=()
+  while [[ $# -gt 0 && $1 != -- ]]; do envs+=("$1"); shift; done
+  if [[ $# -gt 0 ]]; then shift; fi  # the --
+  echo
+  echo "===== pass $k/$n: $label ====="
+  echo "\$ ${envs[*]:+${envs[*]} }$PY -m pytest$(printf ' %q' "$@")"
+  local out="$log_dir/pass$k.log" t0=$SECONDS rc
+  set +e
+  env ${envs[@]+"${envs[@]}"} "$PY" -m pytest "$@" 2>&1 | tee "$out"
+  rc=${PIPESTATUS[0]}
+  set -e
+  local dt=$((SECONDS - t0))
+  local closing
+  closing=$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected)|no tests ran' "$out" \
+            | grep -E ' in [0-9.]+s' | tail -n 1 || true)
+  local p f e s
+  p=$(_count passed "$closing"); f=$(_count failed "$closing"); s=$(_count skipped "$closing")
+  e=$(_count 'errors?' "$closing")
+  sum_passed=$((sum_passed + p)); sum_failed=$((sum_failed + f)); sum_errors=$((sum_errors + e))
+  sum_skipped=$((sum_skipped + s))
+  local verdict=ok
+  if [[ $rc != 0 ]]; then
+    any_failed=1
+    verdict="FAILED (pytest exit $rc)"
+    if [[ $rc == 5 ]]; then verdict="FAILED (pytest exit 5: no tests collected)"; fi
+  fi
+  pass_lines+=("$(printf 'pass %d/%d %-20s %5d passed, %d failed, %d errors, %4d skipped in %4d s  %s' \
+                  "$k" "$n" "${label%%:*}" "$p" "$f" "$e" "$s" "$dt" "$verdict")")
+}
+
+run_all() {
+  local n=${#PASSES[@]} k=0 spec
+  for spec in "${PASSES[@]}"; do
+    k=$((k + 1))
+    eval "_run_one $k $n $spec"
+  done
+  echo
+  echo "===== summary ====="
+  printf '%s\n' "${pass_lines[@]}"
+  local errors=""
+  if [[ $sum_errors != 0 ]]; then errors=", $sum_errors errors"; fi
+  echo "total: $sum_passed passed, $sum_failed failed$errors, $sum_skipped skipped in $((SECONDS - t_all)) s" \
+       "(${#PASSES[@]} test passes plus install)"
+  # The plain closing line CI reads (errors count as failures here).
+  echo "$sum_passed passed, $((sum_failed + sum_errors)) failed"
+  return $any_failed
+}
+
+# ---------------------------------------------------------------- the passes
+run_pass "default: every backend that runs on this machine (each C++ ISA variant, torch reference)" \
+  -- tests
+run_pass "triton-interpreter: the Triton kernels on CPU in Triton's interpreter, small shapes (slowest, ~3 min)" \
+  TRITON_INTERPRET=1 LLMACCEL_BACKEND=triton -- tests -m "triton and not slow"
+# Benchmarks stay out of the timed tests; this only checks that every case runs and verifies.
+run_pass "bench-smoke: every benchmark case once, untimed (checks the suites, not speed)" \
+  -- bench --benchmark-disable
+
+run_all
