@@ -145,7 +145,9 @@ def _builder(M: int, n_layers: int, n_stacks: int, peer_kind: str):
             _, b, wq, s = stacks[j][0]
             return xs[j], wq, s, b, "dynamic"
 
-        work = Work(ops=2.0 * M * N * K * n_layers, bytes=float(n_layers * N * K), bytes_what="int8 weight")
+        # Decode (M=1) streams the weights: GB/s; prefill is compute-bound: GOP/s.
+        work = Work(ops=2.0 * M * N * K * n_layers, bytes=float(n_layers * N * K) if M == 1 else None,
+                    bytes_what="int8 weight")
         bench = Bench(ours, peer, work, args, n_stacks)
         bench.check = check
         return bench
