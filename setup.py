@@ -37,6 +37,12 @@ def _isa_flags(src):
     return []
 
 
+def _progress(msg):
+    # One write per line: the compiler threads echo their command lines to the same stream.
+    sys.stdout.write(f"llmaccel build: {msg}\n")
+    sys.stdout.flush()
+
+
 class BuildExt(build_ext):
     """Per-file ISA flags and parallel compilation of the translation units."""
 
@@ -55,7 +61,7 @@ class BuildExt(build_ext):
             jobs = [(obj, build[obj]) for obj in objects if obj in build]
             # One progress line per translation unit ("llmaccel build: ..."; scripts/install.sh shows these).
             t0 = time.monotonic()
-            print(f"llmaccel build: compiling {len(jobs)} C++ files on {os.cpu_count() or 2} cores", flush=True)
+            _progress(f"compiling {len(jobs)} C++ files on {os.cpu_count() or 2} cores")
 
             def one(job):
                 t = time.monotonic()
@@ -65,14 +71,13 @@ class BuildExt(build_ext):
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
                 for k, done in enumerate(as_completed([pool.submit(one, job) for job in jobs]), 1):
                     src, dt = done.result()
-                    print(f"llmaccel build: [{k}/{len(jobs)}] {src} {dt:.1f} s ({time.monotonic() - t0:.0f} s "
-                          "elapsed)", flush=True)
+                    _progress(f"[{k}/{len(jobs)}] {src} {dt:.1f} s ({time.monotonic() - t0:.0f} s elapsed)")
             return objects
 
         compiler.compile = parallel_compile
         t0 = time.monotonic()
         super().build_extensions()
-        print(f"llmaccel build: llmaccel._C compiled and linked in {time.monotonic() - t0:.0f} s", flush=True)
+        _progress(f"llmaccel._C compiled and linked in {time.monotonic() - t0:.0f} s")
 
 
 debug = os.environ.get("LLMACCEL_DEBUG") == "1"

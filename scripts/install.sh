@@ -59,7 +59,7 @@ else
   say "llmaccel: building the C++ extension and installing editable (~50 s on 2 quiet cores; full log: $log) ..."
   set +e
   $PY -m pip install -v --no-build-isolation -e . 2>&1 | tee "$log" \
-    | { grep --line-buffered -E 'llmaccel build: ' | sed -u 's/^ *//'; true; }
+    | { grep --line-buffered -oE 'llmaccel build: .*'; true; }
   rc=${PIPESTATUS[0]}
   set -e
   if [[ $rc != 0 ]]; then
