@@ -174,7 +174,7 @@ _VARIANT_OF = {"int8_linear": "int8_mm"}
 
 
 def backend_label(case: _cases.Case, bench: _cases.Bench) -> str:
-    """"cpp/<ISA variant>" (cpp/avx2, cpp/avx512vnni, cpp/generic ...), "triton" or "torch": the same form for every op."""
+    """The backend column: "cpp/<ISA variant>" (cpp/avx2, cpp/avx512vnni ...), "triton" or "torch", for every op."""
     import llmaccel
 
     backend = case.backend(bench)
@@ -438,12 +438,13 @@ def _plain(text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmaccel-bench", description=_plain(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=textwrap.fill("Table: speedup = median of the per-round ratios peer time / ours time (> 1: "
-                                       "llmaccel is faster), q1-q3 = their quartiles; throughput is GB/s for "
-                                       "memory-bound cases, GOP/s (integer) or GFLOP/s (float) for compute-bound "
-                                       "ones. --wide adds the shape, full peer names, the ratio of the two medians, "
-                                       "calls timed and 'other procs' (share of all CPUs other processes used "
-                                       "while a case was timed).", width=79))
+                                epilog=textwrap.fill(
+                                    "Table: speedup = median of the per-round ratios peer time / ours time (> 1: "
+                                    "llmaccel is faster), q1-q3 = their quartiles; throughput is GB/s for "
+                                    "memory-bound cases, GOP/s (integer) or GFLOP/s (float) for compute-bound "
+                                    "ones. --wide adds the shape, full peer names, the ratio of the two medians, "
+                                    "calls timed and 'other procs' (share of all CPUs other processes used "
+                                    "while a case was timed).", width=79))
     p.add_argument("--op", action="append", metavar="OP", help="only this op (repeatable); default: all")
     p.add_argument("--case", action="append", metavar="NAME", help="only this case name (repeatable)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device of the cases (default: cpu)")
