@@ -78,11 +78,19 @@ def test_a_peer_on_a_reference_path_is_flagged_not_reported_as_a_win():
     # a healthy peer is not flagged
     ok = _row(ours_ms=22.0, peer_ms=25.0)
     assert not ok["peer_reference_path"] and "peer-ref" not in cli.format_table([ok])
-    # memory-bound cases are judged against the read rate: 0.68 GB/s of a 25 GB/s read rate is flagged
+    # memory-bound: slow arithmetic (< 5 % of the GEMM rate) and slow streaming (< 10 % of the read rate)
     work = _cases.Work(ops=2.0 * 4096 * 4096, bytes=4096.0 * 4096)
-    slow = _row(case="decode", work=work, ours_ms=0.7, peer_ms=24.6)
+    slow = _row(case="decode", work=work, ours_ms=0.7, peer_ms=24.6)     # 1.4 GOP/s, 0.68 GB/s
     fast = _row(case="decode", work=work, ours_ms=0.7, peer_ms=0.8)
     assert slow["peer_reference_path"] and not fast["peer_reference_path"]
+    # fp32 F.linear decode: 8 layers of int8-weight bytes at 5 GB/s = 10 GOP/s, 6.7 % of 150 GFLOP/s: a GEMV
+    stack = _cases.Work(ops=2.0 * 4096 * 4096 * 8, bytes=8 * 4096.0 * 4096)
+    fp32 = _row(op="int8_linear", case="decode-vs-fp32", work=stack, ours_ms=5.0, peer_ms=27.0)
+    assert not fp32["peer_reference_path"]
+    # ... and slower arithmetic than 5 % (a faster GEMM unit) still streams at 20 % of the read rate
+    fast_gemm = dict(RATES, fp32_gemm_gflops=400.0)
+    cli.flag_reference_paths(fp32, stack, fast_gemm)
+    assert not fp32["peer_reference_path"]
     md = cli.format_table([row, ok], markdown=True)
     assert "peer-ref" in md and "* int8_mm prefill: torch._int_mm ran at" in md
 
