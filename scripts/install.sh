@@ -22,6 +22,7 @@ PY=${PYTHON:-python3}
 TORCH_VERSION=${LLMACCEL_TORCH_VERSION:-2.13.0}
 FORCE=${LLMACCEL_REINSTALL:-0}
 t_start=$SECONDS
+changed=0  # set when a step installed something: then the import check at the end runs
 say() { printf '[install %4d s] %s\n' $((SECONDS - t_start)) "$*"; }
 state() { [[ $FORCE != 1 ]] && $PY scripts/install_state.py "$@"; }
 # pip with its download lines visible, minus the "Requirement already satisfied" chatter.
@@ -36,6 +37,7 @@ if state satisfied "torch==$TORCH_VERSION"; then
 else
   say "torch==$TORCH_VERSION: installing (a ~200 MB CPU wheel plus its dependencies on a fresh machine) ..."
   pip_install "torch==$TORCH_VERSION"
+  changed=1
   say "torch==$TORCH_VERSION: done"
 fi
 
@@ -45,6 +47,7 @@ if state satisfied -r requirements-dev.txt; then
 else
   say "requirements-dev.txt: installing (triton ~150 MB, transformers, pytest, ...) ..."
   pip_install -r requirements-dev.txt
+  changed=1
   say "requirements-dev.txt: done"
 fi
 
@@ -68,7 +71,11 @@ else
     exit "$rc"
   fi
   $PY scripts/install_state.py write-stamp
+  changed=1
   say "llmaccel: done"
 fi
-$PY -c "import llmaccel, json; print('llmaccel', llmaccel.__version__, json.dumps(llmaccel.cpu_info()))"
+if [[ $changed == 1 ]]; then
+  # Importing torch and llmaccel takes seconds: only after an install (the stamp vouches for an unchanged one).
+  $PY -c "import llmaccel, json; print('llmaccel', llmaccel.__version__, json.dumps(llmaccel.cpu_info()))"
+fi
 say "install finished"
