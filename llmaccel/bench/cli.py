@@ -11,8 +11,8 @@ then prints the conditions header, and last a table whose ``speedup`` is the
 median of the per-round ratios ``peer time / ours time`` (above 1: llmaccel is
 faster), with the quartiles of the same ratios beside it.
 
-Before the cases it measures this machine's fp32 GEMM rate and memory read
-rate (under a second).  A side whose best call does its arithmetic at below
+Before the cases, and again around each case, it measures this machine's
+fp32 GEMM rate and memory read rate (a fraction of a second).  A side whose best call does its arithmetic at below
 5 % of the fp32 GEMM rate (in a memory-bound case: and streams below 10 % of
 the read rate) is running a reference (unvectorized) path, not a tuned
 kernel: the table says ``peer-ref`` / ``ours-ref`` instead of a speedup, and
@@ -154,7 +154,8 @@ def format_header(cond: dict[str, Any], timing: dict[str, Any]) -> str:
                                          if "gpu" in cond else ""),
         f"  backend request: LLMACCEL_BACKEND={cond['LLMACCEL_BACKEND']}",
         f"  machine: fp32 GEMM {cond['fp32_gemm_gflops']:.0f} GFLOP/s, memory read {cond['read_gbps']:.1f} GB/s "
-        f"(quick probes; a side below {REFERENCE_SHARE:.0%} of the GEMM rate runs a reference path)",
+        f"(quick probes, repeated around each case; a side below {REFERENCE_SHARE:.0%} of the GEMM rate runs a "
+        "reference path)",
         f"  timing: ours and peer interleaved call by call, rotating input sets, median of >= "
         f"{timing['min_reps']} calls each (fewer when a round takes over {timing['case_budget_s']:g} s / "
         f"{timing['min_reps']}), >= {timing['min_time_s']:g} s per case (max {timing['max_reps']} calls), "
@@ -190,7 +191,9 @@ def run_case(case: _cases.Case, timing: dict[str, Any], log=None,
              rates: Optional[dict[str, float]] = None) -> dict[str, Any]:
     """Set up, verify and time one case; a dict row for the table/JSON/CSV (``status`` != "ok" on failure).
 
-    ``rates`` (:func:`machine_rates`) enables the reference-path flags (:func:`flag_reference_paths`).
+    ``rates`` (:func:`machine_rates` of the run, or {}) enables the reference-path flags
+    (:func:`flag_reference_paths`) against the yardsticks probed again just before and after this case's
+    timing (the better of the two): a busy machine slows the probe and the case alike.
     """
     log = log or (lambda msg: None)
     row: dict[str, Any] = dict(op=case.op, case=case.name, shape=case.shape, device=case.device, peer=case.peer,
@@ -218,8 +221,13 @@ def run_case(case: _cases.Case, timing: dict[str, Any], log=None,
             timing["min_reps"] = max(1, min(timing["min_reps"], int(budget / round_s)))
             timing["warmup"] = 0
         log(f"results verified ({round_s:.2f} s per round); timing >= {timing['min_reps']} round(s) ...")
+        if rates is not None:  # the yardsticks again, under this case's conditions (the load may have changed)
+            local = machine_rates(case.device)
         with ForeignCpu() as foreign:
             cmp = compare(bench.ours, bench.peer, sync=sync, **timing)
+        if rates is not None:
+            after = machine_rates(case.device)
+            local = {k: max(v, after[k]) for k, v in local.items()}
     except _cases.CaseMismatch as exc:
         row.update(status="MISMATCH", error=str(exc))
         return row
@@ -240,8 +248,9 @@ def run_case(case: _cases.Case, timing: dict[str, Any], log=None,
                speedup=cmp.paired_ratio.median, paired_q1=cmp.paired_ratio.q1, paired_q3=cmp.paired_ratio.q3,
                ratio_of_medians=cmp.ratio, timed_s=cmp.elapsed_s, foreign_cpu=foreign.share)
     fill_rates(row, work)
-    if rates:
-        flag_reference_paths(row, work, rates)
+    if rates is not None:
+        row.update(local)
+        flag_reference_paths(row, work, local)
     return row
 
 
@@ -427,7 +436,7 @@ def _write_json(path: str, cond: dict, timing: dict, rows: list[dict]) -> None:
 _CSV_FIELDS = ["op", "case", "shape", "device", "backend", "status", "reps", "unit", "ours_ms", "ours_min_ms",
                "ours_iqr_ms", "ours_gops", "ours_gflops", "ours_gbps", "peer", "peer_ms", "peer_min_ms", "peer_iqr_ms",
                "peer_gops", "peer_gflops", "peer_gbps", "speedup", "paired_q1", "paired_q3", "ratio_of_medians",
-               "ours_reference_path", "peer_reference_path", "foreign_cpu", "error"]
+               "ours_reference_path", "peer_reference_path", "fp32_gemm_gflops", "read_gbps", "foreign_cpu", "error"]
 
 
 def _write_csv(path: str, cond: dict, rows: list[dict]) -> None:
