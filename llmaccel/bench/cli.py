@@ -534,14 +534,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _write_csv(args.csv, cond, rows)
     print()
     print(format_table(rows, wide=args.wide))
-    print(f"\nspeedup: median of the per-round ratios peer / ours (> 1: llmaccel faster), q1-q3 their quartiles; "
-          f"{'' if args.wide else '--wide for every column; '}JSON/CSV: --json / --csv.")
+    print()
+    print("\n".join(_wrap("speedup: median of the per-round ratios peer / ours (> 1: llmaccel faster), q1-q3 their "
+                          f"quartiles; {'' if args.wide else '--wide for every column; '}JSON/CSV: --json / --csv.",
+                          TABLE_WIDTH)))
     busy = [r for r in rows if (r.get("foreign_cpu") or 0.0) > FOREIGN_CPU_WARN]
     if busy:
-        print("\nwarning: other processes used the CPU while these cases were timed (share of all CPUs): "
-              + ", ".join(f"{r['case']} {r['foreign_cpu']:.0%}" for r in busy)
-              + ". Interleaving shares the noise between ours and the peer, but contention can change the ratio "
-                "too (OpenMP kernels suffer unevenly when cores are oversubscribed): rerun on a quiet machine.")
+        print()
+        print("\n".join(_wrap(
+            "warning: other processes used the CPU while these cases were timed (share of all CPUs): "
+            + ", ".join(f"{r['case']} {r['foreign_cpu']:.0%}" for r in busy)
+            + ". Interleaving shares the noise between ours and the peer, but contention can change the ratio "
+              "too (OpenMP kernels suffer unevenly when cores are oversubscribed): rerun on a quiet machine.",
+            TABLE_WIDTH)))
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         print(f"\n{len(failed)} case(s) failed: " + ", ".join(f"{r['op']} {r['case']} ({r['status']})" for r in failed))
