@@ -8,6 +8,7 @@
 #
 # Adding a pass is one more line at the bottom:
 #   run_pass "label: what it runs and why" [VAR=value ...] -- [pytest arguments ...]
+# LLMACCEL_TEST_PASSES=default,bench-smoke runs only the passes so named (label up to the colon).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -18,6 +19,7 @@ bash scripts/install.sh
 PASSES=()      # filled by the run_pass lines below, run by run_all
 pass_lines=()  # one summary line per pass
 sum_passed=0 sum_failed=0 sum_errors=0 sum_skipped=0 any_failed=0
+broken=0  # passes that failed without a failing test (exit 5 "no tests collected", a crash): each counts as a failure
 log_dir=$(mktemp -d)
 trap 'rm -rf "$log_dir"' EXIT
 
@@ -56,14 +58,26 @@ _run_one() {  # k n label env... -- pytest args...
     any_failed=1
     verdict="FAILED (pytest exit $rc)"
     if [[ $rc == 5 ]]; then verdict="FAILED (pytest exit 5: no tests collected)"; fi
+    if [[ $((f + e)) == 0 ]]; then broken=$((broken + 1)); fi
   fi
   pass_lines+=("$(printf 'pass %d/%d %-20s %5d passed, %d failed, %d errors, %4d skipped in %4d s  %s' \
                   "$k" "$n" "${label%%:*}" "$p" "$f" "$e" "$s" "$dt" "$verdict")")
 }
 
 run_all() {
-  local n=${#PASSES[@]} k=0 spec
+  # LLMACCEL_TEST_PASSES=name,name (the label up to its colon) runs only those passes.
+  local selected=() spec name
   for spec in "${PASSES[@]}"; do
+    eval "set -- $spec"
+    name=${1%%:*}
+    if [[ -z ${LLMACCEL_TEST_PASSES:-} || ",$LLMACCEL_TEST_PASSES," == *",$name,"* ]]; then selected+=("$spec"); fi
+  done
+  if [[ ${#selected[@]} == 0 ]]; then
+    echo "no test pass matches LLMACCEL_TEST_PASSES=$LLMACCEL_TEST_PASSES" >&2
+    return 1
+  fi
+  local n=${#selected[@]} k=0
+  for spec in "${selected[@]}"; do
     k=$((k + 1))
     eval "_run_one $k $n $spec"
   done
@@ -72,10 +86,11 @@ run_all() {
   printf '%s\n' "${pass_lines[@]}"
   local errors=""
   if [[ $sum_errors != 0 ]]; then errors=", $sum_errors errors"; fi
+  if [[ $broken != 0 ]]; then errors="$errors, $broken failed pass(es) without a failing test"; fi
   echo "total: $sum_passed passed, $sum_failed failed$errors, $sum_skipped skipped in $((SECONDS - t_all)) s" \
-       "(${#PASSES[@]} test passes plus install)"
-  # The plain closing line CI reads (errors count as failures here).
-  echo "$sum_passed passed, $((sum_failed + sum_errors)) failed"
+       "($n test passes plus install)"
+  # The plain closing line CI reads (errors, and passes that failed without a failing test, count as failures).
+  echo "$sum_passed passed, $((sum_failed + sum_errors + broken)) failed"
   return $any_failed
 }
 
