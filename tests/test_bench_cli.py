@@ -53,6 +53,17 @@ def test_default_table_fits_120_columns_and_wide_has_everything():
     assert "ratio of medians" in wide and "other procs" in wide
 
 
+def test_header_fits_the_table_width():
+    cond = dict(date="2026-11-30T10:00:00+00:00", llmaccel="0.1.0", python="3.11.7", torch="2.13.0+cpu",
+                triton="3.9.0", cpu="AMD EPYC", cpu_count=2, torch_threads=2, cpu_features=["avx2", "fma"],
+                torch_cpu_capability="AVX2", extension="loaded", cpu_variants={"int8_mm": "avx2", "attention": "avx2"},
+                device="cpu", LLMACCEL_BACKEND="(unset: auto)", fp32_gemm_gflops=123.4, read_gbps=21.0)
+    for timing in (cli.QUICK, cli.FULL):
+        text = cli.format_header(cond, timing)
+        assert max(len(line) for line in text.splitlines()) <= cli.TABLE_WIDTH
+        assert "fp32 GEMM 123 GFLOP/s" in text
+
+
 def test_units_only_where_meaningful():
     decode = _row(case="decode", work=_cases.Work(ops=2.0 * 4096 * 4096, bytes=4096.0 * 4096), ours_ms=0.6,
                   peer_ms=0.6)

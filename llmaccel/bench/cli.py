@@ -163,7 +163,11 @@ def format_header(cond: dict[str, Any], timing: dict[str, Any]) -> str:
         + (f"; verification stops after the input set that passes {timing['verify_budget_s']:g} s"
            if timing.get("verify_budget_s") else ""),
     ]
-    return "\n".join(lines)
+    out = []
+    for line in lines:  # at most TABLE_WIDTH wide, like the table
+        pad = " " * (len(line) - len(line.lstrip()))
+        out += textwrap.wrap(line.lstrip(), TABLE_WIDTH, initial_indent=pad, subsequent_indent=pad + "  ")
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------
