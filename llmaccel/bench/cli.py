@@ -21,8 +21,8 @@ AVX-512 VNNI is the known case).
 
 Examples::
 
-    python -m llmaccel.bench                      # every CPU case, ~2 s of timing each (3-5 min in all)
-    python -m llmaccel.bench --quick              # smoke run (CI): about 40 s on 2 cores
+    python -m llmaccel.bench                      # every CPU case, >= 2 s of timing each (<= 20 s when slow)
+    python -m llmaccel.bench --quick              # smoke run: >= 0.25 s of timing a case (<= 2 s when slow)
     python -m llmaccel.bench --op int8_mm --case decode --min-time 10
     python -m llmaccel.bench --wide               # every column: shapes, full peer names, ratio of medians ...
     python -m llmaccel.bench --device cuda --json out.json --csv out.csv
@@ -475,7 +475,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--case", action="append", metavar="NAME", help="only this case name (repeatable)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device of the cases (default: cpu)")
     p.add_argument("--quick", action="store_true",
-                   help="few repetitions: a smoke run for CI, about 40 s on 2 cores (numbers are rough)")
+                   help="few repetitions, one verification set when a round is slow: a smoke run (numbers are "
+                        "rough); building the inputs (int8_linear's 8-layer fp32 stacks) takes most of its time")
     p.add_argument("--min-time", type=float, metavar="S",
                    help=f"seconds of timed calls per case, both sides together (default {FULL['min_time_s']:g}, "
                         f"--quick {QUICK['min_time_s']:g})")
