@@ -22,7 +22,8 @@ Environment:
 
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import pybind11
 from setuptools import Extension, setup
@@ -68,6 +69,12 @@ def _isa_flags(src):
     return flags
 
 
+def _progress(msg):
+    # One write per line: the compiler threads echo their command lines to the same stream.
+    sys.stdout.write(f"llmaccel build: {msg}\n")
+    sys.stdout.flush()
+
+
 class BuildExt(build_ext):
     """Per-file ISA flags and parallel compilation of the translation units."""
 
@@ -84,13 +91,25 @@ class BuildExt(build_ext):
                 output_dir, macros, include_dirs, sources, depends, extra_postargs)
             cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
             jobs = [(obj, build[obj]) for obj in objects if obj in build]
+            # One progress line per translation unit ("llmaccel build: ..."; scripts/install.sh shows these).
+            t0 = time.monotonic()
+            _progress(f"compiling {len(jobs)} C++ files on {os.cpu_count() or 2} cores")
+
+            def one(job):
+                t = time.monotonic()
+                compile_one(job[0], job[1][0], job[1][1], cc_args, extra_postargs, pp_opts)
+                return job[1][0], time.monotonic() - t
+
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-                list(pool.map(lambda job: compile_one(job[0], job[1][0], job[1][1], cc_args, extra_postargs,
-                                                      pp_opts), jobs))
+                for k, done in enumerate(as_completed([pool.submit(one, job) for job in jobs]), 1):
+                    src, dt = done.result()
+                    _progress(f"[{k}/{len(jobs)}] {src} {dt:.1f} s ({time.monotonic() - t0:.0f} s elapsed)")
             return objects
 
         compiler.compile = parallel_compile
+        t0 = time.monotonic()
         super().build_extensions()
+        _progress(f"llmaccel._C compiled and linked in {time.monotonic() - t0:.0f} s")
 
 
 debug = os.environ.get("LLMACCEL_DEBUG") == "1"

@@ -1,8 +1,8 @@
 """Shared test configuration.
 
-Two CI passes use these tests:
-  * default:      pytest tests
-  * interpreter:  TRITON_INTERPRET=1 LLMACCEL_BACKEND=triton pytest tests -m "triton and not slow"
+scripts/test.sh runs these tests in labelled passes (its run_pass lines), among them:
+  * default:             pytest tests
+  * triton-interpreter:  TRITON_INTERPRET=1 LLMACCEL_BACKEND=triton pytest tests -m "triton and not slow"
     (Triton reads TRITON_INTERPRET when kernels are defined, so it must be in
     the environment before anything imports llmaccel.)
 Tests marked ``cuda`` are skipped where no CUDA GPU exists.

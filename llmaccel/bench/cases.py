@@ -29,6 +29,7 @@ Adding cases for another op (attention, int8_linear...)::
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
@@ -45,25 +46,38 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class Work:
-    """What one call does: ``ops`` arithmetic operations and/or ``bytes`` moved (``bytes_what`` says which)."""
+    """What one call does: ``ops`` arithmetic operations and/or ``bytes`` moved (``bytes_what`` says which).
+
+    A case with ``bytes`` is memory-bound (its figure of merit is GB/s of
+    ``bytes_what`` streamed); one without is compute-bound (``ops_unit``:
+    ``"GOP/s"`` for integer work, ``"GFLOP/s"`` for floating point).  Only
+    the meaningful rate is reported: :meth:`rates` gives GB/s for a
+    memory-bound case and GOP/s or GFLOP/s for a compute-bound one.
+    """
 
     ops: Optional[float] = None
     bytes: Optional[float] = None
     bytes_what: str = "weight"
+    ops_unit: str = "GOP/s"
+
+    @property
+    def memory_bound(self) -> bool:
+        return self.bytes is not None
+
+    @property
+    def unit(self) -> str:
+        """The unit of this case's figure of merit: "GB/s", "GOP/s" or "GFLOP/s"."""
+        return "GB/s" if self.memory_bound else self.ops_unit
 
     def rates(self, seconds: float) -> dict[str, float]:
-        """Throughputs for a call of ``seconds``: {"GOP/s": ..., "GB/s": ...} (only what is defined)."""
-        out: dict[str, float] = {}
-        if seconds <= 0:
-            return out
-        if self.bytes is not None:
-            out["GB/s"] = self.bytes / seconds / 1e9
-        if self.ops is not None:
-            out["GOP/s"] = self.ops / seconds / 1e9
-        return out
+        """The throughput of a call of ``seconds``, e.g. {"GB/s": 28.6} or {"GOP/s": 785.4} (empty if undefined)."""
+        amount = self.bytes if self.memory_bound else self.ops
+        if seconds <= 0 or amount is None:
+            return {}
+        return {self.unit: amount / seconds / 1e9}
 
     def format(self, seconds: float) -> str:
-        """E.g. ``"21.3 GB/s, 10.6 GOP/s"``: GB/s first when the case is about streaming."""
+        """E.g. ``"21.3 GB/s"`` or ``"785.4 GOP/s"``."""
         return ", ".join(f"{v:,.1f} {k}" for k, v in self.rates(seconds).items())
 
 
@@ -102,8 +116,13 @@ class Bench:
     def __iter__(self) -> Iterator[Any]:
         return iter((self.ours, self.peer, self.work))
 
-    def verify(self, sync: Callable[[], Any] = lambda: None) -> None:
-        """Run ours and the peer once on every input set; raise :class:`CaseMismatch` if any result differs."""
+    def verify(self, sync: Callable[[], Any] = lambda: None, budget_s: Optional[float] = None) -> int:
+        """Run ours and the peer once on every input set; raise :class:`CaseMismatch` if any result differs.
+
+        ``budget_s``: stop after the input set during which this many seconds passed (at least one set is
+        checked): for smoke runs where a peer takes seconds per call.  Returns the number of sets checked.
+        """
+        t0 = time.perf_counter()
         for j in range(self.n_sets):
             o = self.ours(j)
             p = self.peer(j)
@@ -111,6 +130,9 @@ class Bench:
             why = self.check(o, p)
             if why is not None:
                 raise CaseMismatch(f"{self.label}: llmaccel and the peer disagree on input set {j}: {why}")
+            if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                return j + 1
+        return self.n_sets
 
 
 @dataclasses.dataclass

@@ -61,7 +61,7 @@ def _prefill(B: int, H: int, L: int, D: int, causal: bool):
             return q, k, v, None, 0.0, causal, None, False, False
 
         flops = 4.0 * B * H * L * L * D * (0.5 if causal else 1.0)
-        return Bench(ours, peer, Work(ops=flops), args, 2)
+        return Bench(ours, peer, Work(ops=flops, ops_unit="GFLOP/s"), args, 2)
 
     return build
 
@@ -87,7 +87,8 @@ def _decode(n_layers: int, Hq: int, Hkv: int, Lk: int, D: int):
             k, v = caches[i % n_layers]
             return q, k, v, None, 0.0, False, None, True, False
 
-        return Bench(ours, peer, Work(ops=4.0 * Hq * Lk * D, bytes=2.0 * Hkv * Lk * D * 4, bytes_what="K/V"),
+        return Bench(ours, peer, Work(ops=4.0 * Hq * Lk * D, bytes=2.0 * Hkv * Lk * D * 4, bytes_what="K/V",
+                                          ops_unit="GFLOP/s"),
                      args, n_layers)
 
     return build
@@ -113,7 +114,8 @@ def _fwd_bwd(B: int, H: int, L: int, D: int, causal: bool):
             return q, k, v, None, 0.0, causal, None, False, False
 
         flops = 4.0 * B * H * L * L * D * (0.5 if causal else 1.0) * 3.5  # fwd + bwd (2.5x fwd)
-        return Bench(run(llmaccel.attention), run(F.scaled_dot_product_attention), Work(ops=flops), args, 1)
+        return Bench(run(llmaccel.attention), run(F.scaled_dot_product_attention),
+                     Work(ops=flops, ops_unit="GFLOP/s"), args, 1)
 
     return build
 

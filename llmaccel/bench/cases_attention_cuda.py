@@ -137,7 +137,7 @@ def attention_prefill(B: int, H: int, L: int, D: int, causal: bool, *, n_sets: i
             q, k, v = sets[i % n_sets]
             return q, k, v, None, 0.0, causal, None, False, False
 
-        work = Work(ops=4.0 * B * H * L * L * D * (0.5 if causal else 1.0))
+        work = Work(ops=4.0 * B * H * L * L * D * (0.5 if causal else 1.0), ops_unit="GFLOP/s")
         return _finish(ours, peer, args, refs, last, work, n_sets)
 
     return build
@@ -174,7 +174,8 @@ def attention_decode(n_layers: int, Hq: int, Hkv: int, Lk: int, D: int, *, B: in
             return q, k, v, None, 0.0, False, None, True, False
 
         esize = torch.empty((), dtype=dtype).element_size()
-        work = Work(ops=4.0 * B * Hq * Lk * D, bytes=2.0 * B * Hkv * Lk * D * esize, bytes_what="K/V cache")
+        work = Work(ops=4.0 * B * Hq * Lk * D, bytes=2.0 * B * Hkv * Lk * D * esize, bytes_what="K/V cache",
+                    ops_unit="GFLOP/s")
         return _finish(ours, peer, args, refs, last, work, n_layers)
 
     return build
