@@ -85,3 +85,23 @@ def test_weight_only_every_variant(variant, M, K, N):
     # fp32 accumulation of K products: error grows like sqrt(K) ulps of the partial sums.
     bound = 1e-6 * (K ** 0.5 + 1) * ((x.abs().double() @ (w.abs().double() * s.double()[:, None]).t()) + b.abs().double())
     assert ((y.double() - ref).abs() <= bound + 1e-7).all(), variant
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("packed", [False, True])
+def test_dynamic_core_is_exact_with_weights_at_minus_128(variant, packed):
+    # x holds integers with absmax 127 per row, so it quantizes to itself with
+    # scale 1; with w_scale = 1 and no bias, y is the int32 core's result,
+    # which fits fp32 exactly here (|acc| <= 1000 * 127 * 128 < 2**24).  The
+    # weights include -128 (not produced by our quantizer, but accepted): the
+    # AVX2 sign-trick tile must stay exact for them.
+    for M, K, N in [(1, 1, 1), (3, 31, 17), (17, 1000, 5), (4, 97, 113)]:
+        x = torch.randint(-127, 128, (M, K)).float()
+        x[:, 0] = 127.0
+        for w in (torch.randint(-128, 128, (N, K), dtype=torch.int8), torch.full((N, K), -128, dtype=torch.int8)):
+            x_ext = torch.full((M, K), -127.0)
+            x_ext[:, 0] = 127.0
+            for xx in (x, x_ext):
+                ref = (xx.long() @ w.long().t()).float()
+                out = _run(xx, w, torch.ones(N), None, variant, packed)
+                assert torch.equal(out, ref), (variant, packed, M, K, N)
