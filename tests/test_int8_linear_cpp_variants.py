@@ -72,7 +72,7 @@ def test_bad_variant_and_arguments():
 
 
 @pytest.mark.parametrize("variant", ["generic"] + [v for v in ("avx2", "avx512vnni") if v in VARIANTS])
-@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 67, 13), (3, 130, 7), (17, 64, 33), (5, 4099, 11)])
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 67, 13), (2, 67, 13), (2, 4099, 11), (3, 130, 7), (17, 64, 33), (5, 4099, 11)])
 def test_weight_only_every_variant(variant, M, K, N):
     x = torch.randn(M, K) * 3
     w = torch.randint(-127, 128, (N, K), dtype=torch.int8)
