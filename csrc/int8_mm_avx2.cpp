@@ -1,10 +1,29 @@
-// int8_mm for CPUs with AVX2 (Haswell and later).  Built with -mavx2 -mfma;
-// only called when CPUID reports AVX2.
+// int8_mm for CPUs with AVX2 (Haswell and later, Zen 1-3).  Built with
+// -mavx2 -mfma; only called when CPUID reports AVX2.
 //
-// AVX2 has no signed x signed byte dot product that cannot saturate
-// (vpmaddubsw saturates at int16), so each 16-byte slice is sign-extended to
-// int16 and multiplied with vpmaddwd, whose pairwise int32 sums are exact.
-// A 3 x 3 tile keeps 9 accumulators + 3 A + 3 B = 15 of the 16 ymm registers.
+// Two tiles share the dot-product driver (int8_mm_driver.h):
+//
+// * Sign trick (fast).  vpmaddubsw multiplies unsigned by signed bytes and
+//   adds adjacent pairs into int16 with saturation; vpmaddwd against a vector
+//   of ones widens those pairs into int32.  For signed x signed bytes,
+//       a * b = |b| * (sign(b) * a)                              (per byte)
+//   so with u = vpabsb(b) (unsigned 0..128) and s = vpsignb(a, b):
+//       |u1*s1 + u2*s2| <= 2 * 128 * 127 = 32512 < 32767
+//   whenever a has no -128 (then |s| <= 127; b may be anything: |-128| = 128
+//   is a valid u8).  vpsignb(-128) would wrap, which is the one input the
+//   tile cannot take.  int8_linear's activations are quantized to [-127, 127],
+//   so its W8A8 product always runs here, whatever the weights hold;
+//   int8_mm scans A once (M*K bytes against 2*M*N*K operations) and uses
+//   this tile when A has no -128.
+//   Per 32 k-values and output: vpsignb + vpmaddubsw + vpmaddwd + vpaddd.
+//   Measured on Zen 3 (instruction loops, same run): vpmaddubsw and vpmaddwd
+//   share the two integer-multiply pipes (2 per cycle together), vpsignb and
+//   vpaddd issue elsewhere; the 4-op block sustains ~0.8 per cycle, i.e.
+//   ~25 of the 32 MACs per cycle the multiply pipes allow.
+//
+// * Exact 16-bit (any int8, including -128).  Each 16-byte slice is
+//   sign-extended to int16 and multiplied with vpmaddwd, whose pairwise
+//   int32 sums are exact.
 #include <immintrin.h>
 
 #include "int8_mm_driver.h"
@@ -20,10 +39,115 @@ inline int32_t hsum256(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-struct Avx2 {
-  static constexpr int MR = 3;
-  static constexpr int NR = 3;
-  static constexpr int64_t KALIGN = 16;
+// Sums of four vectors across their 8 lanes: {sum v0, sum v1, sum v2, sum v3}.
+inline __m128i hsum4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+  const __m256i s01 = _mm256_hadd_epi32(v0, v1);  // per 128-bit half: {v0 pairs, v1 pairs}
+  const __m256i s23 = _mm256_hadd_epi32(v2, v3);
+  const __m256i s = _mm256_hadd_epi32(s01, s23);  // per half: {v0, v1, v2, v3} partials
+  return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+}
+
+// Reduces the R*C lane accumulators into out[R*C].
+template <int N>
+inline __attribute__((always_inline)) void reduce_all(const __m256i* acc, int32_t* out) {
+  constexpr int kQuads = N / 4;
+#pragma GCC unroll 4
+  for (int q = 0; q < kQuads; ++q)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 4 * q),
+                     hsum4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+#pragma GCC unroll 4
+  for (int i = 4 * kQuads; i < N; ++i) out[i] = hsum256(acc[i]);
+}
+
+// acc += widen(vpmaddubsw(u, vpsignb(a, b))): 32 products a[i] * b[i]
+// summed in fours into the 8 int32 lanes (u = |b|).  Inline asm with the
+// accumulator tied in place ("+x"): written with intrinsics, GCC 12 keeps
+// half of the accumulators on the stack and reloads them every step.
+inline __attribute__((always_inline)) void sign_madd(__m256i& acc, __m256i a, __m256i u, __m256i b, __m256i ones) {
+  __m256i t;
+  asm("vpsignb %[b], %[a], %[t]\n\t"
+      "vpmaddubsw %[t], %[u], %[t]\n\t"
+      "vpmaddwd %[ones], %[t], %[t]\n\t"
+      "vpaddd %[t], %[acc], %[acc]"
+      : [acc] "+x"(acc), [t] "=&x"(t)
+      : [a] "x"(a), [u] "x"(u), [b] "x"(b), [ones] "x"(ones));
+}
+
+// One register tile and packed-B layout for both tiles: 4 rows x 2 columns.
+// The sign tile holds 8 accumulators + 2 B + 2 |B| + A + scratch + ones =
+// 15 of the 16 ymm registers, so each step loads 2 B and 4 A vectors for 8
+// products.  (3 x 3 with B re-read from L1 as the sign source, and 2 x 4,
+// ran within noise of it: 0.62-0.69 of the bare instruction loop's rate,
+// one thread, 512 x 4096 x 384 and 64 x 4096 x 1536.)
+constexpr int kMR = 4, kNR = 2;
+constexpr int64_t kKAlign = 32;
+
+struct Avx2Sign {
+  static constexpr int MR = kMR;
+  static constexpr int NR = kNR;
+  static constexpr int64_t KALIGN = kKAlign;
+  static constexpr bool kOnesRow = false;
+
+  // Packed panels at M=1 (decode) are one sequential stream per thread;
+  // two L2 prefetches per 32-k step (the step reads NR * 32 = 96 adjacent
+  // bytes) keep misses in flight ahead of the hardware prefetcher.
+  static constexpr int64_t kPanelPrefetchBytes = 1024;
+
+  template <int R, int C, int kStream>
+  static inline __attribute__((always_inline)) void step(__m256i* acc, const int8_t* a, const BCols& B,
+                                                         int64_t k, __m256i ones) {
+    const int8_t* b = B.b + k * B.ks;
+    if constexpr (kStream == kStreamPanels) {
+      _mm_prefetch(reinterpret_cast<const char*>(b + kPanelPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(b + kPanelPrefetchBytes + 64), _MM_HINT_T0);
+    } else if constexpr (kStream == kStreamColumns) {
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) _mm_prefetch(reinterpret_cast<const char*>(b + c * B.cs + 512), _MM_HINT_T0);
+    }
+    __m256i bv[C], ub[C];
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      bv[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + c * B.cs));
+      ub[c] = _mm256_abs_epi8(bv[c]);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m256i av = _mm256_load_si256(reinterpret_cast<const __m256i*>(a + k * MR + r * 32));
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) sign_madd(acc[r * C + c], av, ub[c], bv[c], ones);
+    }
+  }
+
+  template <int R, int C, int kStream>
+  static void tile(const uint8_t* a8, const BCols& B, int64_t K, int32_t* out) {
+    const int8_t* a = reinterpret_cast<const int8_t*>(a8);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[R * C];
+#pragma GCC unroll 16
+    for (int i = 0; i < R * C; ++i) acc[i] = _mm256_setzero_si256();
+    // Packed panels are zero padded to a multiple of 32 in k (as is packed
+    // A), so their last partial chunk runs as a full step; plain columns may
+    // end at K and get a scalar tail.
+    const int64_t kvec = B.ks != 1 ? llmaccel::round_up(K, 32) : (K & ~int64_t(31));
+    for (int64_t k = 0; k < kvec; k += 32) step<R, C, kStream>(acc, a, B, k, ones);
+    reduce_all<R * C>(acc, out);
+    if (kvec < K) {
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) {
+          const int8_t* at = a + kvec * MR + r * 32 - kvec;
+          const int8_t* bt = B.b + c * B.cs;
+          int32_t s = 0;
+          for (int64_t k = kvec; k < K; ++k) s += int32_t(at[k]) * int32_t(bt[k]);
+          out[r * C + c] += s;
+        }
+    }
+  }
+};
+
+struct Avx2Exact {
+  static constexpr int MR = kMR;
+  static constexpr int NR = kNR;
+  static constexpr int64_t KALIGN = kKAlign;
   static constexpr bool kOnesRow = false;
 
   template <int R, int C, int kStream>  // kStream: unused, the hardware prefetcher suffices here
@@ -33,29 +157,126 @@ struct Avx2 {
     for (int i = 0; i < R * C; ++i) acc[i] = _mm256_setzero_si256();
     const int64_t kfull = K & ~int64_t(15);
     for (int64_t k = 0; k < kfull; k += 16) {
+      // 16-byte half h of the 32-byte chunk holding k.
+      const int64_t chunk = k & ~int64_t(31), h = k & 16;
       __m256i bv[C];
       for (int c = 0; c < C; ++c)
-        bv[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(B.b + c * B.cs + k * B.ks)));
+        bv[c] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(B.b + c * B.cs + chunk * B.ks + h)));
       for (int r = 0; r < R; ++r) {
-        const __m256i av = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(a + k * MR + r * 16)));
+        const __m256i av =
+            _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(a + chunk * MR + r * 32 + h)));
         for (int c = 0; c < C; ++c) acc[r * C + c] = _mm256_add_epi32(acc[r * C + c], _mm256_madd_epi16(av, bv[c]));
       }
     }
-    for (int r = 0; r < R; ++r) {
-      for (int c = 0; c < C; ++c) {
-        int32_t s = hsum256(acc[r * C + c]);
-        const int8_t* at = a + kfull * MR + r * 16 - kfull;  // tail chunk of row r
-        const int8_t* bt = B.b + c * B.cs + kfull * B.ks - kfull;  // tail chunk of column c
-        for (int64_t k = kfull; k < K; ++k) s += int32_t(at[k]) * int32_t(bt[k]);
-        out[r * C + c] = s;
-      }
+    reduce_all<R * C>(acc, out);
+    if (kfull < K) {
+      const int64_t chunk = kfull & ~int64_t(31);
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) {
+          const int8_t* at = a + chunk * MR + r * 32 - chunk;      // chunk of row r, indexed by k
+          const int8_t* bt = B.b + c * B.cs + chunk * B.ks - chunk;  // chunk of column c, indexed by k
+          int32_t s = 0;
+          for (int64_t k = kfull; k < K; ++k) s += int32_t(at[k]) * int32_t(bt[k]);
+          out[r * C + c] += s;
+        }
     }
   }
 };
 
+// True when some A[m][k] is -128 (the one value the sign tile cannot take).
+bool a_has_min(const llmaccel::Int8MMProblem& p) {
+  for (int64_t m = 0; m < p.M; ++m) {
+    const int8_t* row = p.a + m * p.a_sm;
+    int found = 0;
+    if (p.a_sk == 1) {
+      for (int64_t k = 0; k < p.K; ++k) found |= row[k] == -128;  // vectorizes
+    } else {
+      for (int64_t k = 0; k < p.K; ++k) found |= row[k * p.a_sk] == -128;
+    }
+    if (found) return true;
+  }
+  return false;
+}
+
+// int8_linear act="dynamic" for M <= MR rows (decode): one parallel region
+// and no barrier.  Every thread quantizes the few rows of x itself (same
+// arithmetic as the driver's prologue, K bytes per row) into its own packed
+// A, then streams its own contiguous range of column groups.  On a shared
+// 2-core machine the driver's two barriers (pack, then the column loop) cost
+// a scheduler slice whenever the other thread is descheduled: 0.48 of a
+// plain read at M=1 with 2 threads where the kernel alone, timed in CPU
+// seconds on one thread, matched the read.
+void linear_decode(const llmaccel::Int8MMProblem& p) {
+  using llmaccel::ceil_div;
+  using llmaccel::round_up;
+  using Isa = Avx2Sign;
+  constexpr int MR = Isa::MR, NR = Isa::NR;
+  constexpr int64_t KA = Isa::KALIGN;
+  static const TileTable<Isa, kStreamPanels> panels;
+  static const TileTable<Isa, kStreamColumns> columns;
+  const TileFn(*fn)[NR] = p.b_packed ? panels.fn : columns.fn;
+  const int64_t M = p.M, N = p.N, K = p.K, Kp = round_up(K, KA), ngroups = ceil_div(N, NR);
+  const int R = static_cast<int>(M);
+  // Per-thread packed A, allocated before the region (an exception must not
+  // leave an OpenMP region: bad_alloc reaches Python as MemoryError).
+  const int64_t slice = round_up(MR * Kp, 64);
+  auto apack_all = alloc_bytes(slice * p.nthreads);
+#pragma omp parallel num_threads(p.nthreads)
+  {
+    uint8_t* apack = apack_all.get() + slice * omp_get_thread_num();
+    float xs[MR];
+    for (int64_t r = 0; r < M; ++r) {
+      const float* xrow = p.x + r * p.x_sm;
+      // Same row numerics as quantize_per_token and the driver's prologue
+      // (quantize.h: row_scale): a NaN / Inf row packs as zeros, scale NaN.
+      const llmaccel::RowScale rs = llmaccel::row_scale(xrow, K);
+      xs[r] = rs.scale;
+      for (int64_t k0 = 0; k0 < Kp; k0 += KA) {
+        uint8_t* dst = apack + k0 * MR + r * KA;
+        const int64_t n = rs.nonfinite ? 0 : std::min<int64_t>(KA, std::max<int64_t>(K - k0, 0));
+        if (!rs.tiny) {
+          for (int64_t i = 0; i < n; ++i) {
+            const float q = std::min(127.0f, std::max(-127.0f, std::nearbyint(xrow[k0 + i] * rs.inv)));
+            dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q));
+          }
+        } else {
+          const double sd = xs[r];
+          for (int64_t i = 0; i < n; ++i) {
+            const double q = std::min(127.0, std::max(-127.0, std::nearbyint(xrow[k0 + i] / sd)));
+            dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q));
+          }
+        }
+        std::memset(dst + n, 0, KA - n);
+      }
+    }
+    if (omp_get_thread_num() == 0)
+      for (int64_t r = 0; r < M; ++r) p.x_scale[r] = xs[r];
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int64_t g0 = ngroups * t / T, g1 = ngroups * (t + 1) / T;
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t n0 = g * NR;
+      const int Cn = static_cast<int>(std::min<int64_t>(NR, N - n0));
+      const BCols b = p.b_packed ? BCols{p.b + n0 * Kp, KA, NR, NR * Kp} : BCols{p.b + n0 * p.ldb, p.ldb, 1, NR * p.ldb};
+      TileOut o{nullptr, 0, 1, nullptr, false, false, p.y + n0, p.y_sm, xs, p.w_scale + n0,
+                p.bias ? p.bias + n0 : nullptr};
+      fn[R - 1][Cn - 1](apack, b, K, o);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace LLMACCEL_CPU_CAPABILITY
 
-void int8_mm_avx2(const Int8MMProblem& p) { run_int8_mm<Avx2>(p); }
-Int8MMLayout int8_mm_layout_avx2() { return {Avx2::NR, Avx2::KALIGN}; }
+void int8_mm_avx2(const Int8MMProblem& p) {
+  if (p.x && p.y && p.M <= Avx2Sign::MR) {
+    linear_decode(p);
+    return;
+  }
+  // With a fused prologue (x set) A is quantized to [-127, 127] by construction.
+  if (p.x || !a_has_min(p))
+    run_int8_mm<Avx2Sign>(p);
+  else
+    run_int8_mm<Avx2Exact>(p);
+}
+Int8MMLayout int8_mm_layout_avx2() { return {kNR, kKAlign}; }
 }  // namespace llmaccel

@@ -72,7 +72,7 @@ def test_bad_variant_and_arguments():
 
 
 @pytest.mark.parametrize("variant", ["generic"] + [v for v in ("avx2", "avx512vnni") if v in VARIANTS])
-@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 67, 13), (3, 130, 7), (17, 64, 33), (5, 4099, 11)])
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 67, 13), (2, 67, 13), (2, 4099, 11), (3, 130, 7), (17, 64, 33), (5, 4099, 11)])
 def test_weight_only_every_variant(variant, M, K, N):
     x = torch.randn(M, K) * 3
     w = torch.randint(-127, 128, (N, K), dtype=torch.int8)
@@ -111,3 +111,23 @@ def test_packed_header_rejects_another_variant_shape_or_garbage():
                     run(p, other)
         with pytest.raises(ValueError, match="w_packed is not a packed weight"):
             run(torch.zeros_like(p), variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("packed", [False, True])
+def test_dynamic_core_is_exact_with_weights_at_minus_128(variant, packed):
+    # x holds integers with absmax 127 per row, so it quantizes to itself with
+    # scale 1; with w_scale = 1 and no bias, y is the int32 core's result,
+    # which fits fp32 exactly here (|acc| <= 1000 * 127 * 128 < 2**24).  The
+    # weights include -128 (not produced by our quantizer, but accepted): the
+    # AVX2 sign-trick tile must stay exact for them.
+    for M, K, N in [(1, 1, 1), (3, 31, 17), (17, 1000, 5), (4, 97, 113)]:
+        x = torch.randint(-127, 128, (M, K)).float()
+        x[:, 0] = 127.0
+        for w in (torch.randint(-128, 128, (N, K), dtype=torch.int8), torch.full((N, K), -128, dtype=torch.int8)):
+            x_ext = torch.full((M, K), -127.0)
+            x_ext[:, 0] = 127.0
+            for xx in (x, x_ext):
+                ref = (xx.long() @ w.long().t()).float()
+                out = _run(xx, w, torch.ones(N), None, variant, packed)
+                assert torch.equal(out, ref), (variant, packed, M, K, N)

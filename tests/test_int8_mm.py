@@ -57,6 +57,44 @@ def test_extreme_values(fill_a, fill_b):
         assert torch.equal(fn(a, b), int8_mm_exact(a, b)), name
 
 
+def _avx2_operand_pairs():
+    """(label, a, b) that drive the AVX2 variant down each of its two tiles.
+
+    The sign-trick tile (vpabsb / vpsignb + vpmaddubsw) takes any A without
+    -128 (any B, -128 included); an A holding -128 goes to the exact 16-bit
+    tile.  Extremes, odd shapes, K off every vector width, strided and
+    transposed views.
+    """
+    for M, K, N in [(1, 1, 1), (3, 31, 17), (17, 33, 3), (113, 65, 1), (1, 127, 113), (5, 4099, 3)]:
+        sym = torch.randint(-127, 128, (M, K), dtype=torch.int8)  # sign tile
+        full = randint8(M, K)
+        full.view(-1)[0] = -128  # exact tile
+        w = randint8(N, K)
+        for fa, fb in [(-127, -128), (127, 127), (-127, 127), (127, -128), (-128, -128), (-128, 127)]:
+            yield f"fill {fa} x {fb}", torch.full((M, K), fa, dtype=torch.int8), torch.full((K, N), fb, dtype=torch.int8)
+        for label, a in [("a in [-127, 127]", sym), ("a with -128", full)]:
+            yield f"{label}, b = W.t()", a, w.t()
+            yield f"{label}, a transposed view, b row-major", a.t().contiguous().t(), w.t().contiguous()
+            big = torch.zeros((M, 2 * K + 1), dtype=torch.int8)
+            big[:, 1::2] = a
+            yield f"{label}, strided a", big[:, 1::2], w.t()
+        mixed = sym.clone()
+        mixed[:, ::3] = 127
+        mixed[::2, 1::3] = -127
+        yield "mixed 127 / -127 columns", mixed, torch.full((N, K), -128, dtype=torch.int8).t()
+
+
+@pytest.mark.skipif("avx2" not in llmaccel.cpu_info()["available_variants"].get("int8_mm", []),
+                    reason="needs an AVX2 CPU")
+def test_avx2_sign_trick_and_exact_tiles_are_exact():
+    from llmaccel.ops.int8_mm import int8_mm_cpp
+
+    for label, a, b in _avx2_operand_pairs():
+        ref = int8_mm_exact(a, b)
+        out = int8_mm_cpp(a, b, "avx2")
+        assert torch.equal(out, ref), f"{label}, M,K,N={a.shape[0]},{a.shape[1]},{b.shape[1]}"
+
+
 @pytest.mark.slow
 def test_longest_k_is_exact_at_the_int32_edge():
     # K = 131071 with all -128: every output is 131071 * 16384 = 2**31 - 16384,

@@ -48,26 +48,38 @@ def _sqnr_db(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @functools.lru_cache(maxsize=3)
-def _stack(n_layers: int, seed: int):
-    """fp32 nn.Linear layers and their llmaccel int8 (weight, scale, bias) quantization.
+def _stack(n_layers: int, seed: int, k: int = K, n: int = N):
+    """fp32 nn.Linear layers [n, k] and their llmaccel int8 (weight, scale, bias) quantization.
 
     Cached (read-only tensors): the four decode cases share one 8-layer stack (640 MB), and the two prefill
     cases their two 1-layer stacks, instead of building and quantizing them again for each case (much of a
     ``--quick`` run's time went there).
     """
     g = _generator(torch.device("cpu"), seed)
-    bound = 1.0 / K ** 0.5  # nn.Linear's default init range
+    bound = 1.0 / k ** 0.5  # nn.Linear's default init range
     layers = []
     for _ in range(n_layers):
-        w = (torch.rand((N, K), generator=g) * 2 - 1) * bound
-        b = (torch.rand((N,), generator=g) * 2 - 1) * bound
+        w = (torch.rand((n, k), generator=g) * 2 - 1) * bound
+        b = (torch.rand((n,), generator=g) * 2 - 1) * bound
         scale = w.abs().amax(dim=1) / 127
         wq = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
         layers.append((w, b, wq, scale.float()))
     return tuple(layers)
 
 
-def _builder(M: int, n_layers: int, n_stacks: int, peer_kind: str):
+def _run_stack(layers, x, layer_fn):
+    """Layers chain (each output feeds the next) when square; otherwise each
+    layer reads x (e.g. the up-projections of several MLPs) and the outputs
+    are stacked."""
+    if all(lay[0].shape[0] == lay[0].shape[1] for lay in layers):
+        y = x
+        for lay in layers:
+            y = layer_fn(y, lay)
+        return y
+    return torch.stack([layer_fn(x, lay) for lay in layers])
+
+
+def _builder(M: int, n_layers: int, n_stacks: int, peer_kind: str, k: int = K, n: int = N, act: str = "dynamic"):
     def build(case: Case, device: torch.device) -> Bench:
         import llmaccel
 
@@ -75,33 +87,34 @@ def _builder(M: int, n_layers: int, n_stacks: int, peer_kind: str):
             raise RuntimeError("the int8_linear CPU cases run on the CPU")
         g = _generator(device, 1)
         # n_stacks independent stacks rotate so consecutive passes never share weights.
-        stacks = [_stack(n_layers, seed=10 + s) for s in range(n_stacks)]
-        xs = [torch.randn((M, K), generator=g) for _ in range(n_stacks)]
+        stacks = [_stack(n_layers, seed=10 + s, k=k, n=n) for s in range(n_stacks)]
+        xs = [torch.randn((M, k), generator=g) for _ in range(n_stacks)]
+
+        def run_int8(i: int, mode: str):
+            j = i % n_stacks
+            return _run_stack(stacks[j], xs[j], lambda y, lay: llmaccel.int8_linear(y, lay[2], lay[3], lay[1], act=mode))
 
         def ours(i: int):
-            j = i % n_stacks
-            y = xs[j]
-            for _, b, wq, s in stacks[j]:
-                y = llmaccel.int8_linear(y, wq, s, b)
-            return y
+            return run_int8(i, act)
 
         def fp32(i: int):
             j = i % n_stacks
-            y = xs[j]
-            for w, b, _, _ in stacks[j]:
-                y = torch.nn.functional.linear(y, w, b)
-            return y
+            return _run_stack(stacks[j], xs[j], lambda y, lay: torch.nn.functional.linear(y, lay[0], lay[1]))
 
         refs = [fp32(j) for j in range(n_stacks)]
 
         if peer_kind == "fp32":
             peer = fp32
+        elif peer_kind == "dynamic":
+
+            def peer(i: int):
+                return run_int8(i, "dynamic")
         elif peer_kind == "ao":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
                 ao_stacks = []
                 for layers in stacks:
-                    seq = torch.nn.Sequential(*[torch.nn.Linear(K, N) for _ in layers])
+                    seq = torch.nn.Sequential(*[torch.nn.Linear(k, n) for _ in layers])
                     with torch.no_grad():
                         for lin, (w, b, _, _) in zip(seq, layers):
                             lin.weight.copy_(w)
@@ -111,19 +124,22 @@ def _builder(M: int, n_layers: int, n_stacks: int, peer_kind: str):
 
             def peer(i: int):
                 with torch.no_grad():
-                    return ao_stacks[i % n_stacks](xs[i % n_stacks])
+                    j = i % n_stacks
+                    return _run_stack(list(ao_stacks[j]), xs[j], lambda y, lin: lin(y)) if k != n else ao_stacks[j](xs[j])
         elif peer_kind == "read":
             from .._ext import ext
             from ..ops.int8_linear import packed_weight_cpp
 
-            # The same cached buffers ours reads (packed on first use, kept per weight tensor).
-            buffers = [[packed_weight_cpp(wq) for _, _, wq, _ in layers] for layers in stacks]
+            # The same buffers ours reads: act="dynamic" streams the packed copy (packed on
+            # first use, cached per weight tensor), act="weight_only" the int8 weight itself.
+            buffers = [[packed_weight_cpp(wq) if act == "dynamic" else wq for _, _, wq, _ in layers]
+                       for layers in stacks]
             nthreads = torch.get_num_threads()
 
             def peer(i: int):
                 return [ext().stream_read(p.data_ptr(), p.numel(), nthreads) for p in buffers[i % n_stacks]]
         elif peer_kind == "copy":
-            n_bytes = n_layers * N * K
+            n_bytes = n_layers * n * k
             src = [torch.empty(n_bytes, dtype=torch.int8).random_(-128, 127) for _ in range(n_stacks)]
             dst = [torch.empty(n_bytes, dtype=torch.int8) for _ in range(n_stacks)]
 
@@ -141,7 +157,7 @@ def _builder(M: int, n_layers: int, n_stacks: int, peer_kind: str):
                 return f"llmaccel's stack output has SQNR {db:.1f} dB against the fp32 stack (< 25 dB)"
             if peer_kind == "read" and len(p) != n_layers:
                 return "the read peer did not read every layer's buffer"
-            if peer_kind == "ao":
+            if peer_kind in ("ao", "dynamic"):
                 db_ao = _sqnr_db(p, refs[j])
                 if db_ao < 20:
                     return f"the torch.ao peer has SQNR {db_ao:.1f} dB against the fp32 stack (< 20 dB)"
@@ -150,10 +166,10 @@ def _builder(M: int, n_layers: int, n_stacks: int, peer_kind: str):
         def args(i: int):
             j = i % n_stacks
             _, b, wq, s = stacks[j][0]
-            return xs[j], wq, s, b, "dynamic"
+            return xs[j], wq, s, b, act
 
-        # Decode (M=1) streams the weights: GB/s; prefill is compute-bound: GOP/s.
-        work = Work(ops=2.0 * M * N * K * n_layers, bytes=float(n_layers * N * K) if M == 1 else None,
+        # Decode (M <= 2) streams the weights: GB/s; prefill is compute-bound: GOP/s.
+        work = Work(ops=2.0 * M * n * k * n_layers, bytes=float(n_layers * n * k) if M <= 2 else None,
                     bytes_what="int8 weight")
         bench = Bench(ours, peer, work, args, n_stacks)
         bench.check = check
@@ -168,16 +184,19 @@ _PEERS = {
                                     "dynamic int8 Linear, PyTorch's shipped int8 CPU path"),
     "read": ("read of packed weights", "llmaccel._C.stream_read over the packed weight buffers our kernel streams: "
                                        "the machine's read bandwidth for those bytes, same run (speedup = our share)"),
+    "dynamic": ("llmaccel act='dynamic'", "llmaccel.int8_linear(act='dynamic') on the same layers: W8A8, weight "
+                                            "streamed in the packed panel layout"),
     "copy": ("memcpy of weight bytes", "Tensor.copy_ of as many bytes as the int8 weights (the copy bandwidth of "
                                        "this machine, measured in the same run)"),
 }
 
 
-def _case(name: str, M: int, n_layers: int, n_stacks: int, peer_kind: str, description: str) -> Case:
+def _case(name: str, M: int, n_layers: int, n_stacks: int, peer_kind: str, description: str, k: int = K,
+          n: int = N, act: str = "dynamic") -> Case:
     peer, peer_description = _PEERS[peer_kind]
-    c = Case(op="int8_linear", name=name, shape=f"M={M} K={K} N={N} x{n_layers} layers", device="cpu", peer=peer,
-             peer_description=peer_description, description=description,
-             build=_builder(M, n_layers, n_stacks, peer_kind))
+    c = Case(op="int8_linear", name=name, shape=f"M={M} K={k} N={n} x{n_layers} layers" + (f" {act}" if act != "dynamic" else ""),
+             device="cpu", peer=peer, peer_description=peer_description, description=description,
+             build=_builder(M, n_layers, n_stacks, peer_kind, k, n, act))
     return c
 
 
@@ -187,6 +206,13 @@ for _kind in ("fp32", "ao", "copy", "read"):
 for _kind in ("fp32", "ao"):
     register(_case(f"prefill-vs-{_kind}", 512, 1, 2, _kind,
                    "512 tokens through one 4096 x 4096 layer (compute-bound; 2 weight sets rotate)"))
+for _kind in ("fp32", "ao"):
+    register(_case(f"batch64-vs-{_kind}", 64, 1, 4, _kind,
+                   "64 tokens through one 4096 x 4096 layer (4 weight sets rotate: 64 MB, beyond L3)"))
+for _kind in ("read", "dynamic"):
+    register(_case(f"wo-decode-vs-{_kind}", 1, 16, 1, _kind,
+                   "act='weight_only': one token through 16 up-projections 2048 -> 5632 (184 MB of int8 weights "
+                   "per pass, beyond L3)", k=2048, n=5632, act="weight_only"))
 
 # CUDA cases (Triton W8A8 and weight-only vs bf16 F.linear): registered only where a GPU exists.
 from . import cases_int8_linear_cuda  # noqa: E402,F401

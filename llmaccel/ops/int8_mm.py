@@ -13,7 +13,9 @@ result may not fit in int32 and the op raises instead of wrapping.
 Backends:
 
 * ``cpp``   -- csrc/int8_mm*.cpp: AVX-512 VNNI (vpdpbusd, u8 x s8 with +128 /
-  column-sum compensation), AVX2 (vpmaddwd) or generic, chosen by CPUID.
+  column-sum compensation), AVX2 (|b| x sign(b)*a with vpmaddubsw when a
+  holds no -128, else the exact 16-bit vpmaddwd tile) or generic, chosen by
+  CPUID.
 * ``triton`` -- kernels/int8_mm.py: tiled ``tl.dot`` with an int32 accumulator.
 * ``torch`` -- float64 matmul rounded to int32; exact, since every partial sum
   is an integer below 2**53.
