@@ -37,6 +37,7 @@ namespace {
 
 constexpr int kMR = 4, kNC = 3;  // register tile: rows x vectors (see the header)
 constexpr int64_t kPvChunk = 32;  // decode pv: keys per L1 chunk of V (32 x 512 B for Dv = 128)
+constexpr int64_t kPvPrefillChunk = 64;  // prefill pv: keys per L1 chunk of V (64 x 256 B for Dv = 64)
 
 // Lanes [0, n) all ones (n clamped to [0, 8]): the mask operand of vmaskmovps.
 inline __m256i tail_mask(int64_t n) {
@@ -448,15 +449,31 @@ struct Avx2 {
       } while (j0 < n);
       return;
     }
-    for (int64_t c0 = 0; c0 < nv; c0 += kNC) {
-      const int C = static_cast<int>(std::min<int64_t>(kNC, nv - c0));
-      const bool tail = ragged && c0 + C == nv;
+    // Prefill: keys in chunks of kPvPrefillChunk, so a chunk of V (64 keys x
+    // Dv floats: 16 KB for Dv = 64) stays in L1 while every row tile reads it,
+    // and a row tile's chunk of P (4 x 64 floats) stays in L1 across its
+    // column tiles.  Without chunks each (row, column) tile streamed all n
+    // keys of its V columns (48 KB for Nb = 512) from L2.  O is stored and
+    // reloaded between chunks (exact) and rescaled by alpha with the first
+    // one, so every accumulator sees the same FMAs in the same order: the
+    // result is bit-identical to the unchunked loop.
+    for (int64_t j0 = 0;; j0 += kPvPrefillChunk) {
+      const int64_t nj = std::min<int64_t>(kPvPrefillChunk, n - j0);
       for (int64_t r0 = 0; r0 < M; r0 += kMR) {
         const int R = static_cast<int>(std::min<int64_t>(kMR, M - r0));
-        // Keys past every row's limit have P = 0: skip them (n = 0 still rescales O).
-        kPv.fn[R - 1][C - 1][tail](row_n ? tile_n(row_n + r0, R) : n, Dv - VL * c0, p + r0 * ldp, ldp, v + VL * c0,
-                                   ldv, alpha + r0, o + r0 * ldo + VL * c0, ldo);
+        // Keys past every row's limit have P = 0: skip them (the first chunk
+        // still runs with 0 keys to rescale O).
+        const int64_t nt = std::min<int64_t>(nj, (row_n ? tile_n(row_n + r0, R) : n) - j0);
+        if (nt <= 0 && j0 > 0) continue;
+        for (int64_t c0 = 0; c0 < nv; c0 += kNC) {
+          const int C = static_cast<int>(std::min<int64_t>(kNC, nv - c0));
+          const bool tail = ragged && c0 + C == nv;
+          kPv.fn[R - 1][C - 1][tail](std::max<int64_t>(nt, 0), Dv - VL * c0, p + r0 * ldp + j0, ldp,
+                                     v + j0 * ldv + VL * c0, ldv, j0 == 0 ? alpha + r0 : kOnes,
+                                     o + r0 * ldo + VL * c0, ldo);
+        }
       }
+      if (j0 + kPvPrefillChunk >= n) break;
     }
   }
 
