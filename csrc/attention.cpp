@@ -32,6 +32,7 @@ void check_tensor(const char* name, const void* ptr, const int64_t (&size)[4], c
     if (__builtin_mul_overflow(size[i] - 1, stride[i], &t) || __builtin_add_overflow(last, t, &last))
       fail_overflow(kOp, std::string(name) + ": index arithmetic overflows int64");
   }
+  check_reach(kOp, name, last);
 }
 
 }  // namespace

@@ -39,6 +39,17 @@ inline namespace LLMACCEL_CPU_CAPABILITY {
   throw std::overflow_error(std::string("llmaccel::") + op + ": " + what);
 }
 
+// No buffer spans 2^48 elements (x86-64 user space is 2^47 bytes): a view
+// whose last element lies further out has a corrupt size or stride, and
+// pointer + offset * sizeof(element) could even wrap around the address
+// space (undefined behaviour) before any kernel noticed.
+constexpr int64_t kMaxElementOffset = int64_t(1) << 48;
+inline void check_reach(const char* op, const char* name, int64_t last) {
+  if (last >= kMaxElementOffset)
+    fail_overflow(op, std::string(name) + ": its last element lies " + std::to_string(last) +
+                          " elements from its start, beyond any addressable buffer (size or stride corrupt)");
+}
+
 // Offset of the last element of a strided 2-D view, checked for int64
 // overflow.  Returns false when the arithmetic would overflow.
 inline bool last_offset_2d(int64_t rows, int64_t cols, int64_t s_row, int64_t s_col, int64_t* out) {
@@ -65,6 +76,7 @@ inline void check_matrix(const char* op, const char* name, const void* ptr, int6
   int64_t last = 0;
   if (!last_offset_2d(rows, cols, s_row, s_col, &last))
     fail_overflow(op, std::string(name) + ": index arithmetic overflows int64");
+  check_reach(op, name, last);
 }
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }

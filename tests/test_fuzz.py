@@ -433,3 +433,23 @@ def test_cpp_attention_rejects_inconsistent_arguments(field, bad):
     with pytest.raises((ValueError, OverflowError), match="llmaccel::attention"):
         ext().attention_fwd(**kw)
     assert (out == 0).all()
+
+
+def test_cpp_rejects_views_beyond_any_buffer():
+    """Regression (found by the random fuzz run): a stride whose element offsets fit int64 but whose byte
+    offsets do not (v_sh = 2^62 floats) was accepted; now any view reaching 2^48 elements raises."""
+    q, k, v = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    out = torch.zeros(1, 4, 3, 8)
+    kw = dict(B=1, Hq=4, Hkv=2, Lq=3, Lk=5, D=8, Dv=8, q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), mask=0,
+              mask_kind=0, m_sb=0, m_sh=0, m_sq=0, m_sk=0, is_causal=False, causal_bottom_right=False, scale=0.3,
+              out=out.data_ptr(), lse=0, nthreads=1, variant="")
+    for pre, t in (("q", q), ("k", k), ("v", v), ("o", out)):
+        kw.update(zip((f"{pre}_sb", f"{pre}_sh", f"{pre}_sl", f"{pre}_sd"), t.stride()))
+    kw["v_sh"] = 2 ** 62
+    with pytest.raises(OverflowError, match="llmaccel::attention: v: .*beyond any addressable buffer"):
+        ext().attention_fwd(**kw)
+    a = torch.zeros(2, 3, dtype=torch.int8)
+    c = torch.zeros(2, 2, dtype=torch.int32)
+    with pytest.raises(OverflowError, match="llmaccel::int8_mm: a: .*beyond any addressable buffer"):
+        ext().int8_mm(2, 2, 3, a.data_ptr(), 2 ** 50, 1, a.data_ptr(), 1, 3, c.data_ptr(), 2, 1, 1)
+    assert (out == 0).all() and (c == 0).all()
