@@ -1,7 +1,9 @@
 """Test helpers: exact references and backend enumeration."""
 
+import logging
 import os
 
+import pytest
 import torch
 
 import llmaccel
@@ -43,3 +45,19 @@ def cpu_backends():
     if INTERPRET:
         paths.append(("triton-interpret", via("triton")))
     return paths
+
+
+@pytest.fixture
+def quiet_fallback_log():
+    """Silences the dispatcher's one-time fallback log (act='weight_only' on CPU falls back to torch)."""
+    logger = logging.getLogger("llmaccel")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
+
+
+def sqnr(out, ref) -> float:
+    """Signal-to-quantization-noise ratio in dB of out against ref (float64)."""
+    out, ref = out.detach().double(), ref.detach().double()
+    return 10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum()).item()

@@ -7,31 +7,21 @@ int8 linear; per-token x per-channel int8 on Gaussian data gives ~40 dB).
 
 import copy
 import io
-import logging
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import quiet_fallback_log, sqnr  # noqa: F401  (fixture used by _quiet_fallback_log)
 from llmaccel import Int8Config, Int8Linear, quantize_, smooth_
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 
 @pytest.fixture(autouse=True)
-def _quiet_fallback_log():
-    # The dispatcher logs once when act='weight_only' falls back to the torch path on CPU.
-    logger = logging.getLogger("llmaccel")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _quiet_fallback_log(quiet_fallback_log):
     yield
-    logger.setLevel(level)
-
-
-def sqnr(out, ref) -> float:
-    out, ref = out.detach().double(), ref.detach().double()
-    return 10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum()).item()
 
 
 def max_rel(a, b) -> float:

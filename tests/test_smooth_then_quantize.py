@@ -8,7 +8,6 @@ float64 copy of the float model.
 """
 
 import copy
-import logging
 
 import pytest
 import torch
@@ -16,21 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import llmaccel
+from helpers import quiet_fallback_log, sqnr  # noqa: F401  (fixture used by _quiet_fallback_log)
 from llmaccel import Int8Config, quantize_, smooth_
 
 
 @pytest.fixture(autouse=True)
-def _quiet_fallback_log():
-    logger = logging.getLogger("llmaccel")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _quiet_fallback_log(quiet_fallback_log):
     yield
-    logger.setLevel(level)
-
-
-def sqnr(out, ref) -> float:
-    out, ref = out.detach().double(), ref.detach().double()
-    return 10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum()).item()
 
 
 class PostNormBlock(nn.Module):
