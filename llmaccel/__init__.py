@@ -13,15 +13,13 @@ import torch  # noqa: F401  (before the extension: one OpenMP runtime)
 
 from . import backends
 from .cpu import cpu_info
-from .ops import attention, attention_reference
-from .ops import (int8_linear, int8_linear_reference, int8_mm, int8_mm_reference, quantize_per_token,
-                  quantize_per_token_reference)
+from . import ops
+from .ops import *  # noqa: F401,F403  (every op's public function and reference: ops.__all__)
 from .nn import Int8Linear
 from .quantize import Int8Config, QuantizeSummary, quantize_
 from .smoothquant import SmoothReport, smooth_
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "cpu_info", "attention", "attention_reference", "int8_mm", "int8_mm_reference",
-           "quantize_per_token", "quantize_per_token_reference", "int8_linear", "int8_linear_reference", "Int8Linear",
-           "Int8Config", "QuantizeSummary", "quantize_", "SmoothReport", "smooth_", "__version__"]
+__all__ = ["backends", "cpu_info", *ops.__all__, "Int8Linear", "Int8Config", "QuantizeSummary", "quantize_",
+           "SmoothReport", "smooth_", "__version__"]

@@ -186,35 +186,43 @@ class Explanation:
 
 
 class OpDispatcher:
-    """Implementations of one op, keyed by backend, and the selection logic."""
+    """Implementations of one op, keyed by backend, and the selection logic.
+
+    Every callable here takes the op's validated arguments object (``llmaccel.ops.spec``: one named tuple per
+    call, built once by the op's ``check``): ``impl(args)``, ``check(args)``, ``device_of(args)``,
+    ``prepare(args) -> (args, note)``.
+    """
 
     def __init__(self, name: str, device_of: Callable[..., torch.device],
-                 prepare: Optional[Callable[..., tuple[tuple, Optional[str]]]] = None):
+                 prepare: Optional[Callable[..., tuple[object, Optional[str]]]] = None,
+                 follows_forward: bool = False):
         self.name = name
         self._device_of = device_of
-        # prepare(*args) -> (args, note): resolves op-level choices (such as
-        # int8_linear's act="auto") before a backend is picked; the note
-        # explains the choice in explain().
+        # prepare(args) -> (args, note): resolves op-level choices (such as int8_linear's act="auto") before a
+        # backend is picked; the note explains the choice in explain().
         self._prepare = prepare
+        # A backward op: an explicitly requested backend that cannot run it (its kernel lacks the float-mask
+        # gradient, or dropout) hands the call to the torch reference instead of raising, since the forward
+        # already ran on that backend; explain() says so.
+        self._follows_forward = follows_forward
         self._impls: dict[str, _Impl] = {}
-        # The public function (llmaccel.<name>) whose signature explain() binds its arguments to, and the op's
-        # argument validation (set by set_public once the op module has defined them).
+        # The public function whose signature explain() binds its arguments to, and the op's check
+        # (validation + normalization into the arguments object); both set by set_public.
         self.public: Optional[Callable] = None
-        self._validate: Optional[Callable] = None
+        self._normalize: Optional[Callable] = None
 
-    def set_public(self, fn: Callable, validate: Optional[Callable] = None) -> None:
-        """``fn`` is ``llmaccel.<name>``: :func:`explain` accepts exactly its arguments (and the custom op's).
-
-        Every argument of the op schema must be a parameter of ``fn`` (same name); ``fn``'s extra parameters
-        (``return_lse``...) do not reach the dispatcher.  ``validate(*op_args)`` is the op body's validation,
-        run by explain so bad input raises the op's own error.
-        """
-        missing = [n for n in self.schema_names() if n not in inspect.signature(fn).parameters]
-        if missing:
-            raise ValueError(f"llmaccel::{self.name}: the public function {fn.__name__} lacks the op arguments "
-                             f"{missing}")
+    def set_public(self, fn: Optional[Callable], normalize: Callable) -> None:
+        """``fn`` is ``llmaccel.<name>`` (None for an op without one): :func:`explain` accepts exactly its
+        arguments (and the custom op's).  Every argument of the op schema must be a parameter of ``fn`` (same
+        name); ``fn``'s extra parameters (``return_lse``...) do not reach the dispatcher.  ``normalize(*op_args)``
+        is the op's check, run by explain so bad input raises the op's own error."""
+        if fn is not None:
+            missing = [n for n in self.schema_names() if n not in inspect.signature(fn).parameters]
+            if missing:
+                raise ValueError(f"llmaccel::{self.name}: the public function {fn.__name__} lacks the op arguments "
+                                 f"{missing}")
         self.public = fn
-        self._validate = validate
+        self._normalize = normalize
 
     def _schema(self):
         return getattr(torch.ops.llmaccel, self.name).default._schema
@@ -250,7 +258,7 @@ class OpDispatcher:
                         f"{exc}") from None
 
     def register(self, backend: str, check: Optional[Callable[..., Optional[str]]] = None):
-        """Decorator: ``fn`` implements this op on ``backend``; ``check(*args)`` states op-specific limits."""
+        """Decorator: ``fn(args)`` implements this op on ``backend``; ``check(args)`` states op-specific limits."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}")
 
@@ -260,13 +268,13 @@ class OpDispatcher:
 
         return deco
 
-    def _refusal(self, backend: str, device: torch.device, args, kwargs) -> Optional[str]:
+    def _refusal(self, backend: str, device: torch.device, args) -> Optional[str]:
         impl = self._impls.get(backend)
         if impl is None:
             return f"llmaccel::{self.name} has no {backend} implementation"
         problem = _DEVICE_PROBLEM[backend](device)
         if problem is None and impl.check is not None:
-            problem = impl.check(*args, **kwargs)
+            problem = impl.check(args)
         return problem
 
     @staticmethod
@@ -274,47 +282,52 @@ class OpDispatcher:
         # Triton on CPU means the (slow) interpreter: only on explicit request.
         return ["triton", "torch"] if device.type == "cuda" else ["cpp", "torch"]
 
+    def _order(self, requested: str, device: torch.device) -> list[str]:
+        if requested == "auto":
+            return self._auto_order(device)
+        return [requested, "torch"] if self._follows_forward and requested != "torch" else [requested]
+
     def explain(self, *args, **kwargs) -> Explanation:
         """What :func:`explain` reports; takes the arguments of ``llmaccel.<name>`` (or of the custom op)."""
-        args, kwargs = self.bind(args, kwargs), {}
-        if self._validate is not None:
-            self._validate(*args)
+        args = self._normalize(*self.bind(args, kwargs))
         notes = []
         if self._prepare is not None:
-            args, note = self._prepare(*args, **kwargs)
+            args, note = self._prepare(args)
             if note:
                 notes.append(note)
-        device = self._device_of(*args, **kwargs)
+        device = self._device_of(args)
         requested = current()
         refused: dict[str, str] = {}
         chosen = None
-        order = self._auto_order(device) if requested == "auto" else [requested]
-        for backend in order:
-            why = self._refusal(backend, device, args, kwargs)
+        for backend in self._order(requested, device):
+            why = self._refusal(backend, device, args)
             if why is None:
                 chosen = backend
                 break
             refused[backend] = why
+        if requested not in ("auto", chosen) and chosen is not None:
+            notes.append(f"backend {requested!r} was requested but cannot run this backward; the torch reference "
+                         f"runs it (the forward ran on {requested!r})")
         for backend in BACKENDS:
             if backend != chosen and backend not in refused:
-                why = self._refusal(backend, device, args, kwargs)
+                why = self._refusal(backend, device, args)
                 if requested != "auto":
                     refused[backend] = why or f"not requested (backend {requested!r} was requested)"
                 else:
                     refused[backend] = why or f"not the automatic choice for {device.type} tensors"
         return Explanation(self.name, requested, chosen, refused, notes)
 
-    def select(self, *args, **kwargs) -> Callable:
-        device = self._device_of(*args, **kwargs)
+    def select(self, args) -> Callable:
+        device = self._device_of(args)
         requested = current()
-        if requested != "auto":
-            why = self._refusal(requested, device, args, kwargs)
+        if requested != "auto" and not self._follows_forward:
+            why = self._refusal(requested, device, args)
             if why is not None:
                 raise BackendUnavailable(f"llmaccel::{self.name}: backend {requested!r} was requested but {why}")
             return self._impls[requested].fn
         first = None
-        for backend in self._auto_order(device):
-            why = self._refusal(backend, device, args, kwargs)
+        for backend in self._order(requested, device):
+            why = self._refusal(backend, device, args)
             if why is None:
                 if first is not None:
                     key = (self.name, first[0], first[1])
@@ -325,12 +338,14 @@ class OpDispatcher:
                 return self._impls[backend].fn
             if first is None:
                 first = (backend, why)
+        if requested != "auto":
+            raise BackendUnavailable(f"llmaccel::{self.name}: backend {requested!r} was requested but {first[1]}")
         raise BackendUnavailable(f"llmaccel::{self.name}: no backend can run this call")
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, args):
         if self._prepare is not None:
-            args, _ = self._prepare(*args, **kwargs)
-        return self.select(*args, **kwargs)(*args, **kwargs)
+            args, _ = self._prepare(args)
+        return self.select(args)(args)
 
 
 _REGISTRY: dict[str, OpDispatcher] = {}
@@ -389,11 +404,12 @@ def call_op(op, body: Callable, *args):
     return body(*args)
 
 
-def dispatcher(name: str, device_of: Callable[..., torch.device], prepare=None) -> OpDispatcher:
-    """Create (once) the dispatcher of op ``name``; ``device_of(*args)`` gives the device that decides."""
+def dispatcher(name: str, device_of: Callable[..., torch.device], prepare=None,
+               follows_forward: bool = False) -> OpDispatcher:
+    """Create (once) the dispatcher of op ``name``; ``device_of(args)`` gives the device that decides."""
     if name in _REGISTRY:
         raise ValueError(f"op {name!r} is already registered")
-    _REGISTRY[name] = OpDispatcher(name, device_of, prepare)
+    _REGISTRY[name] = OpDispatcher(name, device_of, prepare, follows_forward)
     return _REGISTRY[name]
 
 

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.attention import attention
+from ..ops.causal import causal_allowed
 from ..ops.quantize import FLOAT_DTYPES
 
 __all__ = ["NAME", "register", "attention_forward"]
@@ -53,8 +54,7 @@ def _position_bias_mask(position_bias: Tensor, attention_mask: Optional[Tensor],
     if attention_mask is None:
         if not is_causal:
             return position_bias
-        causal = (torch.arange(q_len, device=position_bias.device)[:, None]
-                  >= torch.arange(kv_len, device=position_bias.device)[None, :])
+        causal = causal_allowed(0, q_len, kv_len, device=position_bias.device)
         return torch.where(causal.view(1, 1, q_len, kv_len), position_bias, min_dtype)
     if attention_mask.dtype == torch.bool:
         return torch.where(attention_mask, position_bias, min_dtype)

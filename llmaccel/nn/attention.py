@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.attention import attention
+from ..ops.causal import causal_allowed
 from ..ops.quantize import FLOAT_DTYPES
 
 __all__ = ["MultiheadAttention", "CachedAttention", "KVCache"]
@@ -372,9 +373,7 @@ class CachedAttention(nn.Module):
                             causal_bottom_right=True)
         else:
             # The op takes a mask or is_causal, not both: fold the bottom-right causal mask in.
-            i = torch.arange(L, device=x.device).unsqueeze(1)
-            j = torch.arange(Lk, device=x.device).unsqueeze(0)
-            causal = j <= i + (Lk - L)
+            causal = causal_allowed(0, L, Lk, Lk - L, device=x.device)
             if attn_mask.dtype == torch.bool:
                 mask = attn_mask & causal
             else:

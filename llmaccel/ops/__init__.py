@@ -1,9 +1,13 @@
-"""Op layer: ``torch.library`` schemas, fakes, autograd and backend dispatch, one module per op."""
+"""Op layer: one module per op family, each built from an OpSpec (``spec.py``): checks, backend adapters, public function.
 
-from .attention import attention, attention_reference
-from .int8_linear import int8_linear, int8_linear_reference
-from .int8_mm import int8_mm, int8_mm_reference
-from .quantize import quantize_per_token, quantize_per_token_reference
+Adding an op family adds its module name to ``_OP_MODULES``; ``__all__`` collects each module's ``__all__``
+(its public functions and references), which ``llmaccel`` re-exports.
+"""
 
-__all__ = ["attention", "attention_reference", "int8_mm", "int8_mm_reference", "quantize_per_token",
-           "quantize_per_token_reference", "int8_linear", "int8_linear_reference"]
+import importlib
+
+_OP_MODULES = ("attention", "int8_linear", "int8_mm", "quantize")
+
+_modules = [importlib.import_module(f"{__name__}.{name}") for name in _OP_MODULES]
+__all__ = [name for mod in _modules for name in mod.__all__]
+globals().update({name: getattr(mod, name) for mod in _modules for name in mod.__all__})

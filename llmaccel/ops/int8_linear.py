@@ -44,12 +44,16 @@ from .._ext import ext
 from ._checks import check_same_device, check_tensor, fail
 from .int8_mm import MAX_K
 from .quantize import FLOAT_DTYPES, quantize_per_token_reference
+from .spec import OpSpec, define
+
+__all__ = ["int8_linear", "int8_linear_reference"]
 
 OP = "int8_linear"
 MODES = ("dynamic", "weight_only")
 
 
-def _validate(x, w_int8, w_scale, bias, act) -> None:
+def _check(x, w_int8, w_scale, bias, act):
+    """Validates the call; returns the arguments object every backend trusts."""
     check_tensor(OP, "x", x)
     if x.dtype not in FLOAT_DTYPES:
         fail(OP, f"x must be float32, float16 or bfloat16, got {x.dtype}", TypeError)
@@ -75,6 +79,7 @@ def _validate(x, w_int8, w_scale, bias, act) -> None:
         fail(OP, f"act must be one of {MODES + ('auto',)}, got {act!r}")
     if act == "dynamic" and K > MAX_K:
         fail(OP, f"K = {K} exceeds {MAX_K}: the int32 accumulator of act='dynamic' could overflow")
+    return _OP_ARGS(x, w_int8, w_scale, bias, act)
 
 
 def dequantize_weight(w_int8: Tensor, w_scale: Tensor) -> Tensor:
@@ -120,59 +125,41 @@ def choose_mode(x: Tensor, w_int8: Tensor) -> tuple[str, str]:
     return "dynamic", f"act='auto' -> 'dynamic' ({x.device.type}: W8A8 is the fastest mode at every M measured)"
 
 
-def _prepare(x, w_int8, w_scale, bias, act):
-    if act != "auto":
-        return (x, w_int8, w_scale, bias, act), None
-    mode, why = choose_mode(x, w_int8)
-    return (x, w_int8, w_scale, bias, mode), why
+def _prepare(args):
+    if args.act != "auto":
+        return args, None
+    mode, why = choose_mode(args.x, args.w_int8)
+    return args._replace(act=mode), why
 
 
-
-
-_dispatch = backends.dispatcher(OP, device_of=lambda x, *rest: x.device, prepare=_prepare)
-_dispatch.register("torch")(int8_linear_reference)
-
-
-def register_backend(backend: str, check=None):
-    """Kernels in other files (C++ / Triton bindings) attach themselves here."""
-    return _dispatch.register(backend, check)
-
-
-def _int8_linear_body(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None, act: str) -> Tensor:
-    _validate(x, w_int8, w_scale, bias, act)
-    return _dispatch(x, w_int8, w_scale, bias, act)
-
-
-@torch.library.custom_op("llmaccel::int8_linear", mutates_args=())
-def _int8_linear_op(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None, act: str) -> Tensor:
-    return _int8_linear_body(x, w_int8, w_scale, bias, act)
-
-
-@_int8_linear_op.register_fake
-def _int8_linear_fake(x, w_int8, w_scale, bias, act):
-    _validate(x, w_int8, w_scale, bias, act)
-    return x.new_empty((*x.shape[:-1], w_int8.shape[0]))
-
-
-def _setup_context(ctx, inputs, output):
-    x, w_int8, w_scale, bias, act = inputs
-    ctx.save_for_backward(w_int8, w_scale)
-    ctx.x_dtype = x.dtype
-    ctx.has_bias = bias is not None
-    ctx.bias_dtype = bias.dtype if bias is not None else None
+def _setup_context(ctx, args, output):
+    ctx.save_for_backward(args.w_int8, args.w_scale)
+    ctx.x_dtype = args.x.dtype
+    ctx.bias_dtype = args.bias.dtype if args.bias is not None else None
 
 
 def _backward(ctx, grad_y):
     w_int8, w_scale = ctx.saved_tensors
     g = grad_y.to(torch.float32)
     grad_x = torch.matmul(g, dequantize_weight(w_int8, w_scale)).to(ctx.x_dtype)
-    grad_bias = g.reshape(g.shape[:-1].numel(), g.shape[-1]).sum(0).to(ctx.bias_dtype) if ctx.has_bias else None
-    return grad_x, None, None, grad_bias, None
+    if ctx.bias_dtype is None:
+        return {"x": grad_x}
+    return {"x": grad_x, "bias": g.reshape(g.shape[:-1].numel(), g.shape[-1]).sum(0).to(ctx.bias_dtype)}
 
 
-_int8_linear_op.register_autograd(_backward, setup_context=_setup_context)
+_op = define(OpSpec(
+    name=OP,
+    schema="(Tensor x, Tensor w_int8, Tensor w_scale, Tensor? bias, str act) -> Tensor",
+    check=_check,
+    fake=lambda args: args.x.new_empty((*args.x.shape[:-1], args.w_int8.shape[0])),
+    prepare=_prepare,
+))
+_OP_ARGS = _op.Args
+_op.autograd(_backward, _setup_context)
+_op.implement("torch")(lambda args: int8_linear_reference(*args))
 
 
+@_op.public
 def int8_linear(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None = None, *,
                 act: str = "dynamic") -> Tensor:
     """``y = x @ (w_int8 * w_scale[:, None]).T + bias`` with int8 weights (module docstring for the modes).
@@ -180,11 +167,7 @@ def int8_linear(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None 
     ``act="auto"`` is resolved per call inside the op (so also at run time
     under ``torch.compile``); ``llmaccel.backends.explain`` reports the choice.
     """
-    # Validation happens in the op's body (so direct torch.ops calls get it too).
-    return backends.call_op(torch.ops.llmaccel.int8_linear, _int8_linear_body, x, w_int8, w_scale, bias, act)
-
-
-_dispatch.set_public(int8_linear, validate=_validate)  # the arguments backends.explain accepts
+    return _op.call(x, w_int8, w_scale, bias, act)
 
 
 # Packed (panel-layout) copies of int8 weights for the C++ kernel, derived
@@ -238,17 +221,17 @@ def _pack(w_int8: Tensor) -> Tensor:
 CPP_WEIGHT_ONLY_MAX_M = 64
 
 
-def _cpp_check(x, w_int8, w_scale, bias, act):
-    if act == "weight_only":
-        M = x.numel() // max(x.shape[-1], 1)
+def _cpp_check(args):
+    if args.act == "weight_only":
+        M = args.x.numel() // max(args.x.shape[-1], 1)
         if M > CPP_WEIGHT_ONLY_MAX_M:
             return (f"act='weight_only' with M={M} > {CPP_WEIGHT_ONLY_MAX_M}: dequantize + MKL sgemm (torch) is "
                     "faster than the C++ weight-only kernel there")
     return None
 
 
-@register_backend("cpp", check=_cpp_check)
-def _int8_linear_cpp(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str) -> Tensor:
+@_op.implement("cpp", check=_cpp_check)
+def _int8_linear_cpp(args) -> Tensor:
     """csrc/ kernels: ``dynamic`` = fused W8A8 (quantize while packing x -> VNNI int32 core -> fp32
     epilogue) reading the weight in its packed panel layout (:func:`packed_weight_cpp`, one sequential
     stream per group of output channels, column sums precomputed); ``weight_only`` = fp32 FMA with the
@@ -258,6 +241,7 @@ def _int8_linear_cpp(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str)
     the fp32 result is rounded to x's dtype (two cheap passes over M x K and
     M x N next to the M x N x K product).
     """
+    x, w_int8, w_scale, bias, act = args
     K = x.shape[-1]
     N = w_int8.shape[0]
     x2 = x.reshape(x.shape[:-1].numel(), K)
@@ -285,14 +269,10 @@ def _int8_linear_cpp(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str)
     return y.reshape(*x.shape[:-1], N)
 
 
-def _triton_check(x, w_int8, w_scale, bias, act):
-    return backends.int8_dot_problem(x.device)
-
-
-@register_backend("triton", check=_triton_check)
-def _int8_linear_triton(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str) -> Tensor:
+@_op.implement("triton", check=lambda args: backends.int8_dot_problem(args.x.device))
+def _int8_linear_triton(args) -> Tensor:
     """kernels/int8_linear.py: one fused W8A8 kernel (per-token quantize prologue -> int8 tl.dot -> fp32
     epilogue), or the weight-only (split-K) GEMM."""
     from ..kernels.int8_linear import int8_linear as triton_int8_linear
 
-    return triton_int8_linear(x, w_int8, w_scale, bias, act)
+    return triton_int8_linear(*args)

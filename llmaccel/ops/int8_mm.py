@@ -29,12 +29,16 @@ from torch import Tensor
 from .. import backends
 from .._ext import ext
 from ._checks import check_same_device, check_tensor, fail
+from .spec import OpSpec, define
+
+__all__ = ["int8_mm", "int8_mm_reference"]
 
 OP = "int8_mm"
 MAX_K = (1 << 31) // (128 * 128) - 1  # 131071; mirrors kInt8MMMaxK in csrc/int8_mm.h
 
 
-def _validate(a, b) -> None:
+def _check(a, b):
+    """Validates the call; returns the arguments object every backend trusts."""
     check_tensor(OP, "a", a, dtype=torch.int8, ndim=2)
     check_tensor(OP, "b", b, dtype=torch.int8, ndim=2)
     check_same_device(OP, a=a, b=b)
@@ -42,19 +46,12 @@ def _validate(a, b) -> None:
         fail(OP, f"a is [M, K] = {list(a.shape)} and b is [K, N] = {list(b.shape)}: their K differ")
     if a.shape[1] > MAX_K:
         fail(OP, f"K = {a.shape[1]} exceeds {MAX_K}: an exact int8 dot product that long can overflow int32")
+    return _OP_ARGS(a, b)
 
 
 def int8_mm_reference(a: Tensor, b: Tensor) -> Tensor:
     """Plain-PyTorch int8_mm: exact, any device (float64 holds every partial sum exactly)."""
     return torch.matmul(a.to(torch.float64), b.to(torch.float64)).to(torch.int32)
-
-
-_dispatch = backends.dispatcher(OP, device_of=lambda a, b: a.device)
-
-
-@_dispatch.register("torch")
-def _int8_mm_torch(a: Tensor, b: Tensor) -> Tensor:
-    return int8_mm_reference(a, b)
 
 
 def int8_mm_cpp(a: Tensor, b: Tensor, variant: str = "") -> Tensor:
@@ -67,45 +64,29 @@ def int8_mm_cpp(a: Tensor, b: Tensor, variant: str = "") -> Tensor:
     return out
 
 
-_dispatch.register("cpp")(int8_mm_cpp)
+_op = define(OpSpec(
+    name=OP,
+    schema="(Tensor a, Tensor b) -> Tensor",
+    check=_check,
+    fake=lambda args: args.a.new_empty((args.a.shape[0], args.b.shape[1]), dtype=torch.int32),
+))
+_OP_ARGS = _op.Args
+_op.implement("torch")(lambda args: int8_mm_reference(args.a, args.b))
+_op.implement("cpp")(lambda args: int8_mm_cpp(args.a, args.b))
 
 
-def _triton_check(a: Tensor, b: Tensor):
-    return backends.int8_dot_problem(a.device)
-
-
-@_dispatch.register("triton", check=_triton_check)
-def _int8_mm_triton(a: Tensor, b: Tensor) -> Tensor:
+@_op.implement("triton", check=lambda args: backends.int8_dot_problem(args.a.device))
+def _int8_mm_triton(args) -> Tensor:
     from ..kernels.int8_mm import int8_mm as triton_int8_mm
 
-    return triton_int8_mm(a, b)
+    return triton_int8_mm(args.a, args.b)
 
 
-def _int8_mm_body(a: Tensor, b: Tensor) -> Tensor:
-    _validate(a, b)
-    return _dispatch(a, b)
-
-
-@torch.library.custom_op("llmaccel::int8_mm", mutates_args=())
-def _int8_mm_op(a: Tensor, b: Tensor) -> Tensor:
-    return _int8_mm_body(a, b)
-
-
-@_int8_mm_op.register_fake
-def _int8_mm_fake(a: Tensor, b: Tensor) -> Tensor:
-    _validate(a, b)
-    return a.new_empty((a.shape[0], b.shape[1]), dtype=torch.int32)
-
-
+@_op.public
 def int8_mm(a: Tensor, b: Tensor) -> Tensor:
     """``out[m, n] = sum_k a[m, k] * b[k, n]``: int8 [M, K] @ int8 [K, N] -> int32 [M, N], exact.
 
-    Runs ``torch.ops.llmaccel.int8_mm`` (so it traces under ``torch.compile``; plain eager calls skip the
-    custom-op layer, see :func:`llmaccel.backends.call_op`);
-    the backend follows :mod:`llmaccel.backends`.
+    Runs ``torch.ops.llmaccel.int8_mm`` (so it traces under ``torch.compile``; plain eager calls run the op's
+    body directly, see :mod:`llmaccel.ops.spec`); the backend follows :mod:`llmaccel.backends`.
     """
-    # Validation happens in the op's body (so direct torch.ops calls get it too).
-    return backends.call_op(torch.ops.llmaccel.int8_mm, _int8_mm_body, a, b)
-
-
-_dispatch.set_public(int8_mm, validate=_validate)  # the arguments backends.explain accepts
+    return _op.call(a, b)

@@ -24,20 +24,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import backends
 from .._ext import ext
 from ._checks import check_tensor, fail
+from .spec import OpSpec, define
+
+__all__ = ["quantize_per_token", "quantize_per_token_reference"]
 
 OP = "quantize_per_token"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _validate(x) -> None:
+def _check(x):
+    """Validates the call; returns the arguments object every backend trusts."""
     check_tensor(OP, "x", x)
     if x.dtype not in FLOAT_DTYPES:
         fail(OP, f"x must be float32, float16 or bfloat16, got {x.dtype}", TypeError)
     if x.dim() < 1:
         fail(OP, "x must have at least one dimension (the K axis last)")
+    return _OP_ARGS(x)
 
 
 def quantize_per_token_reference(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,43 +60,22 @@ def quantize_per_token_reference(x: Tensor) -> tuple[Tensor, Tensor]:
     return q.to(torch.int8), scale
 
 
-_dispatch = backends.dispatcher(OP, device_of=lambda x: x.device)
-_dispatch.register("torch")(quantize_per_token_reference)
+_op = define(OpSpec(
+    name=OP,
+    schema="(Tensor x) -> (Tensor, Tensor)",
+    check=_check,
+    fake=lambda args: (args.x.new_empty(args.x.shape, dtype=torch.int8),
+                       args.x.new_empty(args.x.shape[:-1], dtype=torch.float32)),
+))
+_OP_ARGS = _op.Args
+_op.implement("torch")(lambda args: quantize_per_token_reference(args.x))
 
 
-def _quantize_per_token_body(x: Tensor) -> tuple[Tensor, Tensor]:
-    _validate(x)
-    return _dispatch(x)
-
-
-@torch.library.custom_op("llmaccel::quantize_per_token", mutates_args=())
-def _quantize_per_token_op(x: Tensor) -> tuple[Tensor, Tensor]:
-    return _quantize_per_token_body(x)
-
-
-@_quantize_per_token_op.register_fake
-def _quantize_per_token_fake(x: Tensor) -> tuple[Tensor, Tensor]:
-    _validate(x)
-    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty(x.shape[:-1], dtype=torch.float32)
-
-
-def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric absmax int8 per row: returns ``(q int8 [..., K], scale fp32 [...])`` with ``x ~= q * scale``."""
-    # Validation happens in the op's body (so direct torch.ops calls get it too).
-    return backends.call_op(torch.ops.llmaccel.quantize_per_token, _quantize_per_token_body, x)
-
-
-_dispatch.set_public(quantize_per_token, validate=_validate)  # the arguments backends.explain accepts
-
-
-def register_backend(backend: str, check=None):
-    """Kernels in other files (C++ / Triton bindings) attach themselves here."""
-    return _dispatch.register(backend, check)
-
-
-def _quantize_per_token_cpp(x: Tensor) -> tuple[Tensor, Tensor]:
+@_op.implement("cpp")
+def _quantize_per_token_cpp(args) -> tuple[Tensor, Tensor]:
     # csrc/quantize.cpp works on fp32 rows; half inputs are widened first
     # (exact), which the kernel would have to do anyway.
+    x = args.x
     K = x.shape[-1]
     x2 = x.reshape(x.shape[:-1].numel(), K).to(torch.float32)
     if K > 0 and x2.stride(-1) != 1:
@@ -106,11 +89,14 @@ def _quantize_per_token_cpp(x: Tensor) -> tuple[Tensor, Tensor]:
     return q.reshape(x.shape), scale.reshape(x.shape[:-1])
 
 
-register_backend("cpp")(_quantize_per_token_cpp)
-
-
-@register_backend("triton")  # plain loads/stores and reductions: any GPU Triton supports
-def _quantize_per_token_triton(x: Tensor) -> tuple[Tensor, Tensor]:
+@_op.implement("triton")  # plain loads/stores and reductions: any GPU Triton supports
+def _quantize_per_token_triton(args) -> tuple[Tensor, Tensor]:
     from ..kernels.quantize import quantize_per_token as triton_quantize_per_token
 
-    return triton_quantize_per_token(x)
+    return triton_quantize_per_token(args.x)
+
+
+@_op.public
+def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric absmax int8 per row: returns ``(q int8 [..., K], scale fp32 [...])`` with ``x ~= q * scale``."""
+    return _op.call(x)
