@@ -345,7 +345,7 @@ def test_gradient_through_lse():
 
 def test_chunked_loop_matches_unchunked(monkeypatch):
     """Queries cross several chunks (chunk = 7): forward and backward agree with the fp64 reference."""
-    monkeypatch.setattr(attn_mod, "QUERY_CHUNK", 7)
+    monkeypatch.setattr(attn_ref, "QUERY_CHUNK", 7)
     for case in [(2, 4, 2, 45, 30, 16, 16, "br", None, "blhd", torch.float32),
                  (1, 2, 2, 30, 45, 16, 16, None, "fullrow_float", "bhld", torch.float32),
                  (1, 2, 1, 23, 23, 16, 16, None, "bool_bcast", "bhld", torch.float32)]:
@@ -400,6 +400,65 @@ def _dropout_checks(q0, k0, v0, mask, B, Hq, Hkv, Lk, p):
     assert (out.double() - out64).abs().max() <= 1e-5
     for label, t, t64 in zip(("dq", "dk", "dv"), leaves, leaves64):
         assert (t.grad.double() - t64.grad).abs().max() <= 1e-5, label
+
+
+def test_backward_on_another_thread_matches_one_thread():
+    """The dropout seed is an argument of the forward and backward ops (no thread-local state): a forward on one
+    thread and its backward on another give exactly the single-thread gradients, dropout included."""
+    import threading
+
+    B, Hq, Hkv, Lq, Lk, D = 1, 4, 2, 19, 23, 16
+    q0, k0, v0 = torch.randn(B, Hq, Lq, D), torch.randn(B, Hkv, Lk, D), torch.randn(B, Hkv, Lk, D)
+    mask = torch.rand(Lq, Lk) > 0.2
+    g = torch.randn(B, Hq, Lq, D)
+    for p in (0.0, 0.3):
+        names = ["torch"] if p > 0 else _runnable(q0, k0, v0, mask, p, False, None, True, False)
+        for name in names:
+            def forward():
+                leaves = [t.clone().requires_grad_(True) for t in (q0, k0, v0)]
+                torch.manual_seed(5)
+                with backends.use(name):
+                    return leaves, llmaccel.attention(*leaves, mask, p, enable_gqa=True)
+
+            leaves1, out1 = forward()
+            with backends.use(name):
+                out1.backward(g)
+            box = {}
+            t = threading.Thread(target=lambda: box.update(r=forward()))
+            t.start()
+            t.join()
+            leaves2, out2 = box["r"]
+            with backends.use(name):
+                out2.backward(g)  # this thread never ran the forward
+            assert torch.equal(out1, out2), name
+            for a, b in zip(leaves1, leaves2):
+                assert torch.equal(a.grad, b.grad), (name, p)
+            if p > 0:  # dropout really dropped something
+                assert not torch.allclose(out1, llmaccel.attention(q0, k0, v0, mask, enable_gqa=True))
+
+
+def test_backward_goes_through_the_dispatcher(monkeypatch):
+    """explain("attention_backward", ...) names what runs; an explicit request applies to backward too, and a
+    requested kernel that cannot run it (float mask gradient) hands it to torch, saying so."""
+    bwd = importlib.import_module("llmaccel.ops.attention")._backward_op
+    ran = []
+    for name, impl in list(bwd.dispatch._impls.items()):
+        monkeypatch.setattr(impl, "fn", lambda a, fn=impl.fn, name=name: ran.append(name) or fn(a))
+    q0, k0, v0 = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 7, 8), torch.randn(1, 2, 7, 8)
+    for mask in (None, torch.zeros(5, 7, requires_grad=True)):
+        for name in _runnable(q0, k0, v0, mask, 0.0, False, None, False, False):
+            leaves = [t.clone().requires_grad_(True) for t in (q0, k0, v0)]
+            with backends.use(name):
+                out, lse = llmaccel.attention(*leaves, mask, return_lse=True)
+                args = (*[t.detach() for t in leaves], mask, out.detach(), lse, torch.ones_like(out), None, 0.0,
+                        False, None, False, None, mask is not None)
+                ex = backends.explain("attention_backward", *args)
+                ran.clear()
+                out.sum().backward()
+            expected = name if mask is None else "torch"
+            assert ran == [expected] and ex.backend == expected, (name, ran, str(ex))
+            if expected != name:
+                assert "float mask" in ex.refused[name] and any("torch reference runs it" in n for n in ex.notes)
 
 
 # -------------------------------------------------------------------------

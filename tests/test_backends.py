@@ -171,6 +171,9 @@ def _explain_cases():
     x = torch.randn(3, 20)
     w, s, bias = randint8(6, 20), torch.rand(6) + 0.01, torch.randn(6)
     q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 7, 8), torch.randn(1, 2, 7, 8)
+    out, lse = llmaccel.attention(q, k, v, return_lse=True)
+    bwd = (q, k, v, None, out, lse, torch.randn_like(out), None, 0.0, False, None, False, None, False)
+    bwd_names = ["dropout_p", "is_causal", "scale", "causal_bottom_right", "dropout_seed", "need_mask_grad"]
     return {
         "int8_mm": ((a, b), [((a, b), {}), ((a,), {"b": b}), ((), {"a": a, "b": b})]),
         "quantize_per_token": ((x,), [((x,), {}), ((), {"x": x})]),
@@ -184,6 +187,8 @@ def _explain_cases():
             ((q, k, v, None, 0.0), {"is_causal": False, "return_lse": True}),
             ((), {"query": q, "key": k, "value": v, "causal_bottom_right": False, "scale": None}),
         ]),
+        # No public function: explain takes the op's own arguments (the saved forward and the output gradients).
+        "attention_backward": (bwd, [(bwd, {}), (bwd[:8], dict(zip(bwd_names, bwd[8:])))]),
     }
 
 
