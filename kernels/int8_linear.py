@@ -105,16 +105,14 @@ assumes it has been done.
 """
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from ._interpret import INTERPRET as _INTERPRET
 from ._tiling import gemm_tile
 from .quantize import _abs_for_max, _quantize_values, _row_reciprocal, _scale_from_absmax
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # --------------------------------------------------------------------------

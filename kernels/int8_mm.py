@@ -46,15 +46,12 @@ Input validation (dtype, rank, shape agreement, device) lives in
 ``llmaccel/ops/int8_mm.py``; the launcher here assumes it has been done.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ._interpret import INTERPRET as _INTERPRET
 from ._tiling import gemm_tile
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit

@@ -69,13 +69,12 @@ it has been done.
 """
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from ._interpret import INTERPRET as _INTERPRET
 
 
 @triton.jit

@@ -45,6 +45,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from . import _ext
+from .kernels._interpret import INTERPRET
 
 __all__ = ["BACKENDS", "BackendUnavailable", "Explanation", "explain", "use", "current", "available_backends"]
 
@@ -53,9 +54,7 @@ _CHOICES = ("auto",) + BACKENDS
 
 logger = logging.getLogger("llmaccel")
 
-# Read once at import, like Triton itself: the interpreter is chosen when
-# kernels are defined, so flipping the variable later changes nothing.
-TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+TRITON_INTERPRET = INTERPRET  # read once at import, in kernels/_interpret.py
 
 _override: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("llmaccel_backend", default=None)
 _logged: set = set()

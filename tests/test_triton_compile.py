@@ -66,24 +66,24 @@ def default_rows(tmp_path_factory):
 # the reliability issue as open work. Remove an entry when its kernel or config is fixed.
 KNOWN_SPILLS = {
     # dQ at head dim 128 on sm_80 (8-184 B per thread)
-    *{("attention._attn_bwd_dq_kernel", "bf16 D128 causal", c, 80)
+    *{("attention_backward._attn_bwd_dq_kernel", "bf16 D128 causal", c, 80)
       for c in ("BM64 BN64 w4 s2", "BM128 BN32 w8 s2", "BM128 BN64 w8 s2")},
     # split-KV decode tile at head dim 128 on sm_90 (24 B per thread)
-    ("attention._attn_fwd_kernel", "bf16 D128 causal split-KV", "BM16 BN64 w4 s2", 90),
+    ("attention_forward._attn_fwd_kernel", "bf16 D128 causal split-KV", "BM16 BN64 w4 s2", 90),
     # Open, found by the full sweep (test_remaining_attention_variants_compile_without_spills):
     # 8 B of stack in most, 24-184 B in three; fix or drop on the first GPU session that can time them.
-    ("attention._attn_bwd_dkdv_kernel", "bf16 D64 causal", "BM32 BN32 w4 s2", 90),
-    ("attention._attn_bwd_dkdv_kernel", "fp16 D64 causal", "BM32 BN32 w4 s2", 90),
-    ("attention._attn_bwd_dq_kernel", "bf16 D64 causal", "BM128 BN64 w8 s2", 80),
-    ("attention._attn_bwd_dq_kernel", "bf16 D64 causal", "BM64 BN64 w4 s2", 80),
-    ("attention._attn_bwd_dq_kernel", "fp16 D128 causal", "BM128 BN32 w8 s2", 80),
-    ("attention._attn_bwd_dq_kernel", "fp16 D128 causal", "BM128 BN64 w8 s2", 80),
-    ("attention._attn_bwd_dq_kernel", "fp16 D128 causal", "BM64 BN64 w4 s2", 80),
-    ("attention._attn_bwd_dq_kernel", "fp16 D64 causal", "BM128 BN64 w8 s2", 80),
-    ("attention._attn_bwd_dq_kernel", "fp16 D64 causal", "BM64 BN64 w4 s2", 80),
-    ("attention._attn_fwd_kernel", "bf16 D64 causal split-KV", "BM16 BN32 w4 s3", 80),
-    ("attention._attn_fwd_kernel", "fp16 D128 causal split-KV", "BM16 BN64 w4 s2", 90),
-    ("attention._attn_fwd_kernel", "fp16 D64 causal split-KV", "BM16 BN32 w4 s3", 80),
+    ("attention_backward._attn_bwd_dkdv_kernel", "bf16 D64 causal", "BM32 BN32 w4 s2", 90),
+    ("attention_backward._attn_bwd_dkdv_kernel", "fp16 D64 causal", "BM32 BN32 w4 s2", 90),
+    ("attention_backward._attn_bwd_dq_kernel", "bf16 D64 causal", "BM128 BN64 w8 s2", 80),
+    ("attention_backward._attn_bwd_dq_kernel", "bf16 D64 causal", "BM64 BN64 w4 s2", 80),
+    ("attention_backward._attn_bwd_dq_kernel", "fp16 D128 causal", "BM128 BN32 w8 s2", 80),
+    ("attention_backward._attn_bwd_dq_kernel", "fp16 D128 causal", "BM128 BN64 w8 s2", 80),
+    ("attention_backward._attn_bwd_dq_kernel", "fp16 D128 causal", "BM64 BN64 w4 s2", 80),
+    ("attention_backward._attn_bwd_dq_kernel", "fp16 D64 causal", "BM128 BN64 w8 s2", 80),
+    ("attention_backward._attn_bwd_dq_kernel", "fp16 D64 causal", "BM64 BN64 w4 s2", 80),
+    ("attention_forward._attn_fwd_kernel", "bf16 D64 causal split-KV", "BM16 BN32 w4 s3", 80),
+    ("attention_forward._attn_fwd_kernel", "fp16 D128 causal split-KV", "BM16 BN64 w4 s2", 90),
+    ("attention_forward._attn_fwd_kernel", "fp16 D64 causal split-KV", "BM16 BN32 w4 s3", 80),
 }
 
 
@@ -127,7 +127,7 @@ def test_sweep_covers_every_autotune_config(default_rows):
     # every kernel with a tl.dot was checked for tensor-core instructions
     assert {r["kernel"] for r in default_rows if r["mma_dtype"]} >= {
         "int8_mm._int8_mm_kernel", "int8_linear._w8a8_dynamic_kernel", "int8_linear._weight_only_kernel",
-        "attention._attn_fwd_kernel", "attention._attn_bwd_dkdv_kernel", "attention._attn_bwd_dq_kernel"}
+        "attention_forward._attn_fwd_kernel", "attention_backward._attn_bwd_dkdv_kernel", "attention_backward._attn_bwd_dq_kernel"}
 
 
 @pytest.mark.slow

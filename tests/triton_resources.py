@@ -156,7 +156,7 @@ def _quantize_specs() -> list[Spec]:
 
 def _attention_specs(dtypes=("bf16", "fp16"), head_dims=(64, 128)) -> list[Spec]:
     import torch
-    from kernels import attention
+    from kernels import attention_backward, attention_decode, attention_forward
 
     specs = []
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -175,24 +175,24 @@ def _attention_specs(dtypes=("bf16", "fp16"), head_dims=(64, 128)) -> list[Spec]
         def element_size(self):
             return torch.empty((), dtype=torch_dtype[self._dt]).element_size()
 
-    fn = attention._attn_fwd_kernel
+    fn = attention_forward._attn_fwd_kernel
     for dt in dtypes:
         for d in head_dims:
             base = dict(MASK_KIND=0, SCALE_IN_EXP=True, IS_CAUSAL=True, DOT_FP32=False, BLOCK_D=d, BLOCK_DV=d,
                         stride_qd=1, stride_kd=1, stride_vd=1, stride_od=1)
             # configs the autotuner would consider for this head dim (after its early prune)
             named = {"q_ptr": _Named(dt), "mask_ptr": _Named(dt)}
-            for split, configs in ((False, attention._FWD_CONFIGS), (True, attention._SPLIT_CONFIGS)):
-                kept = attention._prune(configs, named, **base)
+            for split, configs in ((False, attention_forward._FWD_CONFIGS), (True, attention_forward._SPLIT_CONFIGS)):
+                kept = attention_forward._prune(configs, named, **base)
                 for c in kept:
                     const = dict(base, SPLIT=split, **c.kwargs)
                     types = fwd_types(fn, dt, const)
-                    specs.append(Spec("attention._attn_fwd_kernel",
+                    specs.append(Spec("attention_forward._attn_fwd_kernel",
                                       f"{dt} D{d} causal{' split-KV' if split else ''}",
                                       _cfg_name(c.kwargs, c.num_warps, c.num_stages), _signature(fn, types, const),
                                       const, tuple(types), c.num_warps, c.num_stages, dt))
 
-    fn = attention._attn_split_combine_kernel
+    fn = attention_decode._attn_split_combine_kernel
     for dt in dtypes[:1]:
         for d in head_dims:
             for block_s in (2, 64):  # 2 .. _MAX_SPLITS splits
@@ -201,22 +201,22 @@ def _attention_specs(dtypes=("bf16", "fp16"), head_dims=(64, 128)) -> list[Spec]
                 types = {"acc_ws_ptr": "*fp32", "m_ws_ptr": "*fp32", "l_ws_ptr": "*fp32", "o_ptr": _ptr(dt),
                          "lse_ptr": "*fp32", "exp_scale": "fp32"}
                 types.update({n: "i32" for n in fn.arg_names if n not in types and n not in const})
-                specs.append(Spec("attention._attn_split_combine_kernel", f"{dt} Dv{d}",
+                specs.append(Spec("attention_decode._attn_split_combine_kernel", f"{dt} Dv{d}",
                                   _cfg_name(dict(BLOCK_S=block_s, BLOCK_DV=d), warps, 3),
                                   _signature(fn, types, const), const, tuple(types), warps, 3))
 
-    fn = attention._attn_bwd_preprocess_kernel
+    fn = attention_backward._attn_bwd_preprocess_kernel
     for dt in dtypes[:1]:
         for d in head_dims:
             const = dict(HAS_DLSE=False, BLOCK_M=64, BLOCK_DV=d, stride_od=1, stride_dod=1)
             types = {"o_ptr": _ptr(dt), "do_ptr": _ptr(dt), "dlse_ptr": "*fp32", "delta_ptr": "*fp32"}
             types.update({n: "i32" for n in fn.arg_names if n not in types and n not in const})
-            specs.append(Spec("attention._attn_bwd_preprocess_kernel", f"{dt} Dv{d}",
+            specs.append(Spec("attention_backward._attn_bwd_preprocess_kernel", f"{dt} Dv{d}",
                               _cfg_name(dict(BLOCK_M=64), 4, 3), _signature(fn, types, const), const,
                               tuple(types), 4, 3))
 
-    for fn, tuner in ((attention._attn_bwd_dkdv_kernel, attention._dkdv_kernel),
-                      (attention._attn_bwd_dq_kernel, attention._dq_kernel)):
+    for fn, tuner in ((attention_backward._attn_bwd_dkdv_kernel, attention_backward._dkdv_kernel),
+                      (attention_backward._attn_bwd_dq_kernel, attention_backward._dq_kernel)):
         for dt in dtypes:
             for d in head_dims:
                 configs = tuner.configs
@@ -230,7 +230,7 @@ def _attention_specs(dtypes=("bf16", "fp16"), head_dims=(64, 128)) -> list[Spec]
                     types.update(lse_ptr="*fp32", delta_ptr="*fp32", score_scale="fp32", exp_scale="fp32",
                                  lse_mul="fp32", scale="fp32")
                     types.update({n: "i32" for n in fn.arg_names if n not in types and n not in const})
-                    specs.append(Spec(f"attention.{fn.__name__}", f"{dt} D{d} causal",
+                    specs.append(Spec(f"attention_backward.{fn.__name__}", f"{dt} D{d} causal",
                                       _cfg_name(c.kwargs, c.num_warps, c.num_stages), _signature(fn, types, const),
                                       const, tuple(types), c.num_warps, c.num_stages, dt))
     return specs

@@ -40,7 +40,7 @@ Backward (from the saved q, k, v, mask, out and lse) is its own op,
 why).  ``cpp`` (csrc/attention_bwd_driver.h, FlashAttention-2 style: delta =
 rowsum(dO * O) - dlse, one pass over kv blocks for dK/dV and one over query
 blocks for dQ; fp16/bf16 cast to fp32 and back) and ``triton``
-(kernels/attention.py ``attention_bwd``, the same two passes, in the inputs'
+(kernels/attention_backward.py ``attention_bwd``, the same two passes, in the inputs'
 dtype with fp32 accumulation) run it when there is no dropout and no float
 mask (whose gradient they do not produce).  The requested backend applies as
 in the forward, except that a requested kernel which cannot run the backward
@@ -75,7 +75,8 @@ from torch import Tensor
 from .._ext import ext
 from ._checks import fail
 from .attention_args import OP, mask4, resolve_scale, validate
-from .attention_reference import attention_reference, default_chunk, draw_seed, reference_backward, reference_forward
+from .attention_reference import attention_reference  # noqa: F401  (public: llmaccel.attention_reference)
+from .attention_reference import default_chunk, draw_seed, reference_backward, reference_forward
 from .spec import OpSpec, define
 
 __all__ = ["attention", "attention_reference"]
@@ -290,7 +291,7 @@ def _attention_backward_cpp(a):
 
 @_backward_op.implement("triton", check=_fused_backward_problem)
 def _attention_backward_triton(a):
-    """kernels/attention.py's fused backward, in the inputs' dtype with fp32 accumulation."""
+    """kernels/attention_backward.py: the fused backward, in the inputs' dtype with fp32 accumulation."""
     dq, dk, dv = _triton_module().attention_bwd(a.query, a.key, a.value, _triton_mask(a), bool(a.is_causal),
                                                 bool(a.causal_bottom_right), a.scale, a.out, a.lse,
                                                 a.grad_out.to(a.out.dtype), a.grad_lse)
