@@ -1,4 +1,4 @@
-"""Benchmark cases for ``llmaccel.attention`` (registered into :mod:`llmaccel.bench.cases`).
+"""Benchmark cases for ``llmaccel.attention`` (listed in ``CASES``, registered by :mod:`llmaccel.bench.cases`).
 
 Peer: ``torch.nn.functional.scaled_dot_product_attention`` on the same fp32
 CPU tensors (PyTorch's CPU flash kernel), what a user calls instead.  Both
@@ -25,7 +25,9 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from .cases import Bench, Case, Work, _generator, register
+from .case import Bench, Case, Work, seeded_generator
+
+CASES: list[Case] = []  # collected by the registry (cases.py)
 
 PEER = "F.scaled_dot_product_attention"
 PEER_DESCRIPTION = "torch.nn.functional.scaled_dot_product_attention on fp32 CPU tensors (PyTorch's CPU flash kernel)"
@@ -45,7 +47,7 @@ def _prefill(B: int, H: int, L: int, D: int, causal: bool):
     def build(case: Case, device: torch.device) -> Bench:
         import llmaccel
 
-        g = _generator(device, 2)
+        g = seeded_generator(device, 2)
         sets = [tuple(torch.randn((B, H, L, D), generator=g) for _ in range(3)) for _ in range(2)]
 
         def ours(i: int):
@@ -70,7 +72,7 @@ def _decode(n_layers: int, Hq: int, Hkv: int, Lk: int, D: int):
     def build(case: Case, device: torch.device) -> Bench:
         import llmaccel
 
-        g = _generator(device, 3)
+        g = seeded_generator(device, 3)
         caches = [(torch.randn((1, Hkv, Lk, D), generator=g), torch.randn((1, Hkv, Lk, D), generator=g))
                   for _ in range(n_layers)]
         q = torch.randn((1, Hq, 1, D), generator=g)
@@ -98,7 +100,7 @@ def _fwd_bwd(B: int, H: int, L: int, D: int, causal: bool):
     def build(case: Case, device: torch.device) -> Bench:
         import llmaccel
 
-        g = _generator(device, 4)
+        g = seeded_generator(device, 4)
         q, k, v = (torch.randn((B, H, L, D), generator=g).requires_grad_() for _ in range(3))
         dout = torch.randn((B, H, L, D), generator=g)
 
@@ -127,13 +129,10 @@ def _case(name: str, shape: str, build, description: str) -> Case:
 
 for _B, _H, _L, _D, _c in [(1, 16, 1024, 64, False), (1, 16, 1024, 64, True), (2, 32, 512, 128, True),
                            (1, 12, 384, 64, False)]:
-    register(_case(f"prefill-{_B}x{_H}x{_L}x{_D}{'-causal' if _c else ''}",
-                   f"B={_B} H={_H} L={_L} D={_D} causal={_c}", _prefill(_B, _H, _L, _D, _c),
-                   "prompt attention, fp32"))
-register(_case("decode-gqa", "Hq=32 Hkv=8 Lq=1 Lk=4096 D=128 x8 layers", _decode(8, 32, 8, 4096, 128),
-               "one token against 8 layers' KV caches (256 MB, beyond L3), GQA 4:1"))
-register(_case("fwd+bwd-1x8x512x64-causal", "B=1 H=8 L=512 D=64 causal", _fwd_bwd(1, 8, 512, 64, True),
-               "training step of one attention layer: forward + backward"))
-
-# CUDA cases (Triton prefill and GQA decode in bf16 vs SDPA): registered only where a GPU exists.
-from . import cases_attention_cuda  # noqa: E402,F401
+    CASES.append(_case(f"prefill-{_B}x{_H}x{_L}x{_D}{'-causal' if _c else ''}",
+                       f"B={_B} H={_H} L={_L} D={_D} causal={_c}", _prefill(_B, _H, _L, _D, _c),
+                       "prompt attention, fp32"))
+CASES.append(_case("decode-gqa", "Hq=32 Hkv=8 Lq=1 Lk=4096 D=128 x8 layers", _decode(8, 32, 8, 4096, 128),
+                   "one token against 8 layers' KV caches (256 MB, beyond L3), GQA 4:1"))
+CASES.append(_case("fwd+bwd-1x8x512x64-causal", "B=1 H=8 L=512 D=64 causal", _fwd_bwd(1, 8, 512, 64, True),
+                   "training step of one attention layer: forward + backward"))

@@ -34,7 +34,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from .cases import Bench, Case, Work, _generator, register
+from .case import Bench, Case, Work, seeded_generator
 
 __all__ = ["PEER", "reference_attention", "attention_check", "attention_prefill", "attention_decode", "cuda_cases"]
 
@@ -115,7 +115,7 @@ def attention_prefill(B: int, H: int, L: int, D: int, causal: bool, *, n_sets: i
     def build(case: Case, device: torch.device) -> Bench:
         import llmaccel
 
-        g = _generator(device, seed)
+        g = seeded_generator(device, seed)
         sets = [tuple(torch.randn((B, H, L, D), generator=g, device=device).to(dtype) for _ in range(3))
                 for _ in range(n_sets)]
         refs = [reference_attention(q, k, v, causal) for q, k, v in sets]
@@ -150,7 +150,7 @@ def attention_decode(n_layers: int, Hq: int, Hkv: int, Lk: int, D: int, *, B: in
     def build(case: Case, device: torch.device) -> Bench:
         import llmaccel
 
-        g = _generator(device, seed)
+        g = seeded_generator(device, seed)
         layers = [tuple(torch.randn(shape, generator=g, device=device).to(dtype)
                         for shape in ((B, Hq, 1, D), (B, Hkv, Lk, D), (B, Hkv, Lk, D)))
                   for _ in range(n_layers)]
@@ -190,7 +190,7 @@ _DECODE = dict(n_layers=8, Hq=32, Hkv=8, Lk=8192, D=128)
 
 
 def cuda_cases() -> list[Case]:
-    """The CUDA cases (not registered: :func:`register` runs below only where a GPU exists)."""
+    """The CUDA cases (listed in ``CASES`` below only where a GPU exists)."""
     out = []
     for B, H, L, D, causal in _PREFILL:
         out.append(Case(
@@ -213,6 +213,4 @@ def cuda_cases() -> list[Case]:
     return out
 
 
-if torch.cuda.is_available():
-    for _case in cuda_cases():
-        register(_case)
+CASES: list[Case] = cuda_cases() if torch.cuda.is_available() else []  # collected by the registry (cases.py)

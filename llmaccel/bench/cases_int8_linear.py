@@ -1,4 +1,4 @@
-"""Benchmark cases for ``llmaccel.int8_linear`` (registered into :mod:`llmaccel.bench.cases`).
+"""Benchmark cases for ``llmaccel.int8_linear`` (listed in ``CASES``, registered by :mod:`llmaccel.bench.cases`).
 
 The unit timed is what a model does: a pass of the activations through a
 stack of layers, each output feeding the next layer (4096 -> 4096, so the
@@ -37,7 +37,9 @@ from typing import Any, Optional
 
 import torch
 
-from .cases import Bench, Case, Work, _generator, register
+from .case import Bench, Case, Work, seeded_generator
+
+CASES: list[Case] = []  # collected by the registry (cases.py)
 
 K = N = 4096
 
@@ -55,7 +57,7 @@ def _stack(n_layers: int, seed: int, k: int = K, n: int = N):
     cases their two 1-layer stacks, instead of building and quantizing them again for each case (much of a
     ``--quick`` run's time went there).
     """
-    g = _generator(torch.device("cpu"), seed)
+    g = seeded_generator(torch.device("cpu"), seed)
     bound = 1.0 / k ** 0.5  # nn.Linear's default init range
     layers = []
     for _ in range(n_layers):
@@ -85,7 +87,7 @@ def _builder(M: int, n_layers: int, n_stacks: int, peer_kind: str, k: int = K, n
 
         if device.type != "cpu":
             raise RuntimeError("the int8_linear CPU cases run on the CPU")
-        g = _generator(device, 1)
+        g = seeded_generator(device, 1)
         # n_stacks independent stacks rotate so consecutive passes never share weights.
         stacks = [_stack(n_layers, seed=10 + s, k=k, n=n) for s in range(n_stacks)]
         xs = [torch.randn((M, k), generator=g) for _ in range(n_stacks)]
@@ -201,18 +203,15 @@ def _case(name: str, M: int, n_layers: int, n_stacks: int, peer_kind: str, descr
 
 
 for _kind in ("fp32", "ao", "copy", "read"):
-    register(_case(f"decode-vs-{_kind}", 1, 8, 1, _kind,
-                   "one token through 8 chained 4096 x 4096 layers (128 MB of int8 weights per pass, beyond L3)"))
+    CASES.append(_case(f"decode-vs-{_kind}", 1, 8, 1, _kind,
+                       "one token through 8 chained 4096 x 4096 layers (128 MB of int8 weights per pass, beyond L3)"))
 for _kind in ("fp32", "ao"):
-    register(_case(f"prefill-vs-{_kind}", 512, 1, 2, _kind,
-                   "512 tokens through one 4096 x 4096 layer (compute-bound; 2 weight sets rotate)"))
+    CASES.append(_case(f"prefill-vs-{_kind}", 512, 1, 2, _kind,
+                       "512 tokens through one 4096 x 4096 layer (compute-bound; 2 weight sets rotate)"))
 for _kind in ("fp32", "ao"):
-    register(_case(f"batch64-vs-{_kind}", 64, 1, 4, _kind,
-                   "64 tokens through one 4096 x 4096 layer (4 weight sets rotate: 64 MB, beyond L3)"))
+    CASES.append(_case(f"batch64-vs-{_kind}", 64, 1, 4, _kind,
+                       "64 tokens through one 4096 x 4096 layer (4 weight sets rotate: 64 MB, beyond L3)"))
 for _kind in ("read", "dynamic"):
-    register(_case(f"wo-decode-vs-{_kind}", 1, 16, 1, _kind,
-                   "act='weight_only': one token through 16 up-projections 2048 -> 5632 (184 MB of int8 weights "
-                   "per pass, beyond L3)", k=2048, n=5632, act="weight_only"))
-
-# CUDA cases (Triton W8A8 and weight-only vs bf16 F.linear): registered only where a GPU exists.
-from . import cases_int8_linear_cuda  # noqa: E402,F401
+    CASES.append(_case(f"wo-decode-vs-{_kind}", 1, 16, 1, _kind,
+                       "act='weight_only': one token through 16 up-projections 2048 -> 5632 (184 MB of int8 weights "
+                       "per pass, beyond L3)", k=2048, n=5632, act="weight_only"))

@@ -40,7 +40,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from .cases import Bench, Case, Work, _generator, register
+from .case import Bench, Case, Work, seeded_generator
 
 __all__ = ["PEER", "sqnr_db", "row_sqnr_db", "quantize_weight", "int8_check", "int8_linear_vs_bf16", "cuda_cases"]
 
@@ -137,7 +137,7 @@ def int8_linear_vs_bf16(M: int, K: int, N: int, n_sets: int, act: str, *, stream
     def build(case: Case, device: torch.device) -> Bench:
         import llmaccel
 
-        g = _generator(device, seed)
+        g = seeded_generator(device, seed)
         bound = 1.0 / math.sqrt(K)  # nn.Linear's default init range
         xs, wqs, scales, biases, wpeer, refs = [], [], [], [], [], []
         for _ in range(n_sets):
@@ -190,7 +190,7 @@ _DECODE_LAYERS = 8
 
 
 def cuda_cases() -> list[Case]:
-    """The CUDA cases (not registered: :func:`register` runs below only where a GPU exists)."""
+    """The CUDA cases (listed in ``CASES`` below only where a GPU exists)."""
     K = N = _LAYER
     out = []
     for M in (4096, 2048):
@@ -213,6 +213,4 @@ def cuda_cases() -> list[Case]:
     return out
 
 
-if torch.cuda.is_available():
-    for _case in cuda_cases():
-        register(_case)
+CASES: list[Case] = cuda_cases() if torch.cuda.is_available() else []  # collected by the registry (cases.py)
