@@ -1,0 +1,1 @@
+"""The Triton kernels and their launchers, shipped as ``llmaccel.kernels`` (one module per kernel family)."""

@@ -1,5 +1,6 @@
-"""Triton fused attention: the forward launcher (FlashAttention-2 style, with a split-KV decode path); the
-backward launcher ``attention_bwd`` is re-exported from ``attention_backward.py``.
+"""Triton fused attention: the forward launcher (FlashAttention-2 style, split-KV decode) and the design.
+
+The backward launcher ``attention_bwd`` lives in ``attention_backward.py`` and is re-exported here.
 
 Math
 ----

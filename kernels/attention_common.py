@@ -1,5 +1,7 @@
-"""Launch helpers shared by the Triton attention forward and backward launchers: shape unpacking, mask
-strides and kind, the exp2 score scaling, dot precision, batch chunking for the CUDA grid."""
+"""Launch helpers shared by the Triton attention forward and backward launchers.
+
+Shape unpacking, mask strides and kind, the exp2 score scaling, dot precision, batch chunking for the CUDA grid.
+"""
 
 import math
 

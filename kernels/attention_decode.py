@@ -1,5 +1,7 @@
-"""Split-KV (Flash-Decoding) attention: when to split the keys of a short-query call, and the kernel that
-merges the per-split partial softmax results (see "Split-KV decode" in ``kernels/attention.py``)."""
+"""Split-KV (Flash-Decoding) attention: when to split the keys, and the kernel that merges the splits.
+
+See "Split-KV decode" in ``kernels/attention.py`` for the math.
+"""
 
 import torch
 import triton

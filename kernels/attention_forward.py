@@ -1,5 +1,7 @@
-"""Triton attention forward kernel (one program: BLOCK_M query rows of one head, online softmax over key
-blocks) and its autotune configs; the math, tiling and config rules are in ``kernels/attention.py``."""
+"""Triton attention forward kernel (online softmax over key blocks) and its autotune configs.
+
+One program owns BLOCK_M query rows of one head; the math, tiling and config rules are in ``kernels/attention.py``.
+"""
 
 import triton
 import triton.language as tl

@@ -1,9 +1,10 @@
 """Backend selection: one mechanism for every llmaccel op.
 
-Every op is a ``torch.library`` custom op (``torch.ops.llmaccel.<name>``)
-whose body asks this module which implementation to run (public functions
-enter through :func:`call_op`, which skips the custom-op layer in plain
-eager calls that need no autograd, tracing or mode, and runs the same body):
+Every op is a ``torch.library`` custom op (``torch.ops.llmaccel.<name>``, built
+from its spec by :mod:`llmaccel.ops.spec`) whose body asks this module which
+implementation to run (public functions skip the custom-op layer in plain
+eager calls that need no autograd, tracing or mode -- :func:`_op_boundary_needed`
+-- and run the same body):
 
 ===========  =========================================  ==========================
 backend      what runs                                  when ``"auto"`` picks it
@@ -389,18 +390,6 @@ def _check_tensor_args(op, args) -> None:
         if isinstance(arg.type, torch.TensorType) and not isinstance(value, torch.Tensor):
             name = op.default._schema.name.removeprefix("llmaccel::")
             raise TypeError(f"llmaccel.{name}: {arg.name} must be a torch.Tensor, got {type(value).__name__}")
-
-
-def call_op(op, body: Callable, *args):
-    """Run an llmaccel op from its public function: ``op`` (``torch.ops.llmaccel.<name>``) or, when the
-    boundary has nothing to do (:func:`_op_boundary_needed`), ``body`` -- the op's own Python body
-    (validation + this module's backend selection), so both roads reach the same kernels.
-    """
-    if _op_boundary_needed([a for a in args if isinstance(a, torch.Tensor)]):
-        if not torch.compiler.is_compiling():  # dynamo checks the schema itself while tracing
-            _check_tensor_args(op, args)
-        return op(*args)
-    return body(*args)
 
 
 def dispatcher(name: str, device_of: Callable[..., torch.device], prepare=None,

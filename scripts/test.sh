@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (what CI runs through .ci/run): install, then the test
 # passes listed at the bottom, each under a "===== pass N/M: label =====" header,
-# then one line per pass and the total.
+# then one line per pass and the total.  Each pass also prints its 15 slowest tests, and no test may
+# run longer than LLMACCEL_TEST_TIMEOUT seconds (default 600; pytest-timeout).
 #
 # Any pytest exit code other than 0 fails the run, including 5 ("no tests
 # collected"); a failed pass does not stop the later ones.
@@ -36,6 +37,9 @@ _run_one() {  # k n label env... -- pytest args...
   local envs=()
   while [[ $# -gt 0 && $1 != -- ]]; do envs+=("$1"); shift; done
   if [[ $# -gt 0 ]]; then shift; fi  # the --
+  # Every pass reports its 15 slowest tests and limits each test to LLMACCEL_TEST_TIMEOUT seconds
+  # (pytest-timeout; a test marked @pytest.mark.timeout(N) gets its own N): one hung test fails, not the run.
+  set -- "$@" --durations=15 "--timeout=${LLMACCEL_TEST_TIMEOUT:-600}"
   echo
   echo "===== pass $k/$n: $label ====="
   # LLMACCEL_PASS_RUNNER=<script> runs that script (which ends in pytest) instead of pytest itself.

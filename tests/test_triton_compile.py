@@ -97,11 +97,13 @@ def _problems(rows):
     return out
 
 
+@pytest.mark.timeout(1800)  # the first test to use default_rows pays for the whole sweep (203 compiles)
 def test_every_kernel_every_config_compiles_without_spills(default_rows):
     problems = _problems(default_rows)
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.timeout(1800)  # when run alone it pays for the sweep
 def test_sweep_covers_every_autotune_config(default_rows):
     """Each triton.autotune config list in kernels/*.py is in the sweep, for both architectures."""
     env = dict(os.environ)
@@ -131,6 +133,7 @@ def test_sweep_covers_every_autotune_config(default_rows):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.skipif(os.environ.get("LLMACCEL_TRITON_FULL_SWEEP") != "1",
                     reason="the full dtype x head-dim sweep (minutes of compiles): LLMACCEL_TRITON_FULL_SWEEP=1")
 def test_remaining_attention_variants_compile_without_spills(tmp_path_factory):

@@ -1,5 +1,7 @@
-"""What a benchmark case is (Work, Bench, Case), how results are compared, and the input helpers every case
-module uses; the case modules build on this and the registry (``cases.py``) collects them."""
+"""Benchmark case types (Work, Bench, Case), the exact comparison, and the input helpers.
+
+Every ``cases_<op>.py`` module builds on these; the registry (``cases.py``) collects their cases.
+"""
 
 from __future__ import annotations
 

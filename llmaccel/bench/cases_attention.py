@@ -1,4 +1,4 @@
-"""Benchmark cases for ``llmaccel.attention`` (listed in ``CASES``, registered by :mod:`llmaccel.bench.cases`).
+"""CPU benchmark cases for ``llmaccel.attention`` (``CASES``, registered by :mod:`llmaccel.bench.cases`).
 
 Peer: ``torch.nn.functional.scaled_dot_product_attention`` on the same fp32
 CPU tensors (PyTorch's CPU flash kernel), what a user calls instead.  Both

@@ -1,4 +1,4 @@
-"""Benchmark cases for ``llmaccel.int8_linear`` (listed in ``CASES``, registered by :mod:`llmaccel.bench.cases`).
+"""CPU benchmark cases for ``llmaccel.int8_linear`` (``CASES``, registered by :mod:`llmaccel.bench.cases`).
 
 The unit timed is what a model does: a pass of the activations through a
 stack of layers, each output feeding the next layer (4096 -> 4096, so the

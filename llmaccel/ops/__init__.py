@@ -1,4 +1,4 @@
-"""Op layer: one module per op family, each built from an OpSpec (``spec.py``): checks, backend adapters, public function.
+"""Op layer: one module per op family, each built from an OpSpec (``spec.py``).
 
 Adding an op family adds its module name to ``_OP_MODULES``; ``__all__`` collects each module's ``__all__``
 (its public functions and references), which ``llmaccel`` re-exports.

@@ -1,5 +1,7 @@
-"""The plain-PyTorch attention forward and backward: fp32 math chunked over queries (O(L) memory), the
-documented truth the kernels are tested against (formulas in :mod:`llmaccel.ops.attention`)."""
+"""Plain-PyTorch attention forward and backward, chunked over queries (fp32 math, O(L) memory).
+
+The documented truth the kernels are tested against; the formulas are in :mod:`llmaccel.ops.attention`.
+"""
 
 from __future__ import annotations
 

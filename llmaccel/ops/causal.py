@@ -1,5 +1,7 @@
-"""The causal-mask rule, in one place: which keys each query may see (the op, the nn modules and the
-transformers integration all build their masks from it)."""
+"""The causal-mask rule, in one place: which keys each query may see.
+
+The op's reference, the nn modules and the transformers integration all build their causal masks from it.
+"""
 
 from __future__ import annotations
 
