@@ -147,28 +147,32 @@ def _cpp_mask(attn_mask: Optional[Tensor], shape) -> tuple[Optional[Tensor], int
     return (m.view(torch.uint8), 1) if m.dtype == torch.bool else (m, 2)
 
 
+def _cpp_leading_args(a) -> tuple[tuple, tuple]:
+    """The arguments every C++ attention entry (forward, backward) starts with, in its order: the sizes; q, k, v
+    as fp32 (no copy for fp32), each a pointer and 4 strides; the mask (pointer, kind, 4 strides); the causal
+    flags and the scale.  Also the tensors those pointers point into, which the caller keeps alive."""
+    B, Hq, Lq, D = a.query.shape
+    Hkv, Lk, Dv = a.key.shape[1], a.key.shape[2], a.value.shape[3]
+    q, k, v = (t.to(torch.float32) for t in (a.query, a.key, a.value))  # strides passed through
+    m, mask_kind = _cpp_mask(a.attn_mask, (B, Hq, Lq, Lk))
+    args = (B, Hq, Hkv, Lq, Lk, D, Dv,
+            q.data_ptr(), *q.stride(), k.data_ptr(), *k.stride(), v.data_ptr(), *v.stride(),
+            m.data_ptr() if m is not None else 0, mask_kind, *(m.stride() if m is not None else (0, 0, 0, 0)),
+            bool(a.is_causal), bool(a.causal_bottom_right), a.scale)
+    return args, (q, k, v, m)
+
+
 @_forward.implement("cpp", check=_no_dropout)
 def _attention_cpp(a):
     """csrc/attention*.cpp: fp32 core; fp16/bf16 are widened first and the output rounded back."""
     done = _degenerate(a.query, a.key, a.value)
     if done is not None:
         return done
-    B, Hq, Lq, D = a.query.shape
-    Hkv, Lk, Dv = a.key.shape[1], a.key.shape[2], a.value.shape[3]
-    q, k, v = (t.to(torch.float32) for t in (a.query, a.key, a.value))  # no copy for fp32; strides passed through
-    m, mask_kind = _cpp_mask(a.attn_mask, (B, Hq, Lq, Lk))
-    out = torch.empty((B, Hq, Lq, Dv), dtype=torch.float32, device=q.device)
-    lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=q.device)
-    ext().attention_fwd(
-        B, Hq, Hkv, Lq, Lk, D, Dv,
-        q.data_ptr(), *q.stride(),
-        k.data_ptr(), *k.stride(),
-        v.data_ptr(), *v.stride(),
-        m.data_ptr() if m is not None else 0, mask_kind, *(m.stride() if m is not None else (0, 0, 0, 0)),
-        bool(a.is_causal), bool(a.causal_bottom_right), a.scale,
-        out.data_ptr(), *out.stride(),
-        lse.data_ptr(),
-        torch.get_num_threads())
+    B, Hq, Lq, _ = a.query.shape
+    lead, _alive = _cpp_leading_args(a)
+    out = torch.empty((B, Hq, Lq, a.value.shape[3]), dtype=torch.float32, device=a.query.device)
+    lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=a.query.device)
+    ext().attention_fwd(*lead, out.data_ptr(), *out.stride(), lse.data_ptr(), torch.get_num_threads())
     return out.to(a.query.dtype), lse
 
 
@@ -262,22 +266,13 @@ def _fused_backward_problem(a) -> Optional[str]:
 @_backward_op.implement("cpp", check=_fused_backward_problem)
 def _attention_backward_cpp(a):
     """csrc/attention*.cpp's fused backward; fp32 core (fp16/bf16 widened in, gradients rounded back)."""
-    B, Hq, Lq, D = a.query.shape
-    Hkv, Lk, Dv = a.key.shape[1], a.key.shape[2], a.value.shape[3]
-    qf, kf, vf, of, gf = (t.to(torch.float32) for t in (a.query, a.key, a.value, a.out, a.grad_out))
+    lead, _alive = _cpp_leading_args(a)
+    of, gf = a.out.to(torch.float32), a.grad_out.to(torch.float32)  # no copy for fp32; strides passed through
     lsef = a.lse.to(torch.float32).contiguous()
     dl = a.grad_lse.to(torch.float32).contiguous() if a.grad_lse is not None else None
-    m, mask_kind = _cpp_mask(a.attn_mask, (B, Hq, Lq, Lk))
-    dq = torch.empty((B, Hq, Lq, D), dtype=torch.float32, device=qf.device)
-    dk = torch.empty((B, Hkv, Lk, D), dtype=torch.float32, device=qf.device)
-    dv = torch.empty((B, Hkv, Lk, Dv), dtype=torch.float32, device=qf.device)
+    dq, dk, dv = (torch.empty(t.shape, dtype=torch.float32, device=t.device) for t in (a.query, a.key, a.value))
     ext().attention_bwd(
-        B, Hq, Hkv, Lq, Lk, D, Dv,
-        qf.data_ptr(), *qf.stride(),
-        kf.data_ptr(), *kf.stride(),
-        vf.data_ptr(), *vf.stride(),
-        m.data_ptr() if m is not None else 0, mask_kind, *(m.stride() if m is not None else (0, 0, 0, 0)),
-        bool(a.is_causal), bool(a.causal_bottom_right), a.scale,
+        *lead,
         of.data_ptr(), *of.stride(),
         lsef.data_ptr(),
         gf.data_ptr(), *gf.stride(),
