@@ -531,6 +531,23 @@ def test_opcheck():
                 torch.library.opcheck(torch.ops.llmaccel.attention.default, args)
 
 
+def test_backward_op_opcheck():
+    """torch.ops.llmaccel.attention_backward is a well-formed custom op (schema, fake, no aliasing) on every
+    backend that runs it here: bool mask (the fused kernels), float mask with its gradient, dropout (torch)."""
+    q, k, v = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 7, 8), torch.randn(1, 2, 7, 8)
+    cases = [(torch.rand(5, 7) > 0.3, 0.0, None, False), (torch.randn(1, 1, 5, 7), 0.0, None, True),
+             (None, 0.25, 1234, False)]
+    for mask, p, seed, need_mask_grad in cases:
+        out, lse = llmaccel.attention(q, k, v, mask, p, enable_gqa=True, return_lse=True, dropout_seed=seed)
+        args = (q, k, v, mask, out, lse, torch.randn_like(out), torch.randn_like(lse), p, False, None, False, seed,
+                need_mask_grad)
+        for name in backends.BACKENDS:
+            with backends.use(name):
+                if backends.explain("attention_backward", *args).backend != name:
+                    continue
+                torch.library.opcheck(torch.ops.llmaccel.attention_backward.default, args)
+
+
 @pytest.mark.skipif(INTERPRET, reason="compile pass is covered by the default run")
 def test_torch_compile_fullgraph():
     def fn(q, k, v, mask):
