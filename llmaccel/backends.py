@@ -326,7 +326,7 @@ class OpDispatcher:
                 raise BackendUnavailable(f"llmaccel::{self.name}: backend {requested!r} was requested but {why}")
             return self._impls[requested].fn
         first = None
-        for backend in self._order(requested, device):
+        for backend in self._auto_order(device) if requested == "auto" else self._order(requested, device):
             why = self._refusal(backend, device, args)
             if why is None:
                 if first is not None:

@@ -92,8 +92,8 @@ def _check(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa
     validate(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa, causal_bottom_right)
     if dropout_seed is not None and (not isinstance(dropout_seed, int) or isinstance(dropout_seed, bool)):
         fail(OP, f"dropout_seed must be an int or None, got {dropout_seed!r}", TypeError)
-    return _FWD_ARGS(query, key, value, attn_mask, dropout_p, is_causal, resolve_scale(scale, query.shape[3]),
-                     enable_gqa, causal_bottom_right, dropout_seed)
+    return _pack_forward((query, key, value, attn_mask, dropout_p, is_causal, resolve_scale(scale, query.shape[3]),
+                          enable_gqa, causal_bottom_right, dropout_seed))
 
 
 def _fake(a):
@@ -106,11 +106,9 @@ _forward = define(OpSpec(
     schema="(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, float dropout_p, bool is_causal, "
            "float? scale, bool enable_gqa, bool causal_bottom_right, int? dropout_seed=None) -> (Tensor, Tensor)",
     check=_check,
-    fake=_fake,
-    # Fresh, contiguous outputs whatever the backend returned (the fake promises exactly this).
-    finish=lambda outs: (outs[0].contiguous(), outs[1].contiguous()),
+    fake=_fake,  # fresh contiguous outputs: every adapter below returns exactly that (opcheck tests it)
 ))
-_FWD_ARGS = _forward.Args
+_pack_forward = _forward.pack
 
 
 def _no_dropout(a) -> Optional[str]:
@@ -215,8 +213,8 @@ def _check_backward(query, key, value, attn_mask, out, lse, grad_out, grad_lse, 
         fail("attention_backward", "dropout_p > 0 needs the forward's dropout_seed")
     if need_mask_grad and (attn_mask is None or not attn_mask.is_floating_point()):
         fail("attention_backward", "need_mask_grad=True needs a float attn_mask")
-    return _BWD_ARGS(query, key, value, attn_mask, out, lse, grad_out, grad_lse, dropout_p, is_causal,
-                     resolve_scale(scale, query.shape[3]), causal_bottom_right, dropout_seed, need_mask_grad)
+    return _pack_backward((query, key, value, attn_mask, out, lse, grad_out, grad_lse, dropout_p, is_causal,
+                           resolve_scale(scale, query.shape[3]), causal_bottom_right, dropout_seed, need_mask_grad))
 
 
 def _fake_backward(a):
@@ -234,7 +232,7 @@ _backward_op = define(OpSpec(
     finish=lambda grads: tuple(g.contiguous() for g in grads),
     follows_forward=True,
 ))
-_BWD_ARGS = _backward_op.Args
+_pack_backward = _backward_op.pack
 
 
 def _grads(a, dq: Tensor, dk: Tensor, dv: Tensor, dmask: Optional[Tensor] = None):

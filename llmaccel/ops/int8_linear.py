@@ -79,7 +79,7 @@ def _check(x, w_int8, w_scale, bias, act):
         fail(OP, f"act must be one of {MODES + ('auto',)}, got {act!r}")
     if act == "dynamic" and K > MAX_K:
         fail(OP, f"K = {K} exceeds {MAX_K}: the int32 accumulator of act='dynamic' could overflow")
-    return _OP_ARGS(x, w_int8, w_scale, bias, act)
+    return _make_args((x, w_int8, w_scale, bias, act))
 
 
 def dequantize_weight(w_int8: Tensor, w_scale: Tensor) -> Tensor:
@@ -154,7 +154,7 @@ _op = define(OpSpec(
     fake=lambda args: args.x.new_empty((*args.x.shape[:-1], args.w_int8.shape[0])),
     prepare=_prepare,
 ))
-_OP_ARGS = _op.Args
+_make_args = _op.pack
 _op.autograd(_backward, _setup_context)
 _op.implement("torch")(lambda args: int8_linear_reference(*args))
 

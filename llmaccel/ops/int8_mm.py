@@ -46,7 +46,7 @@ def _check(a, b):
         fail(OP, f"a is [M, K] = {list(a.shape)} and b is [K, N] = {list(b.shape)}: their K differ")
     if a.shape[1] > MAX_K:
         fail(OP, f"K = {a.shape[1]} exceeds {MAX_K}: an exact int8 dot product that long can overflow int32")
-    return _OP_ARGS(a, b)
+    return _make_args((a, b))
 
 
 def int8_mm_reference(a: Tensor, b: Tensor) -> Tensor:
@@ -70,7 +70,7 @@ _op = define(OpSpec(
     check=_check,
     fake=lambda args: args.a.new_empty((args.a.shape[0], args.b.shape[1]), dtype=torch.int32),
 ))
-_OP_ARGS = _op.Args
+_make_args = _op.pack
 _op.implement("torch")(lambda args: int8_mm_reference(args.a, args.b))
 _op.implement("cpp")(lambda args: int8_mm_cpp(args.a, args.b))
 

@@ -41,7 +41,7 @@ def _check(x):
         fail(OP, f"x must be float32, float16 or bfloat16, got {x.dtype}", TypeError)
     if x.dim() < 1:
         fail(OP, "x must have at least one dimension (the K axis last)")
-    return _OP_ARGS(x)
+    return _make_args((x,))
 
 
 def quantize_per_token_reference(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,7 +67,7 @@ _op = define(OpSpec(
     fake=lambda args: (args.x.new_empty(args.x.shape, dtype=torch.int8),
                        args.x.new_empty(args.x.shape[:-1], dtype=torch.float32)),
 ))
-_OP_ARGS = _op.Args
+_make_args = _op.pack
 _op.implement("torch")(lambda args: quantize_per_token_reference(args.x))
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import torch
@@ -73,6 +74,9 @@ class Op:
         # Defaults of trailing schema arguments fill in when torch.ops is called without them (torch passes
         # only the arguments given to a Python custom op's body).
         self.Args = collections.namedtuple(f"{spec.name}_args", names, defaults=defaults or None)
+        # pack((v1, v2, ...)): an Args from all its values, without the Python frame of Args(...) (checks run on
+        # every call, and the per-call Python cost is what small shapes pay).
+        self.pack = functools.partial(tuple.__new__, self.Args)
         self.dispatch = backends.dispatcher(spec.name, device_of=spec.device_of, prepare=spec.prepare,
                                             follows_forward=spec.follows_forward)
         self.body = self._make_body()
