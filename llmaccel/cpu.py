@@ -14,9 +14,10 @@ import torch
 
 from . import _ext
 
-# Public op -> the C++ kernel family that runs it (csrc/variants.h, Family).
-# int8_linear act="dynamic" and the weight packing share int8_mm's variants:
-# the packed layout belongs to the variant.
+# Public op -> the C++ kernel family that runs it (csrc/variants.h, Family), where the two names differ or one
+# family runs several ops.  int8_linear act="dynamic" and the weight packing share int8_mm's variants: the
+# packed layout belongs to the variant.  A family listed nowhere here (a new op family) is reported under its
+# own name.
 OP_FAMILIES = {
     "int8_mm": "int8_mm",
     "int8_linear_dynamic": "int8_mm",
@@ -55,13 +56,15 @@ def cpu_info() -> dict:
         return info
     c = _ext.ext()
     choice = c.variant_choice()
+    op_families = dict(OP_FAMILIES)
+    op_families.update({fam: fam for fam in choice if fam not in OP_FAMILIES.values()})
     info.update(
         extension="loaded",
         features=list(c.cpu_features()),
         isa_levels={k: list(v) for k, v in c.isa_levels().items()},
         cpu_isa=c.cpu_isa(),
         ops={op: {"family": fam, "variant": choice[fam]["variant"], "why": choice[fam]["why"]}
-             for op, fam in OP_FAMILIES.items()},
+             for op, fam in op_families.items()},
         variants={fam: d["variant"] for fam, d in choice.items()},
         available_variants={fam: list(d["available"]) for fam, d in choice.items()},
         transparent_huge_pages=c.transparent_huge_pages_mode(),

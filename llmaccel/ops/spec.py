@@ -20,14 +20,19 @@ Every implementation, limit, prepare and fake receives the one arguments object 
 schema's arguments, ``op.Args``), built by the spec's ``check`` once per call; kernels trust it.
 
 Adding an op family (sparse GEMM next) takes, besides its own kernel files (``csrc/<op>*.cpp``,
-``kernels/<op>.py``), op file (``llmaccel/ops/<op>.py``: an OpSpec, its implementations, its public
-function) and test files (``tests/test_<op>.py``), changes in these 4 places:
+``kernels/<op>*.py``), op file (``llmaccel/ops/<op>.py``: an OpSpec with its check and fake, one
+``@op.implement`` adapter per backend, an ``@op.public`` function calling ``op.call``; a backward op is a
+second OpSpec with ``follows_forward=True``), benchmark cases (``llmaccel/bench/cases_<op>.py``) and test
+files (``tests/test_<op>.py``), changes in these 4 places:
 
-1. ``llmaccel/ops/__init__.py``: one import line (``llmaccel/__init__.py`` re-exports ``ops.__all__``);
-2. ``tests/test_backends.py``: one explain case (the test requires one per registered op);
-3. the C++ build, if it has C++ kernels: the sources in ``setup.py`` and their bindings in
-   ``csrc/bindings.cpp`` (plus ``llmaccel/cpu.py`` ``OP_FAMILIES`` when it has ISA variants);
-4. the benchmark: a ``llmaccel/bench/cases_<op>.py`` module and its import in the case registry.
+1. ``llmaccel/ops/__init__.py``: its module name in ``_OP_MODULES`` (``llmaccel`` re-exports ``ops.__all__``);
+2. ``llmaccel/bench/cases.py``: its cases module in ``_CASE_MODULES``;
+3. ``tests/test_backends.py``: one ``explain`` case (the test requires one per registered op);
+4. with C++ kernels, their registration in the C++ layer: the binding in ``csrc/bindings.cpp`` and, with ISA
+   variants, the family's rows in ``csrc/variants.{h,cpp}`` (``setup.py`` compiles every ``csrc/*.cpp``;
+   ``llmaccel.cpu_info()`` reports a new family under its own name).
+
+Nothing else learns the op's name: the dispatcher, ``explain()``, the schema and the fake come from the spec.
 """
 
 from __future__ import annotations
