@@ -212,8 +212,8 @@ void linear_decode(const llmaccel::Int8MMProblem& p) {
   using Isa = Avx2Sign;
   constexpr int MR = Isa::MR, NR = Isa::NR;
   constexpr int64_t KA = Isa::KALIGN;
-  static const TileTable<Isa, kStreamPanels> panels;
-  static const TileTable<Isa, kStreamColumns> columns;
+  static constexpr Int8TileTable<Isa, kStreamPanels> panels;
+  static constexpr Int8TileTable<Isa, kStreamColumns> columns;
   const TileFn(*fn)[NR] = p.b_packed ? panels.fn : columns.fn;
   const int64_t M = p.M, N = p.N, K = p.K, Kp = round_up(K, KA), ngroups = ceil_div(N, NR);
   const int R = static_cast<int>(M);

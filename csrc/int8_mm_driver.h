@@ -56,6 +56,7 @@
 #include <vector>
 
 #include "common.h"
+#include "tile_table.h"
 #include "int8_mm.h"
 #include "quantize.h"
 
@@ -154,18 +155,16 @@ void tile_entry(const uint8_t* a, const BCols& b, int64_t K, const TileOut& o) {
 // stream the hardware prefetcher follows by itself; the tile only adds a
 // short L2 lookahead.  Tiles that reuse B from L1/L2 skip all of it.
 template <class Isa, int kStream>
-struct TileTable {
-  TileFn fn[Isa::MR][Isa::NR];
-  template <int R, int... Cs>
-  void fill_row(std::integer_sequence<int, Cs...>) {
-    ((fn[R - 1][Cs] = &tile_entry<Isa, kStream, R, Cs + 1>), ...);
-  }
-  template <int... Rs>
-  void fill(std::integer_sequence<int, Rs...>) {
-    (fill_row<Rs + 1>(std::make_integer_sequence<int, Isa::NR>{}), ...);
-  }
-  TileTable() { fill(std::make_integer_sequence<int, Isa::MR>{}); }
+struct TileEntries {
+  template <int R, int C>
+  struct At {
+    static void run(const uint8_t* a, const BCols& b, int64_t K, const TileOut& o) {
+      tile_entry<Isa, kStream, R, C>(a, b, K, o);
+    }
+  };
 };
+template <class Isa, int kStream>
+using Int8TileTable = TileTable<Isa::MR, Isa::NR, TileEntries<Isa, kStream>::template At>;
 
 struct AlignedFree {
   void operator()(void* p) const { std::free(p); }
@@ -242,9 +241,9 @@ template <class Isa>
 void run_int8_mm(const llmaccel::Int8MMProblem& p) {
   using llmaccel::ceil_div;
   using llmaccel::round_up;
-  static const TileTable<Isa, kReuse> table;
-  static const TileTable<Isa, kStreamColumns> column_stream_table;
-  static const TileTable<Isa, kStreamPanels> panel_stream_table;
+  static constexpr Int8TileTable<Isa, kReuse> table;
+  static constexpr Int8TileTable<Isa, kStreamColumns> column_stream_table;
+  static constexpr Int8TileTable<Isa, kStreamPanels> panel_stream_table;
   const TileFn(*stream_fn)[Isa::NR] = p.b_packed ? panel_stream_table.fn : column_stream_table.fn;
   constexpr int MR = Isa::MR, NR = Isa::NR;
 
