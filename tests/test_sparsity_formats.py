@@ -79,6 +79,15 @@ def test_round_trip_from_views():
             assert torch.equal(build(fmt, w, mask, arg).to_dense(), pruned(w.contiguous(), mask))
 
 
+def test_from_dense_of_a_trainable_parameter_holds_no_autograd_history():
+    w = torch.nn.Linear(113, 17).weight                      # requires_grad
+    for fmt in FMTS:
+        arg, mask = masks_for(fmt, w.detach())[0]
+        packed = build(fmt, w, mask, arg)
+        assert not any(t.requires_grad for t in packed.state_dict().values())
+        assert isinstance(packed.shape, tuple) and packed.shape == (17, 113)
+
+
 def test_nm_mask_with_fewer_than_n_kept():
     w = weight((3, 10))
     mask = torch.zeros(3, 10, dtype=torch.bool)
@@ -345,8 +354,8 @@ def test_reference_matmul_bad_input():
 # ---------------------------------------------------------------- properties
 
 @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(rows=st.integers(1, 7), k=st.integers(1, 40), dtype=st.sampled_from(DTYPES), quantize=st.sampled_from([None, "int8"]),
-       m=st.integers(2, 9), bh=st.integers(1, 5), bw=st.integers(1, 9), density=st.floats(0.0, 1.0), data=st.data())
+@given(rows=st.integers(1, 7), k=st.integers(1, 40), dtype=st.sampled_from(DTYPES),
+       quantize=st.sampled_from([None, "int8"]), m=st.integers(2, 9), bh=st.integers(1, 5), bw=st.integers(1, 9), density=st.floats(0.0, 1.0), data=st.data())
 def test_round_trip_property(rows, k, dtype, quantize, m, bh, bw, density, data):
     n = data.draw(st.integers(1, m - 1))
     w = weight((rows, k), dtype)

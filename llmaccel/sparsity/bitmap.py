@@ -35,6 +35,7 @@ from .int8 import dequantize, quantize_int8_per_row
 __all__ = ["BitmapWeight"]
 
 _NAME = "BitmapWeight"
+_POPCOUNT = torch.tensor([bin(b).count("1") for b in range(256)], dtype=torch.int64)  # set bits of each byte value
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +55,7 @@ class BitmapWeight:
     def __post_init__(self) -> None:
         where = _NAME
         rows, k = C.check_int_pair(self.shape, where, "shape")
+        object.__setattr__(self, "shape", (rows, k))  # plain ints, whatever sequence was passed
         C.check_field(self.bitmap, where, "bitmap", dtype=torch.uint8, shape=(rows, packed_bytes(k, 1)))
         C.check_field(self.values, where, "values", dim=1)
         C.check_values_and_scale(self.values, self.scale, rows, where)
@@ -61,7 +63,7 @@ class BitmapWeight:
         C.check_same_device(where, bitmap=self.bitmap, values=self.values, row_offsets=self.row_offsets)
         if not padding_bits_clear(self.bitmap, 1, k):
             raise ValueError(f"{where}: field 'bitmap' has bits set past column K = {k}")
-        counts = unpack_fields(self.bitmap, 1, k).sum(1)
+        counts = _POPCOUNT.to(self.bitmap.device)[self.bitmap.long()].sum(1)  # pad bits are clear (checked)
         offsets = self.row_offsets
         if int(offsets[0]) != 0 or not torch.equal(offsets[1:] - offsets[:-1], counts):
             raise ValueError(f"{where}: field 'row_offsets' must start at 0 and step by each row's popcount "
@@ -77,6 +79,7 @@ class BitmapWeight:
         C.check_weight(weight, where)
         C.check_mask(mask, weight, where)
         C.check_quantize(weight, quantize, where)
+        weight, mask = weight.detach(), mask.detach()
         pruned = torch.where(mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
         scale = None
         if quantize == "int8":
@@ -87,7 +90,7 @@ class BitmapWeight:
         offsets = torch.zeros(weight.shape[0] + 1, dtype=torch.int64, device=weight.device)
         offsets[1:] = torch.cumsum(counts, 0)
         return cls(bitmap=pack_fields(mask, 1), values=values, row_offsets=offsets,
-                   shape=tuple(weight.shape), scale=scale)
+                   shape=(weight.shape[0], weight.shape[1]), scale=scale)
 
     def mask(self) -> Tensor:
         """bool [N_out, K]: the kept weights."""

@@ -62,6 +62,8 @@ class BSRWeight:
         where = _NAME
         rows, k = C.check_int_pair(self.shape, where, "shape")
         bh, bw = C.check_int_pair(self.block_size, where, "block_size")
+        object.__setattr__(self, "shape", (rows, k))  # plain ints, whatever sequence was passed
+        object.__setattr__(self, "block_size", (bh, bw))
         tr, tc = self.tile_grid
         C.check_field(self.values, where, "values", shape=(None, bh, bw))
         C.check_values_and_scale(self.values, self.scale, rows, where)
@@ -100,6 +102,7 @@ class BSRWeight:
         C.check_weight(weight, where)
         C.check_mask(mask, weight, where)
         C.check_quantize(weight, quantize, where)
+        weight, mask = weight.detach(), mask.detach()
         bh, bw = C.check_int_pair(tuple(block_size) if isinstance(block_size, list) else block_size,
                                   where, "block_size")
         rows, k = weight.shape

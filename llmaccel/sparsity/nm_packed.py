@@ -18,8 +18,9 @@ least significant bit first.  For **2:4** that is one byte per two groups:
 indices and ``i2, i3`` group 2t+1's: a nibble per group, low nibble first.
 A kernel can turn a nibble into the 4-bit expand mask ``1<<i0 | 1<<i1``
 with a 16-entry table (``vpexpandd``), or use the indices to gather x.
-With b*N = M bits per group (2:4, 1:2) the metadata costs 1 bit per weight:
-2:4 fp32 is (2*4 + 0.5) / 16 = 0.53 of the dense bytes.
+2:4 metadata is 4 bits per group of 4, half a byte per kept value: 2:4 fp32
+is (2*4 + 0.5) / 16 = 0.53 of the dense bytes, 2:4 int8 (2 + 0.5) / 4 = 0.63
+of dense int8 (plus 4 bytes of scale per row).
 
 Within a group the slots are sorted by column (strictly increasing indices).
 A group whose mask keeps fewer than N columns fills its spare slots with
@@ -91,9 +92,11 @@ class NMPackedWeight:
     def __post_init__(self) -> None:
         where = _NAME
         n, m = C.check_int_pair(self.pattern, where, "pattern")
+        object.__setattr__(self, "pattern", (n, m))
         if not n < m <= 256:
             raise ValueError(f"{where}: field 'pattern' must be N:M with N < M <= 256, got {n}:{m}")
         rows, k = C.check_int_pair(self.shape, where, "shape")
+        object.__setattr__(self, "shape", (rows, k))
         slots = self.groups * n
         C.check_field(self.values, where, "values", shape=(rows, slots))
         C.check_values_and_scale(self.values, self.scale, rows, where)
@@ -126,6 +129,7 @@ class NMPackedWeight:
         C.check_weight(weight, where)
         C.check_mask(mask, weight, where)
         C.check_quantize(weight, quantize, where)
+        weight, mask = weight.detach(), mask.detach()
         n, m = C.parse_nm(pattern, where)
         rows, k = weight.shape
         groups = -(-k // m)
