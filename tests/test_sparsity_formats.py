@@ -355,7 +355,8 @@ def test_reference_matmul_bad_input():
 
 @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.integers(1, 7), k=st.integers(1, 40), dtype=st.sampled_from(DTYPES),
-       quantize=st.sampled_from([None, "int8"]), m=st.integers(2, 9), bh=st.integers(1, 5), bw=st.integers(1, 9), density=st.floats(0.0, 1.0), data=st.data())
+       quantize=st.sampled_from([None, "int8"]), m=st.integers(2, 9), bh=st.integers(1, 5), bw=st.integers(1, 9),
+       density=st.floats(0.0, 1.0), data=st.data())
 def test_round_trip_property(rows, k, dtype, quantize, m, bh, bw, density, data):
     n = data.draw(st.integers(1, m - 1))
     w = weight((rows, k), dtype)
@@ -373,3 +374,21 @@ def test_round_trip_property(rows, k, dtype, quantize, m, bh, bw, density, data)
             q, scale = rebuilt.int8_dense()
             assert torch.equal(rebuilt.to_dense(), q.float() * scale[:, None])
             assert not q[~mask].any()
+
+
+# ---------------------------------------------------------------- CUDA (where a GPU exists)
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_cuda_matches_cpu(quantize):
+    w = weight((17, 4099))
+    for pattern, kw in (("2:4", {}), ("3:5", {}), ("unstructured", {"sparsity": 0.7}),
+                        ("block", {"sparsity": 0.5, "block_size": (4, 8)})):
+        assert torch.equal(prune(w.cuda(), pattern, **kw).cpu(), prune(w, pattern, **kw)), pattern
+    for fmt in FMTS:
+        for arg, mask in masks_for(fmt, w):
+            on_gpu = build(fmt, w.cuda(), mask.cuda(), arg, quantize)
+            assert all(t.is_cuda for k, t in on_gpu.state_dict().items() if k not in ("shape", "pattern", "block_size"))
+            assert torch.equal(on_gpu.to_dense().cpu(), build(fmt, w, mask, arg, quantize).to_dense())
+            rebuilt = CLASSES[fmt].from_state_dict(on_gpu.state_dict())
+            assert torch.equal(rebuilt.to_dense(), on_gpu.to_dense())
