@@ -3,6 +3,7 @@
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
+from safetensors.torch import load_file, save_file
 
 from llmaccel.sparsity import (BitmapWeight, BSRWeight, NMPackedWeight, prune, quantize_int8_per_row,
                                sparse_linear_reference)
@@ -189,6 +190,9 @@ def test_state_dict_round_trips_through_torch_load(fmt, quantize, tmp_path):
         loaded = CLASSES[fmt].from_state_dict(torch.load(path, weights_only=True))
         assert_bitwise(loaded.to_dense(), packed.to_dense())
         assert loaded.nbytes() == packed.nbytes()
+        save_file(state, tmp_path / f"{fmt}{i}.safetensors")     # contiguous, unshared: safetensors takes it too
+        loaded = CLASSES[fmt].from_state_dict(load_file(tmp_path / f"{fmt}{i}.safetensors"))
+        assert_bitwise(loaded.to_dense(), packed.to_dense())
 
 
 # ---------------------------------------------------------------- corrupt states
