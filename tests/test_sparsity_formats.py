@@ -89,6 +89,18 @@ def test_from_dense_of_a_trainable_parameter_holds_no_autograd_history():
         assert isinstance(packed.shape, tuple) and packed.shape == (17, 113)
 
 
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_everything_pruned(quantize):
+    w = weight((5, 11))
+    none = torch.zeros(5, 11, dtype=torch.bool)
+    for packed in (NMPackedWeight.from_dense(w, none, "2:4", quantize=quantize),
+                   BitmapWeight.from_dense(w, none, quantize=quantize),
+                   BSRWeight.from_dense(w, none, (2, 4), quantize=quantize)):
+        rebuilt = type(packed).from_state_dict(packed.state_dict())
+        assert torch.equal(rebuilt.to_dense(), torch.zeros(5, 11))
+        assert quantize is None or torch.equal(packed.scale, torch.ones(5))
+
+
 def test_nm_mask_with_fewer_than_n_kept():
     w = weight((3, 10))
     mask = torch.zeros(3, 10, dtype=torch.bool)
