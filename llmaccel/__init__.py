@@ -19,9 +19,10 @@ from .ops import (int8_linear, int8_linear_reference, int8_mm, int8_mm_reference
 from .nn import Int8Linear
 from .quantize import Int8Config, QuantizeSummary, quantize_
 from .smoothquant import SmoothReport, smooth_
+from . import sparsity  # pruning masks, calibration, compressed sparse formats
 
 __version__ = "0.1.0"
 
 __all__ = ["backends", "cpu_info", "attention", "attention_reference", "int8_mm", "int8_mm_reference",
            "quantize_per_token", "quantize_per_token_reference", "int8_linear", "int8_linear_reference", "Int8Linear",
-           "Int8Config", "QuantizeSummary", "quantize_", "SmoothReport", "smooth_", "__version__"]
+           "Int8Config", "QuantizeSummary", "quantize_", "SmoothReport", "smooth_", "sparsity", "__version__"]
