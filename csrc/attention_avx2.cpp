@@ -59,6 +59,13 @@ inline float hmax(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// Vector traits for exp2_poly (exp2_poly.h).
+struct F8 {
+  using T = __m256;
+  static __m256 set1(float c) { return _mm256_set1_ps(c); }
+  static __m256 fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+};
+
 inline __m256 exp2v(__m256 x) {
   // Lanes below -126 (also -inf) become exactly 0; "not less than,
   // unordered" keeps NaN lanes, which propagate.
@@ -66,13 +73,7 @@ inline __m256 exp2v(__m256 x) {
   x = _mm256_min_ps(_mm256_set1_ps(128.0f), x);  // operand order: minps returns a NaN x
   const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(x, n);
-  __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  const __m256 p = exp2_poly<F8>(f);
   // 2^n p by adding n to p's biased exponent.  In the kept range this never
   // leaves the normal numbers: p = 2^f is in [2^-1/2, 2^1/2] (exponent -1 or
   // 0); n = -126 only for x in [-126, -125.5], where f >= 0 so p >= 1
@@ -206,37 +207,17 @@ struct PvtTile {
   }
 };
 
-// Run-time (R, C[, tail]) -> tile instantiation, filled at compile time.
-template <template <int, int> class Tile>
-struct Table2 {
-  using Fn = decltype(&Tile<1, 1>::run);
-  Fn fn[kMR][kNC] = {};
-  template <int I = 0>
-  constexpr void fill() {
-    if constexpr (I < kMR * kNC) {
-      fn[I / kNC][I % kNC] = &Tile<I / kNC + 1, I % kNC + 1>::run;
-      fill<I + 1>();
-    }
-  }
-  constexpr Table2() { fill(); }
-};
-template <template <int, int, bool> class Tile>
-struct Table3 {
-  using Fn = decltype(&Tile<1, 1, false>::run);
-  Fn fn[kMR][kNC][2] = {};
-  template <int I = 0>
-  constexpr void fill() {
-    if constexpr (I < kMR * kNC * 2) {
-      constexpr int R = I / (2 * kNC) + 1, C = I / 2 % kNC + 1;
-      fn[R - 1][C - 1][I % 2] = &Tile<R, C, I % 2 == 1>::run;
-      fill<I + 1>();
-    }
-  }
-  constexpr Table3() { fill(); }
-};
-constexpr Table2<QkTile> kQk{};
-constexpr Table3<PvTile> kPv{};
-constexpr Table3<PvtTile> kPvt{};
+// Run-time (R, C) -> tile instantiation (tile_table.h); pv and pvt also by
+// whether the last vector is ragged (masked loads and stores).
+template <int R, int C> using PvFull = PvTile<R, C, false>;
+template <int R, int C> using PvTail = PvTile<R, C, true>;
+template <int R, int C> using PvtFull = PvtTile<R, C, false>;
+template <int R, int C> using PvtTail = PvtTile<R, C, true>;
+constexpr TileTable<kMR, kNC, QkTile> kQk{};
+constexpr TileTable<kMR, kNC, PvFull> kPvFull{};
+constexpr TileTable<kMR, kNC, PvTail> kPvTail{};
+constexpr TileTable<kMR, kNC, PvtFull> kPvtFull{};
+constexpr TileTable<kMR, kNC, PvtTail> kPvtTail{};
 
 // Keys a row tile needs: the largest of its rows' limits.
 inline int64_t tile_n(const int64_t* row_n, int R) {
@@ -441,7 +422,7 @@ struct Avx2 {
           for (int64_t r0 = 0; r0 < M; r0 += kMR) {
             const int R = static_cast<int>(std::min<int64_t>(kMR, M - r0));
             // alpha rescales O once, with the first chunk.
-            kPv.fn[R - 1][C - 1][tail](nj, Dv - VL * c0, p + r0 * ldp + j0, ldp, v + j0 * ldv + VL * c0, ldv,
+            (tail ? kPvTail.fn : kPvFull.fn)[R - 1][C - 1](nj, Dv - VL * c0, p + r0 * ldp + j0, ldp, v + j0 * ldv + VL * c0, ldv,
                                        j0 == 0 ? alpha + r0 : kOnes, o + r0 * ldo + VL * c0, ldo);
           }
         }
@@ -468,7 +449,7 @@ struct Avx2 {
         for (int64_t c0 = 0; c0 < nv; c0 += kNC) {
           const int C = static_cast<int>(std::min<int64_t>(kNC, nv - c0));
           const bool tail = ragged && c0 + C == nv;
-          kPv.fn[R - 1][C - 1][tail](std::max<int64_t>(nt, 0), Dv - VL * c0, p + r0 * ldp + j0, ldp,
+          (tail ? kPvTail.fn : kPvFull.fn)[R - 1][C - 1](std::max<int64_t>(nt, 0), Dv - VL * c0, p + r0 * ldp + j0, ldp,
                                      v + j0 * ldv + VL * c0, ldv, j0 == 0 ? alpha + r0 : kOnes,
                                      o + r0 * ldo + VL * c0, ldo);
         }
@@ -486,7 +467,7 @@ struct Avx2 {
       const bool tail = ragged && c0 + C == nv;
       for (int64_t r0 = 0; r0 < n; r0 += kMR) {
         const int R = static_cast<int>(std::min<int64_t>(kMR, n - r0));
-        kPvt.fn[R - 1][C - 1][tail](m, Dv - VL * c0, p + r0, ldp, v + VL * c0, ldv, o + r0 * ldo + VL * c0, ldo);
+        (tail ? kPvtTail.fn : kPvtFull.fn)[R - 1][C - 1](m, Dv - VL * c0, p + r0, ldp, v + VL * c0, ldv, o + r0 * ldo + VL * c0, ldo);
       }
     }
   }

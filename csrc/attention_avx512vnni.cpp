@@ -24,19 +24,20 @@ namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
+// Vector traits for exp2_poly (exp2_poly.h).
+struct F16 {
+  using T = __m512;
+  static __m512 set1(float c) { return _mm512_set1_ps(c); }
+  static __m512 fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+};
+
 inline __m512 exp2v(__m512 x) {
   // Below -126 the result is 0 (exactly; also for -inf).  NaN propagates.
   const __mmask16 keep = ~_mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_LT_OQ);
   x = _mm512_min_ps(_mm512_set1_ps(128.0f), x);  // operand order: a NaN x passes through
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  const __m512 p = exp2_poly<F16>(f);
   return _mm512_maskz_scalef_ps(keep, p, n);
 }
 
@@ -255,19 +256,6 @@ inline int64_t tile_n(const int64_t* row_n, int R) {
 }
 alignas(64) constexpr float kOnes[kMR] = {1, 1, 1, 1, 1, 1};
 
-template <template <int, int> class Fn, class F>
-struct Table {
-  F fn[kMR][kNC];
-  template <int R, int... Cs>
-  void row(std::integer_sequence<int, Cs...>) {
-    ((fn[R - 1][Cs] = &Fn<R, Cs + 1>::run), ...);
-  }
-  template <int... Rs>
-  void fill(std::integer_sequence<int, Rs...>) {
-    (row<Rs + 1>(std::make_integer_sequence<int, kNC>{}), ...);
-  }
-  Table() { fill(std::make_integer_sequence<int, kMR>{}); }
-};
 
 template <int R, int C>
 struct QkFn {
@@ -289,9 +277,6 @@ struct PvtFn {
     pvt_tile<R, C>(m, dv_left, p, ldp, v, ldv, o, ldo);
   }
 };
-using PvtPtr = void (*)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t);
-using QkPtr = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*, int64_t);
-using PvPtr = void (*)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, const float*, float*, int64_t);
 
 struct Avx512 {
   static constexpr int VL = 16;
@@ -324,7 +309,7 @@ struct Avx512 {
 
   static void qk(int64_t M, int64_t n, int64_t D, const float* q, int64_t ldq, const float* kt, int64_t ldkt,
                  float* s, int64_t lds, const int64_t* row_n) {
-    static const Table<QkFn, QkPtr> table;
+    static constexpr TileTable<kMR, kNC, QkFn> table{};
     const int64_t nv = llmaccel::ceil_div(n, 16);
     for (int64_t c0 = 0; c0 < nv; c0 += kNC) {
       for (int64_t r0 = 0; r0 < M; r0 += kMR) {
@@ -377,7 +362,7 @@ struct Avx512 {
 
   static void pv(int64_t M, int64_t n, int64_t Dv, const float* p, int64_t ldp, const float* v, int64_t ldv,
                  const float* alpha, float* o, int64_t ldo, const int64_t* row_n) {
-    static const Table<PvFn, PvPtr> table;
+    static constexpr TileTable<kMR, kNC, PvFn> table{};
     const int64_t nv = llmaccel::ceil_div(Dv, 16);
     if (M <= kMR && nv > kNC) {
       // One row tile (decode) but several column tiles: walk V once, in
@@ -408,7 +393,7 @@ struct Avx512 {
 
   static void pvt(int64_t n, int64_t m, int64_t Dv, const float* p, int64_t ldp, const float* v, int64_t ldv,
                   float* o, int64_t ldo) {
-    static const Table<PvtFn, PvtPtr> table;
+    static constexpr TileTable<kMR, kNC, PvtFn> table{};
     const int64_t nv = llmaccel::ceil_div(Dv, 16);
     for (int64_t c0 = 0; c0 < nv; c0 += kNC) {
       const int C = static_cast<int>(std::min<int64_t>(kNC, nv - c0));

@@ -41,6 +41,8 @@
 #include "attention.h"
 #include "common.h"
 #include "memory.h"
+#include "exp2_poly.h"
+#include "tile_table.h"
 
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h

@@ -10,6 +10,14 @@ namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
+// Scalar traits for exp2_poly (exp2_poly.h): a * b + c as written, so the
+// generic build (no FMA flag) rounds the product and the sum separately.
+struct F1 {
+  using T = float;
+  static float set1(float c) { return c; }
+  static float fma(float a, float b, float c) { return a * b + c; }
+};
+
 // 2^x for one float: x = n + f with n = round(x), |f| <= 1/2, 2^f by the
 // Cephes exp2f polynomial (relative error ~1.7e-7), 2^n placed in the
 // exponent bits.  Exactly 0 below -126 (and for -inf); +inf above 128.
@@ -18,13 +26,7 @@ inline float fast_exp2(float x) {
   if (x > 128.0f) x = 128.0f;
   const float n = std::nearbyint(x);
   const float f = x - n;
-  float p = 1.535336188319500e-4f;
-  p = p * f + 1.339887440266574e-3f;
-  p = p * f + 9.618437357674640e-3f;
-  p = p * f + 5.550332471162809e-2f;
-  p = p * f + 2.402264791363012e-1f;
-  p = p * f + 6.931472028550421e-1f;
-  p = p * f + 1.0f;
+  const float p = exp2_poly<F1>(f);
   // n in [-126, 128]: scale by 2^n in two steps so 2^128 overflows to inf
   // and no step needs a denormal or out-of-range exponent.
   const int ni = static_cast<int>(n);

@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "common.h"
+#include "tile_table.h"
 #include "int8_linear_wo.h"
 
 namespace llmaccel {
@@ -59,18 +60,13 @@ void wo_tile(const llmaccel::Int8LinearWOProblem& p, int64_t m0, int64_t n0) {
 
 using WoTileFn = void (*)(const llmaccel::Int8LinearWOProblem&, int64_t, int64_t);
 
-template <int R, int... Cs>
-constexpr std::array<WoTileFn, kWoNR> wo_row(std::integer_sequence<int, Cs...>) {
-  return {&wo_tile<R, Cs + 1>...};
-}
-
-template <int... Rs>
-constexpr std::array<std::array<WoTileFn, kWoNR>, kWoMR> wo_table(std::integer_sequence<int, Rs...>) {
-  return {wo_row<Rs + 1>(std::make_integer_sequence<int, kWoNR>{})...};
-}
+template <int R, int C>
+struct WoTile {
+  static void run(const llmaccel::Int8LinearWOProblem& p, int64_t m0, int64_t n0) { wo_tile<R, C>(p, m0, n0); }
+};
 
 void run_int8_linear_wo(const llmaccel::Int8LinearWOProblem& p) {
-  static constexpr auto table = wo_table(std::make_integer_sequence<int, kWoMR>{});
+  static constexpr TileTable<kWoMR, kWoNR, WoTile> table;
   const int64_t ngroups = llmaccel::ceil_div(p.N, kWoNR), ntiles = llmaccel::ceil_div(p.M, kWoMR);
   // Column groups outermost: a thread streams its share of the weight once
   // and reuses each group (4 rows of W, in L1) for every row tile of x.
@@ -80,7 +76,7 @@ void run_int8_linear_wo(const llmaccel::Int8LinearWOProblem& p) {
       const int64_t n0 = g * kWoNR, m0 = t * kWoMR;
       const int C = static_cast<int>(std::min<int64_t>(kWoNR, p.N - n0));
       const int R = static_cast<int>(std::min<int64_t>(kWoMR, p.M - m0));
-      table[R - 1][C - 1](p, m0, n0);
+      table.fn[R - 1][C - 1](p, m0, n0);
     }
   }
 }

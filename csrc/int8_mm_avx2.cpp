@@ -212,8 +212,8 @@ void linear_decode(const llmaccel::Int8MMProblem& p) {
   using Isa = Avx2Sign;
   constexpr int MR = Isa::MR, NR = Isa::NR;
   constexpr int64_t KA = Isa::KALIGN;
-  static const TileTable<Isa, kStreamPanels> panels;
-  static const TileTable<Isa, kStreamColumns> columns;
+  static constexpr Int8TileTable<Isa, kStreamPanels> panels;
+  static constexpr Int8TileTable<Isa, kStreamColumns> columns;
   const TileFn(*fn)[NR] = p.b_packed ? panels.fn : columns.fn;
   const int64_t M = p.M, N = p.N, K = p.K, Kp = round_up(K, KA), ngroups = ceil_div(N, NR);
   const int R = static_cast<int>(M);
@@ -225,30 +225,7 @@ void linear_decode(const llmaccel::Int8MMProblem& p) {
   {
     uint8_t* apack = apack_all.get() + slice * omp_get_thread_num();
     float xs[MR];
-    for (int64_t r = 0; r < M; ++r) {
-      const float* xrow = p.x + r * p.x_sm;
-      // Same row numerics as quantize_per_token and the driver's prologue
-      // (quantize.h: row_scale): a NaN / Inf row packs as zeros, scale NaN.
-      const llmaccel::RowScale rs = llmaccel::row_scale(xrow, K);
-      xs[r] = rs.scale;
-      for (int64_t k0 = 0; k0 < Kp; k0 += KA) {
-        uint8_t* dst = apack + k0 * MR + r * KA;
-        const int64_t n = rs.nonfinite ? 0 : std::min<int64_t>(KA, std::max<int64_t>(K - k0, 0));
-        if (!rs.tiny) {
-          for (int64_t i = 0; i < n; ++i) {
-            const float q = std::min(127.0f, std::max(-127.0f, std::nearbyint(xrow[k0 + i] * rs.inv)));
-            dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q));
-          }
-        } else {
-          const double sd = xs[r];
-          for (int64_t i = 0; i < n; ++i) {
-            const double q = std::min(127.0, std::max(-127.0, std::nearbyint(xrow[k0 + i] / sd)));
-            dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q));
-          }
-        }
-        std::memset(dst + n, 0, KA - n);
-      }
-    }
+    for (int64_t r = 0; r < M; ++r) pack_a_row<Isa>(p, apack + r * KA, Kp, r, false, &xs[r]);
     if (omp_get_thread_num() == 0)
       for (int64_t r = 0; r < M; ++r) p.x_scale[r] = xs[r];
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
@@ -263,6 +240,7 @@ void linear_decode(const llmaccel::Int8MMProblem& p) {
     }
   }
 }
+
 
 }  // namespace
 }  // namespace LLMACCEL_CPU_CAPABILITY

@@ -56,6 +56,7 @@
 #include <vector>
 
 #include "common.h"
+#include "tile_table.h"
 #include "int8_mm.h"
 #include "quantize.h"
 
@@ -154,18 +155,16 @@ void tile_entry(const uint8_t* a, const BCols& b, int64_t K, const TileOut& o) {
 // stream the hardware prefetcher follows by itself; the tile only adds a
 // short L2 lookahead.  Tiles that reuse B from L1/L2 skip all of it.
 template <class Isa, int kStream>
-struct TileTable {
-  TileFn fn[Isa::MR][Isa::NR];
-  template <int R, int... Cs>
-  void fill_row(std::integer_sequence<int, Cs...>) {
-    ((fn[R - 1][Cs] = &tile_entry<Isa, kStream, R, Cs + 1>), ...);
-  }
-  template <int... Rs>
-  void fill(std::integer_sequence<int, Rs...>) {
-    (fill_row<Rs + 1>(std::make_integer_sequence<int, Isa::NR>{}), ...);
-  }
-  TileTable() { fill(std::make_integer_sequence<int, Isa::MR>{}); }
+struct TileEntries {
+  template <int R, int C>
+  struct At {
+    static void run(const uint8_t* a, const BCols& b, int64_t K, const TileOut& o) {
+      tile_entry<Isa, kStream, R, C>(a, b, K, o);
+    }
+  };
 };
+template <class Isa, int kStream>
+using Int8TileTable = TileTable<Isa::MR, Isa::NR, TileEntries<Isa, kStream>::template At>;
 
 struct AlignedFree {
   void operator()(void* p) const { std::free(p); }
@@ -178,6 +177,62 @@ inline std::unique_ptr<uint8_t, AlignedFree> alloc_bytes(int64_t n) {
   return std::unique_ptr<uint8_t, AlignedFree>(static_cast<uint8_t*>(p));
 }
 
+// Packs row r of A (packed row r: the ones row when ones_row and r == 0)
+// into its slot `base` of the packed layout: KALIGN-byte chunks, MR rows
+// interleaved per chunk, zero padded to Kp.  u8 = a + 128 when the ISA
+// multiplies u8 x s8.  With the fused prologue (x set) the row is quantized
+// per token and its scale goes to *scale_out.
+template <class Isa>
+inline void pack_a_row(const llmaccel::Int8MMProblem& p, uint8_t* base, int64_t Kp, int64_t r, bool ones_row,
+                       float* scale_out) {
+  constexpr int MR = Isa::MR;
+  constexpr int64_t KA = Isa::KALIGN;
+  const int64_t K = p.K, row0 = ones_row ? 1 : 0;
+  const bool ones = ones_row && r == 0;
+  const uint8_t flip = Isa::kOnesRow ? 0x80u : 0u;
+  const int8_t* src = ones || p.x ? nullptr : p.a + (r - row0) * p.a_sm;
+  const float* xrow = ones || !p.x ? nullptr : p.x + (r - row0) * p.x_sm;
+  // Same row numerics as quantize_per_token (quantize.h: row_scale), so
+  // both give identical q; a non-finite row packs as zeros with scale NaN.
+  llmaccel::RowScale rs{};
+  if (xrow) {
+    rs = llmaccel::row_scale(xrow, K);
+    *scale_out = rs.scale;
+    if (rs.nonfinite) xrow = nullptr, src = nullptr;
+  }
+  const bool zero_row = !ones && !xrow && !src;
+  for (int64_t k0 = 0; k0 < Kp; k0 += KA) {
+    uint8_t* dst = base + k0 * MR;
+    const int64_t n = std::min<int64_t>(KA, std::max<int64_t>(K - k0, 0));
+    if (ones) {
+      std::memset(dst, 1, n);
+    } else if (zero_row) {
+      std::memset(dst, flip, n);  // q = 0 (stored as 0 ^ flip)
+    } else if (xrow) {
+      // nearbyint rounds half to even in the default rounding mode.
+      if (!rs.tiny) {
+        for (int64_t i = 0; i < n; ++i) {
+          const float q = std::min(127.0f, std::max(-127.0f, std::nearbyint(xrow[k0 + i] * rs.inv)));
+          dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q)) ^ flip;
+        }
+      } else {
+        const double sd = rs.scale;
+        for (int64_t i = 0; i < n; ++i) {
+          const double q = std::min(127.0, std::max(-127.0, std::nearbyint(xrow[k0 + i] / sd)));
+          dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q)) ^ flip;
+        }
+      }
+    } else {
+      if (p.a_sk == 1) {  // the common case, kept separate so it vectorizes
+        for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(src[k0 + i]) ^ flip;
+      } else {
+        for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(src[(k0 + i) * p.a_sk]) ^ flip;
+      }
+    }
+    std::memset(dst + n, 0, KA - n);
+  }
+}
+
 // Target bytes of packed A kept hot in L2 per row block (L2 is 1-2 MiB per
 // core on the machines we tune for; half of it leaves room for B and C).
 constexpr int64_t kABlockBytes = 384 * 1024;
@@ -186,9 +241,9 @@ template <class Isa>
 void run_int8_mm(const llmaccel::Int8MMProblem& p) {
   using llmaccel::ceil_div;
   using llmaccel::round_up;
-  static const TileTable<Isa, kReuse> table;
-  static const TileTable<Isa, kStreamColumns> column_stream_table;
-  static const TileTable<Isa, kStreamPanels> panel_stream_table;
+  static constexpr Int8TileTable<Isa, kReuse> table;
+  static constexpr Int8TileTable<Isa, kStreamColumns> column_stream_table;
+  static constexpr Int8TileTable<Isa, kStreamPanels> panel_stream_table;
   const TileFn(*stream_fn)[Isa::NR] = p.b_packed ? panel_stream_table.fn : column_stream_table.fn;
   constexpr int MR = Isa::MR, NR = Isa::NR;
 
@@ -221,54 +276,9 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
   {
     // Pack A (layout above); u8 = a + 128 when the ISA multiplies u8 x s8.
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < P; ++r) {
-      uint8_t* base = apack + (r / MR) * MR * Kp + (r % MR) * KA;
-      const bool ones = ones_row && r == 0;
-      const uint8_t flip = Isa::kOnesRow ? 0x80u : 0u;
-      const int8_t* src = ones || p.x ? nullptr : p.a + (r - row0) * p.a_sm;
-      const float* xrow = ones || !p.x ? nullptr : p.x + (r - row0) * p.x_sm;
-      // Same row numerics as quantize_per_token (quantize.h: row_scale), so
-      // both give identical q; a non-finite row packs as zeros with scale NaN.
-      llmaccel::RowScale rs{};
-      if (xrow) {
-        rs = llmaccel::row_scale(xrow, K);
-        p.x_scale[r - row0] = rs.scale;
-        if (rs.nonfinite) xrow = nullptr, src = nullptr;
-      }
-      const bool zero_row = !ones && !xrow && !src;
-      const float inv = rs.inv;
-      const bool tiny = rs.tiny;
-      for (int64_t k0 = 0; k0 < Kp; k0 += KA) {
-        uint8_t* dst = base + k0 * MR;
-        const int64_t n = std::min<int64_t>(KA, std::max<int64_t>(K - k0, 0));
-        if (ones) {
-          std::memset(dst, 1, n);
-        } else if (zero_row) {
-          std::memset(dst, flip, n);  // q = 0 (stored as 0 ^ flip)
-        } else if (xrow) {
-          // nearbyint rounds half to even in the default rounding mode.
-          if (!tiny) {
-            for (int64_t i = 0; i < n; ++i) {
-              const float q = std::min(127.0f, std::max(-127.0f, std::nearbyint(xrow[k0 + i] * inv)));
-              dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q)) ^ flip;
-            }
-          } else {
-            const double sd = p.x_scale[r - row0];
-            for (int64_t i = 0; i < n; ++i) {
-              const double q = std::min(127.0, std::max(-127.0, std::nearbyint(xrow[k0 + i] / sd)));
-              dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q)) ^ flip;
-            }
-          }
-        } else {
-          if (p.a_sk == 1) {  // the common case, kept separate so it vectorizes
-            for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(src[k0 + i]) ^ flip;
-          } else {
-            for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(src[(k0 + i) * p.a_sk]) ^ flip;
-          }
-        }
-        std::memset(dst + n, 0, KA - n);
-      }
-    }
+    for (int64_t r = 0; r < P; ++r)
+      pack_a_row<Isa>(p, apack + (r / MR) * MR * Kp + (r % MR) * KA, Kp, r, ones_row,
+                      ones_row && r == 0 ? nullptr : p.x_scale + (r - row0));
 
     // B columns of the group starting at column n0.
     auto bcols = [&](int64_t n0) {

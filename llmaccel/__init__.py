@@ -18,8 +18,9 @@ from .ops import *  # noqa: F401,F403  (every op's public function and reference
 from .nn import Int8Linear
 from .quantize import Int8Config, QuantizeSummary, quantize_
 from .smoothquant import SmoothReport, smooth_
+from . import sparsity  # pruning masks, calibration, compressed sparse formats
 
 __version__ = "0.1.0"
 
 __all__ = ["backends", "cpu_info", *ops.__all__, "Int8Linear", "Int8Config", "QuantizeSummary", "quantize_",
-           "SmoothReport", "smooth_", "__version__"]
+           "SmoothReport", "smooth_", "sparsity", "__version__"]

@@ -1,0 +1,26 @@
+"""Weight sparsity for ``nn.Linear``: pruning masks, calibration for Wanda, compressed formats.
+
+::
+
+    norms = llmaccel.sparsity.calibrate(model, batches)                      # {fqn: ||X[:, k]||_2}
+    mask = llmaccel.sparsity.prune(w, "2:4", method="wanda", activation_norms=norms["fc1"])
+    packed = llmaccel.sparsity.NMPackedWeight.from_dense(w, mask, "2:4")      # or quantize="int8"
+    assert torch.equal(packed.to_dense(), w * mask)
+    y = llmaccel.sparsity.sparse_linear_reference(x, packed, bias)           # the truth for kernels
+
+Files: ``prune.py`` (masks), ``calibrate.py`` (activation norms),
+``nm_packed.py`` / ``bitmap.py`` / ``bsr.py`` (one format each), ``int8.py``
+(the formats' per-channel int8), ``reference.py`` (the reference matmul),
+``_bits.py`` (bit packing), ``_checks.py`` (argument and state checks).
+"""
+
+from .bitmap import BitmapWeight
+from .bsr import BSRWeight
+from .calibrate import calibrate
+from .int8 import quantize_int8_per_row
+from .nm_packed import NMPackedWeight
+from .prune import prune
+from .reference import FORMATS, sparse_linear_reference
+
+__all__ = ["prune", "calibrate", "NMPackedWeight", "BitmapWeight", "BSRWeight", "FORMATS",
+           "quantize_int8_per_row", "sparse_linear_reference"]
