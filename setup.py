@@ -5,7 +5,7 @@ and strides, so it builds in seconds against any torch version.
 
 CPU features are chosen at run time, never at build time.  The extension is
 compiled for baseline x86-64; each hot kernel has extra translation units
-named ``*_avx2.cpp`` / ``*_avx512vnni.cpp`` that get their own ``-m`` flags
+named ``*_avx2.cpp`` / ``*_avx512.cpp`` / ``*_avx512vnni.cpp`` that get their own ``-m`` flags
 here (ISA_FLAGS) and are only entered when the CPU reports every feature
 those flags use (csrc/variants.h).
 
@@ -30,7 +30,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 # The ISA levels above the baseline, ascending: capability name -> (source
-# suffix, -m flags).  The single source of truth for what each variant unit
+# suffix or suffixes, -m flags).  The single source of truth for what each variant unit
 # may execute: every unit named *<suffix> is compiled with these flags, and
 # C++ gates the unit's variants on exactly these features (flag "-mavx512vnni"
 # -> feature "avx512vnni", "-mamx-tile" -> "amx_tile"; see csrc/isa.h and
@@ -38,7 +38,8 @@ from setuptools.command.build_ext import build_ext
 # unit is compiled for baseline x86-64 as capability "generic".
 ISA_FLAGS = {
     "avx2": ("_avx2.cpp", ["-mavx2", "-mfma", "-mf16c"]),
-    "avx512": ("_avx512vnni.cpp", ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
+    # attention_avx512.cpp uses no VNNI but shares the level (one gate per level).
+    "avx512": (("_avx512.cpp", "_avx512vnni.cpp"), ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
                                    "-mavx512dq", "-mavx512vnni"]),
 }
 BASELINE_CAPABILITY = "generic"

@@ -1,6 +1,6 @@
 // attention_fwd entry point: validation and variant selection (the loop nest
 // is attention_driver.h, the ISA kernels attention_generic.cpp,
-// attention_avx2.cpp and attention_avx512vnni.cpp).
+// attention_avx2.cpp and attention_avx512.cpp).
 #include "attention.h"
 
 #include <string>

@@ -106,7 +106,7 @@ std::vector<std::string> attention_variants();
 void attention_exp2(int64_t n, const float* x, float* y, const std::string& variant);
 
 // Per-variant entry points (attention_generic.cpp, attention_avx2.cpp,
-// attention_avx512vnni.cpp).
+// attention_avx512.cpp).
 void attention_run_generic(const AttentionProblem& p);
 void attention_run_avx2(const AttentionProblem& p);
 void attention_run_avx512(const AttentionProblem& p);

@@ -112,7 +112,7 @@ inline __attribute__((always_inline)) void transpose8(__m256 (&r)[8]) {
 constexpr int64_t kPrefetchRows = 32;
 // qk_direct fetches the next group of 4 rows with T0 and the group 12 rows
 // ahead with T2: the distances measured best for the AVX-512 variant's
-// decode stream on Zen 4 (attention_avx512vnni.cpp), kept here.
+// decode stream on Zen 4 (attention_avx512.cpp), kept here.
 constexpr int64_t kDirectPrefetch = 4, kDirectPrefetchFar = 12;
 
 // s[r][0:8C) = q[r] . kt[:, 0:8C) for R rows.

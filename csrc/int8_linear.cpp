@@ -1,0 +1,50 @@
+// int8_linear act="dynamic" entry point: validation, packed-weight check,
+// then the int8_mm variant with its fused quantize prologue and fp32 epilogue.
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "int8_mm.h"
+#include "int8_packed.h"
+#include "variants.h"
+
+namespace llmaccel {
+
+void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_t x_sm, const int8_t* w,
+                         int64_t ldw, const int8_t* w_packed, const float* w_scale, const float* bias, float* y,
+                         int64_t y_sm, int nthreads, const std::string& variant) {
+  const char* op = "int8_linear";
+  check_matrix(op, "x", x, M, K, x_sm, 1);
+  check_matrix(op, "w_int8", w, N, K, ldw, 1);
+  check_matrix(op, "out", y, M, N, y_sm, 1);
+  check_matrix(op, "w_scale", w_scale, 1, N, 0, 1);
+  if (bias) check_matrix(op, "bias", bias, 1, N, 0, 1);
+  if (K > kInt8MMMaxK)
+    fail(op, "K = " + std::to_string(K) + " exceeds " + std::to_string(kInt8MMMaxK) +
+                 ": the exact int32 accumulator could overflow");
+  if (M > 1 && N > 0 && y_sm < N) fail(op, "out rows overlap (row stride < N)");
+  if (nthreads < 1) fail(op, "nthreads must be >= 1, got " + std::to_string(nthreads));
+  const Variant& v = pick(Family::int8_mm, op, variant);
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) y[m * y_sm + n] = bias ? bias[n] : 0.0f;
+    return;
+  }
+  const PackedPanels packed = w_packed ? open_packed(op, w_packed, v, N, K) : PackedPanels{};
+  const int8_t* panels = packed.panels;
+  const int32_t* colsum = packed.colsum;
+  std::vector<float> x_scale(static_cast<size_t>(M));
+  Int8MMProblem p{M, N, K, nullptr, 0, 1, w_packed ? panels : w, ldw, w_packed != nullptr, colsum,
+                  nullptr, 0, 1, nthreads};
+  p.x = x;
+  p.x_sm = x_sm;
+  p.x_scale = x_scale.data();
+  p.w_scale = w_scale;
+  p.bias = bias;
+  p.y = y;
+  p.y_sm = y_sm;
+  v.kernels.int8_mm(p);
+}
+
+}  // namespace llmaccel

@@ -1,0 +1,118 @@
+// Packed int8 weights (int8_mm_pack_b): the 64-byte header that records
+// their layout, and the check every kernel that reads them runs first.
+#include "int8_packed.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common.h"
+
+namespace llmaccel {
+
+// Bytes of the panels alone (the column sums follow them).
+int64_t packed_panel_bytes(const Int8MMLayout& L, int64_t N, int64_t K) {
+  int64_t bytes = 0;
+  if (__builtin_mul_overflow(ceil_div(N, L.nr) * L.nr, round_up(K, L.kalign), &bytes))
+    fail_overflow("int8_mm_pack_b", "packed size overflows int64");
+  return round_up(bytes, 64);
+}
+
+namespace {
+
+// The first 64 bytes of every packed weight: which variant's layout follows
+// (its register tile width and K alignment), for which shape, in which
+// version of the format.  int8_linear_dynamic checks it, so a buffer packed
+// for another variant (e.g. before LLMACCEL_CPU_ISA or set_cpu_isa changed
+// the choice) or a weight of another shape raises instead of being read as
+// garbage.
+struct PackedHeader {
+  char magic[8];  // kPackedMagic
+  uint32_t version;
+  uint32_t nr, kalign;
+  uint32_t reserved;
+  int64_t n, k;
+  char variant[24];  // NUL terminated
+};
+static_assert(sizeof(PackedHeader) == 64, "the panels start 64 bytes in");
+constexpr char kPackedMagic[8] = {'L', 'L', 'M', 'A', 'P', 'A', 'C', 'K'};
+constexpr uint32_t kPackedVersion = 1;
+
+PackedHeader make_header(const Variant& v, int64_t N, int64_t K) {
+  PackedHeader h{};
+  std::memcpy(h.magic, kPackedMagic, sizeof(kPackedMagic));
+  const Int8MMLayout L = v.kernels.int8_mm_layout();
+  h.version = kPackedVersion;
+  h.nr = static_cast<uint32_t>(L.nr);
+  h.kalign = static_cast<uint32_t>(L.kalign);
+  h.n = N;
+  h.k = K;
+  std::strncpy(h.variant, v.name, sizeof(h.variant) - 1);
+  return h;
+}
+
+std::string describe(const PackedHeader& h) {
+  return "variant '" + std::string(h.variant, strnlen(h.variant, sizeof(h.variant))) + "' (layout " +
+         std::to_string(h.nr) + " x " + std::to_string(h.kalign) + ", format " + std::to_string(h.version) +
+         "), N = " + std::to_string(h.n) + ", K = " + std::to_string(h.k);
+}
+
+}  // namespace
+
+PackedPanels open_packed(const char* op, const int8_t* w_packed, const Variant& v, int64_t N, int64_t K) {
+  PackedHeader got;
+  std::memcpy(&got, w_packed, sizeof(got));
+  if (std::memcmp(got.magic, kPackedMagic, sizeof(kPackedMagic)) != 0)
+    fail(op, "w_packed is not a packed weight (no header; it must come from int8_mm_pack_b)");
+  const PackedHeader want = make_header(v, N, K);
+  if (std::memcmp(&got, &want, sizeof(got)) != 0)
+    fail(op, "w_packed holds " + describe(got) + ", but this call runs " + describe(want) +
+                 "; repack the weight with int8_mm_pack_b");
+  const int8_t* panels = w_packed + sizeof(PackedHeader);
+  return {panels, reinterpret_cast<const int32_t*>(panels + packed_panel_bytes(v.kernels.int8_mm_layout(), N, K))};
+}
+
+int64_t int8_mm_packed_size(const std::string& variant, int64_t N, int64_t K) {
+  if (N < 0 || K < 0) fail("int8_mm_pack_b", "negative size");
+  const Int8MMLayout L = pick(Family::int8_mm, "int8_mm_pack_b", variant).kernels.int8_mm_layout();
+  return int64_t(sizeof(PackedHeader)) + packed_panel_bytes(L, N, K) + 4 * N;
+}
+
+void int8_mm_pack_b(const std::string& variant, int64_t N, int64_t K, const int8_t* w, int64_t ldw, int8_t* out_buf,
+                    int nthreads) {
+  const char* op = "int8_mm_pack_b";
+  check_matrix(op, "w", w, N, K, ldw, 1);
+  const int64_t bytes = int8_mm_packed_size(variant, N, K);
+  if (bytes > 0 && out_buf == nullptr) fail(op, "out is a null pointer");
+  if (nthreads < 1) fail(op, "nthreads must be >= 1");
+  const Variant& v = pick(op, variant);
+  const PackedHeader header = make_header(v, N, K);
+  std::memcpy(out_buf, &header, sizeof(header));
+  int8_t* out = out_buf + sizeof(PackedHeader);
+  const Int8MMLayout L = v.kernels.int8_mm_layout();
+  const int64_t NR = L.nr, KA = L.kalign, Kp = round_up(K, KA), ngroups = ceil_div(N, NR);
+  // Layout: group g = n / NR, chunk j = k / KA, column c = n % NR ->
+  //   out[g * NR * Kp + j * NR * KA + c * KA + k % KA]; padding is zero.
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t g = 0; g < ngroups; ++g) {
+    for (int64_t j = 0; j < Kp / KA; ++j) {
+      for (int64_t c = 0; c < NR; ++c) {
+        const int64_t n = g * NR + c;
+        int8_t* d = out + g * NR * Kp + j * NR * KA + c * KA;
+        const int64_t len = n < N ? std::min<int64_t>(KA, std::max<int64_t>(K - j * KA, 0)) : 0;
+        if (len > 0) std::memcpy(d, w + n * ldw + j * KA, len);
+        std::memset(d + len, 0, KA - len);
+      }
+    }
+  }
+  int32_t* colsum = reinterpret_cast<int32_t*>(out + packed_panel_bytes(L, N, K));
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; ++k) s += w[n * ldw + k];
+    colsum[n] = s;
+  }
+}
+
+}  // namespace llmaccel
