@@ -2,7 +2,7 @@
 // only when CPUID reports them.
 //
 // 2:4 (the vector path): the kernel streams only the compressed bytes, the
-// kept values (fp32) and the index nibbles, and expands in registers.  Per
+// kept values (fp32, or int8 converted in registers) and the index nibbles, and expands in registers.  Per
 // 16 groups (64 columns of x, 32 values, 8 index bytes): each index byte
 // holds two groups' 2-bit indices (i0 | i1 << 2 | i2 << 4 | i3 << 6,
 // nm_packed.py).  The two bytes of one vector of values (4 groups, 8 slots)
@@ -22,7 +22,8 @@
 // Accumulators: 4 per x row for one row, 2 for two, 1 for three or four
 // (enough independent FMA chains without spilling).  The columns past the
 // last full 64-column block (and the padded tail group) run the portable
-// scalar loop.  Fixed summation order: lane sums, the tail, then the bias.
+// scalar loop.  Fixed summation order: lane sums, the tail, then the scale
+// (int8) and the bias.
 //
 // Other N:M patterns run the portable kernel of sparse_nm_kernel.h compiled
 // with this unit's flags.
@@ -36,7 +37,7 @@ namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {
 namespace {
 
-// Values (floats) ahead of the current position that the software prefetch asks for (2 KiB).
+// Values ahead of the current position that the software prefetch asks for (2 KiB of fp32).
 constexpr int64_t kSnPrefetchFloats = 512;
 
 inline float hsum8(__m256 v) {
@@ -56,12 +57,19 @@ inline __m256i lanes_of(const uint8_t* p, int shift) {
   return _mm256_or_si256(f, _mm256_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4));
 }
 
+// 8 kept values at v + i as floats: fp32 loaded, int8 sign-extended and converted.
+inline __m256 load_values(const float* v) { return _mm256_loadu_ps(v); }
+inline __m256 load_values(const int8_t* v) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(v))));
+}
+
 template <int R, int C>
 struct Sn24Tile {
   static constexpr int A = R == 1 ? 4 : R == 2 ? 2 : 1;  // accumulators per x row
 
-  static void run(const SparseNMProblem& p, int64_t row, int64_t m0) {
-    const float* v = p.values + row * p.values_sn;
+  template <class T>
+  static void run_t(const SparseNMProblem& p, int64_t row, int64_t m0) {
+    const T* v = sn_values<T>(p, row);
     const uint8_t* ix = p.idx + row * p.idx_sn;
     const float* xr[R];
     for (int r = 0; r < R; ++r) xr[r] = p.x + (m0 + r) * p.x_sm;
@@ -70,12 +78,14 @@ struct Sn24Tile {
     for (int r = 0; r < R; ++r)
       for (int a = 0; a < A; ++a) acc[r][a] = _mm256_setzero_ps();
     for (int64_t blk = 0; blk < nblocks; ++blk) {
-      const float* vb = v + blk * 32;
-      _mm_prefetch(reinterpret_cast<const char*>(vb + kSnPrefetchFloats), _MM_HINT_T0);  // the block's 2 lines
-      _mm_prefetch(reinterpret_cast<const char*>(vb + kSnPrefetchFloats + 16), _MM_HINT_T0);
+      const T* vb = v + blk * 32;
+      // The block's values: 2 cache lines (fp32) or half of one (int8).
+      _mm_prefetch(reinterpret_cast<const char*>(vb + kSnPrefetchFloats), _MM_HINT_T0);
+      if constexpr (sizeof(T) == 4)
+        _mm_prefetch(reinterpret_cast<const char*>(vb + kSnPrefetchFloats + 16), _MM_HINT_T0);
       for (int j = 0; j < 4; ++j) {
         const __m256i lanes = lanes_of(ix + blk * 8 + 4 * (j / 2), 16 * (j & 1));
-        const __m256 vals = _mm256_loadu_ps(vb + 8 * j);
+        const __m256 vals = load_values(vb + 8 * j);
         for (int r = 0; r < R; ++r) {
           const float* xw = xr[r] + blk * 64 + 16 * j;
           const __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xw), lanes);
@@ -85,13 +95,18 @@ struct Sn24Tile {
       }
     }
     float tail[R][4] = {};
-    sn_scalar_groups<R>(p, row, m0, nblocks * 16, tail);
-    const float bias = p.bias ? p.bias[row] : 0.0f;
+    sn_scalar_groups<T, R>(p, row, m0, nblocks * 16, tail);
     for (int r = 0; r < R; ++r) {
       __m256 s = acc[r][0];
       for (int a = 1; a < A; ++a) s = _mm256_add_ps(s, acc[r][a]);
-      p.y[(m0 + r) * p.y_sm + row] = (hsum8(s) + sn_sum4<R>(tail, r)) + bias;
+      sn_store(p, row, m0 + r, hsum8(s) + sn_sum4<R>(tail, r));
     }
+  }
+  static void run(const SparseNMProblem& p, int64_t row, int64_t m0) {
+    if (p.values_i8)
+      run_t<int8_t>(p, row, m0);
+    else
+      run_t<float>(p, row, m0);
   }
 };
 

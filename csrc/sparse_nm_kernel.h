@@ -38,11 +38,21 @@ inline int64_t sn_safe_groups(const SparseNMProblem& p) {
   return std::min<int64_t>(p.groups, (p.K - 1 - maxidx) / p.m + 1);
 }
 
+// The weight row's values: fp32, or int8 (converted to float in registers; the scale is applied per output).
+template <class T>
+inline const T* sn_values(const SparseNMProblem& p, int64_t row);
+template <>
+inline const float* sn_values<float>(const SparseNMProblem& p, int64_t row) { return p.values + row * p.values_sn; }
+template <>
+inline const int8_t* sn_values<int8_t>(const SparseNMProblem& p, int64_t row) {
+  return p.values_i8 + row * p.values_sn;
+}
+
 // acc[r][g & 3] += x[m0 + r][col] * value over the slots of groups [g0, groups) of weight row `row`, in
 // group and slot order: the portable kernel, and the scalar tail of the vector ones.
-template <int R>
+template <class T, int R>
 inline void sn_scalar_groups(const SparseNMProblem& p, int64_t row, int64_t m0, int64_t g0, float (&acc)[R][4]) {
-  const float* v = p.values + row * p.values_sn;
+  const T* v = sn_values<T>(p, row);
   const uint8_t* ix = p.idx + row * p.idx_sn;
   const float* xr[R];
   for (int r = 0; r < R; ++r) xr[r] = p.x + (m0 + r) * p.x_sm;
@@ -56,7 +66,7 @@ inline void sn_scalar_groups(const SparseNMProblem& p, int64_t row, int64_t m0, 
       const int64_t s = g * n + j, bit = s * b;
       const int64_t col = base + ((static_cast<unsigned>(ix[bit >> 3]) >> (bit & 7)) & mask);
       if (!safe && col >= K) continue;  // a padding column: never read x there
-      const float w = v[s];
+      const float w = static_cast<float>(v[s]);
       for (int r = 0; r < R; ++r) acc[r][g & 3] += xr[r][col] * w;
     }
   }
@@ -67,14 +77,26 @@ inline float sn_sum4(const float (&acc)[R][4], int r) {
   return (acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]);
 }
 
-// The portable tile: any N:M, scalar, 4 partial sums per x row.
+// y[m0 + r][row] from the row's dot product: + bias (fp32 values), * scale + bias (int8 values).
+inline void sn_store(const SparseNMProblem& p, int64_t row, int64_t m, float dot) {
+  const float bias = p.bias ? p.bias[row] : 0.0f;
+  p.y[m * p.y_sm + row] = p.values_i8 ? dot * p.scale[row] + bias : dot + bias;
+}
+
+// The portable tile: any N:M, fp32 or int8 values, scalar, 4 partial sums per x row.
 template <int R, int C>
 struct SnScalarTile {
-  static void run(const SparseNMProblem& p, int64_t row, int64_t m0) {
+  template <class T>
+  static void run_t(const SparseNMProblem& p, int64_t row, int64_t m0) {
     float acc[R][4] = {};
-    sn_scalar_groups<R>(p, row, m0, 0, acc);
-    const float bias = p.bias ? p.bias[row] : 0.0f;
-    for (int r = 0; r < R; ++r) p.y[(m0 + r) * p.y_sm + row] = sn_sum4<R>(acc, r) + bias;
+    sn_scalar_groups<T, R>(p, row, m0, 0, acc);
+    for (int r = 0; r < R; ++r) sn_store(p, row, m0 + r, sn_sum4<R>(acc, r));
+  }
+  static void run(const SparseNMProblem& p, int64_t row, int64_t m0) {
+    if (p.values_i8)
+      run_t<int8_t>(p, row, m0);
+    else
+      run_t<float>(p, row, m0);
   }
 };
 

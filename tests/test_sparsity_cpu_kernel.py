@@ -30,10 +30,13 @@ VARIANTS = [pytest.param(v, id=v) for v in ALL_VARIANTS]
 
 
 @functools.lru_cache(maxsize=None)
-def _packed(N, K, pattern, seed=0, scale=1.0):
+def _packed(N, K, pattern, seed=0, scale=1.0, quantize=None):
     g = torch.Generator().manual_seed(seed * 1000003 + N * 7919 + K)
     w = torch.randn(N, K, generator=g) * scale
-    return NMPackedWeight.from_dense(w, prune(w, pattern), pattern)
+    return NMPackedWeight.from_dense(w, prune(w, pattern), pattern, quantize=quantize)
+
+
+QUANTIZE = [pytest.param(None, id="fp32"), pytest.param("int8", id="int8")]
 
 
 def _check(y, x, packed, bias):
@@ -54,11 +57,12 @@ def _check(y, x, packed, bias):
 # ---------------------------------------------------------------------------------------------------- shapes
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("quantize", QUANTIZE)
 @pytest.mark.parametrize("K", [4, 8, 12, 100, 4096, 4100])
 @pytest.mark.parametrize("N", [1, 3, 17, 113])
-def test_2_4_shapes(variant, K, N):
+def test_2_4_shapes(variant, quantize, K, N):
     v = _variant(variant)
-    packed = _packed(N, K, "2:4")
+    packed = _packed(N, K, "2:4", quantize=quantize)
     bias = torch.randn(N)
     for M in (1, 2, 3, 5, 17):
         x = torch.randn(M, K)
@@ -67,15 +71,16 @@ def test_2_4_shapes(variant, K, N):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("quantize", QUANTIZE)
 @pytest.mark.parametrize("pattern", ["1:2", "1:4", "4:8", "3:5", "2:16", "5:32", "8:256"])
 @pytest.mark.parametrize("K", [4, 12, 100, 4100])
-def test_other_patterns(variant, pattern, K):
+def test_other_patterns(variant, quantize, pattern, K):
     v = _variant(variant)
     n, m = (int(s) for s in pattern.split(":"))
     if K < n:
         pytest.skip("fewer columns than kept slots")
     for N in (1, 17, 113):
-        packed = _packed(N, K, pattern)
+        packed = _packed(N, K, pattern, quantize=quantize)
         bias = torch.randn(N)
         for M in (1, 3, 5):
             x = torch.randn(M, K)
@@ -84,8 +89,9 @@ def test_other_patterns(variant, pattern, K):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("quantize", QUANTIZE)
 @pytest.mark.parametrize("pattern", ["2:4", "4:8", "3:5"])
-def test_groups_keeping_fewer_than_n_and_all_pruned(variant, pattern):
+def test_groups_keeping_fewer_than_n_and_all_pruned(variant, quantize, pattern):
     """Spare slots (value 0, pointing at dropped or padding columns), and a weight with nothing kept."""
     v = _variant(variant)
     n, m = (int(s) for s in pattern.split(":"))
@@ -97,7 +103,7 @@ def test_groups_keeping_fewer_than_n_and_all_pruned(variant, pattern):
     cols.view(N, groups, m)[...] = torch.rand(N, groups, m).argsort(-1) < kept
     keep = cols[:, :K]
     for mask in (keep, torch.zeros(N, K, dtype=torch.bool)):
-        packed = NMPackedWeight.from_dense(w, mask, pattern)
+        packed = NMPackedWeight.from_dense(w, mask, pattern, quantize=quantize)
         bias = torch.randn(N)
         for M in (1, 4, 6):
             x = torch.randn(M, K)
@@ -109,10 +115,11 @@ def test_groups_keeping_fewer_than_n_and_all_pruned(variant, pattern):
 # ---------------------------------------------------------------------------------------------------- layouts
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_strided_and_batched_x(variant):
+@pytest.mark.parametrize("quantize", QUANTIZE)
+def test_strided_and_batched_x(variant, quantize):
     v = _variant(variant)
     N, K = 113, 4100
-    packed = _packed(N, K, "2:4")
+    packed = _packed(N, K, "2:4", quantize=quantize)
     bias = torch.randn(N)
     big = torch.randn(9, 2 * K + 8)
     cases = {
@@ -133,11 +140,12 @@ def test_strided_and_batched_x(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_extreme_values(variant):
+@pytest.mark.parametrize("quantize", QUANTIZE)
+def test_extreme_values(variant, quantize):
     v = _variant(variant)
     N, K = 17, 4100
-    big_w = _packed(N, K, "2:4", seed=1, scale=1e-30)
-    unit_w = _packed(N, K, "2:4", seed=2)
+    big_w = _packed(N, K, "2:4", seed=1, scale=1e-30, quantize=quantize)
+    unit_w = _packed(N, K, "2:4", seed=2, quantize=quantize)
     for M in (1, 5):
         x = torch.randn(M, K)
         _check(nm_linear_cpp(x * 1e30, unit_w, None, v), x * 1e30, unit_w, None)          # ~1e32 sums
@@ -177,11 +185,12 @@ def _bits(t):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("quantize", QUANTIZE)
 @pytest.mark.parametrize("pattern,M,K,N", [("2:4", 1, 4100, 300), ("2:4", 5, 1000, 113), ("2:4", 17, 100, 64),
                                            ("4:8", 3, 4100, 113), ("3:5", 2, 1001, 70)])
-def test_bit_identical_for_1_2_3_threads(variant, pattern, M, K, N):
+def test_bit_identical_for_1_2_3_threads(variant, quantize, pattern, M, K, N):
     v = _variant(variant)
-    packed = _packed(N, K, pattern)
+    packed = _packed(N, K, pattern, quantize=quantize)
     x, b = torch.randn(M, K), torch.randn(N)
     first = sparse_nm_cpp(x, packed, b, v, 1)
     _check(first, x, packed, b)
@@ -208,7 +217,8 @@ def test_cpu_info_lists_the_op():
 def test_wrapper_rejects_bad_arguments():
     packed = _packed(5, 12, "2:4")
     x = torch.randn(2, 12)
-    with pytest.raises(ValueError, match=r"llmaccel::sparse_nm_linear: unknown variant 'sse9' \(known: avx2, generic\)"):
+    with pytest.raises(ValueError,
+                       match=r"llmaccel::sparse_nm_linear: unknown variant 'sse9' \(known: avx2, generic\)"):
         nm_linear_cpp(x, packed, None, "sse9")
     with pytest.raises(ValueError, match="nm_linear_cpp: x must be float32"):
         nm_linear_cpp(x.double(), packed)
@@ -223,21 +233,18 @@ def test_wrapper_rejects_bad_arguments():
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         nm_linear_cpp(x.numpy(), packed)
     w = torch.randn(5, 12)
-    q = NMPackedWeight.from_dense(w, prune(w, "2:4"), "2:4", quantize="int8")
-    with pytest.raises(ValueError, match="int8 values"):
-        nm_linear_cpp(x, q)
     h = NMPackedWeight.from_dense(w.half(), prune(w, "2:4"), "2:4")
-    with pytest.raises(ValueError, match="values must be float32, got torch.float16"):
+    with pytest.raises(ValueError, match=r"values must be float32 \(or int8 with scales\), got torch.float16"):
         nm_linear_cpp(x, h)
 
 
 def _raw(**over):
-    """A valid raw call (M=2, N=5, K=12, 2:4), with some arguments replaced."""
+    """A valid raw call (M=2, N=5, K=12, 2:4, fp32 values), with some arguments replaced."""
     packed = _packed(5, 12, "2:4")
     x, y, b = torch.randn(2, 12), torch.empty(2, 5), torch.randn(5)
-    args = dict(M=2, N=5, K=12, n=2, m=4, x=x.data_ptr(), x_sm=12, values=packed.values.data_ptr(), values_sn=6,
-                indices=packed.indices.data_ptr(), indices_sn=2, bias=b.data_ptr(), y=y.data_ptr(), y_sm=5,
-                nthreads=2, variant="")
+    args = dict(M=2, N=5, K=12, n=2, m=4, x=x.data_ptr(), x_sm=12, values=packed.values.data_ptr(),
+                values_int8=False, values_sn=6, indices=packed.indices.data_ptr(), indices_sn=2, scale=0,
+                bias=b.data_ptr(), y=y.data_ptr(), y_sm=5, nthreads=2, variant="")
     args.update(over)
     ext().sparse_nm_linear(**args)
     return y
@@ -263,6 +270,8 @@ def _raw(**over):
     (dict(y_sm=4), r"y rows overlap \(y_sm = 4 < N = 5\)"),
     (dict(nthreads=0), r"nthreads must be >= 1, got 0"),
     (dict(values_sn=-1), r"values_sn \(the row stride of values\) = -1"),
+    (dict(values_int8=True), r"scale is a null pointer \(int8 values need per-row scales\)"),
+    (dict(scale=8), r"scale is given but the values are fp32"),
 ])
 def test_raw_binding_rejects_bad_arguments(over, msg):
     with pytest.raises(ValueError, match=r"^llmaccel::sparse_nm_linear: " + msg):

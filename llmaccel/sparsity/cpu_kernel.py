@@ -5,9 +5,11 @@
     y = nm_linear_cpp(x, packed, bias)          # == x @ packed.to_dense().T + bias, fp32
     y = nm_linear_cpp(x, packed, variant="generic")
 
-A thin wrapper over the raw binding (csrc/sparse_nm.h): fp32 values only
-(int8 values come later), CPU tensors, x ``[..., K]`` with any leading dims
-and any strides (a row whose elements are not contiguous is copied), output
+A thin wrapper over the raw binding (csrc/sparse_nm.h): fp32 values, or
+int8 values with per-row scales (``quantize="int8"``: the kernel converts
+them in registers and computes ``scale[n] * sum_k x[k] q[n, k] + bias[n]``),
+CPU tensors, x ``[..., K]`` with any leading dims and any strides (a row
+whose elements are not contiguous is copied), output
 fp32 ``[..., N_out]``.  The kernel streams the compressed values and index
 bits and never expands the weight.  ``variant`` is ``""`` (the best this CPU
 runs, ``llmaccel.cpu_info()["variants"]["sparse_nm"]``) or a name from
@@ -37,11 +39,9 @@ def nm_linear_cpp(x: Tensor, weight: NMPackedWeight, bias: Tensor | None = None,
     """``x @ weight.to_dense().T + bias`` with the C++ N:M kernel (module docstring)."""
     if not isinstance(weight, NMPackedWeight):
         raise TypeError(f"{_WHERE}: weight must be an NMPackedWeight, got {type(weight).__name__}")
-    if weight.quantized:
-        raise ValueError(f"{_WHERE}: weight holds int8 values; the C++ kernel takes fp32 values only so far")
-    if weight.values.dtype != torch.float32:
-        raise ValueError(f"{_WHERE}: weight values must be float32, got {weight.values.dtype} "
-                         f"(pack a float32 weight)")
+    if not weight.quantized and weight.values.dtype != torch.float32:
+        raise ValueError(f"{_WHERE}: weight values must be float32 (or int8 with scales), got "
+                         f"{weight.values.dtype} (pack a float32 weight)")
     if weight.values.device.type != "cpu":
         raise ValueError(f"{_WHERE}: weight must be on the CPU, got {weight.values.device}")
     if not isinstance(x, Tensor):
@@ -68,14 +68,16 @@ def nm_linear_cpp(x: Tensor, weight: NMPackedWeight, bias: Tensor | None = None,
     if k > 1 and x2.stride(1) != 1:
         x2 = x2.contiguous()
     rows = x2.shape[0]
-    values, indices = weight.values, weight.indices
+    values, indices, scale = weight.values, weight.indices, weight.scale
     if values.stride(-1) != 1 or values.stride(0) < values.shape[1]:
         values = values.contiguous()
     if indices.stride(-1) != 1 or indices.stride(0) < indices.shape[1]:
         indices = indices.contiguous()
+    if scale is not None:
+        scale = scale.contiguous()
     y = torch.empty((rows, n_out), dtype=torch.float32)
     ext().sparse_nm_linear(rows, n_out, k, weight.n, weight.m, x2.data_ptr(), x2.stride(0) if rows > 1 else k,
-                           values.data_ptr(), values.stride(0), indices.data_ptr(), indices.stride(0),
-                           bias.data_ptr() if bias is not None else 0, y.data_ptr(), n_out,
-                           torch.get_num_threads(), variant)
+                           values.data_ptr(), weight.quantized, values.stride(0), indices.data_ptr(), indices.stride(0),
+                           scale.data_ptr() if scale is not None else 0, bias.data_ptr() if bias is not None else 0,
+                           y.data_ptr(), n_out, torch.get_num_threads(), variant)
     return y.view(*lead, n_out)
