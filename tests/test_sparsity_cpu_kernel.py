@@ -22,7 +22,7 @@ AVAILABLE = llmaccel.cpu_info()["available_variants"]["sparse_nm"]
 
 def _variant(v):
     if v not in AVAILABLE:
-        pytest.skip(f"this CPU does not run the {v} variant (available: {AVAILABLE})")
+        pytest.skip(f"variant {v} does not run here (the CPU or LLMACCEL_CPU_ISA; available: {AVAILABLE})")
     return v
 
 
