@@ -5,10 +5,11 @@
 # setup.py) in a throwaway copy of the tree (the normal build is untouched),
 # then runs the tests that exercise llmaccel._C (int8_mm, quantize,
 # int8_linear ops / C++ variants / module, attention C++ kernel and ops, the
-# N:M sparse kernel) on the default backend (C++ on CPU) against it. Any sanitizer report aborts the
-# process, so it fails the run. Tests marked slow are skipped (large shapes are
-# 2-5x slower under ASan and add no new code paths), and so are opcheck /
-# torch.compile tests (torch's tracing machinery, not new C++ paths).
+# N:M sparse kernel) on the default backend (C++ on CPU) against it. Any
+# sanitizer report aborts the process, so it fails the run. Tests marked slow
+# are skipped (large shapes are 2-5x slower under ASan and add no new code
+# paths), and so are opcheck / torch.compile tests (torch's tracing
+# machinery, not new C++ paths).
 #
 #   bash scripts/sanitize.sh                  # address,undefined
 #   LLMACCEL_SANITIZE=address bash scripts/sanitize.sh
