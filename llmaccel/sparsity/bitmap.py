@@ -29,8 +29,9 @@ import torch
 from torch import Tensor
 
 from . import _checks as C
+from ._format import CompressedWeight
 from ._bits import pack_fields, packed_bytes, padding_bits_clear, unpack_fields
-from .int8 import dequantize, quantize_int8_per_row
+from .int8 import quantize_int8_per_row
 
 __all__ = ["BitmapWeight"]
 
@@ -39,18 +40,18 @@ _POPCOUNT = torch.tensor([bin(b).count("1") for b in range(256)], dtype=torch.in
 
 
 @dataclass(frozen=True, eq=False)
-class BitmapWeight:
+class BitmapWeight(CompressedWeight):
     """Bitmap + packed values (module docstring).  Build with :meth:`from_dense`."""
+
+    NAME = _NAME
+    TENSORS = ('bitmap', 'values', 'row_offsets')
+    PAIRS = ('shape',)
 
     bitmap: Tensor
     values: Tensor
     row_offsets: Tensor
     shape: tuple[int, int]
     scale: Tensor | None = None
-
-    @property
-    def quantized(self) -> bool:
-        return self.scale is not None
 
     def __post_init__(self) -> None:
         where = _NAME
@@ -100,33 +101,3 @@ class BitmapWeight:
         dense = torch.zeros(self.shape, dtype=self.values.dtype, device=self.values.device)
         dense[self.mask()] = self.values
         return dense
-
-    def to_dense(self) -> Tensor:
-        """The pruned dense weight ``[N_out, K]``: exact for float values, ``q * scale`` (fp32) for int8."""
-        dense = self._scatter()
-        return dense if self.scale is None else dequantize(dense, self.scale)
-
-    def int8_dense(self) -> tuple[Tensor, Tensor]:
-        """int8 formats only: ``(q int8 [N_out, K], scale fp32 [N_out])``, the exact integer weight."""
-        if self.scale is None:
-            raise ValueError(f"{_NAME}.int8_dense: this weight is not quantized")
-        return self._scatter(), self.scale
-
-    def nbytes(self) -> int:
-        """Bytes of the tensors a kernel streams (bitmap, values, row offsets, scale)."""
-        return sum(t.numel() * t.element_size()
-                   for t in (self.bitmap, self.values, self.row_offsets, self.scale) if t is not None)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        state = {"bitmap": self.bitmap, "values": self.values, "row_offsets": self.row_offsets,
-                 "shape": C.pair_tensor(self.shape)}
-        if self.scale is not None:
-            state["scale"] = self.scale
-        return state
-
-    @classmethod
-    def from_state_dict(cls, state) -> "BitmapWeight":
-        """Rebuild from :meth:`state_dict` (e.g. after ``torch.load(weights_only=True)``); checks every field."""
-        C.check_keys(state, ("bitmap", "values", "row_offsets", "shape"), ("scale",), _NAME)
-        return cls(bitmap=state["bitmap"], values=state["values"], row_offsets=state["row_offsets"],
-                   shape=C.int_pair(state, "shape", _NAME), scale=state.get("scale"))

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from . import _checks as C
-from .int8 import dequantize, quantize_int8_per_row
+from ._format import CompressedWeight
+from .int8 import quantize_int8_per_row
 
 __all__ = ["BSRWeight"]
 
@@ -38,8 +39,12 @@ _NAME = "BSRWeight"
 
 
 @dataclass(frozen=True, eq=False)
-class BSRWeight:
+class BSRWeight(CompressedWeight):
     """Block compressed sparse row weight (module docstring).  Build with :meth:`from_dense`."""
+
+    NAME = _NAME
+    TENSORS = ('values', 'col_indices', 'crow_indices')
+    PAIRS = ('shape', 'block_size')
 
     values: Tensor
     col_indices: Tensor
@@ -53,10 +58,6 @@ class BSRWeight:
         """(R, T): tile rows and tile columns of the padded weight."""
         (rows, k), (bh, bw) = self.shape, self.block_size
         return -(-rows // bh), -(-k // bw)
-
-    @property
-    def quantized(self) -> bool:
-        return self.scale is not None
 
     def __post_init__(self) -> None:
         where = _NAME
@@ -130,34 +131,3 @@ class BSRWeight:
         tiles = torch.zeros((tr, tc, bh, bw), dtype=self.values.dtype, device=self.values.device)
         tiles[self._tile_rows(), self.col_indices.to(torch.int64)] = self.values
         return tiles.permute(0, 2, 1, 3).reshape(tr * bh, tc * bw)[:rows, :k].contiguous()
-
-    def to_dense(self) -> Tensor:
-        """The pruned dense weight ``[N_out, K]``: exact for float values, ``q * scale`` (fp32) for int8."""
-        dense = self._scatter()
-        return dense if self.scale is None else dequantize(dense, self.scale)
-
-    def int8_dense(self) -> tuple[Tensor, Tensor]:
-        """int8 formats only: ``(q int8 [N_out, K], scale fp32 [N_out])``, the exact integer weight."""
-        if self.scale is None:
-            raise ValueError(f"{_NAME}.int8_dense: this weight is not quantized")
-        return self._scatter(), self.scale
-
-    def nbytes(self) -> int:
-        """Bytes of the tensors a kernel streams (tiles, column indices, row pointers, scale)."""
-        return sum(t.numel() * t.element_size()
-                   for t in (self.values, self.col_indices, self.crow_indices, self.scale) if t is not None)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        state = {"values": self.values, "col_indices": self.col_indices, "crow_indices": self.crow_indices,
-                 "shape": C.pair_tensor(self.shape), "block_size": C.pair_tensor(self.block_size)}
-        if self.scale is not None:
-            state["scale"] = self.scale
-        return state
-
-    @classmethod
-    def from_state_dict(cls, state) -> "BSRWeight":
-        """Rebuild from :meth:`state_dict` (e.g. after ``torch.load(weights_only=True)``); checks every field."""
-        C.check_keys(state, ("values", "col_indices", "crow_indices", "shape", "block_size"), ("scale",), _NAME)
-        return cls(values=state["values"], col_indices=state["col_indices"], crow_indices=state["crow_indices"],
-                   shape=C.int_pair(state, "shape", _NAME), block_size=C.int_pair(state, "block_size", _NAME),
-                   scale=state.get("scale"))

@@ -41,8 +41,9 @@ import torch
 from torch import Tensor
 
 from . import _checks as C
+from ._format import CompressedWeight
 from ._bits import bits_for, pack_fields, packed_bytes, padding_bits_clear, unpack_fields
-from .int8 import dequantize, quantize_int8_per_row
+from .int8 import quantize_int8_per_row
 
 __all__ = ["NMPackedWeight"]
 
@@ -50,8 +51,12 @@ _NAME = "NMPackedWeight"
 
 
 @dataclass(frozen=True, eq=False)
-class NMPackedWeight:
+class NMPackedWeight(CompressedWeight):
     """N:M packed weight (module docstring).  Build with :meth:`from_dense`."""
+
+    NAME = _NAME
+    TENSORS = ('values', 'indices')
+    PAIRS = ('pattern', 'shape')
 
     values: Tensor
     indices: Tensor
@@ -76,10 +81,6 @@ class NMPackedWeight:
     @property
     def index_bits(self) -> int:
         return bits_for(self.m)
-
-    @property
-    def quantized(self) -> bool:
-        return self.scale is not None
 
     def _slot_columns(self) -> Tensor:
         """int64 [N_out, G, N]: each slot's column in the padded weight [N_out, G*M]."""
@@ -157,22 +158,12 @@ class NMPackedWeight:
         indices = pack_fields(chosen.reshape(rows, groups * n), bits_for(m))
         return cls(values=values.contiguous(), indices=indices, pattern=(n, m), shape=(rows, k), scale=scale)
 
-    def to_dense(self) -> Tensor:
-        """The pruned dense weight ``[N_out, K]``: exact for float values, ``q * scale`` (fp32) for int8."""
+    def _scatter(self) -> Tensor:
+        """Dense [N_out, K] in the values' dtype: every slot's value at its column (padding cut off)."""
         rows, k = self.shape
         padded = torch.zeros((rows, self.groups * self.m), dtype=self.values.dtype, device=self.values.device)
         padded.scatter_(1, self._slot_columns().reshape(rows, -1), self.values)
-        dense = padded[:, :k].contiguous()
-        return dense if self.scale is None else dequantize(dense, self.scale)
-
-    def int8_dense(self) -> tuple[Tensor, Tensor]:
-        """int8 formats only: ``(q int8 [N_out, K], scale fp32 [N_out])``, the exact integer weight."""
-        if self.scale is None:
-            raise ValueError(f"{_NAME}.int8_dense: this weight is not quantized")
-        rows, k = self.shape
-        padded = torch.zeros((rows, self.groups * self.m), dtype=torch.int8, device=self.values.device)
-        padded.scatter_(1, self._slot_columns().reshape(rows, -1), self.values)
-        return padded[:, :k].contiguous(), self.scale
+        return padded[:, :k].contiguous()
 
     def mask(self) -> Tensor:
         """bool [N_out, K]: the columns that hold a slot (``prune``'s N:M mask exactly; for a mask that
@@ -181,24 +172,3 @@ class NMPackedWeight:
         padded = torch.zeros((rows, self.groups * self.m), dtype=torch.bool, device=self.values.device)
         padded.scatter_(1, self._slot_columns().reshape(rows, -1), True)
         return padded[:, :k].contiguous()
-
-    def nbytes(self) -> int:
-        """Bytes of the tensors a kernel streams (values, indices, scale)."""
-        return sum(t.numel() * t.element_size() for t in (self.values, self.indices, self.scale) if t is not None)
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def state_dict(self) -> dict[str, Tensor]:
-        state = {"values": self.values, "indices": self.indices,
-                 "pattern": C.pair_tensor(self.pattern), "shape": C.pair_tensor(self.shape)}
-        if self.scale is not None:
-            state["scale"] = self.scale
-        return state
-
-    @classmethod
-    def from_state_dict(cls, state) -> "NMPackedWeight":
-        """Rebuild from :meth:`state_dict` (e.g. after ``torch.load(weights_only=True)``); checks every field."""
-        C.check_keys(state, ("values", "indices", "pattern", "shape"), ("scale",), _NAME)
-        return cls(values=state["values"], indices=state["indices"], pattern=C.int_pair(state, "pattern", _NAME),
-                   shape=C.int_pair(state, "shape", _NAME), scale=state.get("scale"))
-
