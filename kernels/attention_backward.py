@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import attention_spills as spills
 from ._interpret import INTERPRET as _INTERPRET
 from .attention_common import (_LOG2E, batch_chunks, check_gqa, dot_fp32, host_rounds, launch_params,
                                on_device, qkv_dims)
@@ -264,20 +265,36 @@ else:
     def _bcfg(bm, bn, warps, stages):
         return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
 
+    # kernel -> its measured spills, for tests/triton_resources.py's coverage check
+    SPILL_TABLES = {"_attn_bwd_dq_kernel": spills.DQ, "_attn_bwd_dkdv_kernel": spills.DKDV}
     _BWD_KEY = ["TUNE_LQ", "TUNE_LK", "D", "Dv", "MASK_KIND", "SCALE_IN_EXP", "IS_CAUSAL"]
+
+    def _spill_prune(table):
+        """early_config_prune: drop the configs ptxas spills for on this GPU at this head dim
+        (kernels/attention_spills.py)."""
+        def prune(configs, named_args, **kwargs):
+            major = spills.launch_major(named_args, kwargs)
+            bd = max(kwargs.get("BLOCK_D", 64), kwargs.get("BLOCK_DV", 64))
+            kept = [c for c in configs if spills.fits(table, c.kwargs, c.num_warps, c.num_stages, major, bd)]
+            return kept or configs
+        return prune
+
     # dK/dV: the key block is the resident tile (dK, dV accumulators), query blocks stream.
     # Registers: resident dk, dv (fp32) and k, v of the key block, plus per query block q, do and the
     # fp32 p, dp, ds. 32 x 64 / 64 x 64 on 4 warps and 32 x 128 / 64 x 128 on 8 warps spilled on sm_80
-    # and sm_90 at head dims 64 and 128 (32-1056 B per thread); these two compile without spills at
-    # head dim 128 (tests/test_triton_compile.py).
+    # and sm_90 at head dims 64 and 128 (32-1056 B per thread). 32 x 32 on 4 warps spills 8 B at head
+    # dim 64 on Hopper with 2 stages, and at 128 on Ampere with 1: each runs where it compiles clean.
     _dkdv_kernel = triton.autotune(
-        configs=[_bcfg(32, 32, 4, 2), _bcfg(32, 64, 8, 2)],
-        key=_BWD_KEY,
+        configs=[_bcfg(32, 32, 4, 2), _bcfg(32, 32, 4, 1), _bcfg(32, 64, 8, 2)],
+        key=_BWD_KEY, prune_configs_by={"early_config_prune": _spill_prune(spills.DKDV)},
     )(_attn_bwd_dkdv_kernel)
-    # dQ: the query block is resident, key blocks stream.
+    # dQ: the query block is resident, key blocks stream. On Ampere 64 x 64 on 4 warps and 128 x 64
+    # on 8 sit at the 255-register cap and spill; 64 x 64 on 8 warps and 128 x 32 with one stage
+    # compile clean on both generations and stand in for them there.
     _dq_kernel = triton.autotune(
-        configs=[_bcfg(64, 32, 4, 2), _bcfg(64, 64, 4, 2), _bcfg(128, 32, 8, 2), _bcfg(128, 64, 8, 2)],
-        key=_BWD_KEY,
+        configs=[_bcfg(64, 32, 4, 2), _bcfg(64, 64, 4, 2), _bcfg(64, 64, 8, 2), _bcfg(128, 32, 8, 2),
+                 _bcfg(128, 32, 8, 1), _bcfg(128, 64, 8, 2)],
+        key=_BWD_KEY, prune_configs_by={"early_config_prune": _spill_prune(spills.DQ)},
     )(_attn_bwd_dq_kernel)
 
 

@@ -6,6 +6,7 @@ One program owns BLOCK_M query rows of one head; the math, tiling and config rul
 import triton
 import triton.language as tl
 
+from . import attention_spills as spills
 from ._interpret import INTERPRET as _INTERPRET
 
 
@@ -230,10 +231,14 @@ else:
             narrow = bm * bd + bm * bn + bd * bn + bn * bdv
             return (fp32 + narrow * esize // 4) // (32 * c.num_warps)
 
+        major = spills.launch_major(named_args, kwargs)
         kept = [c for c in configs
-                if smem(c)[0] <= 64 * 1024 and smem(c)[1] <= 160 * 1024 and regs(c) <= 240]
+                if smem(c)[0] <= 64 * 1024 and smem(c)[1] <= 160 * 1024 and regs(c) <= 240
+                and spills.fits(spills.FWD, c.kwargs, c.num_warps, c.num_stages, major, bd)]
         return kept or [min(configs, key=lambda c: smem(c)[1])]
 
+    # kernel -> its measured spills, for tests/triton_resources.py's coverage check
+    SPILL_TABLES = {"_attn_fwd_kernel": spills.FWD}
     _FWD_CONFIGS = [
         _cfg(bm, bn, w, s)
         for bm in (64, 128)

@@ -15,7 +15,7 @@ The sweep runs in a subprocess with ``TRITON_INTERPRET`` unset: under the interp
 modules pick their interpreter configs at import. So this test is not marked ``triton`` (the
 interpreter pass does not select it) and gives the same answer in either pass.
 
-Default pass: every config of every kernel once (203 compiles): the
+Default pass: every config of every kernel once (the default subset): the
 GEMMs in their representative dtypes (int8 operands; W8A8 with bf16 and fp32 x; weight-only bf16,
 with and without split-K), attention in bf16 at head dim 128 (the most registers and shared memory)
 in every config its autotuner keeps there, plus head dim 64 for the configs it prunes at 128. The
@@ -61,43 +61,13 @@ def default_rows(tmp_path_factory):
     return _sweep(tmp_path_factory, "default")
 
 
-# Spills measured and not fixed yet (kernel, variant, config, arch): each is reported by
-# `python tests/triton_resources.py`, tolerated here so that CI catches *new* spills, and listed in
-# the reliability issue as open work. Remove an entry when its kernel or config is fixed.
-KNOWN_SPILLS = {
-    # dQ at head dim 128 on sm_80 (8-184 B per thread)
-    *{("attention_backward._attn_bwd_dq_kernel", "bf16 D128 causal", c, 80)
-      for c in ("BM64 BN64 w4 s2", "BM128 BN32 w8 s2", "BM128 BN64 w8 s2")},
-    # split-KV decode tile at head dim 128 on sm_90 (24 B per thread)
-    ("attention_forward._attn_fwd_kernel", "bf16 D128 causal split-KV", "BM16 BN64 w4 s2", 90),
-    # Open, found by the full sweep (test_remaining_attention_variants_compile_without_spills):
-    # 8 B of stack in most, 24-184 B in three; fix or drop on the first GPU session that can time them.
-    ("attention_backward._attn_bwd_dkdv_kernel", "bf16 D64 causal", "BM32 BN32 w4 s2", 90),
-    ("attention_backward._attn_bwd_dkdv_kernel", "fp16 D64 causal", "BM32 BN32 w4 s2", 90),
-    ("attention_backward._attn_bwd_dq_kernel", "bf16 D64 causal", "BM128 BN64 w8 s2", 80),
-    ("attention_backward._attn_bwd_dq_kernel", "bf16 D64 causal", "BM64 BN64 w4 s2", 80),
-    ("attention_backward._attn_bwd_dq_kernel", "fp16 D128 causal", "BM128 BN32 w8 s2", 80),
-    ("attention_backward._attn_bwd_dq_kernel", "fp16 D128 causal", "BM128 BN64 w8 s2", 80),
-    ("attention_backward._attn_bwd_dq_kernel", "fp16 D128 causal", "BM64 BN64 w4 s2", 80),
-    ("attention_backward._attn_bwd_dq_kernel", "fp16 D64 causal", "BM128 BN64 w8 s2", 80),
-    ("attention_backward._attn_bwd_dq_kernel", "fp16 D64 causal", "BM64 BN64 w4 s2", 80),
-    ("attention_forward._attn_fwd_kernel", "bf16 D64 causal split-KV", "BM16 BN32 w4 s3", 80),
-    ("attention_forward._attn_fwd_kernel", "fp16 D128 causal split-KV", "BM16 BN64 w4 s2", 90),
-    ("attention_forward._attn_fwd_kernel", "fp16 D64 causal split-KV", "BM16 BN32 w4 s3", 80),
-}
-
-
 def _problems(rows):
-    out = []
-    for r in rows:
-        bad = triton_resources.check_row(r)
-        if (r["kernel"], r["variant"], r["config"], r["arch"]) in KNOWN_SPILLS:
-            bad = [b for b in bad if "spills" not in b]
-        out += bad
-    return out
+    """Every problem of every compile: no spill is tolerated (a config that spills on an architecture is
+    dropped there by its autotuner's prune, kernels/attention_spills.py, and so is not compiled for it)."""
+    return [p for r in rows for p in triton_resources.check_row(r)]
 
 
-@pytest.mark.timeout(1800)  # the first test to use default_rows pays for the whole sweep (203 compiles)
+@pytest.mark.timeout(1800)  # the first test to use default_rows pays for the whole sweep (the default subset)
 def test_every_kernel_every_config_compiles_without_spills(default_rows):
     problems = _problems(default_rows)
     assert not problems, "\n".join(problems)

@@ -154,6 +154,14 @@ def _quantize_specs() -> list[Spec]:
     return specs
 
 
+def _kept_per_arch(prune, configs, named, kwargs) -> tuple[list, dict]:
+    """(configs ``prune`` keeps on sm_80 or sm_90, {id(config): the architectures it keeps it on})."""
+    kept_on = {a: {id(c) for c in (prune(configs, named, GPU_MAJOR=a // 10, **kwargs) if prune else configs)}
+               for a in (80, 90)}
+    kept = [c for c in configs if any(id(c) in k for k in kept_on.values())]
+    return kept, {id(c): tuple(a for a in (80, 90) if id(c) in kept_on[a]) for c in kept}
+
+
 def _attention_specs(dtypes=("bf16", "fp16"), head_dims=(64, 128)) -> list[Spec]:
     import torch
     from kernels import attention_backward, attention_decode, attention_forward
@@ -183,14 +191,16 @@ def _attention_specs(dtypes=("bf16", "fp16"), head_dims=(64, 128)) -> list[Spec]
             # configs the autotuner would consider for this head dim (after its early prune)
             named = {"q_ptr": _Named(dt), "mask_ptr": _Named(dt)}
             for split, configs in ((False, attention_forward._FWD_CONFIGS), (True, attention_forward._SPLIT_CONFIGS)):
-                kept = attention_forward._prune(configs, named, **base)
+                # configs its early prune keeps on each architecture (register / shared-memory model and
+                # the measured spills of kernels/attention_spills.py)
+                kept, archs_of = _kept_per_arch(attention_forward._prune, configs, named, base)
                 for c in kept:
                     const = dict(base, SPLIT=split, **c.kwargs)
                     types = fwd_types(fn, dt, const)
                     specs.append(Spec("attention_forward._attn_fwd_kernel",
                                       f"{dt} D{d} causal{' split-KV' if split else ''}",
                                       _cfg_name(c.kwargs, c.num_warps, c.num_stages), _signature(fn, types, const),
-                                      const, tuple(types), c.num_warps, c.num_stages, dt))
+                                      const, tuple(types), c.num_warps, c.num_stages, dt, archs_of[id(c)]))
 
     fn = attention_decode._attn_split_combine_kernel
     for dt in dtypes[:1]:
@@ -219,9 +229,9 @@ def _attention_specs(dtypes=("bf16", "fp16"), head_dims=(64, 128)) -> list[Spec]
                       (attention_backward._attn_bwd_dq_kernel, attention_backward._dq_kernel)):
         for dt in dtypes:
             for d in head_dims:
-                configs = tuner.configs
-                if tuner.early_config_prune:  # the configs the autotuner would consider at this head dim
-                    configs = tuner.early_config_prune(configs, {"q_ptr": _Named(dt)}, BLOCK_D=d, BLOCK_DV=d)
+                # the configs the autotuner would consider at this head dim, per architecture
+                configs, archs_of = _kept_per_arch(tuner.early_config_prune, tuner.configs, {"q_ptr": _Named(dt)},
+                                                   dict(BLOCK_D=d, BLOCK_DV=d))
                 for c in configs:
                     const = dict(c.kwargs, MASK_KIND=0, SCALE_IN_EXP=True, IS_CAUSAL=True, DOT_FP32=False,
                                  BLOCK_D=d, BLOCK_DV=d)
@@ -232,7 +242,7 @@ def _attention_specs(dtypes=("bf16", "fp16"), head_dims=(64, 128)) -> list[Spec]
                     types.update({n: "i32" for n in fn.arg_names if n not in types and n not in const})
                     specs.append(Spec(f"attention_backward.{fn.__name__}", f"{dt} D{d} causal",
                                       _cfg_name(c.kwargs, c.num_warps, c.num_stages), _signature(fn, types, const),
-                                      const, tuple(types), c.num_warps, c.num_stages, dt))
+                                      const, tuple(types), c.num_warps, c.num_stages, dt, archs_of[id(c)]))
     return specs
 
 
@@ -244,16 +254,18 @@ def all_specs(kernel_filter: str | None = None, subset: str = "all") -> list[Spe
 
     "default": every config of every kernel once. GEMMs in their representative dtypes; attention in
     bf16 at head dim 128 (the most registers and shared memory) in every config its autotuner keeps
-    there, plus head dim 64 for the configs it prunes at 128. "extra": the rest of the matrix
+    there, plus head dim 64 for the configs (or architectures) it prunes at 128. "extra": the rest of the matrix
     (attention in fp16, bf16 at head dim 64). "all": both.
     """
     _check_env()
     bf16_attn = _attention_specs(dtypes=("bf16",))
-    at_128 = {(s.kernel, s.variant.replace("D128", "D?"), s.config) for s in bf16_attn if "D128" in s.variant}
+    # architectures each config compiles for at head dim 128
+    at_128 = {(s.kernel, s.variant.replace("D128", "D?"), s.config): set(s.archs)
+              for s in bf16_attn if "D128" in s.variant}
 
     def in_default(s):
         return "D128" in s.variant or "Dv128" in s.variant or \
-            (s.kernel, s.variant.replace("D64", "D?"), s.config) not in at_128
+            not set(s.archs) <= at_128.get((s.kernel, s.variant.replace("D64", "D?"), s.config), set())
 
     default = [s for s in bf16_attn if in_default(s)]
     specs = []
@@ -294,12 +306,15 @@ def autotune_configs() -> dict:
                 name = f"{info.name}.{obj.fn.__name__}"
                 out.setdefault(name, [])
                 fits = getattr(module, "config_fits", None)
+                table = getattr(module, "SPILL_TABLES", {}).get(obj.fn.__name__)
                 for c in obj.configs:
                     cname = _cfg_name(c.kwargs, c.num_warps, c.num_stages)
-                    if fits is None or all(fits(c.kwargs, c.num_warps, a // 10) for a in (80, 90)):
-                        out[name].append(cname)
+                    if table is not None:
+                        from kernels import attention_spills
+                        archs = attention_spills.archs(table, c.kwargs, c.num_warps, c.num_stages)
                     else:
-                        out[name] += [f"{cname}@sm_{a}" for a in (80, 90) if fits(c.kwargs, c.num_warps, a // 10)]
+                        archs = tuple(a for a in (80, 90) if fits is None or fits(c.kwargs, c.num_warps, a // 10))
+                    out[name] += [cname] if archs == (80, 90) else [f"{cname}@sm_{a}" for a in archs]
     return out
 
 
