@@ -86,7 +86,7 @@ void int8_mm_pack_b(const std::string& variant, int64_t N, int64_t K, const int8
   const int64_t bytes = int8_mm_packed_size(variant, N, K);
   if (bytes > 0 && out_buf == nullptr) fail(op, "out is a null pointer");
   if (nthreads < 1) fail(op, "nthreads must be >= 1");
-  const Variant& v = pick(op, variant);
+  const Variant& v = pick(Family::int8_mm, op, variant);
   const PackedHeader header = make_header(v, N, K);
   std::memcpy(out_buf, &header, sizeof(header));
   int8_t* out = out_buf + sizeof(PackedHeader);
