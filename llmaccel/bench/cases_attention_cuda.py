@@ -108,6 +108,29 @@ def _finish(ours, peer, args, refs, last, work, n_sets) -> Bench:
     return bench
 
 
+def _rotating_calls(attention, sets: list, *, causal: bool, gqa: bool):
+    """``(ours, peer, args, last)`` over input sets used in turn: call i runs set ``i % len(sets)`` through
+    llmaccel (``last[0]`` records which, for the result check) or SDPA; ``args(i)`` is the op's
+    positional arguments for that set (q, k, v, mask, dropout, causal, scale, gqa, bottom-right)."""
+    sdpa = F.scaled_dot_product_attention
+    last = [0]
+
+    def ours(i: int):
+        last[0] = i % len(sets)
+        q, k, v = sets[last[0]]
+        return attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+
+    def peer(i: int):
+        q, k, v = sets[i % len(sets)]
+        return sdpa(q, k, v, is_causal=causal, enable_gqa=gqa)
+
+    def args(i: int):
+        q, k, v = sets[i % len(sets)]
+        return q, k, v, None, 0.0, causal, None, gqa, False
+
+    return ours, peer, args, last
+
+
 def attention_prefill(B: int, H: int, L: int, D: int, causal: bool, *, n_sets: int = 2,
                       dtype: torch.dtype = torch.bfloat16, seed: int = 30):
     """Builder: self-attention ``[B, H, L, D]`` (``is_causal=causal``), ``n_sets`` input sets rotating."""
@@ -119,24 +142,7 @@ def attention_prefill(B: int, H: int, L: int, D: int, causal: bool, *, n_sets: i
         sets = [tuple(torch.randn((B, H, L, D), generator=g, device=device).to(dtype) for _ in range(3))
                 for _ in range(n_sets)]
         refs = [reference_attention(q, k, v, causal) for q, k, v in sets]
-        attention = llmaccel.attention
-        sdpa = F.scaled_dot_product_attention
-        last = [0]
-
-        def ours(i: int):
-            j = i % n_sets
-            last[0] = j
-            q, k, v = sets[j]
-            return attention(q, k, v, is_causal=causal)
-
-        def peer(i: int):
-            q, k, v = sets[i % n_sets]
-            return sdpa(q, k, v, is_causal=causal)
-
-        def args(i: int):
-            q, k, v = sets[i % n_sets]
-            return q, k, v, None, 0.0, causal, None, False, False
-
+        ours, peer, args, last = _rotating_calls(llmaccel.attention, sets, causal=causal, gqa=False)
         work = Work(ops=4.0 * B * H * L * L * D * (0.5 if causal else 1.0), ops_unit="GFLOP/s")
         return _finish(ours, peer, args, refs, last, work, n_sets)
 
@@ -155,24 +161,7 @@ def attention_decode(n_layers: int, Hq: int, Hkv: int, Lk: int, D: int, *, B: in
                         for shape in ((B, Hq, 1, D), (B, Hkv, Lk, D), (B, Hkv, Lk, D)))
                   for _ in range(n_layers)]
         refs = [reference_attention(q, k, v, False) for q, k, v in layers]
-        attention = llmaccel.attention
-        sdpa = F.scaled_dot_product_attention
-        last = [0]
-
-        def ours(i: int):
-            j = i % n_layers
-            last[0] = j
-            q, k, v = layers[j]
-            return attention(q, k, v, enable_gqa=True)
-
-        def peer(i: int):
-            q, k, v = layers[i % n_layers]
-            return sdpa(q, k, v, enable_gqa=True)
-
-        def args(i: int):
-            q, k, v = layers[i % n_layers]
-            return q, k, v, None, 0.0, False, None, True, False
-
+        ours, peer, args, last = _rotating_calls(llmaccel.attention, layers, causal=False, gqa=True)
         esize = torch.empty((), dtype=dtype).element_size()
         work = Work(ops=4.0 * B * Hq * Lk * D, bytes=2.0 * B * Hkv * Lk * D * esize, bytes_what="K/V cache",
                     ops_unit="GFLOP/s")

@@ -67,6 +67,22 @@ def _check_smooth_scale(s, in_features: int, where: str) -> None:
         raise ValueError(f"{where}: smooth_scale must be finite and > 0 everywhere")
 
 
+def _scale_problems(t, name: str, shape: tuple, expected: str) -> list[str]:
+    """What is wrong with a checkpoint's fp32 scale tensor ``name`` (absent: nothing): its type, dtype,
+    shape (``expected`` describes it) and values (finite and > 0)."""
+    if t is None:
+        return []
+    if not isinstance(t, Tensor):
+        return [f"'{name}' must be a tensor, got {type(t).__name__}"]
+    if t.dtype != torch.float32:
+        return [f"'{name}' must be float32, got {t.dtype}"]
+    if tuple(t.shape) != shape:
+        return [f"'{name}' has shape {tuple(t.shape)}, expected {expected}"]
+    if t.device.type != "meta" and not bool((torch.isfinite(t) & (t > 0)).all()):
+        return [f"'{name}' must be finite and > 0 everywhere (found NaN, inf, zero or a negative value)"]
+    return []
+
+
 def quantize_weight_per_channel(weight: Tensor, smooth_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Symmetric absmax int8 per output row of ``weight [out, in]`` (times ``smooth_scale`` per column).
 
@@ -224,10 +240,6 @@ class Int8Linear(nn.Module):
     def _state_dict_problems(self, state_dict, prefix: str) -> list[str]:
         out_f, in_f = self.out_features, self.in_features
         problems = []
-
-        def finite_positive(t: Tensor) -> bool:
-            return t.device.type == "meta" or bool((torch.isfinite(t) & (t > 0)).all())
-
         w = state_dict.get(prefix + "weight")
         if w is not None:
             if not isinstance(w, Tensor):
@@ -239,18 +251,8 @@ class Int8Linear(nn.Module):
             elif tuple(w.shape) != (out_f, in_f):
                 problems.append(f"'weight' has shape {tuple(w.shape)}, expected [out_features, in_features] = "
                                 f"[{out_f}, {in_f}]")
-        s = state_dict.get(prefix + "weight_scale")
-        if s is not None:
-            if not isinstance(s, Tensor):
-                problems.append(f"'weight_scale' must be a tensor, got {type(s).__name__}")
-            elif s.dtype != torch.float32:
-                problems.append(f"'weight_scale' must be float32, got {s.dtype}")
-            elif tuple(s.shape) != (out_f,):
-                problems.append(f"'weight_scale' has shape {tuple(s.shape)}, expected one scale per output channel "
-                                f"[{out_f}]")
-            elif not finite_positive(s):
-                problems.append("'weight_scale' must be finite and > 0 everywhere (found NaN, inf, zero or a "
-                                "negative value)")
+        problems += _scale_problems(state_dict.get(prefix + "weight_scale"), "weight_scale", (out_f,),
+                                    f"one scale per output channel [{out_f}]")
         b = state_dict.get(prefix + "bias")
         if b is not None and self.bias is not None:
             if not isinstance(b, Tensor) or not b.is_floating_point():
@@ -260,16 +262,8 @@ class Int8Linear(nn.Module):
                 problems.append(f"'bias' has shape {tuple(b.shape)}, expected [{out_f}]")
             elif b.device.type != "meta" and not bool(torch.isfinite(b).all()):
                 problems.append("'bias' contains NaN or inf")
-        ss = state_dict.get(prefix + "smooth_scale")
-        if ss is not None:
-            if not isinstance(ss, Tensor):
-                problems.append(f"'smooth_scale' must be a tensor, got {type(ss).__name__}")
-            elif ss.dtype != torch.float32:
-                problems.append(f"'smooth_scale' must be float32, got {ss.dtype}")
-            elif tuple(ss.shape) != (in_f,):
-                problems.append(f"'smooth_scale' has shape {tuple(ss.shape)}, expected [in_features] = [{in_f}]")
-            elif not finite_positive(ss):
-                problems.append("'smooth_scale' must be finite and > 0 everywhere")
+        problems += _scale_problems(state_dict.get(prefix + "smooth_scale"), "smooth_scale", (in_f,),
+                                    f"[in_features] = [{in_f}]")
         return problems
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
