@@ -36,6 +36,12 @@ constexpr Kernels attention_kernels(void (*fwd)(const AttentionProblem&), void (
   return k;
 }
 
+constexpr Kernels sparse_nm_kernels(void (*run)(const SparseNMProblem&)) {
+  Kernels k;
+  k.sparse_nm = run;
+  return k;
+}
+
 // Best first within a family.  The level must be the one setup.py compiles
 // the defining unit for: *_avx512vnni.cpp -> avx512, *_avx2.cpp -> avx2,
 // everything else generic.
@@ -56,10 +62,13 @@ constexpr Variant kVariants[] = {
      attention_kernels(&attention_run_avx2, &attention_bwd_avx2, &attention_exp2_avx2)},
     {Family::attention, "generic", IsaLevel::generic,
      attention_kernels(&attention_run_generic, &attention_bwd_generic, &attention_exp2_generic)},
+
+    {Family::sparse_nm, "avx2", IsaLevel::avx2, sparse_nm_kernels(&sparse_nm_avx2)},
+    {Family::sparse_nm, "generic", IsaLevel::generic, sparse_nm_kernels(&sparse_nm_generic)},
 };
 
 const char* const kFamilyNames[kNumFamilies] = {"int8_mm", "int8_linear_weight_only", "quantize_per_token",
-                                                "attention"};
+                                                "attention", "sparse_nm"};
 
 std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
   std::string s;

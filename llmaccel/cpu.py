@@ -26,6 +26,7 @@ OP_FAMILIES = {
     "attention_forward": "attention",
     "attention_decode": "attention",
     "attention_backward": "attention",
+    "sparse_nm_linear": "sparse_nm",
 }
 
 

@@ -4,11 +4,12 @@
 # Builds llmaccel._C with LLMACCEL_SANITIZE (default address,undefined; see
 # setup.py) in a throwaway copy of the tree (the normal build is untouched),
 # then runs the tests that exercise llmaccel._C (int8_mm, quantize,
-# int8_linear ops / C++ variants / module, attention C++ kernel and ops) on the
-# default backend (C++ on CPU) against it. Any sanitizer report aborts the
-# process, so it fails the run. Tests marked slow are skipped (large shapes are
-# 2-5x slower under ASan and add no new code paths), and so are opcheck /
-# torch.compile tests (torch's tracing machinery, not new C++ paths).
+# int8_linear ops / C++ variants / module, attention C++ kernel and ops, the
+# N:M sparse kernel) on the default backend (C++ on CPU) against it. Any
+# sanitizer report aborts the process, so it fails the run. Tests marked slow
+# are skipped (large shapes are 2-5x slower under ASan and add no new code
+# paths), and so are opcheck / torch.compile tests (torch's tracing
+# machinery, not new C++ paths).
 #
 #   bash scripts/sanitize.sh                  # address,undefined
 #   LLMACCEL_SANITIZE=address bash scripts/sanitize.sh
@@ -83,5 +84,5 @@ EOF
 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not cuda" -k "not opcheck and not torch_compile" \
     tests/test_int8_mm.py tests/test_int8_linear_ops.py tests/test_int8_linear_cpp_variants.py \
     tests/test_int8_module.py tests/test_attention_cpp_kernel.py tests/test_attention.py tests/test_backends.py \
-    "$@"
+    tests/test_sparsity_cpu_kernel.py "$@"
 echo "sanitize: passed with -fsanitize=$SAN ($(( $(date +%s) - built )) s of tests, $(( $(date +%s) - start )) s in all)"

@@ -64,3 +64,16 @@ def attention_bwd_cpp(q, k, v, out, lse, dout, causal, variant, nthreads):
                         dq.data_ptr(), *dq.stride(), dk.data_ptr(), *dk.stride(), dv.data_ptr(), *dv.stride(),
                         nthreads, variant)
     return dq, dk, dv
+
+
+def sparse_nm_cpp(x, packed, b, variant, nthreads):
+    """The C++ N:M-sparse linear on an ``NMPackedWeight`` (fp32 or int8; x [M, K] with unit column stride)."""
+    M, K = x.shape
+    N = packed.shape[0]
+    y = torch.full((M, N), float("nan"))
+    s = packed.scale
+    ext().sparse_nm_linear(M, N, K, packed.n, packed.m, x.data_ptr(), x.stride(0), packed.values.data_ptr(),
+                           packed.quantized, packed.values.stride(0), packed.indices.data_ptr(),
+                           packed.indices.stride(0), s.data_ptr() if s is not None else 0,
+                           b.data_ptr() if b is not None else 0, y.data_ptr(), N, nthreads, variant)
+    return y

@@ -89,7 +89,7 @@ def test_variant_table_gates_and_order():
         if r["level"] != "generic":
             flags = table[r["level"]][1]
             assert {flag_feature(f) for f in flags} <= set(r["features"]), r
-    assert set(fams) == {"int8_mm", "int8_linear_weight_only", "quantize_per_token", "attention"}
+    assert set(fams) == {"int8_mm", "int8_linear_weight_only", "quantize_per_token", "attention", "sparse_nm"}
     for fam, rs in fams.items():
         levels = [order.index(r["level"]) for r in rs]
         assert levels == sorted(levels, reverse=True), f"{fam}: not best first"
@@ -192,7 +192,7 @@ def test_capability_namespaces_hold_only_their_isa(library):
 def test_cpu_info_lists_every_op_with_variant_and_reason():
     info = llmaccel.cpu_info()
     assert set(info["ops"]) == {"int8_mm", "int8_linear_dynamic", "int8_linear_weight_only", "quantize_per_token",
-                                "attention_forward", "attention_decode", "attention_backward"}
+                                "attention_forward", "attention_decode", "attention_backward", "sparse_nm_linear"}
     rows = ext().variant_table()
     have = set(info["features"])
     for op, d in info["ops"].items():
@@ -382,6 +382,6 @@ def _omp_regions():
 
 def test_no_allocation_or_throw_inside_openmp_regions():
     regions = list(_omp_regions())
-    assert len(regions) >= 8  # int8_mm (3), driver, weight-only, quantize, attention fwd + bwd, stream_read
+    assert len(regions) >= 9  # int8_mm (3), driver, weight-only, quantize, attention fwd + bwd, stream_read, sparse_nm
     bad = [(f, line, _THROWING.search(body).group(0)) for f, line, body in regions if _THROWING.search(body)]
     assert not bad, f"allocation or throw inside an OpenMP parallel region: {bad}"

@@ -1,0 +1,83 @@
+"""``nm_linear_cpp``: the C++ N:M-sparse linear (``llmaccel._C.sparse_nm_linear``) on an ``NMPackedWeight``.
+
+::
+
+    y = nm_linear_cpp(x, packed, bias)          # == x @ packed.to_dense().T + bias, fp32
+    y = nm_linear_cpp(x, packed, variant="generic")
+
+A thin wrapper over the raw binding (csrc/sparse_nm.h): fp32 values, or
+int8 values with per-row scales (``quantize="int8"``: the kernel converts
+them in registers and computes ``scale[n] * sum_k x[k] q[n, k] + bias[n]``),
+CPU tensors, x ``[..., K]`` with any leading dims and any strides (a row
+whose elements are not contiguous is copied), output
+fp32 ``[..., N_out]``.  The kernel streams the compressed values and index
+bits and never expands the weight.  ``variant`` is ``""`` (the best this CPU
+runs, ``llmaccel.cpu_info()["variants"]["sparse_nm"]``) or a name from
+``llmaccel.cpu_info()["available_variants"]["sparse_nm"]`` (``"avx2"``:
+vectorized 2:4, other patterns through the portable loop; ``"generic"``).
+Inference only: no autograd (the result does not require grad).
+
+Slots pointing at padding columns (past K) are never read, so an inf or NaN
+in x only reaches the outputs whose weight row keeps that column: unlike the
+dense reference, ``0 * inf`` at a pruned column does not turn an output NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._ext import ext
+from .nm_packed import NMPackedWeight
+
+__all__ = ["nm_linear_cpp"]
+
+_WHERE = "llmaccel.sparsity.nm_linear_cpp"
+
+
+def nm_linear_cpp(x: Tensor, weight: NMPackedWeight, bias: Tensor | None = None, variant: str = "") -> Tensor:
+    """``x @ weight.to_dense().T + bias`` with the C++ N:M kernel (module docstring)."""
+    if not isinstance(weight, NMPackedWeight):
+        raise TypeError(f"{_WHERE}: weight must be an NMPackedWeight, got {type(weight).__name__}")
+    if not weight.quantized and weight.values.dtype != torch.float32:
+        raise ValueError(f"{_WHERE}: weight values must be float32 (or int8 with scales), got "
+                         f"{weight.values.dtype} (pack a float32 weight)")
+    if weight.values.device.type != "cpu":
+        raise ValueError(f"{_WHERE}: weight must be on the CPU, got {weight.values.device}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{_WHERE}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != torch.float32:
+        raise ValueError(f"{_WHERE}: x must be float32, got {x.dtype}")
+    if x.device.type != "cpu":
+        raise ValueError(f"{_WHERE}: x must be on the CPU, got {x.device}")
+    n_out, k = weight.shape
+    if x.dim() == 0 or x.shape[-1] != k:
+        raise ValueError(f"{_WHERE}: x's last dimension must be in_features = {k}, got shape {tuple(x.shape)}")
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"{_WHERE}: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if bias.dtype != torch.float32 or bias.device.type != "cpu" or bias.shape != (n_out,):
+            raise ValueError(f"{_WHERE}: bias must be a float32 CPU tensor of shape [out_features] = [{n_out}], "
+                             f"got {bias.dtype} {tuple(bias.shape)} on {bias.device}")
+        bias = bias.detach().contiguous()
+    if not isinstance(variant, str):
+        raise TypeError(f"{_WHERE}: variant must be a str, got {type(variant).__name__}")
+
+    lead = x.shape[:-1]
+    x2 = x.detach().reshape(-1, k)  # a view where the leading dims merge, else a copy
+    if k > 1 and x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    rows = x2.shape[0]
+    values, indices, scale = weight.values, weight.indices, weight.scale
+    if values.stride(-1) != 1 or values.stride(0) < values.shape[1]:
+        values = values.contiguous()
+    if indices.stride(-1) != 1 or indices.stride(0) < indices.shape[1]:
+        indices = indices.contiguous()
+    if scale is not None:
+        scale = scale.contiguous()
+    y = torch.empty((rows, n_out), dtype=torch.float32)
+    ext().sparse_nm_linear(rows, n_out, k, weight.n, weight.m, x2.data_ptr(), x2.stride(0) if rows > 1 else k,
+                           values.data_ptr(), weight.quantized, values.stride(0), indices.data_ptr(), indices.stride(0),
+                           scale.data_ptr() if scale is not None else 0, bias.data_ptr() if bias is not None else 0,
+                           y.data_ptr(), n_out, torch.get_num_threads(), variant)
+    return y.view(*lead, n_out)
