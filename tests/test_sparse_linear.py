@@ -253,3 +253,25 @@ def test_backward_op_opcheck():
         torch.library.opcheck(torch.ops.llmaccel.sparse_linear_backward.default, args[:-2] + (True, False))
     with pytest.raises(ValueError, match=r"sparse_linear_backward: grad_y must have shape"):
         torch.ops.llmaccel.sparse_linear_backward(torch.randn(2, 7), x, *FIELDS(pw), True, True)
+
+
+@pytest.mark.triton
+def test_triton_nm_kernel_matches_float64_pruned_dense():
+    """kernels/sparse_nm.py (in the interpreter on CPU, or on a GPU): odd shapes, strides, int8, tails."""
+    probe = _weight("2:4", torch.randn(3, 8))
+    if _explain_on("triton", torch.randn(1, 8), *FIELDS(probe)).backend != "triton":
+        pytest.skip(str(_explain_on("triton", torch.randn(1, 8), *FIELDS(probe))))
+    cases = [("2:4", None, 17, 113, (3,)), ("2:4", "int8", 33, 70, (1,)), ("4:8", None, 1, 3, (2, 17)),
+             ("1:2", "int8", 3, 17, (1,)), ("2:16", None, 40, 37, (5,))]
+    for kind, quantize, n_out, k, lead in cases:
+        pw = _weight(kind, torch.randn(n_out, k), quantize)
+        bias = torch.randn(n_out)
+        x = torch.randn(*lead, k)
+        _check_close(_on("triton", x, *FIELDS(pw), bias), x, pw, bias, f"triton {kind} {quantize} {n_out}x{k}")
+        xs = torch.randn(k, 2 * lead[-1]).t()[::2]  # strided rows and columns
+        _check_close(_on("triton", xs, *FIELDS(pw), None), xs, pw, None, f"triton strided {kind}")
+    pw = _weight("2:4", torch.randn(9, 40))
+    with backends.use("triton"):
+        torch.library.opcheck(torch.ops.llmaccel.sparse_linear.default, (torch.randn(2, 40), *FIELDS(pw), None))
+    bm = _explain_on("triton", torch.randn(1, 40), *FIELDS(_weight("bitmap", torch.randn(9, 40))))
+    assert bm.backend is None and "N:M layout only" in bm.refused["triton"], bm

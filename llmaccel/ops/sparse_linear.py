@@ -17,7 +17,8 @@ Backends:
 * ``cpp``: the N:M kernel (csrc/sparse_nm*.cpp, ``llmaccel.sparsity.nm_linear_cpp``'s binding): streams
   the compressed values and index bits, expands in registers; fp32 or int8 values; x fp32 (fp16 / bf16
   widened in, the result rounded back).  Only for ``layout="nm"`` and ``M <= CPP_NM_MAX_M`` rows.
-* ``triton``: none yet.
+* ``triton``: ``kernels/sparse_nm.py`` for ``layout="nm"`` (float or int8 values): loads the compressed
+  values and index bits of a tile, expands them in registers, ``tl.dot`` with fp32 accumulation.
 
 Autograd (the derivative of the math above, run by the backward op ``sparse_linear_backward``, dispatched like
 every op (torch backend only for now), the bias gradient in the autograd formula; ``G = dy`` flattened to ``[M, N_out]``, ``X = x`` to ``[M, K]``)::
@@ -203,6 +204,20 @@ def _sparse_linear_cpp(a) -> Tensor:
     if x.dtype != torch.float32:
         y = y.to(x.dtype)
     return y.reshape(*x.shape[:-1], N)
+
+
+def _triton_check(a) -> Optional[str]:
+    if a.layout != "nm":
+        return f"the Triton sparse kernel runs the N:M layout only (layout={a.layout!r} runs on torch)"
+    return None
+
+
+@_op.implement("triton", check=_triton_check)
+def _sparse_linear_triton(a) -> Tensor:
+    """kernels/sparse_nm.py: compressed tiles expanded in registers, ``tl.dot`` with fp32 accumulation."""
+    from ..kernels.sparse_nm import sparse_nm_linear
+
+    return sparse_nm_linear(a.x, a.values, a.index, a.scale, a.bias, a.meta[0], a.meta[1])
 
 
 # --------------------------------------------------------------------------
