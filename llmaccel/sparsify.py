@@ -6,7 +6,7 @@ Calling convention follows torchao's (and :func:`llmaccel.quantize_`'s)::
     print(summary)     # what was pruned, the sparsity reached, what was skipped and why, bytes saved
 
     # Wanda: rank weights by |w| * ||x_k||, with activation norms from a few calibration batches
-    llmaccel.sparsify_(model, llmaccel.SparsityConfig(pattern="2:4", method="wanda", calibration=batches))
+    llmaccel.sparsify_(model, llmaccel.SparsityConfig(pattern="2:4", method="wanda"), calibration=batches)
 
 ``filter_fn(module, fqn) -> bool`` is asked about every ``nn.Linear``; ``False`` keeps it dense.  Skipped by
 default, like ``quantize_`` (``SparsityConfig(skip_output_head=True)``): output heads (a top-level
@@ -23,6 +23,7 @@ pruning an int8 weight would prune the rounded weight and re-quantize it (prune 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
@@ -77,10 +78,6 @@ class SparsityConfig:
                              f"got {self.sparsity!r}")
         if self.method not in METHODS:
             raise ValueError(f"{where}: method must be one of {METHODS}, got {self.method!r}")
-        if self.method == "wanda" and self.calibration is None:
-            raise ValueError(f"{where}: method='wanda' needs calibration batches (calibration=[batch, ...])")
-        if self.method == "magnitude" and self.calibration is not None:
-            raise ValueError(f"{where}: calibration is only used by method='wanda'")
         if self.quantize not in (None, "int8"):
             raise ValueError(f"{where}: quantize must be None or 'int8', got {self.quantize!r}")
         if not isinstance(self.min_features, int) or isinstance(self.min_features, bool) or self.min_features < 1:
@@ -156,16 +153,26 @@ def _skip_reason(fqn, mod, config, embeddings, mha_out_proj, seq_head) -> Option
 
 
 def sparsify_(model: nn.Module, config: SparsityConfig | None = None,
-              filter_fn: Callable[[nn.Module, str], bool] | None = None) -> SparsifySummary:
+              filter_fn: Callable[[nn.Module, str], bool] | None = None, *,
+              calibration: Optional[Iterable] = None) -> SparsifySummary:
     """Replace ``model``'s ``nn.Linear`` layers by pruned :class:`SparseLinear` in place (module docstring).
 
-    ``config`` defaults to ``SparsityConfig()`` (2:4 magnitude).  A Linear registered under several names
-    is converted once and the same SparseLinear put at every name; it is reported under its first name.
+    ``config`` defaults to ``SparsityConfig()`` (2:4 magnitude).  ``calibration`` (Wanda's batches) may be
+    given here or in the config, not both.  A Linear registered under several names is converted once and
+    the same SparseLinear put at every name; it is reported under its first name.
     """
     if config is None:
         config = SparsityConfig()
     if not isinstance(config, SparsityConfig):
         raise TypeError(f"sparsify_: config must be a SparsityConfig, got {type(config).__name__}")
+    if calibration is not None:
+        if config.calibration is not None:
+            raise ValueError("sparsify_: calibration is given both as an argument and in the SparsityConfig")
+        config = dataclasses.replace(config, calibration=calibration)
+    if config.method == "wanda" and config.calibration is None:
+        raise ValueError("sparsify_: method='wanda' needs calibration batches (calibration=[batch, ...])")
+    if config.method == "magnitude" and config.calibration is not None:
+        raise ValueError("sparsify_: calibration is only used by method='wanda'")
     if not isinstance(model, nn.Module):
         raise TypeError(f"sparsify_: model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, nn.Linear):

@@ -220,6 +220,8 @@ def test_bad_inputs_raise_clear_errors():
         ((x, values, index, offsets, None, "nm", [2, 4], None), ValueError, r"sparse_linear: meta"),
         ((x, values, index, torch.zeros(3, dtype=torch.int64), None, "nm", [2, 4]), ValueError, r"offsets must be None"),
         (("x", values, index, None, None, "nm", [2, 4]), TypeError, r"sparse_linear: x must be a torch.Tensor"),
+        ((x, values, index, None, None, "nm", 4), TypeError, r"sparse_linear: meta must be a list of ints"),
+        ((x, values, index, None, None, "nm", [2.0, 4]), TypeError, r"sparse_linear: meta must be a list of ints"),
     ]
     # offsets=None for nm is the only correct call above with offsets; the row with [2, 4] and offsets None is valid
     cases[9] = ((x, values, index, None, None, "nm", [2]), ValueError, r"sparse_linear: meta must be \[n, m\]")

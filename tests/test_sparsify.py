@@ -106,8 +106,13 @@ def test_wanda_calibration_runs_and_differs_from_magnitude():
     summary = llmaccel.sparsify_(wanda, llmaccel.SparsityConfig(method="wanda", calibration=batches))
     assert len(summary.swapped) == 8
     assert not torch.equal(mag.blocks[0].up.to_dense() != 0, wanda.blocks[0].up.to_dense() != 0)
-    with pytest.raises(ValueError, match=r"method='wanda' needs calibration"):
-        llmaccel.SparsityConfig(method="wanda")
+    again = copy.deepcopy(model)
+    llmaccel.sparsify_(again, llmaccel.SparsityConfig(method="wanda"), calibration=batches)  # the argument form
+    assert torch.equal(again.blocks[0].up.to_dense(), wanda.blocks[0].up.to_dense())
+    with pytest.raises(ValueError, match=r"sparsify_: method='wanda' needs calibration"):
+        llmaccel.sparsify_(copy.deepcopy(model), llmaccel.SparsityConfig(method="wanda"))
+    with pytest.raises(ValueError, match=r"calibration is only used by method='wanda'"):
+        llmaccel.sparsify_(copy.deepcopy(model), calibration=batches)
 
 
 def test_encoder_layer_fast_path_is_kept_off():

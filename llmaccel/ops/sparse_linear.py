@@ -113,9 +113,12 @@ def _check(x, values, index, offsets, scale, layout, meta, bias=None):
         fail(OP, f"x must be float32, float16 or bfloat16, got {x.dtype}", TypeError)
     if x.dim() < 1 or x.shape[-1] < 1:
         fail(OP, f"x must be [..., K] with K >= 1, got shape {tuple(x.shape)}")
-    if layout not in LAYOUTS:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
         fail(OP, f"layout must be one of {LAYOUTS}, got {layout!r}")
-    meta = [int(v) for v in meta]
+    if not isinstance(meta, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in meta):
+        fail(OP, f"meta must be a list of ints ([n, m] for 'nm', [] for 'bitmap', [N_out] for 'bsr'), got {meta!r}",
+             TypeError)
+    meta = list(meta)
     _check_index_fields(layout, values, index, offsets, meta, x.shape[-1])
     n_out = out_features(values, index, layout, meta)
     if scale is None:
@@ -300,4 +303,4 @@ def sparse_linear(x: Tensor, values: Tensor, index: Tensor, offsets: Optional[Te
     ``values, index, offsets, scale, layout, meta`` are ``sparse_linear_fields(weight)`` of an
     ``llmaccel.sparsity`` format object.  Gradients flow to ``x``, ``bias`` and float ``values``.
     """
-    return _op.call(x, values, index, offsets, scale, layout, list(meta), bias)
+    return _op.call(x, values, index, offsets, scale, layout, list(meta) if isinstance(meta, tuple) else meta, bias)
