@@ -20,8 +20,15 @@ Backends:
 * ``triton``: ``kernels/sparse_nm.py`` for ``layout="nm"`` (float or int8 values): loads the compressed
   values and index bits of a tile, expands them in registers, ``tl.dot`` with fp32 accumulation.
 
-Autograd (the derivative of the math above, run by the backward op ``sparse_linear_backward``, dispatched like
-every op (torch backend only for now), the bias gradient in the autograd formula; ``G = dy`` flattened to ``[M, N_out]``, ``X = x`` to ``[M, K]``)::
+The op checks shapes, dtypes and devices on every call, but not the data (per-call cost): the torch path
+checks every field when it rebuilds the format; the kernels trust them (``SparseLinear`` checks them when it is
+built and when a state_dict is loaded).  A corrupt index there gives a wrong result, never a read outside the
+tensors (the kernels only compare indices).  Non-finite x: the kernels never read x at a pruned column, the
+torch path multiplies it by the stored 0, so an inf there gives NaN on torch only.
+
+Autograd (the derivative of the math above, run by the backward op ``sparse_linear_backward``, dispatched
+like every op, torch backend only for now; the bias gradient in the autograd formula; ``G = dy`` flattened to
+``[M, N_out]``, ``X = x`` to ``[M, K]``)::
 
     grad_x      = G @ W                                    (in x's dtype, fp32 accumulation)
     grad_bias   = G summed over the rows
