@@ -27,7 +27,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
-import torch
 from torch import nn
 
 from ._swap import after_swap

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-import llmaccel
 from llmaccel.nn import SparseLinear
 from llmaccel.sparsity import prune
 

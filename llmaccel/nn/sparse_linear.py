@@ -212,7 +212,8 @@ class SparseLinear(nn.Module):
         where = f"SparseLinear(in_features={self.in_features}, out_features={self.out_features})"
         if prefix:
             where += f" at '{prefix.rstrip('.')}'"
-        mine = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+        mine = {k[len(prefix):]: v for k, v in state_dict.items()
+                if k.startswith(prefix) and "." not in k[len(prefix):]}
         layout = _layout_of_keys(mine) or self.layout
         cls, required = _FORMATS[layout]
         missing = [prefix + k for k in required if k not in mine]
