@@ -163,3 +163,21 @@ def test_bad_arguments():
         llmaccel.sparsify_(TinyLM(), llmaccel.Int8Config())
     with pytest.raises(TypeError, match=r"cannot replace the model object itself"):
         llmaccel.sparsify_(nn.Linear(4, 4))
+
+
+@pytest.mark.parametrize("config", [llmaccel.SparsityConfig(pattern="unstructured", sparsity=0.7, quantize="int8"),
+                                    llmaccel.SparsityConfig(pattern="block", sparsity=0.5, block_size=(16, 16))])
+def test_a_sparsified_checkpoint_loads_into_another_sparsified_model(tmp_path, config):
+    """The nnz of bitmap / BSR weights differs between models: loading resizes the layers' tensors."""
+    torch.manual_seed(0)
+    a = TinyLM().eval()
+    llmaccel.sparsify_(a, config)
+    torch.save(a.state_dict(), tmp_path / "a.pt")
+    torch.manual_seed(1)
+    b = TinyLM().eval()
+    llmaccel.sparsify_(b, config)
+    ids = torch.randint(0, V, (2, 9))
+    with torch.no_grad():
+        assert not torch.equal(a(ids), b(ids))
+        b.load_state_dict(torch.load(tmp_path / "a.pt", weights_only=True))
+        assert torch.equal(a(ids), b(ids))
