@@ -16,7 +16,9 @@ Fine-tuning: float ``values`` are an ``nn.Parameter`` (``requires_grad`` as the 
 their gradient exists only at kept positions, so optimizer steps keep every pruned weight exactly zero.
 int8 values are frozen buffers.  ``load_state_dict`` rebuilds the format from the state and checks every
 field (``NMPackedWeight.from_state_dict`` ...) and the layer's shape *before* anything is copied: a corrupt
-or mismatched checkpoint raises and leaves the layer as it was.
+or mismatched checkpoint raises and leaves the layer as it was.  A bitmap / BSR checkpoint may keep a different
+number of weights than the layer: loading then replaces the tensors (``values`` becomes a new Parameter, so
+build optimizers after loading).
 
 Dtype moves (``.half()``...) convert ``values`` and the bias, never the fp32 ``scale`` (int8 formats).
 """
