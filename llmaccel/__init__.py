@@ -15,12 +15,14 @@ from . import backends
 from .cpu import cpu_info
 from . import ops
 from .ops import *  # noqa: F401,F403  (every op's public function and reference: ops.__all__)
-from .nn import Int8Linear
+from .nn import Int8Linear, SparseLinear
 from .quantize import Int8Config, QuantizeSummary, quantize_
 from .smoothquant import SmoothReport, smooth_
 from . import sparsity  # pruning masks, calibration, compressed sparse formats
+from .sparsify import SparsifySummary, SparsityConfig, sparsify_
 
 __version__ = "0.1.0"
 
 __all__ = ["backends", "cpu_info", *ops.__all__, "Int8Linear", "Int8Config", "QuantizeSummary", "quantize_",
-           "SmoothReport", "smooth_", "sparsity", "__version__"]
+           "SmoothReport", "smooth_", "sparsity", "SparseLinear", "SparsityConfig", "SparsifySummary", "sparsify_",
+           "__version__"]

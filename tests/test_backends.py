@@ -173,6 +173,9 @@ def _explain_cases():
     q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 7, 8), torch.randn(1, 2, 7, 8)
     out, lse = llmaccel.attention(q, k, v, return_lse=True)
     bwd = (q, k, v, None, out, lse, torch.randn_like(out), None, 0.0, False, None, False, None, False)
+    sparse = (x, *llmaccel.sparse_linear_fields(llmaccel.sparsity.NMPackedWeight.from_dense(
+        torch.randn(6, 20), llmaccel.sparsity.prune(torch.randn(6, 20), "2:4"), "2:4")), None)
+    sparse_names = ["x", "values", "index", "offsets", "scale", "layout", "meta", "bias"]
     bwd_names = ["dropout_p", "is_causal", "scale", "causal_bottom_right", "dropout_seed", "need_mask_grad"]
     return {
         "int8_mm": ((a, b), [((a, b), {}), ((a,), {"b": b}), ((), {"a": a, "b": b})]),
@@ -189,6 +192,9 @@ def _explain_cases():
         ]),
         # No public function: explain takes the op's own arguments (the saved forward and the output gradients).
         "attention_backward": (bwd, [(bwd, {}), (bwd[:8], dict(zip(bwd_names, bwd[8:])))]),
+        "sparse_linear": (sparse, [(sparse, {}), (sparse[:7], {"bias": None}), ((), dict(zip(sparse_names, sparse)))]),
+        "sparse_linear_backward": ((torch.randn(3, 6), *sparse[:7], True, True),
+                                   [((torch.randn(3, 6), *sparse[:7]), {"need_x": True, "need_values": True})]),
     }
 
 

@@ -90,7 +90,7 @@ def get(op: str, name: str, device: str = "cpu") -> Case:
 # --------------------------------------------------------------------------
 
 _CASE_MODULES = ("cases_int8_mm", "cases_int8_linear", "cases_int8_linear_cuda", "cases_attention",
-                 "cases_attention_cuda")
+                 "cases_attention_cuda", "cases_sparse_linear")
 
 for _name in _CASE_MODULES:
     for _case in importlib.import_module(f"{__package__}.{_name}").CASES:

@@ -2,5 +2,6 @@
 
 from .attention import CachedAttention, KVCache, MultiheadAttention
 from .int8_linear import Int8Linear
+from .sparse_linear import SparseLinear
 
-__all__ = ["Int8Linear", "MultiheadAttention", "CachedAttention", "KVCache"]
+__all__ = ["Int8Linear", "SparseLinear", "MultiheadAttention", "CachedAttention", "KVCache"]

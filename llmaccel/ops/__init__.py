@@ -6,7 +6,7 @@ Adding an op family adds its module name to ``_OP_MODULES``; ``__all__`` collect
 
 import importlib
 
-_OP_MODULES = ("attention", "int8_linear", "int8_mm", "quantize")
+_OP_MODULES = ("attention", "int8_linear", "int8_mm", "quantize", "sparse_linear")
 
 _modules = [importlib.import_module(f"{__name__}.{name}") for name in _OP_MODULES]
 __all__ = [name for mod in _modules for name in mod.__all__]

@@ -1,0 +1,313 @@
+"""``llmaccel.sparse_linear``: a Linear layer whose weight is pruned and stored compressed.
+
+Math (``W`` = the pruned dense weight ``[N_out, K]`` the compressed fields stand for, i.e. the format's
+``to_dense()``; int8 formats: ``q * scale[:, None]``)::
+
+    y = x @ W.T + bias                  x [..., K] -> y [..., N_out], in x's dtype
+
+The weight travels as plain tensors (``sparse_linear_layouts``): ``values``, ``index``, ``offsets``,
+``scale``, ``layout`` (``"nm"``, ``"bitmap"``, ``"bsr"``) and ``meta``; from a format object::
+
+    y = llmaccel.sparse_linear(x, *llmaccel.sparse_linear_fields(packed), bias)
+
+Backends:
+
+* ``torch``: the reference, the documented truth: rebuild the format object (its constructor checks every
+  field), expand it to dense and ``F.linear`` (``llmaccel.sparsity.sparse_linear_reference``).  Every layout.
+* ``cpp``: the N:M kernel (csrc/sparse_nm*.cpp, ``llmaccel.sparsity.nm_linear_cpp``'s binding): streams
+  the compressed values and index bits, expands in registers; fp32 or int8 values; x fp32 (fp16 / bf16
+  widened in, the result rounded back).  Only for ``layout="nm"`` and ``M <= CPP_NM_MAX_M`` rows.
+* ``triton``: ``kernels/sparse_nm.py`` for ``layout="nm"`` (float or int8 values): loads the compressed
+  values and index bits of a tile, expands them in registers, ``tl.dot`` with fp32 accumulation.
+
+The op checks shapes, dtypes and devices on every call, but not the data (per-call cost): the torch path
+checks every field when it rebuilds the format; the kernels trust them (``SparseLinear`` checks them when it is
+built and when a state_dict is loaded).  A corrupt index there gives a wrong result, never a read outside the
+tensors (the kernels only compare indices).  Non-finite x: the kernels never read x at a pruned column, the
+torch path multiplies it by the stored 0, so an inf there gives NaN on torch only.
+
+Autograd (the derivative of the math above, run by the backward op ``sparse_linear_backward``, dispatched
+like every op, torch backend only for now; the bias gradient in the autograd formula; ``G = dy`` flattened to
+``[M, N_out]``, ``X = x`` to ``[M, K]``)::
+
+    grad_x      = G @ W                                    (in x's dtype, fp32 accumulation)
+    grad_bias   = G summed over the rows
+    grad_values = (G.T @ X) read at the stored positions   (float values only: sparse fine-tuning)
+
+``grad_values`` has no entry for a pruned position, so an optimizer step on ``values`` keeps every pruned
+weight exactly zero (``sparse_linear_layouts.values_grad``).  int8 values are frozen (no gradient).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._ext import ext
+from ..sparsity._bits import bits_for, packed_bytes
+from ..sparsity.reference import sparse_linear_reference
+from ._checks import check_same_device, check_tensor, fail
+from .quantize import FLOAT_DTYPES
+from .sparse_linear_layouts import LAYOUTS, fields_of, out_features, values_grad, weight_of
+from .spec import OpSpec, define
+
+__all__ = ["sparse_linear", "sparse_linear_fields"]
+
+OP = "sparse_linear"
+
+# Rows of x up to which the C++ N:M kernel runs.  Above, the torch path (validate the fields, expand to dense,
+# sgemm) wins: it pays a fixed expansion per call and then the dense GEMM's better per-row rate.  A rough
+# crossover, not a benchmark result: on the shared 2-core AVX2 dev VM at 4096 x 4096, one core, the kernel took
+# ~1.9 ms per row of x at M >= 16; the torch path ~0.65 s of checks and expansion plus ~0.7 ms per row, which
+# puts the crossover in the low hundreds.  llmaccel/bench/cases_sparse_linear.py has the cases to measure it.
+CPP_NM_MAX_M = 256
+
+sparse_linear_fields = fields_of
+
+
+def _check_index_fields(layout, values, index, offsets, meta, k):
+    if layout == "nm":
+        if len(meta) != 2 or not 1 <= meta[0] < meta[1] <= 256:
+            fail(OP, f"meta must be [n, m] with 1 <= n < m <= 256 for layout='nm', got {list(meta)}")
+        n, m = meta
+        slots = -(-k // m) * n
+        check_tensor(OP, "values", values, ndim=2)
+        if values.shape[1] != slots:
+            fail(OP, f"values must have ceil(K / m) * n = {slots} columns for K = {k} (x's last dim) and "
+                     f"pattern {n}:{m}, got shape {tuple(values.shape)}")
+        check_tensor(OP, "index", index, dtype=torch.uint8, ndim=2)
+        want = (values.shape[0], packed_bytes(slots, bits_for(m)))
+        if tuple(index.shape) != want:
+            fail(OP, f"index must have shape {list(want)} (packed {bits_for(m)}-bit slot indices), "
+                     f"got {tuple(index.shape)}")
+        if offsets is not None:
+            fail(OP, "offsets must be None for layout='nm'")
+        return
+    if layout == "bitmap":
+        if len(meta) != 0:
+            fail(OP, f"meta must be [] for layout='bitmap', got {list(meta)}")
+        check_tensor(OP, "values", values, ndim=1)
+        check_tensor(OP, "index", index, dtype=torch.uint8, ndim=2)
+        if index.shape[1] != -(-k // 8):
+            fail(OP, f"index (the bitmap) must have ceil(K / 8) = {-(-k // 8)} bytes per row for K = {k}, "
+                     f"got shape {tuple(index.shape)}")
+        check_tensor(OP, "offsets", offsets, dtype=torch.int64, ndim=1)
+        if offsets.shape[0] != index.shape[0] + 1:
+            fail(OP, f"offsets (row_offsets) must have N_out + 1 = {index.shape[0] + 1} entries, "
+                     f"got {offsets.shape[0]}")
+        return
+    if len(meta) != 1 or meta[0] < 1:
+        fail(OP, f"meta must be [N_out] with N_out >= 1 for layout='bsr', got {list(meta)}")
+    check_tensor(OP, "values", values, ndim=3)
+    bh, bw = values.shape[1], values.shape[2]
+    if bh < 1 or bw < 1:
+        fail(OP, f"values (the tiles) must be [nnzb, bh, bw] with bh, bw >= 1, got {tuple(values.shape)}")
+    check_tensor(OP, "index", index, dtype=torch.int32, ndim=1)
+    if index.shape[0] != values.shape[0]:
+        fail(OP, f"index (col_indices) must have one entry per tile ({values.shape[0]}), got {index.shape[0]}")
+    check_tensor(OP, "offsets", offsets, dtype=torch.int64, ndim=1)
+    if offsets.shape[0] != -(-meta[0] // bh) + 1:
+        fail(OP, f"offsets (crow_indices) must have ceil(N_out / bh) + 1 = {-(-meta[0] // bh) + 1} entries, "
+                 f"got {offsets.shape[0]}")
+
+
+def _check(x, values, index, offsets, scale, layout, meta, bias=None):
+    """Validates shapes, dtypes and devices (cheap: no pass over the data); returns the arguments object."""
+    check_tensor(OP, "x", x)
+    if x.dtype not in FLOAT_DTYPES:
+        fail(OP, f"x must be float32, float16 or bfloat16, got {x.dtype}", TypeError)
+    if x.dim() < 1 or x.shape[-1] < 1:
+        fail(OP, f"x must be [..., K] with K >= 1, got shape {tuple(x.shape)}")
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        fail(OP, f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if not isinstance(meta, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in meta):
+        fail(OP, f"meta must be a list of ints ([n, m] for 'nm', [] for 'bitmap', [N_out] for 'bsr'), got {meta!r}",
+             TypeError)
+    meta = list(meta)
+    _check_index_fields(layout, values, index, offsets, meta, x.shape[-1])
+    n_out = out_features(values, index, layout, meta)
+    if scale is None:
+        if values.dtype not in FLOAT_DTYPES:
+            fail(OP, f"values must be float32, float16 or bfloat16 (or int8 with scale), got {values.dtype}", TypeError)
+    else:
+        if values.dtype != torch.int8:
+            fail(OP, f"scale is given, so values must be int8, got {values.dtype}", TypeError)
+        check_tensor(OP, "scale", scale, dtype=torch.float32, ndim=1)
+        if scale.shape[0] != n_out:
+            fail(OP, f"scale has {scale.shape[0]} entries, expected one per output channel ({n_out})")
+    if bias is not None:
+        check_tensor(OP, "bias", bias, ndim=1)
+        if not bias.is_floating_point():
+            fail(OP, f"bias must be a float tensor, got {bias.dtype}", TypeError)
+        if bias.shape[0] != n_out:
+            fail(OP, f"bias has {bias.shape[0]} entries, expected {n_out}")
+    tensors = {"x": x, "values": values, "index": index, "offsets": offsets, "scale": scale, "bias": bias}
+    check_same_device(OP, **{k: t for k, t in tensors.items() if t is not None})
+    return _make_args((x, values, index, offsets, scale, layout, meta, bias))
+
+
+def _fake(a):
+    return a.x.new_empty((*a.x.shape[:-1], out_features(a.values, a.index, a.layout, a.meta)))
+
+
+_op = define(OpSpec(
+    name=OP,
+    schema="(Tensor x, Tensor values, Tensor index, Tensor? offsets, Tensor? scale, str layout, int[] meta, "
+           "Tensor? bias=None) -> Tensor",
+    check=_check,
+    fake=_fake,
+))
+_make_args = _op.pack
+
+
+def _weight(a):
+    return weight_of(a.x.shape[-1], a.values, a.index, a.offsets, a.scale, a.layout, a.meta)
+
+
+@_op.implement("torch")
+def _sparse_linear_torch(a) -> Tensor:
+    """The reference: ``sparse_linear_reference(x, weight, bias)`` (dense expansion, ``F.linear`` in x's dtype)."""
+    return sparse_linear_reference(a.x, _weight(a), a.bias)
+
+
+def _cpp_check(a) -> Optional[str]:
+    if a.layout != "nm":
+        return f"the C++ sparse kernel runs the N:M layout only (layout={a.layout!r} runs on torch)"
+    if a.scale is None and a.values.dtype != torch.float32:
+        return f"the C++ N:M kernel takes float32 or int8 values, got {a.values.dtype}"
+    M = a.x.numel() // a.x.shape[-1]
+    if M > CPP_NM_MAX_M:
+        return (f"M={M} rows > {CPP_NM_MAX_M}: expanding the weight once and running the dense GEMM (torch) is "
+                f"expected to win (a rough crossover, not yet measured by the benchmark)")
+    if not hasattr(ext(), "sparse_nm_linear"):
+        return "this build of llmaccel._C has no sparse_nm_linear (rebuild the extension)"
+    return None
+
+
+def _row_major(t: Tensor) -> Tensor:
+    return t if t.shape[1] <= 1 or (t.stride(1) == 1 and t.stride(0) >= t.shape[1]) else t.contiguous()
+
+
+@_op.implement("cpp", check=_cpp_check)
+def _sparse_linear_cpp(a) -> Tensor:
+    """csrc/sparse_nm*.cpp: ``y = x @ W.T + bias`` from the compressed values and index bits, fp32 core."""
+    x, values, index, scale, bias = a.x, _row_major(a.values), _row_major(a.index), a.scale, a.bias
+    n, m = a.meta
+    K = x.shape[-1]
+    N = values.shape[0]
+    x2 = x.reshape(-1, K)
+    if x2.dtype != torch.float32:
+        x2 = x2.to(torch.float32)
+    if K > 1 and x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    rows = x2.shape[0]
+    if scale is not None and not scale.is_contiguous():
+        scale = scale.contiguous()
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+        bias = bias.to(torch.float32).contiguous()
+    y = torch.empty((rows, N), dtype=torch.float32)
+    ext().sparse_nm_linear(rows, N, K, n, m, x2.data_ptr(), x2.stride(0) if rows > 1 else K, values.data_ptr(),
+                           scale is not None, values.stride(0) if N > 1 else values.shape[1], index.data_ptr(),
+                           index.stride(0) if N > 1 else index.shape[1], scale.data_ptr() if scale is not None else 0,
+                           bias.data_ptr() if bias is not None else 0, y.data_ptr(), N, torch.get_num_threads(), "")
+    if x.dtype != torch.float32:
+        y = y.to(x.dtype)
+    return y.reshape(*x.shape[:-1], N)
+
+
+def _triton_check(a) -> Optional[str]:
+    if a.layout != "nm":
+        return f"the Triton sparse kernel runs the N:M layout only (layout={a.layout!r} runs on torch)"
+    return None
+
+
+@_op.implement("triton", check=_triton_check)
+def _sparse_linear_triton(a) -> Tensor:
+    """kernels/sparse_nm.py: compressed tiles expanded in registers, ``tl.dot`` with fp32 accumulation."""
+    from ..kernels.sparse_nm import sparse_nm_linear
+
+    return sparse_nm_linear(a.x, a.values, a.index, a.scale, a.bias, a.meta[0], a.meta[1])
+
+
+# --------------------------------------------------------------------------
+# autograd (module docstring)
+# --------------------------------------------------------------------------
+
+def _check_backward(grad_y, x, values, index, offsets, scale, layout, meta, need_x, need_values):
+    _check(x, values, index, offsets, scale, layout, meta)
+    check_tensor("sparse_linear_backward", "grad_y", grad_y)
+    want = (*x.shape[:-1], out_features(values, index, layout, meta))
+    if tuple(grad_y.shape) != want:
+        fail("sparse_linear_backward", f"grad_y must have shape {list(want)}, got {list(grad_y.shape)}")
+    if need_values and scale is not None:
+        fail("sparse_linear_backward", "need_values=True needs float values (int8 values are frozen)")
+    return _pack_backward((grad_y, x, values, index, offsets, scale, layout, [int(v) for v in meta], need_x,
+                           need_values))
+
+
+def _fake_backward(a):
+    return (a.x.new_empty(a.x.shape) if a.need_x else a.x.new_empty((0,)),
+            a.values.new_empty(a.values.shape) if a.need_values else a.x.new_empty((0,)))
+
+
+_backward_op = define(OpSpec(
+    name="sparse_linear_backward",
+    schema="(Tensor grad_y, Tensor x, Tensor values, Tensor index, Tensor? offsets, Tensor? scale, str layout, "
+           "int[] meta, bool need_x, bool need_values) -> (Tensor, Tensor)",
+    check=_check_backward,
+    fake=_fake_backward,
+    follows_forward=True,
+))
+_pack_backward = _backward_op.pack
+
+
+@_backward_op.implement("torch")
+def _sparse_linear_backward_torch(a):
+    """``(grad_x, grad_values)`` of the module docstring (an empty tensor for each one not asked for)."""
+    K = a.x.shape[-1]
+    weight = weight_of(K, a.values.detach(), a.index, a.offsets, a.scale, a.layout, a.meta)
+    g = a.grad_y.reshape(-1, a.grad_y.shape[-1]).to(torch.float32)
+    grad_x = a.x.new_empty((0,))
+    grad_values = a.x.new_empty((0,))
+    if a.need_x:
+        grad_x = torch.matmul(g, weight.to_dense().to(torch.float32)).to(a.x.dtype).reshape(a.x.shape)
+    if a.need_values:
+        grad_dense = torch.matmul(g.t(), a.x.detach().reshape(-1, K).to(torch.float32))
+        grad_values = values_grad(weight, grad_dense).to(a.values.dtype).contiguous()
+    return grad_x, grad_values
+
+
+def _setup_context(ctx, a, output):
+    ctx.save_for_backward(a.x, a.values, a.index, a.offsets, a.scale)
+    ctx.layout, ctx.meta = a.layout, list(a.meta)
+    ctx.bias_dtype = a.bias.dtype if a.bias is not None else None
+
+
+def _backward(ctx, grad_y):
+    """Through ``torch.ops.llmaccel.sparse_linear_backward`` (dispatched, opaque to tracing); bias here."""
+    x, values, index, offsets, scale = ctx.saved_tensors
+    need_x, need_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and scale is None
+    grads = {}
+    if need_x or need_values:
+        gx, gv = _backward_op.call(grad_y, x, values, index, offsets, scale, ctx.layout, ctx.meta, need_x,
+                                   need_values)
+        grads.update({"x": gx if need_x else None, "values": gv if need_values else None})
+    if ctx.bias_dtype is not None:
+        grads["bias"] = grad_y.reshape(-1, grad_y.shape[-1]).to(torch.float32).sum(0).to(ctx.bias_dtype)
+    return grads
+
+
+_op.autograd(_backward, _setup_context)
+
+
+@_op.public
+def sparse_linear(x: Tensor, values: Tensor, index: Tensor, offsets: Optional[Tensor], scale: Optional[Tensor],
+                  layout: str, meta, bias: Optional[Tensor] = None) -> Tensor:
+    """``y = x @ W.T + bias`` with ``W`` the pruned weight the compressed fields stand for (module docstring).
+
+    ``values, index, offsets, scale, layout, meta`` are ``sparse_linear_fields(weight)`` of an
+    ``llmaccel.sparsity`` format object.  Gradients flow to ``x``, ``bias`` and float ``values``.
+    """
+    return _op.call(x, values, index, offsets, scale, layout, list(meta) if isinstance(meta, tuple) else meta, bias)
