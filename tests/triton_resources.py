@@ -138,6 +138,24 @@ def _gemm_specs() -> list[Spec]:
     return specs
 
 
+def _sparse_specs() -> list[Spec]:
+    """The N:M sparse linear (kernels/sparse_nm.py, one fixed launch config): 2:4 and 4:8 with bf16 values,
+    and 2:4 with int8 values + per-row scales, bf16 x (tensor cores)."""
+    from kernels import sparse_nm
+
+    fn = sparse_nm._sparse_nm_kernel
+    specs = []
+    for n, m, bits, vdt, scaled in ((2, 4, 2, "bf16", False), (4, 8, 4, "bf16", False), (2, 4, 2, "i8", True)):
+        const = dict(NSLOT=n, MGROUP=m, BITS=bits, HAS_SCALE=scaled, HAS_BIAS=True, DOT_FP32=False,
+                     BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, stride_xk=1)
+        types = {"x_ptr": "*bf16", "v_ptr": _ptr(vdt), "i_ptr": "*u8", "s_ptr": "*fp32", "b_ptr": "*bf16",
+                 "y_ptr": "*bf16"}
+        types.update({a: "i32" for a in fn.arg_names if a not in types and a not in const})
+        specs.append(Spec("sparse_nm._sparse_nm_kernel", f"{n}:{m} {vdt} values, bf16 x", "BM16 BN32 BK32 w4 s3",
+                          _signature(fn, types, const), const, tuple(types), 4, 3, "bf16"))
+    return specs
+
+
 def _quantize_specs() -> list[Spec]:
     from kernels import quantize
 
@@ -270,7 +288,7 @@ def all_specs(kernel_filter: str | None = None, subset: str = "all") -> list[Spe
     default = [s for s in bf16_attn if in_default(s)]
     specs = []
     if subset in ("default", "all"):
-        specs += _gemm_specs() + _quantize_specs() + default
+        specs += _gemm_specs() + _quantize_specs() + _sparse_specs() + default
     if subset in ("extra", "all"):
         specs += [s for s in bf16_attn if not in_default(s)]
         specs += [s for s in _attention_specs(dtypes=("fp16",)) if s.mma == "fp16"]
