@@ -55,6 +55,7 @@ from typing import Callable, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from ._linear_swap import linear_sites, replace_linears
 from ._swap import after_swap
 from .nn.int8_linear import ACT_MODES, Int8Linear
 from .ops.int8_mm import MAX_K
@@ -145,17 +146,6 @@ def _tensor_bytes(*ts) -> int:
     return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 
-def _sequential_head(model: nn.Module) -> Optional[nn.Linear]:
-    """The last module with parameters of an ``nn.Sequential`` model (descending into trailing nested
-    Sequentials), if it is an ``nn.Linear``: its output is the model's output."""
-    while isinstance(model, nn.Sequential):
-        last = next((m for m in reversed(list(model)) if any(True for _ in m.parameters())), None)
-        if last is None:
-            return None
-        model = last
-    return model if isinstance(model, nn.Linear) else None
-
-
 def _skip_reason(fqn: str, mod: nn.Linear, config: Int8Config, embeddings: dict[int, str],
                  mha_out_proj: set[int], seq_head: Optional[nn.Linear]) -> Optional[str]:
     if id(mod) in mha_out_proj:
@@ -199,8 +189,8 @@ def quantize_(model: nn.Module, config: Int8Config | None = None,
         raise TypeError("quantize_ swaps submodules in place and cannot replace the model object itself; "
                         "use Int8Linear.from_linear(linear) for a bare nn.Linear")
 
-    named = dict(model.named_modules())  # first name of each module instance
-    linears = {fqn: m for fqn, m in named.items() if isinstance(m, nn.Linear)}
+    sites = linear_sites(model)
+    linears = sites.linears
     explicit = dict(smooth_scales or {})
     unknown = sorted(set(explicit) - set(linears))
     if unknown:
@@ -209,36 +199,18 @@ def quantize_(model: nn.Module, config: Int8Config | None = None,
     # Scales smooth_ recorded on the layers, then the explicit ones (which win).
     smooth_scales = {fqn: s for fqn, m in linears.items() if (s := recorded_smooth_scale(m)) is not None}
     smooth_scales.update(explicit)
-    embeddings = {id(m.weight): fqn for fqn, m in named.items() if isinstance(m, nn.Embedding)}
-    mha_out_proj = {id(m.out_proj) for m in named.values()
-                    if isinstance(m, nn.MultiheadAttention) and isinstance(getattr(m, "out_proj", None), nn.Linear)}
-    seq_head = _sequential_head(model)
-    # Every (parent, attribute) that holds each Linear, so shared layers are replaced everywhere.
-    slots: dict[int, list[tuple[nn.Module, str]]] = {}
-    for _, parent in model.named_modules(remove_duplicate=False):
-        for attr, child in parent._modules.items():
-            if isinstance(child, nn.Linear):
-                slots.setdefault(id(child), []).append((parent, attr))
 
     bytes_before = _model_bytes(model)
-    swapped, skipped, layers, new_modules = [], {}, [], []
-    for fqn, mod in linears.items():
-        if filter_fn is not None and not filter_fn(mod, fqn):
-            skipped[fqn] = "filter_fn returned False"
-            continue
-        reason = _skip_reason(fqn, mod, config, embeddings, mha_out_proj, seq_head)
-        if reason is not None:
-            skipped[fqn] = reason
-            continue
-        s = smooth_scales.get(fqn)
-        q = Int8Linear.from_linear(mod, act=config.act, smooth_scale=s)
-        for parent, attr in slots[id(mod)]:
-            setattr(parent, attr, q)
-        new_modules.append(q)
-        swapped.append(fqn)
-        layers.append(SwappedLayer(fqn, mod.in_features, mod.out_features, s is not None,
-                                   _tensor_bytes(mod.weight, mod.bias),
-                                   _tensor_bytes(q.weight, q.weight_scale, q.bias, q.smooth_scale)))
+    replaced, skipped = replace_linears(
+        sites, filter_fn,
+        lambda fqn, mod: _skip_reason(fqn, mod, config, sites.embeddings, sites.mha_out_proj, sites.seq_head),
+        lambda fqn, mod: Int8Linear.from_linear(mod, act=config.act, smooth_scale=smooth_scales.get(fqn)))
+    swapped = [fqn for fqn, _, _ in replaced]
+    new_modules = [q for _, _, q in replaced]
+    layers = [SwappedLayer(fqn, mod.in_features, mod.out_features, fqn in smooth_scales,
+                           _tensor_bytes(mod.weight, mod.bias),
+                           _tensor_bytes(q.weight, q.weight_scale, q.bias, q.smooth_scale))
+              for fqn, mod, q in replaced]
     for fqn in smooth_scales:
         if fqn in skipped:
             skipped[fqn] += " (its smooth_scale is unused: smooth_ left the float layer unchanged)"

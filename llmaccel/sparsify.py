@@ -32,7 +32,8 @@ from torch import nn
 from ._swap import after_swap
 from .nn.int8_linear import Int8Linear
 from .nn.sparse_linear import SparseLinear
-from .quantize import OUTPUT_HEAD_NAMES, _model_bytes, _sequential_head, _tensor_bytes
+from ._linear_swap import linear_sites, replace_linears
+from .quantize import OUTPUT_HEAD_NAMES, _model_bytes, _tensor_bytes
 from .sparsity import calibrate
 from .sparsity._checks import parse_nm
 from .sparsity.prune import METHODS
@@ -177,45 +178,31 @@ def sparsify_(model: nn.Module, config: SparsityConfig | None = None,
     if isinstance(model, nn.Linear):
         raise TypeError("sparsify_ swaps submodules in place and cannot replace the model object itself; "
                         "use SparseLinear.from_linear(linear) for a bare nn.Linear")
-    named = dict(model.named_modules())
-    quantized = [fqn for fqn, m in named.items() if isinstance(m, Int8Linear)]
+    sites = linear_sites(model)
+    quantized = [fqn for fqn, m in model.named_modules() if isinstance(m, Int8Linear)]
     if quantized:
         raise ValueError(f"sparsify_: the model already holds Int8Linear layers ({quantized[:3]}...): run "
                          f"sparsify_ before quantize_, with SparsityConfig(quantize='int8') for sparse int8 layers")
-    linears = {fqn: m for fqn, m in named.items() if isinstance(m, nn.Linear)}
     norms = {}
     if config.method == "wanda":
         norms = calibrate(model, config.calibration, forward_fn=config.forward_fn)
-    embeddings = {id(m.weight): fqn for fqn, m in named.items() if isinstance(m, nn.Embedding)}
-    mha_out_proj = {id(m.out_proj) for m in named.values()
-                    if isinstance(m, nn.MultiheadAttention) and isinstance(getattr(m, "out_proj", None), nn.Linear)}
-    seq_head = _sequential_head(model)
-    slots: dict[int, list[tuple[nn.Module, str]]] = {}
-    for _, parent in model.named_modules(remove_duplicate=False):
-        for attr, child in parent._modules.items():
-            if isinstance(child, nn.Linear):
-                slots.setdefault(id(child), []).append((parent, attr))
 
-    bytes_before = _model_bytes(model)
-    swapped, skipped, layers, new_modules = [], {}, [], []
-    for fqn, mod in linears.items():
-        if filter_fn is not None and not filter_fn(mod, fqn):
-            skipped[fqn] = "filter_fn returned False"
-            continue
-        reason = _skip_reason(fqn, mod, config, embeddings, mha_out_proj, seq_head)
+    def reason_of(fqn, mod):
+        reason = _skip_reason(fqn, mod, config, sites.embeddings, sites.mha_out_proj, sites.seq_head)
         if reason is None and config.method == "wanda" and fqn not in norms:
             reason = "method='wanda': no calibration batch reached this layer"
-        if reason is not None:
-            skipped[fqn] = reason
-            continue
-        s = SparseLinear.from_linear(mod, config.pattern, sparsity=config.sparsity, block_size=config.block_size,
-                                     method=config.method, quantize=config.quantize,
-                                     activation_norms=norms.get(fqn))
-        for parent, attr in slots[id(mod)]:
-            setattr(parent, attr, s)
-        new_modules.append(s)
-        swapped.append(fqn)
-        layers.append(SparsifiedLayer(fqn, mod.in_features, mod.out_features, s.sparsity(),
-                                      _tensor_bytes(mod.weight, mod.bias), s.weight_bytes() + _tensor_bytes(s.bias)))
+        return reason
+
+    bytes_before = _model_bytes(model)
+    replaced, skipped = replace_linears(
+        sites, filter_fn, reason_of,
+        lambda fqn, mod: SparseLinear.from_linear(mod, config.pattern, sparsity=config.sparsity,
+                                                  block_size=config.block_size, method=config.method,
+                                                  quantize=config.quantize, activation_norms=norms.get(fqn)))
+    swapped = [fqn for fqn, _, _ in replaced]
+    new_modules = [s for _, _, s in replaced]
+    layers = [SparsifiedLayer(fqn, mod.in_features, mod.out_features, s.sparsity(),
+                              _tensor_bytes(mod.weight, mod.bias), s.weight_bytes() + _tensor_bytes(s.bias))
+              for fqn, mod, s in replaced]
     fastpath = after_swap(model, new_modules)
     return SparsifySummary(config.pattern, swapped, skipped, bytes_before, _model_bytes(model), layers, fastpath)

@@ -1,0 +1,72 @@
+"""Finding a model's nn.Linear layers and replacing them: the walk quantize_ and sparsify_ share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from torch import nn
+
+
+def sequential_head(model: nn.Module) -> Optional[nn.Linear]:
+    """The last module with parameters of an ``nn.Sequential`` model (descending into trailing nested
+    Sequentials), if it is an ``nn.Linear``: its output is the model's output."""
+    while isinstance(model, nn.Sequential):
+        last = next((m for m in reversed(list(model)) if any(True for _ in m.parameters())), None)
+        if last is None:
+            return None
+        model = last
+    return model if isinstance(model, nn.Linear) else None
+
+
+@dataclass
+class LinearSites:
+    """Where a model's ``nn.Linear`` layers are, and what the skip rules need to know about them."""
+
+    linears: dict[str, nn.Linear]                      # first name of each Linear instance -> it
+    embeddings: dict[int, str]                         # id(embedding weight) -> its module (tied output heads)
+    mha_out_proj: set[int]                             # id of every nn.MultiheadAttention's out_proj
+    seq_head: Optional[nn.Linear]                      # the output Linear of an nn.Sequential model
+    slots: dict[int, list[tuple[nn.Module, str]]]      # id(Linear) -> every (parent, attribute) holding it
+
+
+def linear_sites(model: nn.Module) -> LinearSites:
+    named = dict(model.named_modules())  # first name of each module instance
+    slots: dict[int, list[tuple[nn.Module, str]]] = {}
+    # Every (parent, attribute) that holds each Linear, so shared layers are replaced everywhere.
+    for _, parent in model.named_modules(remove_duplicate=False):
+        for attr, child in parent._modules.items():
+            if isinstance(child, nn.Linear):
+                slots.setdefault(id(child), []).append((parent, attr))
+    return LinearSites(
+        linears={fqn: m for fqn, m in named.items() if isinstance(m, nn.Linear)},
+        embeddings={id(m.weight): fqn for fqn, m in named.items() if isinstance(m, nn.Embedding)},
+        mha_out_proj={id(m.out_proj) for m in named.values()
+                      if isinstance(m, nn.MultiheadAttention) and isinstance(getattr(m, "out_proj", None), nn.Linear)},
+        seq_head=sequential_head(model),
+        slots=slots,
+    )
+
+
+def replace_linears(sites: LinearSites, filter_fn: Optional[Callable[[nn.Module, str], bool]],
+                    reason_of: Callable[[str, nn.Linear], Optional[str]],
+                    build: Callable[[str, nn.Linear], nn.Module]):
+    """Replace each Linear (model order) by ``build(fqn, linear)`` in every slot that holds it, unless
+    ``filter_fn(linear, fqn)`` is False or ``reason_of(fqn, linear)`` names a reason to keep it.
+
+    Returns ``(replaced, skipped)``: ``[(fqn, old, new)]`` and ``{fqn: reason}``.
+    """
+    replaced, skipped = [], {}
+    for fqn, mod in sites.linears.items():
+        if filter_fn is not None and not filter_fn(mod, fqn):
+            skipped[fqn] = "filter_fn returned False"
+            continue
+        reason = reason_of(fqn, mod)
+        if reason is not None:
+            skipped[fqn] = reason
+            continue
+        new = build(fqn, mod)
+        for parent, attr in sites.slots[id(mod)]:
+            setattr(parent, attr, new)
+        replaced.append((fqn, mod, new))
+    return replaced, skipped
