@@ -70,3 +70,20 @@ def replace_linears(sites: LinearSites, filter_fn: Optional[Callable[[nn.Module,
             setattr(parent, attr, new)
         replaced.append((fqn, mod, new))
     return replaced, skipped
+
+
+def summary_tail(skipped: dict[str, str], fastpath: list[str], bytes_before: int, bytes_after: int) -> list[str]:
+    """The closing lines of a swap summary: skipped layers with their reasons, the fast paths turned off
+    (``_swap.after_swap``), and the model's bytes before and after."""
+    lines = []
+    if skipped:
+        lines.append("skipped:")
+        w = max(len(k) for k in skipped)
+        lines.extend(f"  {fqn:<{w}}  {why}" for fqn, why in skipped.items())
+    if fastpath:
+        lines.append("kept correct under no_grad / inference_mode:")
+        lines.extend(f"  {line}" for line in fastpath)
+    saved = bytes_before - bytes_after
+    pct = 100.0 * saved / bytes_before if bytes_before else 0.0
+    lines.append(f"model bytes: {bytes_before:,} -> {bytes_after:,} (saved {saved:,}, {pct:.1f}%)")
+    return lines

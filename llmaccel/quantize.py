@@ -55,7 +55,7 @@ from typing import Callable, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from ._linear_swap import linear_sites, replace_linears
+from ._linear_swap import linear_sites, replace_linears, summary_tail
 from ._swap import after_swap
 from .nn.int8_linear import ACT_MODES, Int8Linear
 from .ops.int8_mm import MAX_K
@@ -123,16 +123,7 @@ class QuantizeSummary:
                 shape = f"{r.out_features} x {r.in_features}"
                 lines.append(f"  {r.fqn:<{w}}  {shape:>13}  {'yes' if r.smoothed else 'no':>6}  "
                              f"{r.bytes_before:>14,}  {r.bytes_after:>12,}")
-        if self.skipped:
-            lines.append("skipped:")
-            w = max(len(k) for k in self.skipped)
-            lines.extend(f"  {fqn:<{w}}  {why}" for fqn, why in self.skipped.items())
-        if self.fastpath:
-            lines.append("kept correct under no_grad / inference_mode:")
-            lines.extend(f"  {line}" for line in self.fastpath)
-        pct = 100.0 * self.bytes_saved / self.bytes_before if self.bytes_before else 0.0
-        lines.append(f"model bytes: {self.bytes_before:,} -> {self.bytes_after:,} "
-                     f"(saved {self.bytes_saved:,}, {pct:.1f}%)")
+        lines += summary_tail(self.skipped, self.fastpath, self.bytes_before, self.bytes_after)
         return "\n".join(lines)
 
 

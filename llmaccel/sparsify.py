@@ -32,7 +32,7 @@ from torch import nn
 from ._swap import after_swap
 from .nn.int8_linear import Int8Linear
 from .nn.sparse_linear import SparseLinear
-from ._linear_swap import linear_sites, replace_linears
+from ._linear_swap import linear_sites, replace_linears, summary_tail
 from .quantize import OUTPUT_HEAD_NAMES, _model_bytes, _tensor_bytes
 from .sparsity import calibrate
 from .sparsity._checks import parse_nm
@@ -122,16 +122,7 @@ class SparsifySummary:
             for r in self.layers:
                 lines.append(f"  {r.fqn:<{w}}  {f'{r.out_features} x {r.in_features}':>13}  "
                              f"{100 * r.sparsity:>7.1f}%  {r.bytes_before:>14,}  {r.bytes_after:>12,}")
-        if self.skipped:
-            lines.append("skipped:")
-            w = max(len(k) for k in self.skipped)
-            lines.extend(f"  {fqn:<{w}}  {why}" for fqn, why in self.skipped.items())
-        if self.fastpath:
-            lines.append("kept correct under no_grad / inference_mode:")
-            lines.extend(f"  {line}" for line in self.fastpath)
-        pct = 100.0 * self.bytes_saved / self.bytes_before if self.bytes_before else 0.0
-        lines.append(f"model bytes: {self.bytes_before:,} -> {self.bytes_after:,} "
-                     f"(saved {self.bytes_saved:,}, {pct:.1f}%)")
+        lines += summary_tail(self.skipped, self.fastpath, self.bytes_before, self.bytes_after)
         return "\n".join(lines)
 
 
