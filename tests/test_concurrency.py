@@ -45,6 +45,10 @@ def _workload():
     tokens = torch.randn(3, 21, 64, generator=g)
     xg = torch.randn(5, 40, generator=g, requires_grad=True)
     lin_g = llmaccel.nn.Int8Linear.from_linear(torch.nn.Linear(40, 24))
+    slin = llmaccel.nn.SparseLinear.from_linear(torch.nn.Linear(300, 129), "2:4")
+    slin_q = llmaccel.nn.SparseLinear.from_linear(torch.nn.Linear(300, 129), "2:4", quantize="int8")
+    wb = torch.randn(70, 300, generator=g)
+    bitmap = llmaccel.sparsity.BitmapWeight.from_dense(wb, llmaccel.sparsity.prune(wb, "unstructured", sparsity=0.7))
 
     def grad_step():
         xg.grad = None
@@ -59,6 +63,9 @@ def _workload():
         ("attention causal GQA", lambda: llmaccel.attention(q, kv, kv, is_causal=True, enable_gqa=True)),
         ("attention decode", lambda: llmaccel.attention(dec_q, dec_kv, dec_kv, enable_gqa=True)),
         ("Int8Linear", lambda: qlin(x)),
+        ("SparseLinear 2:4", lambda: slin(x)),
+        ("SparseLinear 2:4 int8", lambda: slin_q(x)),
+        ("sparse_linear bitmap", lambda: llmaccel.sparse_linear(x, *llmaccel.sparse_linear_fields(bitmap))),
         ("MultiheadAttention", lambda: mha(tokens, tokens, tokens, need_weights=False)[0]),
         ("Int8Linear backward", grad_step),
     ]

@@ -104,6 +104,8 @@ def test_public_ops_threads():
     q = torch.randn(1, 8, 1, 64)
     kv = torch.randn(1, 2, 2500, 64)
     a = torch.randint(-128, 128, (17, 700), dtype=torch.int8)
+    dense = torch.randn(300, 700)
+    nm = llmaccel.sparsity.NMPackedWeight.from_dense(dense, llmaccel.sparsity.prune(dense, "2:4"), "2:4")
     old = torch.get_num_threads()
 
     def run(n):
@@ -111,7 +113,7 @@ def test_public_ops_threads():
         try:
             return (llmaccel.int8_linear(x, w, s, act="dynamic"), llmaccel.int8_linear(x, w, s, act="weight_only"),
                     llmaccel.attention(q, kv, kv, enable_gqa=True), llmaccel.int8_mm(a, w.t()),
-                    *llmaccel.quantize_per_token(x))
+                    *llmaccel.quantize_per_token(x), llmaccel.sparse_linear(x, *llmaccel.sparse_linear_fields(nm)))
         finally:
             torch.set_num_threads(old)
 

@@ -130,3 +130,61 @@ def test_nm_linear_bad_input_names_the_op(what, data):
     with pytest.raises((ValueError, TypeError, RuntimeError)) as e:
         nm_linear_cpp(x, packed, b, variant)
     assert "sparse_nm_linear" in str(e.value) or "nm_linear" in str(e.value), str(e.value)
+
+
+def _format(kind: str, w: torch.Tensor, quantize):
+    if kind == "nm":
+        return NMPackedWeight.from_dense(w, prune(w, "2:4"), "2:4", quantize=quantize)
+    if kind == "bitmap":
+        return BitmapWeight.from_dense(w, prune(w, "unstructured", sparsity=0.6), quantize=quantize)
+    return BSRWeight.from_dense(w, prune(w, "block", sparsity=0.5, block_size=(4, 8)), (4, 8), quantize=quantize)
+
+
+@FUZZ
+@given(lead=st.lists(st.sampled_from([1, 2, 3, 5]), min_size=1, max_size=2), K=SIZE, N=SIZE,
+       kind=st.sampled_from(["nm", "bitmap", "bsr"]), quantize=st.sampled_from([None, "int8"]), bias=st.booleans(),
+       layout=st.sampled_from(LAYOUTS), backend=st.sampled_from(["auto", "torch", "cpp"]), data=st.data())
+def test_sparse_linear_op_matches_reference(lead, K, N, kind, quantize, bias, layout, backend, data):
+    """The public op on every backend this machine runs (auto picks, cpp falls back with a reason when it
+    cannot run a case): float64-reference bound, or a clear error naming the op."""
+    w = data.draw(weights(N, K))
+    fmt = _format(kind, w, quantize)
+    M = 1
+    for d in lead:
+        M *= d
+    x2 = data.draw(weights(M, K))
+    peak = float(w.double().abs().max()) * float(x2.double().abs().max()) * K
+    if peak > 1e36:
+        x2 = (x2.double() * (1e36 / peak)).float()
+    x = view_of(x2, layout)
+    x = x.reshape(*lead, K) if x.is_contiguous() else x.contiguous().reshape(*lead, K)
+    b = torch.randn(N) if bias else None
+    try:
+        with llmaccel.backends.use(backend):
+            y = llmaccel.sparse_linear(x, *llmaccel.sparse_linear_fields(fmt), b)
+    except llmaccel.backends.BackendUnavailable as e:  # an explicit request the backend cannot serve
+        assert backend != "auto" and "sparse_linear" in str(e), str(e)
+        return
+    ref = sparse_linear_reference(x, fmt, b, dtype=torch.float64)
+    mag = x.double().abs() @ fmt.to_dense().double().abs().T + (b.double().abs() if b is not None else 0)
+    err = (y.double() - ref).abs()
+    assert y.shape == (*lead, N) and y.dtype == torch.float32
+    assert bool((err <= 1e-5 * mag + K * 2.0 ** -149).all()), f"{kind} {backend}: worst err {float(err.max()):.3g}"
+
+
+@pytest.mark.skipif(len(NM_VARIANTS) < 2, reason="one sparse_nm variant on this CPU: nothing to compare across")
+def test_sparse_checkpoint_loads_on_another_variant(tmp_path):
+    """A SparseLinear saved while the best variant runs loads and gives the same results (within the kernels'
+    bound) under the generic variant: the state is plain format tensors, independent of the ISA."""
+    torch.manual_seed(0)
+    m = llmaccel.nn.SparseLinear.from_linear(torch.nn.Linear(256, 96), "2:4")
+    x = torch.randn(3, 256)
+    with torch.no_grad():
+        y = m(x)
+    torch.save(m.state_dict(), tmp_path / "s.pt")
+    m2 = llmaccel.nn.SparseLinear.from_linear(torch.nn.Linear(256, 96), "2:4")
+    m2.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    with llmaccel.cpu.cpu_isa("generic"), torch.no_grad():
+        y2 = m2(x)
+    mag = x.double().abs() @ m.to_dense().double().abs().T + m.bias.double().abs()
+    assert bool(((y2.double() - y.double()).abs() <= 2e-5 * mag).all())
