@@ -25,6 +25,7 @@ import llmaccel
 from llmaccel.bench import cases as _cases
 from llmaccel.bench import cases_attention_cuda as att
 from llmaccel.bench import cases_int8_linear_cuda as lin
+from llmaccel.bench import cases_sparse_linear as sparse
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 REPO = Path(__file__).resolve().parent.parent
@@ -66,6 +67,8 @@ TINY = [
      (4.0 * 2 * 2 * 24 * 24 * 32, None)),
     ("decode-gqa", "attention", lambda: att.attention_decode(3, 4, 2, 80, 16),
      (4.0 * 4 * 80 * 16, 2.0 * 2 * 80 * 16 * 2)),
+    ("sparse-2:4", "sparse_linear", lambda: sparse._builder(24, 2, 2, k=72, n=72, dtype=torch.bfloat16),
+     (2.0 * 24 * 72 * 72 * 2, None)),
 ]
 
 

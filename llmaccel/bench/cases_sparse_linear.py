@@ -1,4 +1,4 @@
-"""CPU benchmark cases for ``llmaccel.sparse_linear`` (``CASES``, registered by :mod:`llmaccel.bench.cases`).
+"""Benchmark cases for ``llmaccel.sparse_linear`` (``CASES``, registered by :mod:`llmaccel.bench.cases`).
 
 Like the int8_linear cases, the unit timed is a pass of the activations through chained 4096 x 4096 layers.
 Ours: 2:4 fp32 weights in the N:M packed format (values + 2-bit indices: 0.53x the dense bytes).  Peer:
@@ -9,6 +9,10 @@ Ours: 2:4 fp32 weights in the N:M packed format (values + 2-bit indices: 0.53x t
 * ``decode``: M=1 through 8 layers (256 MB of packed fp32 values, 512 MB dense: far beyond the last-level
   cache, so every pass streams the weights from DRAM): GB/s of compressed weight.
 * ``prefill``: M=512 through one layer, 2 weight sets rotating: GFLOP/s of the dense-equivalent work.
+
+CUDA (the Triton N:M kernel, ``bench/gpu_check.py``): the same cases in bf16 (values and x), against
+``F.linear`` on the dense pruned bf16 weight (cuBLAS); checked to 2e-2 relative error (bf16 rounding of two
+different summation orders).
 """
 
 from __future__ import annotations
@@ -26,56 +30,84 @@ K = N = 4096
 
 
 @functools.lru_cache(maxsize=2)
-def _stack(n_layers: int, seed: int):
+def _stack(n_layers: int, seed: int, k: int = K, n: int = N):
     """(packed 2:4 NMPackedWeight, pruned dense fp32 weight, bias) per layer (cached, read-only)."""
     from ..sparsity import NMPackedWeight, prune
 
     g = seeded_generator(torch.device("cpu"), seed)
-    bound = 1.0 / K ** 0.5
+    bound = 1.0 / k ** 0.5
     layers = []
     for _ in range(n_layers):
-        w = (torch.rand((N, K), generator=g) * 2 - 1) * bound
-        b = (torch.rand((N,), generator=g) * 2 - 1) * bound
+        w = (torch.rand((n, k), generator=g) * 2 - 1) * bound
+        b = (torch.rand((n,), generator=g) * 2 - 1) * bound
         packed = NMPackedWeight.from_dense(w, prune(w, "2:4"), "2:4")
         layers.append((packed, packed.to_dense(), b))
     return tuple(layers)
 
 
-def _builder(M: int, n_layers: int, n_stacks: int):
+def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dtype: Optional[torch.dtype] = None):
+    """Builder: M tokens through ``n_layers`` chained k x n 2:4 layers (``n_stacks`` weight sets rotating),
+    fp32 on the CPU and bf16 on a GPU unless ``dtype`` says otherwise."""
+
     def build(case: Case, device: torch.device) -> Bench:
         import llmaccel
 
-        if device.type != "cpu":
-            raise RuntimeError("the sparse_linear CPU cases run on the CPU")
+        dt = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
         g = seeded_generator(device, 1)
-        stacks = [_stack(n_layers, seed=20 + s) for s in range(n_stacks)]
-        fields = [[llmaccel.sparse_linear_fields(p) for p, _, _ in layers] for layers in stacks]
-        xs = [torch.randn((M, K), generator=g) for _ in range(n_stacks)]
+        stacks = [_stack(n_layers, 20 + s, k, n) for s in range(n_stacks)]
+
+        def on_device(t):
+            """A field on the case's device; float values (the stacks hold no int8 scales) in the case's dtype."""
+            if not isinstance(t, torch.Tensor):
+                return t
+            return t.to(device, dt) if t.is_floating_point() else t.to(device)
+
+        fields = [[tuple(on_device(t) for t in llmaccel.sparse_linear_fields(p)) for p, _, _ in layers]
+                  for layers in stacks]
+        dense = [[(w.to(device, dt), b.to(device, dt)) for _, w, b in layers] for layers in stacks]
+        xs = [torch.randn((M, k), generator=g, device=device).to(dt) for _ in range(n_stacks)]
+        tol = 1e-4 if dt == torch.float32 else 2e-2
 
         def ours(i: int):
             j = i % n_stacks
             y = xs[j]
-            for f, (_, _, b) in zip(fields[j], stacks[j]):
+            for f, (_, b) in zip(fields[j], dense[j]):
                 y = llmaccel.sparse_linear(y, *f, b)
             return y
 
         def peer(i: int):
             j = i % n_stacks
             y = xs[j]
-            for _, w, b in stacks[j]:
+            for w, b in dense[j]:
                 y = torch.nn.functional.linear(y, w, b)
             return y
 
         def check(o: Any, p: Any) -> Optional[str]:
+            """Ours against the dense pruned stack: the expected shape and dtype, finite, and within ``tol``
+            in relative norm and ``4 tol`` of the largest output element-wise."""
+            if not isinstance(o, torch.Tensor) or tuple(o.shape) != (M, n) or o.dtype != dt or p.shape != o.shape:
+                return f"ours is {getattr(o, 'dtype', type(o))} {tuple(getattr(o, 'shape', ()))}, expected {dt} {(M, n)}"
+            if not bool(torch.isfinite(o).all()):
+                return "ours holds NaN or inf"
+            scale = float(p.double().abs().max())
+            if not scale > 0:
+                return "the dense peer's output is all zeros: degenerate inputs"
             rel = float((o.double() - p.double()).norm() / p.double().norm())
-            return None if rel <= 1e-4 else f"relative error {rel:.3g} against the dense pruned stack (> 1e-4)"
+            worst = float((o.double() - p.double()).abs().max())
+            if not (rel <= tol and worst <= 4 * tol * scale):
+                return (f"relative error {rel:.3g} (bound {tol:g}), worst element {worst:.3g} (bound "
+                        f"{4 * tol * scale:.3g}) against the dense pruned stack")
+            return None
 
         def args(i: int):
             j = i % n_stacks
-            return (xs[j], *fields[j][0], stacks[j][0][2])
+            return (xs[j], *fields[j][0], dense[j][0][1])
 
         packed_bytes = float(sum(p.nbytes() for p, _, _ in stacks[0]))
-        work = Work(ops=2.0 * M * N * K * n_layers, bytes=packed_bytes if M <= 2 else None,
+        if dt != torch.float32:  # the values (all but the index bytes) are stored in dt
+            packed_bytes = float(sum(p.values.numel() * torch.empty((), dtype=dt).element_size()
+                                     + p.indices.numel() for p, _, _ in stacks[0]))
+        work = Work(ops=2.0 * M * n * k * n_layers, bytes=packed_bytes if M <= 2 else None,
                     bytes_what="2:4 packed weight", ops_unit="GFLOP/s")
         bench = Bench(ours, peer, work, args, n_stacks)
         bench.check = check
@@ -95,3 +127,23 @@ CASES.append(Case(op="sparse_linear", name="prefill-2:4-vs-fp32", shape=f"M=512 
                   device="cpu", peer=_PEER[0], peer_description=_PEER[1],
                   description="512 tokens through one 4096 x 4096 2:4 layer (2 weight sets rotate)",
                   build=_builder(512, 1, 2)))
+
+
+def cuda_cases() -> list[Case]:
+    """The CUDA cases (listed in ``CASES`` only where a GPU exists): the Triton N:M kernel in bf16."""
+    peer = ("F.linear bf16 (pruned, dense)",
+            "torch.nn.functional.linear with the same 2:4-pruned weights stored dense in bf16 (cuBLAS)")
+    return [
+        Case(op="sparse_linear", name="decode-2:4-vs-bf16", shape=f"M=1 K={K} N={N} x8 layers 2:4 bf16",
+             device="cuda", peer=peer[0], peer_description=peer[1],
+             description="one token through 8 chained 4096 x 4096 2:4 layers (Triton N:M kernel)",
+             build=_builder(1, 8, 1)),
+        Case(op="sparse_linear", name="prefill-2:4-vs-bf16", shape=f"M=512 K={K} N={N} 2:4 bf16",
+             device="cuda", peer=peer[0], peer_description=peer[1],
+             description="512 tokens through one 4096 x 4096 2:4 layer (Triton N:M kernel)",
+             build=_builder(512, 1, 2)),
+    ]
+
+
+if torch.cuda.is_available():
+    CASES += cuda_cases()
