@@ -59,9 +59,13 @@ OP = "sparse_linear"
 
 # Rows of x up to which the C++ N:M kernel runs.  Above, the torch path (validate the fields, expand to dense,
 # sgemm) wins: it pays a fixed expansion per call and then the dense GEMM's better per-row rate.  A rough
-# crossover, not a benchmark result: on the shared 2-core AVX2 dev VM at 4096 x 4096, one core, the kernel took
-# ~1.9 ms per row of x at M >= 16; the torch path ~0.65 s of checks and expansion plus ~0.7 ms per row, which
-# puts the crossover in the low hundreds.  llmaccel/bench/cases_sparse_linear.py has the cases to measure it.
+# crossover between the two sparse paths: on the shared 2-core AVX2 dev VM at 4096 x 4096, one core, the kernel
+# took ~1.9 ms per row of x at M >= 16; the torch path ~0.65 s of checks and expansion plus ~0.7 ms per row,
+# which puts it in the low hundreds.  Against *dense* fp32 F.linear on the same pruned weight (what a user has
+# without llmaccel), measured on the quiet AVX2 EPYC, 2 threads, 4 rotating 4096 x 4096 layers (beyond L3),
+# the kernel is 1.78 / 3.48 / 5.39 / 2.16 / 1.27x at M = 1 / 2 / 4 / 8 / 16, 0.97x at 32, 0.75x at 64 and
+# 0.40x at 256 (bench/RESULTS.md): past ~32 rows the sparse layer is slower than dense until a large-M kernel
+# exists (issue 9, open).
 CPP_NM_MAX_M = 256
 
 sparse_linear_fields = fields_of
