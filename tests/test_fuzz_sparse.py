@@ -75,6 +75,29 @@ def test_prune_and_formats_round_trip(rows, cols, pattern, method, dtype, quanti
                          <= scale.double()[:, None] / 2 * (1 + 1e-6)).all()), type(f).__name__
 
 
+def _draw_x(data, lead, K, w, layout):
+    """x [*lead, K] in the weights' value regimes as a ``layout`` view, scaled so every product and sum stays
+    inside fp32's range (huge and tiny magnitudes, but overflow is not the point here)."""
+    M = 1
+    for d in lead:
+        M *= d
+    x2 = data.draw(weights(M, K))
+    peak = float(w.double().abs().max()) * float(x2.double().abs().max()) * K
+    if peak > 1e36:
+        x2 = (x2.double() * (1e36 / peak)).float()
+    x2 = view_of(x2, layout)
+    return x2.reshape(*lead, K) if x2.is_contiguous() else x2.contiguous().reshape(*lead, K)
+
+
+def _assert_within_fp32_bound(y, x, weight, b, shape, what=""):
+    """y has ``shape`` in fp32 and |y - ref| <= 1e-5 * (sum_k |x||w| + |bias|) + K * 2^-149, ref in float64."""
+    ref = sparse_linear_reference(x, weight, b, dtype=torch.float64)
+    mag = x.double().abs() @ weight.to_dense().double().abs().T + (b.double().abs() if b is not None else 0)
+    err = (y.double() - ref).abs()
+    assert y.shape == shape and y.dtype == torch.float32
+    assert bool((err <= 1e-5 * mag + x.shape[-1] * 2.0 ** -149).all()), f"{what}worst err {float(err.max()):.3g}"
+
+
 @pytest.mark.skipif(not NM_VARIANTS, reason="llmaccel._C has no sparse_nm variant here")
 @FUZZ
 @given(lead=st.lists(st.sampled_from([1, 2, 3, 5]), min_size=1, max_size=2), K=SIZE, N=SIZE, pattern=PATTERNS,
@@ -83,28 +106,14 @@ def test_prune_and_formats_round_trip(rows, cols, pattern, method, dtype, quanti
 def test_nm_linear_matches_reference(lead, K, N, pattern, quantize, bias, layout, variant, data):
     w = data.draw(weights(N, K))
     packed = NMPackedWeight.from_dense(w, prune(w, pattern), pattern, quantize=quantize)
-    M = 1
-    for d in lead:
-        M *= d
-    x2 = data.draw(weights(M, K))
-    # huge and tiny magnitudes, but every product and sum inside fp32's range (overflow is not the point here)
-    peak = float(w.double().abs().max()) * float(x2.double().abs().max()) * K
-    if peak > 1e36:
-        x2 = (x2.double() * (1e36 / peak)).float()
-    x2 = view_of(x2, layout)
-    x = x2.reshape(*lead, K) if x2.is_contiguous() else x2.contiguous().reshape(*lead, K)
+    x = _draw_x(data, lead, K, w, layout)
     b = torch.randn(N) if bias else None
     try:
         y = nm_linear_cpp(x, packed, b, variant)
     except (ValueError, RuntimeError) as e:  # allowed only as a clear refusal naming the op
         assert "sparse_nm_linear" in str(e) or "nm_linear" in str(e), str(e)
         return
-    ref = sparse_linear_reference(x, packed, b, dtype=torch.float64)
-    mag = x.double().abs() @ packed.to_dense().double().abs().T + (b.double().abs() if b is not None else 0)
-    bound = 1e-5 * mag + K * 2.0 ** -149
-    assert y.shape == (*lead, N) and y.dtype == torch.float32
-    err = (y.double() - ref).abs()
-    assert bool((err <= bound).all()), f"worst err {float(err.max()):.3g}"
+    _assert_within_fp32_bound(y, x, packed, b, (*lead, N))
 
 
 @pytest.mark.skipif(not NM_VARIANTS, reason="llmaccel._C has no sparse_nm variant here")
@@ -149,15 +158,7 @@ def test_sparse_linear_op_matches_reference(lead, K, N, kind, quantize, bias, la
     cannot run a case): float64-reference bound, or a clear error naming the op."""
     w = data.draw(weights(N, K))
     fmt = _format(kind, w, quantize)
-    M = 1
-    for d in lead:
-        M *= d
-    x2 = data.draw(weights(M, K))
-    peak = float(w.double().abs().max()) * float(x2.double().abs().max()) * K
-    if peak > 1e36:
-        x2 = (x2.double() * (1e36 / peak)).float()
-    x = view_of(x2, layout)
-    x = x.reshape(*lead, K) if x.is_contiguous() else x.contiguous().reshape(*lead, K)
+    x = _draw_x(data, lead, K, w, layout)
     b = torch.randn(N) if bias else None
     try:
         with llmaccel.backends.use(backend):
@@ -165,11 +166,7 @@ def test_sparse_linear_op_matches_reference(lead, K, N, kind, quantize, bias, la
     except llmaccel.backends.BackendUnavailable as e:  # an explicit request the backend cannot serve
         assert backend != "auto" and "sparse_linear" in str(e), str(e)
         return
-    ref = sparse_linear_reference(x, fmt, b, dtype=torch.float64)
-    mag = x.double().abs() @ fmt.to_dense().double().abs().T + (b.double().abs() if b is not None else 0)
-    err = (y.double() - ref).abs()
-    assert y.shape == (*lead, N) and y.dtype == torch.float32
-    assert bool((err <= 1e-5 * mag + K * 2.0 ** -149).all()), f"{kind} {backend}: worst err {float(err.max()):.3g}"
+    _assert_within_fp32_bound(y, x, fmt, b, (*lead, N), f"{kind} {backend}: ")
 
 
 @pytest.mark.skipif(len(NM_VARIANTS) < 2, reason="one sparse_nm variant on this CPU: nothing to compare across")

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from .._ext import ext
 from ..sparsity._bits import bits_for, packed_bytes
+from ..sparsity.cpu_kernel import nm_linear_raw
 from ..sparsity.reference import sparse_linear_reference
 from ._checks import check_same_device, check_tensor, fail
 from .quantize import FLOAT_DTYPES
@@ -184,41 +185,24 @@ def _cpp_check(a) -> Optional[str]:
     M = a.x.numel() // a.x.shape[-1]
     if M > CPP_NM_MAX_M:
         return (f"M={M} rows > {CPP_NM_MAX_M}: expanding the weight once and running the dense GEMM (torch) is "
-                f"expected to win (a rough crossover, not yet measured by the benchmark)")
+                f"expected to win over this kernel (see CPP_NM_MAX_M)")
     if not hasattr(ext(), "sparse_nm_linear"):
         return "this build of llmaccel._C has no sparse_nm_linear (rebuild the extension)"
     return None
 
 
-def _row_major(t: Tensor) -> Tensor:
-    return t if t.shape[1] <= 1 or (t.stride(1) == 1 and t.stride(0) >= t.shape[1]) else t.contiguous()
-
-
 @_op.implement("cpp", check=_cpp_check)
 def _sparse_linear_cpp(a) -> Tensor:
     """csrc/sparse_nm*.cpp: ``y = x @ W.T + bias`` from the compressed values and index bits, fp32 core."""
-    x, values, index, scale, bias = a.x, _row_major(a.values), _row_major(a.index), a.scale, a.bias
+    x, bias = a.x, a.bias
     n, m = a.meta
     K = x.shape[-1]
-    N = values.shape[0]
-    x2 = x.reshape(-1, K)
-    if x2.dtype != torch.float32:
-        x2 = x2.to(torch.float32)
-    if K > 1 and x2.stride(1) != 1:
-        x2 = x2.contiguous()
-    rows = x2.shape[0]
-    if scale is not None and not scale.is_contiguous():
-        scale = scale.contiguous()
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         bias = bias.to(torch.float32).contiguous()
-    y = torch.empty((rows, N), dtype=torch.float32)
-    ext().sparse_nm_linear(rows, N, K, n, m, x2.data_ptr(), x2.stride(0) if rows > 1 else K, values.data_ptr(),
-                           scale is not None, values.stride(0) if N > 1 else values.shape[1], index.data_ptr(),
-                           index.stride(0) if N > 1 else index.shape[1], scale.data_ptr() if scale is not None else 0,
-                           bias.data_ptr() if bias is not None else 0, y.data_ptr(), N, torch.get_num_threads(), "")
+    y = nm_linear_raw(x.reshape(-1, K).to(torch.float32), a.values, a.index, a.scale, bias, n, m)
     if x.dtype != torch.float32:
         y = y.to(x.dtype)
-    return y.reshape(*x.shape[:-1], N)
+    return y.reshape(*x.shape[:-1], a.values.shape[0])
 
 
 def _triton_check(a) -> Optional[str]:

@@ -64,20 +64,30 @@ def nm_linear_cpp(x: Tensor, weight: NMPackedWeight, bias: Tensor | None = None,
         raise TypeError(f"{_WHERE}: variant must be a str, got {type(variant).__name__}")
 
     lead = x.shape[:-1]
-    x2 = x.detach().reshape(-1, k)  # a view where the leading dims merge, else a copy
-    if k > 1 and x2.stride(1) != 1:
-        x2 = x2.contiguous()
-    rows = x2.shape[0]
-    values, indices, scale = weight.values, weight.indices, weight.scale
-    if values.stride(-1) != 1 or values.stride(0) < values.shape[1]:
-        values = values.contiguous()
-    if indices.stride(-1) != 1 or indices.stride(0) < indices.shape[1]:
-        indices = indices.contiguous()
-    if scale is not None:
-        scale = scale.contiguous()
-    y = torch.empty((rows, n_out), dtype=torch.float32)
-    ext().sparse_nm_linear(rows, n_out, k, weight.n, weight.m, x2.data_ptr(), x2.stride(0) if rows > 1 else k,
-                           values.data_ptr(), weight.quantized, values.stride(0), indices.data_ptr(), indices.stride(0),
-                           scale.data_ptr() if scale is not None else 0, bias.data_ptr() if bias is not None else 0,
-                           y.data_ptr(), n_out, torch.get_num_threads(), variant)
+    y = nm_linear_raw(x.detach().reshape(-1, k), weight.values, weight.indices, weight.scale, bias,
+                      weight.n, weight.m, variant)
     return y.view(*lead, n_out)
+
+
+def _row_major(t: Tensor) -> Tensor:
+    """``t`` [R, C] itself when its rows are unit-stride and do not overlap, else a contiguous copy."""
+    return t if t.shape[1] <= 1 or (t.stride(1) == 1 and t.stride(0) >= t.shape[1]) else t.contiguous()
+
+
+def nm_linear_raw(x2: Tensor, values: Tensor, indices: Tensor, scale: Tensor | None, bias: Tensor | None,
+                  n: int, m: int, variant: str = "") -> Tensor:
+    """The binding call on already checked fields: fp32 ``x2 [rows, K]`` (any strides), the N:M ``values``
+    ``[N, G*n]`` (fp32, or int8 with fp32 ``scale [N]``) and packed ``indices``, fp32 ``bias [N]`` or None;
+    returns fp32 ``y [rows, N]``.  Shared by :func:`nm_linear_cpp` and the ``sparse_linear`` op's cpp
+    backend, so the pointer / stride set-up exists once (the C++ entry still validates what it is handed)."""
+    K = x2.shape[1]
+    x2, values, indices = _row_major(x2), _row_major(values), _row_major(indices)
+    scale = scale.contiguous() if scale is not None else None
+    rows, N = x2.shape[0], values.shape[0]
+    y = torch.empty((rows, N), dtype=torch.float32)
+    ext().sparse_nm_linear(rows, N, K, n, m, x2.data_ptr(), x2.stride(0) if rows > 1 else K,
+                           values.data_ptr(), scale is not None, values.stride(0) if N > 1 else values.shape[1],
+                           indices.data_ptr(), indices.stride(0) if N > 1 else indices.shape[1],
+                           scale.data_ptr() if scale is not None else 0, bias.data_ptr() if bias is not None else 0,
+                           y.data_ptr(), N, torch.get_num_threads(), variant)
+    return y
