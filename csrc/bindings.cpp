@@ -15,6 +15,7 @@
 #include "isa.h"
 #include "memory.h"
 #include "quantize.h"
+#include "sparse_expand.h"
 #include "sparse_nm.h"
 #include "variants.h"
 
@@ -299,4 +300,31 @@ PYBIND11_MODULE(_C, m) {
       "[N, ceil(K/m)*n] (row stride values_sn elements), fp32, or int8 (values_int8) with fp32 per-row scale [N] "
       "(else scale = 0); indices uint8 (row stride indices_sn bytes). bias may be 0. "
       "variant: '' = best, 'avx2', 'generic'.");
+
+  // Dense expansion of the N:M and bitmap formats (the sparse_linear op's large-M route), see csrc/sparse_expand.h.
+  m.def(
+      "sparse_nm_expand",
+      [](int64_t N, int64_t K, int64_t n, int64_t m, uintptr_t values, bool values_int8, int64_t values_sn,
+         uintptr_t indices, int64_t indices_sn, uintptr_t scale, uintptr_t out, int64_t out_sn, int nthreads) {
+        py::gil_scoped_release release;
+        llmaccel::sparse_nm_expand(N, K, n, m, ptr<const void>(values), values_int8, values_sn,
+                                   ptr<const uint8_t>(indices), indices_sn, ptr<const float>(scale), ptr<float>(out),
+                                   out_sn, nthreads);
+      },
+      py::arg("N"), py::arg("K"), py::arg("n"), py::arg("m"), py::arg("values"), py::arg("values_int8"),
+      py::arg("values_sn"), py::arg("indices"), py::arg("indices_sn"), py::arg("scale"), py::arg("out"),
+      py::arg("out_sn"), py::arg("nthreads"),
+      "out[N,K] fp32 = the dense weight of an NMPackedWeight (int8 values times their row scale).");
+  m.def(
+      "sparse_bitmap_expand",
+      [](int64_t N, int64_t K, uintptr_t bitmap, int64_t bitmap_sn, uintptr_t values, bool values_int8, int64_t nnz,
+         uintptr_t row_offsets, uintptr_t scale, uintptr_t out, int64_t out_sn, int nthreads) {
+        py::gil_scoped_release release;
+        llmaccel::sparse_bitmap_expand(N, K, ptr<const uint8_t>(bitmap), bitmap_sn, ptr<const void>(values),
+                                       values_int8, nnz, ptr<const int64_t>(row_offsets), ptr<const float>(scale),
+                                       ptr<float>(out), out_sn, nthreads);
+      },
+      py::arg("N"), py::arg("K"), py::arg("bitmap"), py::arg("bitmap_sn"), py::arg("values"), py::arg("values_int8"),
+      py::arg("nnz"), py::arg("row_offsets"), py::arg("scale"), py::arg("out"), py::arg("out_sn"), py::arg("nthreads"),
+      "out[N,K] fp32 = the dense weight of a BitmapWeight (int8 values times their row scale).");
 }

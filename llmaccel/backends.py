@@ -166,6 +166,8 @@ class _Impl:
     fn: Callable
     # Op-specific limits (dtype, shape, GPU generation...): None or a reason.
     check: Optional[Callable[..., Optional[str]]]
+    # What this backend does for these arguments when it runs (which kernel, and why): a note for explain().
+    describe: Optional[Callable[..., str]] = None
 
 
 @dataclasses.dataclass
@@ -257,13 +259,15 @@ class OpDispatcher:
         raise TypeError(f"llmaccel.backends.explain('{self.name}', ...): the arguments do not fit {where}{sig}: "
                         f"{exc}") from None
 
-    def register(self, backend: str, check: Optional[Callable[..., Optional[str]]] = None):
-        """Decorator: ``fn(args)`` implements this op on ``backend``; ``check(args)`` states op-specific limits."""
+    def register(self, backend: str, check: Optional[Callable[..., Optional[str]]] = None,
+                 describe: Optional[Callable[..., str]] = None):
+        """Decorator: ``fn(args)`` implements this op on ``backend``; ``check(args)`` states op-specific limits;
+        ``describe(args)`` says what the backend will do for them (shown by explain() when it is chosen)."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}")
 
         def deco(fn: Callable) -> Callable:
-            self._impls[backend] = _Impl(fn, check)
+            self._impls[backend] = _Impl(fn, check, describe)
             return fn
 
         return deco
@@ -305,6 +309,8 @@ class OpDispatcher:
                 chosen = backend
                 break
             refused[backend] = why
+        if chosen is not None and self._impls[chosen].describe is not None:
+            notes.append(f"{chosen}: {self._impls[chosen].describe(args)}")
         if requested not in ("auto", chosen) and chosen is not None:
             notes.append(f"backend {requested!r} was requested but cannot run this backward; the torch reference "
                          f"runs it (the forward ran on {requested!r})")
