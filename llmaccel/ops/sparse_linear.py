@@ -29,7 +29,7 @@ tensors (the kernels only compare indices).  Non-finite x: the kernels never rea
 torch path multiplies it by the stored 0, so an inf there gives NaN on torch only.
 
 Autograd (the derivative of the math above, run by the backward op ``sparse_linear_backward``, dispatched
-like every op, torch backend only for now; the bias gradient in the autograd formula; ``G = dy`` flattened to
+like every op: torch (the reference) and cpp (the weight expanded in C++, then sgemm); the bias gradient in the autograd formula; ``G = dy`` flattened to
 ``[M, N_out]``, ``X = x`` to ``[M, K]``)::
 
     grad_x      = G @ W                                    (in x's dtype, fp32 accumulation)
@@ -269,20 +269,34 @@ _backward_op = define(OpSpec(
 _pack_backward = _backward_op.pack
 
 
-@_backward_op.implement("torch")
-def _sparse_linear_backward_torch(a):
-    """``(grad_x, grad_values)`` of the module docstring (an empty tensor for each one not asked for)."""
+def _backward_on(a, dense: Tensor, weight):
+    """``(grad_x, grad_values)`` of the module docstring from the fp32 pruned dense weight ``dense`` and the
+    format object ``weight`` (for the stored positions); an empty tensor for each one not asked for."""
     K = a.x.shape[-1]
-    weight = weight_of(K, a.values.detach(), a.index, a.offsets, a.scale, a.layout, a.meta)
     g = a.grad_y.reshape(-1, a.grad_y.shape[-1]).to(torch.float32)
     grad_x = a.x.new_empty((0,))
     grad_values = a.x.new_empty((0,))
     if a.need_x:
-        grad_x = torch.matmul(g, weight.to_dense().to(torch.float32)).to(a.x.dtype).reshape(a.x.shape)
+        grad_x = torch.matmul(g, dense).to(a.x.dtype).reshape(a.x.shape)
     if a.need_values:
         grad_dense = torch.matmul(g.t(), a.x.detach().reshape(-1, K).to(torch.float32))
         grad_values = values_grad(weight, grad_dense).to(a.values.dtype).contiguous()
     return grad_x, grad_values
+
+
+@_backward_op.implement("torch")
+def _sparse_linear_backward_torch(a):
+    """The reference: the format object rebuilt (every field checked) and expanded with torch ops."""
+    weight = weight_of(a.x.shape[-1], a.values.detach(), a.index, a.offsets, a.scale, a.layout, a.meta)
+    return _backward_on(a, weight.to_dense().to(torch.float32), weight)
+
+
+@_backward_op.implement("cpp", check=_cpp_check)
+def _sparse_linear_backward_cpp(a):
+    """The weight expanded in C++ (no per-call pass of field checks: the forward's fields), then two sgemms."""
+    weight = weight_of(a.x.shape[-1], a.values.detach(), a.index, a.offsets, a.scale, a.layout, a.meta,
+                       trusted=True)
+    return _backward_on(a, _expanded_weight(a), weight)
 
 
 def _setup_context(ctx, a, output):
