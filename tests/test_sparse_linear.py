@@ -319,8 +319,36 @@ def test_triton_nm_kernel_matches_float64_pruned_dense():
         _check_close(_on("triton", x, *FIELDS(pw), bias), x, pw, bias, f"triton {kind} {quantize} {n_out}x{k}")
         xs = torch.randn(k, 2 * lead[-1]).t()[::2]  # strided rows and columns
         _check_close(_on("triton", xs, *FIELDS(pw), None), xs, pw, None, f"triton strided {kind}")
+    from llmaccel.kernels.sparse_nm import sparse_nm_linear
+    for split in (2, 3):  # the decode split-K path (a GPU picks it by heuristic), forced here
+        pw = _weight("2:4", torch.randn(37, 200), "int8")
+        x, bias = torch.randn(3, 200), torch.randn(37)
+        values, index, _, scale, _, (n, m) = FIELDS(pw)
+        _check_close(sparse_nm_linear(x, values, index, scale, bias, n, m, split_k=split), x, pw, bias,
+                     f"triton split-K {split}")
     pw = _weight("2:4", torch.randn(9, 40))
     with backends.use("triton"):
         torch.library.opcheck(torch.ops.llmaccel.sparse_linear.default, (torch.randn(2, 40), *FIELDS(pw), None))
     bm = _explain_on("triton", torch.randn(1, 40), *FIELDS(_weight("bitmap", torch.randn(9, 40))))
-    assert bm.backend is None and "N:M layout only" in bm.refused["triton"], bm
+    assert bm.backend is None and "N:M and BSR layouts" in bm.refused["triton"], bm
+
+
+@pytest.mark.triton
+def test_triton_bsr_kernel_matches_float64_pruned_dense():
+    """kernels/sparse_bsr.py: block sizes below and above 16, edge tiles, empty tile rows, int8, strides."""
+    probe = _weight("bsr", torch.randn(8, 8))
+    if _explain_on("triton", torch.randn(1, 8), *FIELDS(probe)).backend != "triton":
+        pytest.skip(str(_explain_on("triton", torch.randn(1, 8), *FIELDS(probe))))
+    cases = [((4, 8), 0.5, None, 17, 113, (3,)), ((16, 16), 0.7, "int8", 40, 70, (1,)), ((1, 1), 0.5, None, 3, 17, (2, 5)),
+             ((3, 5), 0.4, "int8", 13, 37, (33,)), ((32, 32), 0.9, None, 70, 100, (17,))]
+    for bs, sparsity, quantize, n_out, k, lead in cases:
+        w = torch.randn(n_out, k)
+        mask = prune(w, "block", sparsity=sparsity, block_size=bs)
+        mask[: bs[0]] = False  # the first tile row empty: its outputs are the bias alone
+        pw = BSRWeight.from_dense(w, mask, bs, quantize=quantize)
+        bias = torch.randn(n_out)
+        x = torch.randn(*lead, k)
+        where = f"triton bsr {bs} {quantize} {n_out}x{k}"
+        _check_close(_on("triton", x, *FIELDS(pw), bias), x, pw, bias, where)
+        xs = torch.randn(k, 2 * lead[-1]).t()[::2]
+        _check_close(_on("triton", xs, *FIELDS(pw), None), xs, pw, None, where + " strided")

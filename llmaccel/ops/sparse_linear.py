@@ -20,7 +20,8 @@ Backends:
   compressed values and index bits, expands in registers), above it the weight expanded to dense fp32 once
   in C++ (csrc/sparse_expand.cpp) and ``F.linear``.
 * ``triton``: ``kernels/sparse_nm.py`` for ``layout="nm"`` (float or int8 values): loads the compressed
-  values and index bits of a tile, expands them in registers, ``tl.dot`` with fp32 accumulation.
+  values and index bits of a tile, expands them in registers, ``tl.dot`` with fp32 accumulation;
+  ``kernels/sparse_bsr.py`` for ``layout="bsr"``: walks only a tile row's stored tiles.
 
 The op checks shapes, dtypes and devices on every call, but not the data (per-call cost): the torch path
 checks every field when it rebuilds the format; the kernels trust them (``SparseLinear`` checks them when it is
@@ -224,14 +225,19 @@ def _sparse_linear_cpp(a) -> Tensor:
 
 
 def _triton_check(a) -> Optional[str]:
-    if a.layout != "nm":
-        return f"the Triton sparse kernel runs the N:M layout only (layout={a.layout!r} runs on torch)"
+    if a.layout == "bitmap":
+        return "the Triton sparse kernels run the N:M and BSR layouts (layout='bitmap' runs on torch)"
     return None
 
 
 @_op.implement("triton", check=_triton_check)
 def _sparse_linear_triton(a) -> Tensor:
-    """kernels/sparse_nm.py: compressed tiles expanded in registers, ``tl.dot`` with fp32 accumulation."""
+    """kernels/sparse_nm.py (N:M: compressed tiles expanded in registers) or kernels/sparse_bsr.py (BSR: only
+    the stored tiles), ``tl.dot`` with fp32 accumulation."""
+    if a.layout == "bsr":
+        from ..kernels.sparse_bsr import sparse_bsr_linear
+
+        return sparse_bsr_linear(a.x, a.values, a.index, a.offsets, a.scale, a.bias, a.meta[0])
     from ..kernels.sparse_nm import sparse_nm_linear
 
     return sparse_nm_linear(a.x, a.values, a.index, a.scale, a.bias, a.meta[0], a.meta[1])
