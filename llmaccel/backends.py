@@ -44,6 +44,7 @@ import os
 from typing import Callable, Iterator, Optional
 
 import torch
+import torch.autograd.profiler as _profiler
 
 from . import _ext
 from .kernels._interpret import INTERPRET
@@ -369,7 +370,7 @@ def _op_boundary_needed(tensors) -> bool:
 
     The custom-op boundary is what autograd, ``torch.compile``/export, tracing,
     functorch transforms, dispatch and function modes (FakeTensorMode,
-    FlopCounterMode, ...) and tensor subclasses hook into.  When none of them
+    FlopCounterMode, ...), the profiler and tensor subclasses hook into.  When none of them
     is in play it does nothing but cost time: 10-20 us per call with warm
     caches, and ~60 us per int8_linear call in a decode pass, where streaming
     16 MB of weights has evicted the Python code it runs on (measured on the
@@ -377,6 +378,10 @@ def _op_boundary_needed(tensors) -> bool:
     """
     # (torch.jit.is_scripting() is never true here: scripted code does not run Python.)
     if torch.compiler.is_compiling() or torch._C._is_tracing():
+        return True
+    # Under torch.profiler the op road makes every llmaccel kernel a named event ("llmaccel::int8_linear"),
+    # where the direct road would hide it inside its caller's time.
+    if _profiler._is_profiler_enabled:
         return True
     if torch._C._are_functorch_transforms_active() or torch._C._is_torch_function_mode_enabled():
         return True
