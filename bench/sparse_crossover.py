@@ -18,6 +18,7 @@ import torch
 import llmaccel
 from llmaccel.ops.sparse_linear import _expanded_weight, _make_args
 from llmaccel.sparsity import BitmapWeight, NMPackedWeight, prune
+from llmaccel.sparsity.cpu_bitmap import bitmap_linear_raw
 from llmaccel.sparsity.cpu_kernel import nm_linear_raw
 
 K = N = 4096
@@ -26,6 +27,14 @@ MS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256, 512)
 
 def _nm_kernel(x, p):
     return nm_linear_raw(x, p.values, p.indices, p.scale, None, p.n, p.m)
+
+
+def _bitmap_kernel(x, p):
+    return bitmap_linear_raw(x, p.bitmap, p.values, p.row_offsets, p.scale, None)
+
+
+def _bitmap(sparsity):
+    return lambda w: BitmapWeight.from_dense(w, prune(w, "unstructured", sparsity=sparsity))
 
 
 def _expand(x, p):
@@ -37,7 +46,9 @@ def _expand(x, p):
 ROUTES = {
     "nm": (lambda w: NMPackedWeight.from_dense(w, prune(w, "2:4"), "2:4"), _nm_kernel, "sparse_nm"),
     "expand-nm": (lambda w: NMPackedWeight.from_dense(w, prune(w, "2:4"), "2:4"), _expand, None),
-    "expand-bitmap90": (lambda w: BitmapWeight.from_dense(w, prune(w, "unstructured", sparsity=0.9)), _expand, None),
+    "bitmap50": (_bitmap(0.5), _bitmap_kernel, "sparse_bitmap"),
+    "bitmap90": (_bitmap(0.9), _bitmap_kernel, "sparse_bitmap"),
+    "expand-bitmap90": (_bitmap(0.9), _expand, None),
 }
 
 

@@ -104,7 +104,7 @@ def test_both_cpp_routes_match_float64(kind, quantize, monkeypatch):
             notes = " ".join(backends.explain("sparse_linear", x, *FIELDS(pw), bias).notes)
             seen.add(notes.split("route ")[1].split(":")[0])
             _check_close(llmaccel.sparse_linear(x, *FIELDS(pw), bias), x, pw, bias, f"{kind} {quantize} {notes}")
-    assert seen == ({"'nm'", "'expand'"} if kind != "bitmap" else {"'expand'"}), seen
+    assert seen == ({"'nm'", "'expand'"} if kind != "bitmap" else {"'bitmap'", "'expand'"}), seen
 
 
 def test_expand_matches_to_dense_bit_for_bit_and_rejects_corrupt_bitmaps():

@@ -9,6 +9,8 @@ Ours: 2:4 fp32 weights in the N:M packed format (values + 2-bit indices: 0.53x t
 * ``decode``: M=1 through 8 layers (256 MB of packed fp32 values, 512 MB dense: far beyond the last-level
   cache, so every pass streams the weights from DRAM): GB/s of compressed weight.
 * ``prefill``: M=512 through one layer, 2 weight sets rotating: GFLOP/s of the dense-equivalent work.
+* ``decode-unstructured50/90``: as ``decode`` with unstructured (magnitude) pruning at 50 % / 90 % in the bitmap
+  format (the C++ bitmap kernel), against dense ``F.linear`` and, as a second peer, torch.sparse CSR.
 
 CUDA (the Triton N:M kernel, ``bench/gpu_check.py``): the same cases in bf16 (values and x), against
 ``F.linear`` on the dense pruned bf16 weight (cuBLAS); checked to 2e-2 relative error (bf16 rounding of two
@@ -30,9 +32,10 @@ K = N = 4096
 
 
 @functools.lru_cache(maxsize=2)
-def _stack(n_layers: int, seed: int, k: int = K, n: int = N):
-    """(packed 2:4 NMPackedWeight, pruned dense fp32 weight, bias) per layer (cached, read-only)."""
-    from ..sparsity import NMPackedWeight, prune
+def _stack(n_layers: int, seed: int, k: int = K, n: int = N, fmt: str = "2:4"):
+    """(compressed weight, pruned dense fp32 weight, bias) per layer (cached, read-only).  ``fmt`` "2:4": the
+    N:M packed format; "unstructured:<s>": magnitude-pruned to sparsity s in the bitmap format."""
+    from ..sparsity import BitmapWeight, NMPackedWeight, prune
 
     g = seeded_generator(torch.device("cpu"), seed)
     bound = 1.0 / k ** 0.5
@@ -40,21 +43,27 @@ def _stack(n_layers: int, seed: int, k: int = K, n: int = N):
     for _ in range(n_layers):
         w = (torch.rand((n, k), generator=g) * 2 - 1) * bound
         b = (torch.rand((n,), generator=g) * 2 - 1) * bound
-        packed = NMPackedWeight.from_dense(w, prune(w, "2:4"), "2:4")
+        if fmt.startswith("unstructured:"):
+            packed = BitmapWeight.from_dense(w, prune(w, "unstructured", sparsity=float(fmt.split(":")[1])))
+        else:
+            packed = NMPackedWeight.from_dense(w, prune(w, fmt), fmt)
         layers.append((packed, packed.to_dense(), b))
     return tuple(layers)
 
 
-def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dtype: Optional[torch.dtype] = None):
-    """Builder: M tokens through ``n_layers`` chained k x n 2:4 layers (``n_stacks`` weight sets rotating),
-    fp32 on the CPU and bf16 on a GPU unless ``dtype`` says otherwise."""
+def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dtype: Optional[torch.dtype] = None,
+             fmt: str = "2:4", peer_csr: bool = False):
+    """Builder: M tokens through ``n_layers`` chained k x n layers pruned as ``fmt`` says (``_stack``;
+    ``n_stacks`` weight sets rotating), fp32 on the CPU and bf16 on a GPU unless ``dtype`` says otherwise.
+    Peer: ``F.linear`` on the dense pruned weights, or with ``peer_csr`` the same weights as torch.sparse CSR
+    (``to_sparse_csr()``, ``W @ y.T``: MKL sparse on the CPU)."""
 
     def build(case: Case, device: torch.device) -> Bench:
         import llmaccel
 
         dt = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
         g = seeded_generator(device, 1)
-        stacks = [_stack(n_layers, 20 + s, k, n) for s in range(n_stacks)]
+        stacks = [_stack(n_layers, 20 + s, k, n, fmt) for s in range(n_stacks)]
 
         def on_device(t):
             """A field on the case's device; float values (the stacks hold no int8 scales) in the case's dtype."""
@@ -64,22 +73,32 @@ def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dt
 
         fields = [[tuple(on_device(t) for t in llmaccel.sparse_linear_fields(p)) for p, _, _ in layers]
                   for layers in stacks]
-        dense = [[(w.to(device, dt), b.to(device, dt)) for _, w, b in layers] for layers in stacks]
+        biases = [[b.to(device, dt) for _, _, b in layers] for layers in stacks]
+        dense = [[w.to(device, dt) for _, w, _ in layers] for layers in stacks]
         xs = [torch.randn((M, k), generator=g, device=device).to(dt) for _ in range(n_stacks)]
         tol = 1e-4 if dt == torch.float32 else 2e-2
 
         def ours(i: int):
             j = i % n_stacks
             y = xs[j]
-            for f, (_, b) in zip(fields[j], dense[j]):
+            for f, b in zip(fields[j], biases[j]):
                 y = llmaccel.sparse_linear(y, *f, b)
             return y
+
+        if peer_csr:  # the CSR copies only: the dense ones are dropped
+            weights = [[w.to_sparse_csr() for w in layers] for layers in dense]
+            dense = None
+
+            def layer(y, w, b):
+                return (w @ y.t()).t() + b
+        else:
+            weights, layer = dense, torch.nn.functional.linear
 
         def peer(i: int):
             j = i % n_stacks
             y = xs[j]
-            for w, b in dense[j]:
-                y = torch.nn.functional.linear(y, w, b)
+            for w, b in zip(weights[j], biases[j]):
+                y = layer(y, w, b)
             return y
 
         def check(o: Any, p: Any) -> Optional[str]:
@@ -101,14 +120,16 @@ def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dt
 
         def args(i: int):
             j = i % n_stacks
-            return (xs[j], *fields[j][0], dense[j][0][1])
+            return (xs[j], *fields[j][0], biases[j][0])
 
         packed_bytes = float(sum(p.nbytes() for p, _, _ in stacks[0]))
         if dt != torch.float32:  # the values (all but the index bytes) are stored in dt
-            packed_bytes = float(sum(p.values.numel() * torch.empty((), dtype=dt).element_size()
-                                     + p.indices.numel() for p, _, _ in stacks[0]))
+            packed_bytes = float(sum(p.nbytes() + p.values.numel() * (torch.empty((), dtype=dt).element_size()
+                                                                      - p.values.element_size())
+                                     for p, _, _ in stacks[0]))
+        what = "bitmap weight" if fmt.startswith("unstructured") else f"{fmt} packed weight"
         work = Work(ops=2.0 * M * n * k * n_layers, bytes=packed_bytes if M <= 2 else None,
-                    bytes_what="2:4 packed weight", ops_unit="GFLOP/s")
+                    bytes_what=what, ops_unit="GFLOP/s")
         bench = Bench(ours, peer, work, args, n_stacks)
         bench.check = check
         return bench
@@ -127,6 +148,23 @@ CASES.append(Case(op="sparse_linear", name="prefill-2:4-vs-fp32", shape=f"M=512 
                   device="cpu", peer=_PEER[0], peer_description=_PEER[1],
                   description="512 tokens through one 4096 x 4096 2:4 layer (2 weight sets rotate)",
                   build=_builder(512, 1, 2)))
+
+# Unstructured sparsity in the bitmap format (csrc/sparse_bitmap*.cpp), decode through 8 layers, at 50 % and
+# 90 %: against dense F.linear on the same pruned weights, and against torch.sparse CSR of them.
+_CSR_PEER = ("torch.sparse CSR fp32", "the same pruned weights as torch.sparse CSR (w.to_sparse_csr(), int64 "
+                                      "indices), y = (W @ y.T).T + b: MKL sparse on the CPU")
+for _s in (50, 90):
+    _fmt = f"unstructured:{_s / 100}"
+    _desc = (f"one token through 8 chained 4096 x 4096 layers, {_s} % unstructured sparsity in the bitmap format "
+             f"(~{(1 - _s / 100) * 4 + 0.125:.2f} of 4 bytes per weight; dense 512 MB per pass, beyond L3)")
+    CASES.append(Case(op="sparse_linear", name=f"decode-unstructured{_s}-vs-fp32",
+                      shape=f"M=1 K={K} N={N} x8 layers {_s}% bitmap", device="cpu",
+                      peer=_PEER[0], peer_description=_PEER[1].replace("2:4-pruned", f"{_s} %-pruned"),
+                      description=_desc, build=_builder(1, 8, 1, fmt=_fmt)))
+    CASES.append(Case(op="sparse_linear", name=f"decode-unstructured{_s}-vs-csr",
+                      shape=f"M=1 K={K} N={N} x8 layers {_s}% bitmap", device="cpu",
+                      peer=_CSR_PEER[0], peer_description=_CSR_PEER[1],
+                      description=_desc, build=_builder(1, 8, 1, fmt=_fmt, peer_csr=True)))
 
 
 def cuda_cases() -> list[Case]:

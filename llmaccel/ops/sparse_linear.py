@@ -17,8 +17,10 @@ Backends:
 * ``cpp``: fp32 or int8 values, x fp32 (fp16 / bf16 widened in, the result rounded back); ``layout="nm"`` and
   ``"bitmap"``.  Per call it takes a route (``sparse_linear_routes``, from measured crossovers against dense
   sgemm; ``explain`` names it): below the crossover the N:M kernel (csrc/sparse_nm*.cpp, streams the
-  compressed values and index bits, expands in registers), above it the weight expanded to dense fp32 once
-  in C++ (csrc/sparse_expand.cpp) and ``F.linear``.
+  compressed values and index bits, expands in registers) or the bitmap kernel (csrc/sparse_bitmap*.cpp,
+  streams the bitmap and the values, expands each bitmap byte in registers; raises ``ValueError`` where a
+  row's bitmap popcount disagrees with the offsets), above it the weight expanded to dense fp32 once in C++
+  (csrc/sparse_expand.cpp) and ``F.linear``.
 * ``triton``: ``kernels/sparse_nm.py`` for ``layout="nm"`` (float or int8 values): loads the compressed
   values and index bits of a tile, expands them in registers, ``tl.dot`` with fp32 accumulation;
   ``kernels/sparse_bsr.py`` for ``layout="bsr"``: walks only a tile row's stored tiles.
@@ -50,12 +52,13 @@ from torch import Tensor
 
 from .._ext import ext
 from ..sparsity._bits import bits_for, packed_bytes
+from ..sparsity.cpu_bitmap import bitmap_linear_raw
 from ..sparsity.cpu_expand import bitmap_expand_raw, nm_expand_raw
 from ..sparsity.cpu_kernel import nm_linear_raw
 from ..sparsity.reference import sparse_linear_reference
 from ._checks import check_same_device, check_tensor, fail
 from .quantize import FLOAT_DTYPES
-from .sparse_linear_routes import Route, nm_route
+from .sparse_linear_routes import bitmap_route, nm_route
 from .sparse_linear_layouts import LAYOUTS, fields_of, out_features, values_grad, weight_of
 from .spec import OpSpec, define
 
@@ -180,7 +183,8 @@ def _cpp_check(a) -> Optional[str]:
         return "the C++ backend has no BSR route yet (layout='bsr' runs on torch)"
     if a.scale is None and a.values.dtype != torch.float32:
         return f"the C++ sparse routes take float32 or int8 values, got {a.values.dtype}"
-    needed = {"nm": ("sparse_nm_linear", "sparse_nm_expand"), "bitmap": ("sparse_bitmap_expand",)}[a.layout]
+    needed = {"nm": ("sparse_nm_linear", "sparse_nm_expand"),
+              "bitmap": ("sparse_bitmap_linear", "sparse_bitmap_expand")}[a.layout]
     missing = [name for name in needed if not hasattr(ext(), name)]
     if missing:
         return f"this build of llmaccel._C has no {', '.join(missing)} (rebuild the extension)"
@@ -191,7 +195,7 @@ def _cpp_route(a):
     """The route (``sparse_linear_routes``): a sparse kernel below its measured crossover, else expand + sgemm."""
     if a.layout == "nm":
         return nm_route(_rows(a), a.meta[0], a.meta[1])
-    return Route("expand", "no C++ bitmap kernel in this build: expand the weight once in C++, then dense sgemm")
+    return bitmap_route(_rows(a), a.values.numel() / max(1, a.index.shape[0] * a.x.shape[-1]))
 
 
 def _describe_cpp(a) -> str:
@@ -215,8 +219,11 @@ def _sparse_linear_cpp(a) -> Tensor:
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         bias = bias.to(torch.float32).contiguous()
     x2 = x.reshape(-1, K).to(torch.float32)
-    if _cpp_route(a).name == "nm":
+    route = _cpp_route(a).name
+    if route == "nm":
         y = nm_linear_raw(x2, a.values, a.index, a.scale, bias, a.meta[0], a.meta[1])
+    elif route == "bitmap":
+        y = bitmap_linear_raw(x2, a.index, a.values, a.offsets, a.scale, bias)
     else:
         y = torch.nn.functional.linear(x2, _expanded_weight(a), bias)
     if x.dtype != torch.float32:

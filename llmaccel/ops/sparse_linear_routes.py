@@ -9,6 +9,7 @@ weight per tile of rows.  So the route for ``layout``, M rows of x and the weigh
 route       what runs                                                           when
 ==========  ==================================================================  =====================
 ``nm``      csrc/sparse_nm*.cpp: streams values + index bits, <= 4 rows a tile  N:M, M <= crossover
+``bitmap``  csrc/sparse_bitmap*.cpp: streams bitmap + values, <= 4 rows a tile  bitmap, M <= crossover
 ``expand``  csrc/sparse_expand.cpp expands the weight to dense fp32 once per      past the crossover
             call (memory-bound, ~1-4 % of an M=512 GEMM), then ``F.linear``     (no kernel wins)
             (MKL sgemm)
@@ -20,7 +21,9 @@ the largest M at which the kernel still won goes in :data:`CROSSOVER_M`, per rou
 CPU it was measured on.  A variant with no measurement of its own uses the avx2 row (documented guess:
 AVX-512 streams the same bytes and its dense GEMM is faster too).  The density dependence is the kernel's
 work: a kernel that does ``density`` of the dense FLOPs crosses over at M proportional to ``1 / density``
-(measured at the density in the table, scaled for others).
+(measured at the density in the table, scaled for others).  The bitmap kernel is the exception: it does
+the same work per bitmap byte (8 lanes) at any density, so only its bytes shrink with the density and its
+crossover is taken as measured for sparser weights (scaled down only for denser ones): ``bitmap_route``.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def crossover(route: str, family: str) -> tuple[Optional[Crossover], str]:
 
 @dataclass(frozen=True)
 class Route:
-    name: str  # "nm" | "expand"
+    name: str  # "nm" | "bitmap" | "expand"
     why: str
 
 
@@ -81,3 +84,13 @@ def nm_route(rows: int, n: int, m: int) -> Route:
                            f"dense sgemm at density {density:.2f}: the sparse kernel wins")
     return Route("expand", f"M={rows} > {limit}, the measured crossover of the N:M kernel ({variant}) against dense "
                            f"sgemm at density {density:.2f}: expand the weight once in C++, then dense sgemm")
+
+
+def bitmap_route(rows: int, density: float) -> Route:
+    """Route for a bitmap weight keeping ``density`` of its entries and ``rows`` rows of x (module docstring)."""
+    found, variant = crossover("bitmap", "sparse_bitmap")
+    limit = 0 if not found else found.max_m if density <= found.density else found.limit(density)
+    how = f"the measured crossover of the bitmap kernel ({variant}) against dense sgemm at density {density:.2f}"
+    if rows <= limit:
+        return Route("bitmap", f"M={rows} <= {limit}, {how}: the sparse kernel wins")
+    return Route("expand", f"M={rows} > {limit}, {how}: expand the weight once in C++, then dense sgemm")
