@@ -2,6 +2,7 @@
 #include "sparse_bitmap.h"
 
 #include "common.h"
+#include "sparse_args.h"
 #include "variants.h"
 
 namespace llmaccel {
@@ -43,16 +44,7 @@ void sparse_bitmap_linear(int64_t M, int64_t N, int64_t K, const float* x, int64
   check_matrix(op, "bitmap", bitmap, N, kbytes, bitmap_sn, 1);
   if (!row_offsets) fail(op, "row_offsets is a null pointer");
   check_matrix(op, "row_offsets", row_offsets, 1, N + 1, 0, 1);
-  if (values_int8) {
-    if (!scale && N > 0) fail(op, "scale is a null pointer (int8 values need per-row scales)");
-    check_matrix(op, "scale", scale, 1, N, 0, 1);
-  } else if (scale) {
-    fail(op, "scale is given but the values are fp32 (pass 0, or values_int8 = true)");
-  }
-  if (bias) check_matrix(op, "bias", bias, 1, N, 0, 1);
-  check_matrix(op, "y", y, M, N, y_sm, 1);
-  if (M > 1 && N > 0 && y_sm < N) fail(op, "y rows overlap (y_sm = " + s(y_sm) + " < N = " + s(N) + ")");
-  if (nthreads < 1) fail(op, "nthreads must be >= 1, got " + std::to_string(nthreads));
+  check_sparse_scale_bias_y(op, M, N, values_int8, scale, bias, y, y_sm, nthreads);
   const Variant& v = pick(Family::sparse_bitmap, op, variant);
   check_row_offsets(op, row_offsets, N, nnz);
   if (M == 0 || N == 0) return;

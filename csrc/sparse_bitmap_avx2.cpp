@@ -161,7 +161,7 @@ struct SbAvx2Tile {
     for (int r = 0; r < R; ++r) {
       __m256 s = acc[r][0];
       for (int a = 1; a < A; ++a) s = _mm256_add_ps(s, acc[r][a]);
-      sb_store(p, row, m0 + r, hsum8(s) + sb_sum4<R>(tail, r));
+      sparse_store(p, row, m0 + r, hsum8(s) + sparse_sum4<R>(tail, r));
     }
   }
 

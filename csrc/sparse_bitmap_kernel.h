@@ -21,6 +21,7 @@
 
 #include "common.h"
 #include "sparse_bitmap.h"
+#include "sparse_rows.h"
 #include "tile_table.h"
 
 namespace llmaccel {
@@ -85,17 +86,6 @@ inline void sb_scalar_bytes(const SparseBitmapProblem& p, int64_t row, int64_t m
   }
 }
 
-template <int R>
-inline float sb_sum4(const float (&acc)[R][4], int r) {
-  return (acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]);
-}
-
-// y[m][row] from the row's dot product: + bias (fp32 values), * scale + bias (int8 values).
-inline void sb_store(const SparseBitmapProblem& p, int64_t row, int64_t m, float dot) {
-  const float bias = p.bias ? p.bias[row] : 0.0f;
-  p.y[m * p.y_sm + row] = p.values_i8 ? dot * p.scale[row] + bias : dot + bias;
-}
-
 // The portable tile: scalar, one multiply-add per kept weight, 4 partial sums per x row.
 template <int R, int C>
 struct SbScalarTile {
@@ -103,7 +93,7 @@ struct SbScalarTile {
   static void run_t(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
     float acc[R][4] = {};
     sb_scalar_bytes<T, R>(p, row, m0, 0, p.row_offsets[row], acc);
-    for (int r = 0; r < R; ++r) sb_store(p, row, m0 + r, sb_sum4<R>(acc, r));
+    for (int r = 0; r < R; ++r) sparse_store(p, row, m0 + r, sparse_sum4<R>(acc, r));
   }
   static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
     if (p.values_i8)
@@ -122,8 +112,8 @@ int64_t sb_run(const SparseBitmapProblem& p) {
 #pragma omp parallel num_threads(p.nthreads)
   {
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
-    const int64_t per = llmaccel::round_up(llmaccel::ceil_div(p.N, T), 16);
-    const int64_t n0 = std::min<int64_t>(p.N, t * per), n1 = std::min<int64_t>(p.N, n0 + per);
+    int64_t n0, n1;
+    sparse_row_block(p.N, t, T, &n0, &n1);
     for (int64_t row = n0; row < n1; ++row) {
       if (!sb_row_ok<Count>(p, row)) {  // skip it (no read past its values); the entry raises
         int64_t seen = first_bad.load();

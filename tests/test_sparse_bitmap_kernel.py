@@ -13,7 +13,7 @@ import torch
 import llmaccel
 from llmaccel import backends
 from llmaccel._ext import ext
-from llmaccel.ops.sparse_linear import CPP_BITMAP_MAX_M
+from llmaccel.ops import sparse_linear_routes
 from llmaccel.sparsity import BitmapWeight, prune, sparse_linear_reference
 from llmaccel.sparsity.cpu_bitmap import bitmap_linear_cpp
 
@@ -278,36 +278,54 @@ def test_cpu_info_lists_the_op():
     assert ALL_VARIANTS == ["avx2", "generic"]
 
 
+def _route_table(max_m):
+    """CROSSOVER_M with every entry moved to ``max_m`` (so a test picks the route whatever was measured)."""
+    return {key: sparse_linear_routes.Crossover(max_m, c.density, c.measured_on)
+            for key, c in sparse_linear_routes.CROSSOVER_M.items()}
+
+
+def _route(x, fields, bias=None):
+    ex = backends.explain("sparse_linear", x, *fields, bias)
+    assert ex.backend == "cpp", ex
+    return " ".join(ex.notes).split("route ")[1].split(":")[0].strip("'")
+
+
 @pytest.mark.parametrize("quantize", QUANTIZE)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_op_cpp_backend(quantize, dtype):
+def test_op_cpp_backend_runs_the_bitmap_route(quantize, dtype, monkeypatch):
+    assert ("bitmap", "avx2") in sparse_linear_routes.CROSSOVER_M  # the measured crossover is recorded
+    monkeypatch.setattr(sparse_linear_routes, "CROSSOVER_M", _route_table(17))
     wt = _weight(17, 113, 0.9, quantize, rows="pd")
     fields = llmaccel.sparse_linear_fields(wt)
     bias = torch.randn(17)
-    for lead in ((1,), (3,), (2, 5), (CPP_BITMAP_MAX_M,)):
+    for lead in ((1,), (3,), (2, 5), (17,)):
         x = torch.randn(*lead, 113).to(dtype)
-        ex = backends.explain("sparse_linear", x, *fields, bias)
-        assert ex.backend == "cpp", ex
+        assert _route(x, fields, bias) == "bitmap"
         with backends.use("cpp"):
             y = llmaccel.sparse_linear(x, *fields, bias)
         assert y.dtype == dtype and y.shape == (*lead, 17)
-        y64 = y.double().reshape(-1, 17)
         if dtype == torch.float32:
-            _check(y64.float(), x.reshape(-1, 113), wt, bias)
+            _check(y.reshape(-1, 17), x.reshape(-1, 113), wt, bias)
         else:  # the kernel's fp32 result rounded once to dtype
             want = bitmap_linear_cpp(x.reshape(-1, 113).float(), wt, bias).to(dtype)
             assert torch.equal(y.reshape(-1, 17), want)
 
 
-def test_op_explain_refusals():
-    wt = _weight(8, 16, 0.5)
-    fields = llmaccel.sparse_linear_fields(wt)
-    big = backends.explain("sparse_linear", torch.randn(CPP_BITMAP_MAX_M + 1, 16), *fields)
-    assert big.backend == "torch" and f"M={CPP_BITMAP_MAX_M + 1} rows > {CPP_BITMAP_MAX_M}" in big.refused["cpp"]
+def test_op_routes_by_rows_and_density(monkeypatch):
+    """Past the crossover the expand route runs; sparser weights keep the measured crossover, denser ones get
+    a proportionally smaller one (sparse_linear_routes.bitmap_route); non-fp32 float values are refused."""
+    monkeypatch.setattr(sparse_linear_routes, "CROSSOVER_M", {
+        ("bitmap", "avx2"): sparse_linear_routes.Crossover(8, 0.5, "test")})
+    sparse = llmaccel.sparse_linear_fields(_weight(8, 160, 0.9))   # density 0.1: the crossover as measured
+    dense = llmaccel.sparse_linear_fields(_weight(8, 160, 0.25))   # density 0.75: int(8 * 0.5 / 0.75) = 5
+    assert _route(torch.randn(8, 160), sparse) == "bitmap"
+    assert _route(torch.randn(9, 160), sparse) == "expand"
+    assert _route(torch.randn(5, 160), dense) == "bitmap"
+    assert _route(torch.randn(6, 160), dense) == "expand"
     w = torch.randn(8, 16)
     half = BitmapWeight.from_dense(w.half(), prune(w, "unstructured", sparsity=0.5))
     hx = backends.explain("sparse_linear", torch.randn(1, 16), *llmaccel.sparse_linear_fields(half))
-    assert hx.backend == "torch" and "bitmap kernel takes float32 or int8 values" in hx.refused["cpp"], hx
+    assert hx.backend == "torch" and "float32 or int8 values" in hx.refused["cpp"], hx
 
 
 def test_cap_refuses_avx2():
