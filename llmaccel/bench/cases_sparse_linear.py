@@ -20,6 +20,7 @@ different summation orders).
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -86,7 +87,9 @@ def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dt
             return y
 
         if peer_csr:  # the CSR copies only: the dense ones are dropped
-            weights = [[w.to_sparse_csr() for w in layers] for layers in dense]
+            with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" note, once per build
+                warnings.simplefilter("ignore", UserWarning)
+                weights = [[w.to_sparse_csr() for w in layers] for layers in dense]
             dense = None
 
             def layer(y, w, b):
