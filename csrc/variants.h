@@ -19,12 +19,13 @@
 #include "int8_mm.h"
 #include "isa.h"
 #include "sparse_nm.h"
+#include "sparse_nm_large.h"
 
 namespace llmaccel {
 
 // Kernel families: each public op maps to one (cpu_info lists which).
-enum class Family : int { int8_mm, int8_linear_weight_only, quantize_per_token, attention, sparse_nm };
-constexpr int kNumFamilies = 5;
+enum class Family : int { int8_mm, int8_linear_weight_only, quantize_per_token, attention, sparse_nm, sparse_nm_large };
+constexpr int kNumFamilies = 6;
 
 using QuantizeKernel = void (*)(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm,
                                 float* scale, int nthreads);
@@ -43,6 +44,8 @@ struct Kernels {
   void (*attention_exp2)(int64_t, const float*, float*) = nullptr;
   // sparse_nm family: sparse_nm_linear (N:M-sparse fp32 linear).
   void (*sparse_nm)(const SparseNMProblem&) = nullptr;
+  // sparse_nm_large family: sparse_nm_large_linear (the large-M N:M kernel, same problem).
+  void (*sparse_nm_large)(const SparseNMProblem&) = nullptr;
 };
 
 struct Variant {

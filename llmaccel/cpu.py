@@ -27,6 +27,7 @@ OP_FAMILIES = {
     "attention_decode": "attention",
     "attention_backward": "attention",
     "sparse_nm_linear": "sparse_nm",
+    "sparse_nm_large_linear": "sparse_nm_large",
 }
 
 

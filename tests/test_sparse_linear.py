@@ -73,7 +73,7 @@ def test_cpp_runs_nm_at_decode_and_refuses_with_reasons():
     ex = backends.explain("sparse_linear", torch.randn(1, 16), *FIELDS(pw))
     assert ex.backend == "cpp", ex
     big = backends.explain("sparse_linear", torch.randn(CPP_NM_MAX_M + 1, 16), *FIELDS(pw))
-    assert big.backend == "torch" and f"M={CPP_NM_MAX_M + 1}" in big.refused["cpp"], big
+    assert big.backend == "cpp", big  # the large-M kernel (tests/test_sparse_nm_large_kernel.py)
     bm = backends.explain("sparse_linear", torch.randn(1, 16), *FIELDS(_weight("bitmap", w)))
     assert bm.backend == "torch" and "N:M layout only" in bm.refused["cpp"], bm
     half = NMPackedWeight.from_dense(w.half(), prune(w, "2:4"), "2:4")

@@ -16,7 +16,8 @@ Backends:
   field), expand it to dense and ``F.linear`` (``llmaccel.sparsity.sparse_linear_reference``).  Every layout.
 * ``cpp``: the N:M kernel (csrc/sparse_nm*.cpp, ``llmaccel.sparsity.nm_linear_cpp``'s binding): streams
   the compressed values and index bits, expands in registers; fp32 or int8 values; x fp32 (fp16 / bf16
-  widened in, the result rounded back).  Only for ``layout="nm"`` and ``M <= CPP_NM_MAX_M`` rows.
+  widened in, the result rounded back).  Only for ``layout="nm"``; from ``CPP_NM_LARGE_MIN_M`` rows of x the
+  large-M kernel (csrc/sparse_nm_large*.cpp, ``sparsity.cpu_nm_large``) runs instead.
 * ``triton``: ``kernels/sparse_nm.py`` for ``layout="nm"`` (float or int8 values): loads the compressed
   values and index bits of a tile, expands them in registers, ``tl.dot`` with fp32 accumulation.
 
@@ -48,6 +49,7 @@ from torch import Tensor
 from .._ext import ext
 from ..sparsity._bits import bits_for, packed_bytes
 from ..sparsity.cpu_kernel import nm_linear_raw
+from ..sparsity.cpu_nm_large import nm_large_linear_raw
 from ..sparsity.reference import sparse_linear_reference
 from ._checks import check_same_device, check_tensor, fail
 from .quantize import FLOAT_DTYPES
@@ -68,6 +70,12 @@ OP = "sparse_linear"
 # 0.40x at 256 (bench/RESULTS.md): past ~32 rows the sparse layer is slower than dense until a large-M kernel
 # exists (issue 9, open).
 CPP_NM_MAX_M = 256
+
+# Rows of x from which the cpp backend runs the large-M N:M kernel (csrc/sparse_nm_large*.cpp: x packed into
+# transposed panels, the weight decoded once per call, n/m of a dense GEMM's FMAs) instead of the small-M one;
+# where the build has it, it also lifts the CPP_NM_MAX_M cap (it is never slower than expanding to dense).
+# Measured: see _LARGE_MIN_M_MEASURED below.
+CPP_NM_LARGE_MIN_M = 32
 
 sparse_linear_fields = fields_of
 
@@ -183,7 +191,7 @@ def _cpp_check(a) -> Optional[str]:
     if a.scale is None and a.values.dtype != torch.float32:
         return f"the C++ N:M kernel takes float32 or int8 values, got {a.values.dtype}"
     M = a.x.numel() // a.x.shape[-1]
-    if M > CPP_NM_MAX_M:
+    if M > CPP_NM_MAX_M and not hasattr(ext(), "sparse_nm_large_linear"):
         return (f"M={M} rows > {CPP_NM_MAX_M}: expanding the weight once and running the dense GEMM (torch) is "
                 f"expected to win over this kernel (see CPP_NM_MAX_M)")
     if not hasattr(ext(), "sparse_nm_linear"):
@@ -199,7 +207,9 @@ def _sparse_linear_cpp(a) -> Tensor:
     K = x.shape[-1]
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         bias = bias.to(torch.float32).contiguous()
-    y = nm_linear_raw(x.reshape(-1, K).to(torch.float32), a.values, a.index, a.scale, bias, n, m)
+    x2 = x.reshape(-1, K).to(torch.float32)
+    raw = nm_large_linear_raw if x2.shape[0] >= CPP_NM_LARGE_MIN_M else nm_linear_raw
+    y = raw(x2, a.values, a.index, a.scale, bias, n, m)
     if x.dtype != torch.float32:
         y = y.to(x.dtype)
     return y.reshape(*x.shape[:-1], a.values.shape[0])
