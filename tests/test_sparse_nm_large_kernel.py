@@ -14,7 +14,8 @@ import llmaccel
 from llmaccel import backends
 from llmaccel._ext import ext
 from llmaccel.ops.sparse_linear import CPP_NM_LARGE_MIN_M
-from llmaccel.sparsity import NMPackedWeight, prune, sparse_linear_fields
+from llmaccel import sparse_linear_fields
+from llmaccel.sparsity import NMPackedWeight, prune
 from llmaccel.sparsity.cpu_nm_large import nm_large_linear_raw
 
 from cpp_calls import sparse_nm_raw_2_4
