@@ -67,14 +67,17 @@ OP = "sparse_linear"
 # which puts it in the low hundreds.  Against *dense* fp32 F.linear on the same pruned weight (what a user has
 # without llmaccel), measured on the quiet AVX2 EPYC, 2 threads, 4 rotating 4096 x 4096 layers (beyond L3),
 # the kernel is 1.78 / 3.48 / 5.39 / 2.16 / 1.27x at M = 1 / 2 / 4 / 8 / 16, 0.97x at 32, 0.75x at 64 and
-# 0.40x at 256 (bench/RESULTS.md): past ~32 rows the sparse layer is slower than dense until a large-M kernel
-# exists (issue 9, open).
+# 0.40x at 256 (bench/RESULTS.md): past ~32 rows the small-M kernel is slower than dense; the large-M kernel
+# (below) takes over there, and where the build has it this cap no longer applies.
 CPP_NM_MAX_M = 256
 
 # Rows of x from which the cpp backend runs the large-M N:M kernel (csrc/sparse_nm_large*.cpp: x packed into
 # transposed panels, the weight decoded once per call, n/m of a dense GEMM's FMAs) instead of the small-M one;
 # where the build has it, it also lifts the CPP_NM_MAX_M cap (it is never slower than expanding to dense).
-# Measured: see _LARGE_MIN_M_MEASURED below.
+# Measured on the shared 2-core AVX2 EPYC, 4096 x 4096 2:4 fp32, 3 rotating layers, one thread, median thread-CPU
+# time of 3 interleaved rounds (small / large, ms per layer): M = 16: 27 / 41, 24: 39 / 41, 32: 52 / 37,
+# 48: 82 / 43, 64: 124 / 76, 128: 219 / 80.  Against dense F.linear (MKL) in the same rounds the large kernel was
+# 1.04x at M = 24, 1.19x at 32, 1.17x at 128 and 1.07x at 512 (2 threads, wall: 1.41x at 128, 1.24x at 512).
 CPP_NM_LARGE_MIN_M = 32
 
 sparse_linear_fields = fields_of
