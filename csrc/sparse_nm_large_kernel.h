@@ -8,8 +8,8 @@
 //
 // Layout of the work:
 //   * xt: x packed once per call into panels of kNlMR rows, k-major: xt[panel][k][r] = x[panel*MR + r][k]
-//     (rows past M and columns k >= K are zero; one zero row beyond the last full group is where padding
-//     slots point, so they add 0 * 0 and never read x past K).
+//     (rows past M and columns k >= K are zero, through groups * m, plus one: padding slots point at
+//     column K with value 0, so they add 0 * 0 and never read x past K).
 //   * Per work item (a block of kNlNB output channels x a block of panels) and per K block of ~kNlKC
 //     columns (whole groups), the item's weight rows are decoded once into (value, offset) entries: fp32
 //     value (int8 converted here; the scale is applied per output at the end) and the slot's row offset
@@ -183,20 +183,34 @@ inline void nl_decode(const SparseNMProblem& p, const NlByteTable& tab, const T*
   }
 }
 
-// c[r][i] (+)= sum over slots s of w[s][r].v * xt[w[s][r].off + i], r < NR, i < MR: one micro-tile, one K block.
-template <class V>
+// c[r][i] (+)= sum over slots s of w[s][r].v * xt[w[s][r].off + i], r < NR, i < 8 * MV: one micro-tile, one K
+// block.  MV = kNlMV for full panels; the last panel of x runs only the vectors its rows reach.
+template <class V, int MV>
 inline void nl_micro(const float* xt, const NlEntry* w, int64_t S, float* c, bool first) {
-  typename V::reg acc[kNlNR][kNlMV];
+  typename V::reg acc[kNlNR][MV];
   for (int r = 0; r < kNlNR; ++r)
-    for (int j = 0; j < kNlMV; ++j) acc[r][j] = first ? V::zero() : V::load(c + r * kNlMR + 8 * j);
+    for (int j = 0; j < MV; ++j) acc[r][j] = first ? V::zero() : V::load(c + r * kNlMR + 8 * j);
   for (int64_t s = 0; s < S; ++s, w += kNlNR)
     for (int r = 0; r < kNlNR; ++r) {
       const typename V::reg v = V::bcast(w[r].v);
       const float* px = xt + w[r].off;
-      for (int j = 0; j < kNlMV; ++j) acc[r][j] = V::fma(v, V::load(px + 8 * j), acc[r][j]);
+      for (int j = 0; j < MV; ++j) acc[r][j] = V::fma(v, V::load(px + 8 * j), acc[r][j]);
     }
   for (int r = 0; r < kNlNR; ++r)
-    for (int j = 0; j < kNlMV; ++j) V::store(c + r * kNlMR + 8 * j, acc[r][j]);
+    for (int j = 0; j < MV; ++j) V::store(c + r * kNlMR + 8 * j, acc[r][j]);
+}
+
+template <class V>
+inline void nl_micro_vectors(int mv, const float* xt, const NlEntry* w, int64_t S, float* c, bool first) {
+  static_assert(kNlMV == 6, "one case per vector count");
+  switch (mv) {
+    case 1: return nl_micro<V, 1>(xt, w, S, c, first);
+    case 2: return nl_micro<V, 2>(xt, w, S, c, first);
+    case 3: return nl_micro<V, 3>(xt, w, S, c, first);
+    case 4: return nl_micro<V, 4>(xt, w, S, c, first);
+    case 5: return nl_micro<V, 5>(xt, w, S, c, first);
+    default: return nl_micro<V, 6>(xt, w, S, c, first);
+  }
 }
 
 // One work item: output channels [o0, o0 + nb) x panels [p0, p1).  wbuf: the K block's entries for the
@@ -215,13 +229,14 @@ void nl_item(const SparseNMProblem& p, const NlPlan& q, const NlByteTable& tab, 
     // way) when that panel starts.
     const int64_t lines = ceil_div((g1 - g0) * p.m * kNlMR, 16), per_tile = ceil_div(lines, tiles);
     for (int64_t pi = p0; pi < p1; ++pi) {
+      const int mv = static_cast<int>(ceil_div(std::min<int64_t>(kNlMR, p.M - pi * kNlMR), 8));
       const float* xk = xt + pi * q.rows * kNlMR + g0 * p.m * kNlMR;
       const float* next = xk + q.rows * kNlMR;
       for (int64_t t = 0; t < tiles; ++t) {
         if (pi + 1 < p1)
           for (int64_t l = t * per_tile; l < std::min(lines, (t + 1) * per_tile); ++l)
             __builtin_prefetch(next + 16 * l, 0, 3);
-        nl_micro<V>(xk, wbuf + t * S * kNlNR, S, cbuf + (t * np + (pi - p0)) * kNlNR * kNlMR, kb == 0);
+        nl_micro_vectors<V>(mv, xk, wbuf + t * S * kNlNR, S, cbuf + (t * np + (pi - p0)) * kNlNR * kNlMR, kb == 0);
       }
     }
   }
