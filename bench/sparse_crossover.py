@@ -20,6 +20,7 @@ from llmaccel.ops.sparse_linear import _expanded_weight, _make_args
 from llmaccel.sparsity import BitmapWeight, NMPackedWeight, prune
 from llmaccel.sparsity.cpu_bitmap import bitmap_linear_raw
 from llmaccel.sparsity.cpu_kernel import nm_linear_raw
+from llmaccel.sparsity.cpu_nm_large import nm_large_linear_raw
 
 K = N = 4096
 MS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256, 512)
@@ -45,6 +46,8 @@ def _expand(x, p):
 # route -> (how to build a weight from dense w, the route's call, the family whose variant runs it)
 ROUTES = {
     "nm": (lambda w: NMPackedWeight.from_dense(w, prune(w, "2:4"), "2:4"), _nm_kernel, "sparse_nm"),
+    "nm_large": (lambda w: NMPackedWeight.from_dense(w, prune(w, "2:4"), "2:4"),
+                 lambda x, p: nm_large_linear_raw(x, p.values, p.indices, p.scale, None, p.n, p.m), "sparse_nm_large"),
     "expand-nm": (lambda w: NMPackedWeight.from_dense(w, prune(w, "2:4"), "2:4"), _expand, None),
     "bitmap50": (_bitmap(0.5), _bitmap_kernel, "sparse_bitmap"),
     "bitmap90": (_bitmap(0.9), _bitmap_kernel, "sparse_bitmap"),

@@ -105,7 +105,8 @@ void bind_isa(py::module_& m) {
               {"attention_bwd", library_offset(k.attention_bwd)},
               {"attention_exp2", library_offset(k.attention_exp2)},
               {"sparse_nm", library_offset(k.sparse_nm)},
-              {"sparse_bitmap", library_offset(k.sparse_bitmap)}};
+              {"sparse_bitmap", library_offset(k.sparse_bitmap)},
+              {"sparse_nm_large", library_offset(k.sparse_nm_large)}};
           for (const auto& fn : fns)
             if (!fn.second.is_none())
               out.append(py::make_tuple(family_name(v->family), v->name, isa_level_name(v->level), fn.first,
@@ -284,20 +285,27 @@ PYBIND11_MODULE(_C, m) {
       py::arg("n"), py::arg("x"), py::arg("y"), py::arg("variant") = "",
       "y = 2^x (fp32, contiguous) with the attention kernel's vectorized exp2 (for tests).");
 
-  // N:M-sparse linear (llmaccel.sparsity.NMPackedWeight, fp32 or int8 values), see csrc/sparse_nm.h.
-  m.def(
-      "sparse_nm_linear",
-      [](int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, uintptr_t x, int64_t x_sm, uintptr_t values,
-         bool values_int8, int64_t values_sn, uintptr_t indices, int64_t indices_sn, uintptr_t scale, uintptr_t bias,
-         uintptr_t y, int64_t y_sm, int nthreads, const std::string& variant) {
-        py::gil_scoped_release release;
-        llmaccel::sparse_nm_linear(M, N, K, n, m, ptr<const float>(x), x_sm, ptr<const void>(values), values_int8,
-                                   values_sn, ptr<const uint8_t>(indices), indices_sn, ptr<const float>(scale),
-                                   ptr<const float>(bias), ptr<float>(y), y_sm, nthreads, variant);
-      },
-      py::arg("M"), py::arg("N"), py::arg("K"), py::arg("n"), py::arg("m"), py::arg("x"), py::arg("x_sm"),
-      py::arg("values"), py::arg("values_int8"), py::arg("values_sn"), py::arg("indices"), py::arg("indices_sn"),
-      py::arg("scale"), py::arg("bias"), py::arg("y"), py::arg("y_sm"), py::arg("nthreads"), py::arg("variant") = "",
+  // N:M-sparse linear (llmaccel.sparsity.NMPackedWeight, fp32 or int8 values), see csrc/sparse_nm.h: the
+  // small-M kernel and the large-M one (csrc/sparse_nm_large.h) take the same arguments.
+  const auto def_sparse_nm = [&m](const char* name, llmaccel::SparseNMKernel kernel, const char* what) {
+    m.def(
+        name,
+        [kernel](int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, uintptr_t x, int64_t x_sm, uintptr_t values,
+                 bool values_int8, int64_t values_sn, uintptr_t indices, int64_t indices_sn, uintptr_t scale,
+                 uintptr_t bias, uintptr_t y, int64_t y_sm, int nthreads, const std::string& variant) {
+          py::gil_scoped_release release;
+          llmaccel::sparse_nm_linear(kernel, M, N, K, n, m, ptr<const float>(x), x_sm, ptr<const void>(values),
+                                     values_int8, values_sn, ptr<const uint8_t>(indices), indices_sn,
+                                     ptr<const float>(scale), ptr<const float>(bias), ptr<float>(y), y_sm, nthreads,
+                                     variant);
+        },
+        py::arg("M"), py::arg("N"), py::arg("K"), py::arg("n"), py::arg("m"), py::arg("x"), py::arg("x_sm"),
+        py::arg("values"), py::arg("values_int8"), py::arg("values_sn"), py::arg("indices"), py::arg("indices_sn"),
+        py::arg("scale"), py::arg("bias"), py::arg("y"), py::arg("y_sm"), py::arg("nthreads"),
+        py::arg("variant") = "", what);
+  };
+  def_sparse_nm(
+      "sparse_nm_linear", llmaccel::SparseNMKernel::small_m,
       "y[M,N] fp32 = x[M,K] fp32 @ W^T + bias for an n:m-sparse W [N, K] packed as NMPackedWeight: values "
       "[N, ceil(K/m)*n] (row stride values_sn elements), fp32, or int8 (values_int8) with fp32 per-row scale [N] "
       "(else scale = 0); indices uint8 (row stride indices_sn bytes). bias may be 0. "
@@ -349,4 +357,9 @@ PYBIND11_MODULE(_C, m) {
       "uint8 [N, ceil(K/8)] (row stride bitmap_sn bytes, LSB first), values [nnz] contiguous, fp32, or int8 "
       "(values_int8) with fp32 per-row scale [N] (else scale = 0), row_offsets int64 [N+1]. bias may be 0. "
       "ValueError if row_offsets and the bitmap disagree. variant: '' = best, 'avx2', 'generic'.");
+
+  def_sparse_nm(
+      "sparse_nm_large_linear", llmaccel::SparseNMKernel::large_m,
+      "sparse_nm_linear for large M (x packed into transposed panels, the weight decoded once per call, n/m of "
+      "a dense GEMM's FMAs); same arguments and result. variant: '' = best, 'avx2', 'generic'.");
 }

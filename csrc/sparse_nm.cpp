@@ -1,4 +1,4 @@
-// sparse_nm_linear entry point: validation and variant selection.
+// The N:M linear entry point (both kernels, sparse_nm.h): validation and variant selection.
 #include "sparse_nm.h"
 
 #include "common.h"
@@ -7,11 +7,12 @@
 
 namespace llmaccel {
 
-void sparse_nm_linear(int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, const float* x, int64_t x_sm,
-                      const void* values, bool values_int8, int64_t values_sn, const uint8_t* idx, int64_t idx_sn,
-                      const float* scale, const float* bias, float* y, int64_t y_sm, int nthreads,
+void sparse_nm_linear(SparseNMKernel kernel, int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, const float* x,
+                      int64_t x_sm, const void* values, bool values_int8, int64_t values_sn, const uint8_t* idx,
+                      int64_t idx_sn, const float* scale, const float* bias, float* y, int64_t y_sm, int nthreads,
                       const std::string& variant) {
-  const char* op = "sparse_nm_linear";
+  const bool large = kernel == SparseNMKernel::large_m;
+  const char* op = large ? "sparse_nm_large_linear" : "sparse_nm_linear";
   const auto s = [](int64_t v) { return std::to_string(v); };
   if (M < 0) fail(op, "M must be >= 0, got " + s(M));
   if (N < 0) fail(op, "N must be >= 0, got " + s(N));
@@ -33,8 +34,6 @@ void sparse_nm_linear(int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, con
                  s(idx_bytes) + " bytes of a row (" + s(slots) + " slots of " + std::to_string(bits) + " bits)");
   check_matrix(op, "indices", idx, N, idx_bytes, idx_sn, 1);
   check_sparse_scale_bias_y(op, M, N, values_int8, scale, bias, y, y_sm, nthreads);
-  const Variant& v = pick(Family::sparse_nm, op, variant);
-  if (M == 0 || N == 0) return;
   SparseNMProblem p{};
   p.M = M, p.N = N, p.K = K, p.n = static_cast<int>(n), p.m = static_cast<int>(m), p.bits = bits, p.groups = groups;
   p.x = x, p.x_sm = x_sm;
@@ -44,7 +43,9 @@ void sparse_nm_linear(int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, con
     p.values = static_cast<const float*>(values);
   p.values_sn = values_sn, p.idx = idx, p.idx_sn = idx_sn, p.bias = bias, p.y = y, p.y_sm = y_sm;
   p.nthreads = nthreads;
-  v.kernels.sparse_nm(p);
+  const Variant& v = pick(large ? Family::sparse_nm_large : Family::sparse_nm, op, variant);
+  if (M == 0 || N == 0) return;
+  (large ? v.kernels.sparse_nm_large : v.kernels.sparse_nm)(p);
 }
 
 }  // namespace llmaccel

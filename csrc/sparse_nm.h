@@ -46,12 +46,17 @@ void sparse_nm_avx2(const SparseNMProblem& p);
 // Index field width for m columns per group: the smallest of 1, 2, 4, 8 bits that holds m - 1.
 constexpr int sparse_nm_index_bits(int64_t m) { return m <= 2 ? 1 : m <= 4 ? 2 : m <= 16 ? 4 : 8; }
 
-// Validated entry point; variant "" picks the best for this CPU.
-// values_int8: `values` points at int8 values and `scale` at N fp32 per-row
-// scales; else `values` is fp32 and scale must be null.
-void sparse_nm_linear(int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, const float* x, int64_t x_sm,
-                      const void* values, bool values_int8, int64_t values_sn, const uint8_t* idx, int64_t idx_sn,
-                      const float* scale, const float* bias, float* y, int64_t y_sm, int nthreads,
+// Which kernel runs an N:M linear call: the small-M one (this file: streams the compressed weight once per
+// few x rows) or the large-M one (sparse_nm_large.h: x in transposed panels, the weight decoded once).
+enum class SparseNMKernel { small_m, large_m };
+
+// Validated entry point of both (errors start with "llmaccel::sparse_nm_linear: " or
+// "llmaccel::sparse_nm_large_linear: "); variant "" picks the best of that kernel's family for this CPU.
+// values_int8: `values` points at int8 values and `scale` at N fp32 per-row scales; else `values` is fp32
+// and scale must be null.
+void sparse_nm_linear(SparseNMKernel kernel, int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, const float* x,
+                      int64_t x_sm, const void* values, bool values_int8, int64_t values_sn, const uint8_t* idx,
+                      int64_t idx_sn, const float* scale, const float* bias, float* y, int64_t y_sm, int nthreads,
                       const std::string& variant);
 
 }  // namespace llmaccel

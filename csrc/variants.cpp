@@ -48,6 +48,12 @@ constexpr Kernels sparse_bitmap_kernels(int64_t (*run)(const SparseBitmapProblem
   return k;
 }
 
+constexpr Kernels sparse_nm_large_kernels(void (*run)(const SparseNMProblem&)) {
+  Kernels k;
+  k.sparse_nm_large = run;
+  return k;
+}
+
 // Best first within a family.  The level must be the one setup.py compiles
 // the defining unit for: *_avx512vnni.cpp -> avx512, *_avx2.cpp -> avx2,
 // everything else generic.
@@ -74,10 +80,13 @@ constexpr Variant kVariants[] = {
 
     {Family::sparse_bitmap, "avx2", IsaLevel::avx2, sparse_bitmap_kernels(&sparse_bitmap_avx2)},
     {Family::sparse_bitmap, "generic", IsaLevel::generic, sparse_bitmap_kernels(&sparse_bitmap_generic)},
+
+    {Family::sparse_nm_large, "avx2", IsaLevel::avx2, sparse_nm_large_kernels(&sparse_nm_large_avx2)},
+    {Family::sparse_nm_large, "generic", IsaLevel::generic, sparse_nm_large_kernels(&sparse_nm_large_generic)},
 };
 
 const char* const kFamilyNames[kNumFamilies] = {"int8_mm", "int8_linear_weight_only", "quantize_per_token",
-                                                "attention", "sparse_nm", "sparse_bitmap"};
+                                                "attention", "sparse_nm", "sparse_bitmap", "sparse_nm_large"};
 
 std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
   std::string s;

@@ -20,12 +20,21 @@
 #include "isa.h"
 #include "sparse_bitmap.h"
 #include "sparse_nm.h"
+#include "sparse_nm_large.h"
 
 namespace llmaccel {
 
 // Kernel families: each public op maps to one (cpu_info lists which).
-enum class Family : int { int8_mm, int8_linear_weight_only, quantize_per_token, attention, sparse_nm, sparse_bitmap };
-constexpr int kNumFamilies = 6;
+enum class Family : int {
+  int8_mm,
+  int8_linear_weight_only,
+  quantize_per_token,
+  attention,
+  sparse_nm,
+  sparse_bitmap,
+  sparse_nm_large
+};
+constexpr int kNumFamilies = 7;
 
 using QuantizeKernel = void (*)(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm,
                                 float* scale, int nthreads);
@@ -47,6 +56,8 @@ struct Kernels {
   // sparse_bitmap family: sparse_bitmap_linear (unstructured bitmap-sparse linear); returns the first
   // corrupt row or -1 (sparse_bitmap.h).
   int64_t (*sparse_bitmap)(const SparseBitmapProblem&) = nullptr;
+  // sparse_nm_large family: sparse_nm_large_linear (the large-M N:M kernel, same problem).
+  void (*sparse_nm_large)(const SparseNMProblem&) = nullptr;
 };
 
 struct Variant {

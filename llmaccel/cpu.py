@@ -28,6 +28,7 @@ OP_FAMILIES = {
     "attention_backward": "attention",
     "sparse_nm_linear": "sparse_nm",
     "sparse_bitmap_linear": "sparse_bitmap",
+    "sparse_nm_large_linear": "sparse_nm_large",
 }
 
 

@@ -66,14 +66,27 @@ def attention_bwd_cpp(q, k, v, out, lse, dout, causal, variant, nthreads):
     return dq, dk, dv
 
 
-def sparse_nm_cpp(x, packed, b, variant, nthreads):
-    """The C++ N:M-sparse linear on an ``NMPackedWeight`` (fp32 or int8; x [M, K] with unit column stride)."""
+def sparse_nm_cpp(x, packed, b, variant, nthreads, binding="sparse_nm_linear"):
+    """The C++ N:M-sparse linear on an ``NMPackedWeight`` (fp32 or int8; x [M, K] with unit column stride);
+    ``binding="sparse_nm_large_linear"``: the large-M kernel."""
     M, K = x.shape
     N = packed.shape[0]
     y = torch.full((M, N), float("nan"))
     s = packed.scale
-    ext().sparse_nm_linear(M, N, K, packed.n, packed.m, x.data_ptr(), x.stride(0), packed.values.data_ptr(),
+    getattr(ext(), binding)(M, N, K, packed.n, packed.m, x.data_ptr(), x.stride(0), packed.values.data_ptr(),
                            packed.quantized, packed.values.stride(0), packed.indices.data_ptr(),
                            packed.indices.stride(0), s.data_ptr() if s is not None else 0,
                            b.data_ptr() if b is not None else 0, y.data_ptr(), N, nthreads, variant)
     return y
+
+
+def sparse_nm_raw_2_4(binding, packed, **over):
+    """A valid raw N:M call (M=2, N=5, K=12, 2:4, fp32 ``packed`` of shape [5, 12], with bias) through
+    ``llmaccel._C.<binding>``, with some arguments replaced; returns (y, x, bias)."""
+    x, y, b = torch.randn(2, 12), torch.empty(2, 5), torch.randn(5)
+    args = dict(M=2, N=5, K=12, n=2, m=4, x=x.data_ptr(), x_sm=12, values=packed.values.data_ptr(),
+                values_int8=False, values_sn=6, indices=packed.indices.data_ptr(), indices_sn=2, scale=0,
+                bias=b.data_ptr(), y=y.data_ptr(), y_sm=5, nthreads=2, variant="")
+    args.update(over)
+    getattr(ext(), binding)(**args)
+    return y, x, b

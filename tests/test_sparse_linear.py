@@ -76,7 +76,10 @@ def test_cpp_routes_follow_the_measured_crossover_and_refusals_give_reasons():
     ex = backends.explain("sparse_linear", torch.randn(max(small_m, 1), 16), *FIELDS(pw))
     assert ex.backend == "cpp" and "route 'nm'" in " ".join(ex.notes), (ex, limit)
     big = backends.explain("sparse_linear", torch.randn(small_m + 1, 16), *FIELDS(pw))
-    assert big.backend == "cpp" and "route 'expand'" in " ".join(big.notes) and f"M={small_m + 1}" in str(big), big
+    assert big.backend == "cpp" and "route 'nm_large'" in " ".join(big.notes) and f"M={small_m + 1}" in str(big), big
+    dense_nm = _weight("4:8", w)  # density 0.5: still the large-M kernel
+    assert "route 'nm_large'" in str(backends.explain("sparse_linear", torch.randn(small_m * 2 + 1, 16),
+                                                       *FIELDS(dense_nm)))
     bm = backends.explain("sparse_linear", torch.randn(1, 16), *FIELDS(_weight("bitmap", w)))
     assert bm.backend == "cpp", bm
     bsr = backends.explain("sparse_linear", torch.randn(1, 16), *FIELDS(_weight("bsr", w)))
@@ -89,22 +92,24 @@ def test_cpp_routes_follow_the_measured_crossover_and_refusals_give_reasons():
 @pytest.mark.parametrize("kind", ["2:4", "1:2", "bitmap"])
 @pytest.mark.parametrize("quantize", [None, "int8"])
 def test_both_cpp_routes_match_float64(kind, quantize, monkeypatch):
-    """The sparse-kernel route and the expand + sgemm route each against the float64 math, at the same M, by
-    moving the crossover (so neither route goes untested whatever the recorded table says)."""
+    """Every route (small-M kernel, large-M kernel, expand + sgemm) against the float64 math at the same M, by
+    moving the crossover and the large kernel's density limit (so no route goes untested whatever the
+    recorded table says)."""
     w = torch.randn(37, 113)
     pw = _weight(kind, w, quantize)
     x = torch.randn(5, 113)
     bias = torch.randn(37)
     seen = set()
-    for max_m in (0, 100):
+    for max_m, large_density in ((0, 0.5), (0, 0.0), (100, 0.5)):
         table = {key: sparse_linear_routes.Crossover(max_m, c.density, c.measured_on)
                  for key, c in sparse_linear_routes.CROSSOVER_M.items()}
         monkeypatch.setattr(sparse_linear_routes, "CROSSOVER_M", table)
+        monkeypatch.setattr(sparse_linear_routes, "NM_LARGE_MAX_DENSITY", large_density)
         with backends.use("cpp"):
             notes = " ".join(backends.explain("sparse_linear", x, *FIELDS(pw), bias).notes)
             seen.add(notes.split("route ")[1].split(":")[0])
             _check_close(llmaccel.sparse_linear(x, *FIELDS(pw), bias), x, pw, bias, f"{kind} {quantize} {notes}")
-    assert seen == ({"'nm'", "'expand'"} if kind != "bitmap" else {"'bitmap'", "'expand'"}), seen
+    assert seen == ({"'nm'", "'nm_large'", "'expand'"} if kind != "bitmap" else {"'bitmap'", "'expand'"}), seen
 
 
 def test_expand_matches_to_dense_bit_for_bit_and_rejects_corrupt_bitmaps():

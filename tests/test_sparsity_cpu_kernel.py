@@ -14,7 +14,7 @@ from llmaccel._ext import ext
 from llmaccel.sparsity import NMPackedWeight, prune, sparse_linear_reference
 from llmaccel.sparsity.cpu_kernel import nm_linear_cpp
 
-from cpp_calls import sparse_nm_cpp
+from cpp_calls import sparse_nm_cpp, sparse_nm_raw_2_4
 
 ALL_VARIANTS = [r["variant"] for r in ext().variant_table() if r["family"] == "sparse_nm"]
 AVAILABLE = llmaccel.cpu_info()["available_variants"]["sparse_nm"]
@@ -240,14 +240,7 @@ def test_wrapper_rejects_bad_arguments():
 
 def _raw(**over):
     """A valid raw call (M=2, N=5, K=12, 2:4, fp32 values), with some arguments replaced."""
-    packed = _packed(5, 12, "2:4")
-    x, y, b = torch.randn(2, 12), torch.empty(2, 5), torch.randn(5)
-    args = dict(M=2, N=5, K=12, n=2, m=4, x=x.data_ptr(), x_sm=12, values=packed.values.data_ptr(),
-                values_int8=False, values_sn=6, indices=packed.indices.data_ptr(), indices_sn=2, scale=0,
-                bias=b.data_ptr(), y=y.data_ptr(), y_sm=5, nthreads=2, variant="")
-    args.update(over)
-    ext().sparse_nm_linear(**args)
-    return y
+    return sparse_nm_raw_2_4("sparse_nm_linear", _packed(5, 12, "2:4"), **over)[0]
 
 
 @pytest.mark.parametrize("over,msg", [

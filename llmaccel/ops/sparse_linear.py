@@ -16,10 +16,12 @@ Backends:
   field), expand it to dense and ``F.linear`` (``llmaccel.sparsity.sparse_linear_reference``).  Every layout.
 * ``cpp``: fp32 or int8 values, x fp32 (fp16 / bf16 widened in, the result rounded back); ``layout="nm"`` and
   ``"bitmap"``.  Per call it takes a route (``sparse_linear_routes``, from measured crossovers against dense
-  sgemm; ``explain`` names it): below the crossover the N:M kernel (csrc/sparse_nm*.cpp, streams the
-  compressed values and index bits, expands in registers) or the bitmap kernel (csrc/sparse_bitmap*.cpp,
-  streams the bitmap and the values, expands each bitmap byte in registers; raises ``ValueError`` where a
-  row's bitmap popcount disagrees with the offsets), above it the weight expanded to dense fp32 once in C++
+  sgemm; ``explain`` names it): for N:M, the small-M kernel (csrc/sparse_nm*.cpp: streams the compressed
+  values and index bits, expands in registers) up to its crossover, then the large-M kernel
+  (csrc/sparse_nm_large*.cpp: x packed into transposed panels, the weight decoded once per call, n/m of a
+  dense GEMM's FMAs); for bitmap, the bitmap kernel (csrc/sparse_bitmap*.cpp: streams the bitmap and the
+  values, expands each bitmap byte in registers; raises ``ValueError`` where a row's bitmap popcount
+  disagrees with the offsets) up to its crossover; past them the weight expanded to dense fp32 once in C++
   (csrc/sparse_expand.cpp) and ``F.linear``.
 * ``triton``: ``kernels/sparse_nm.py`` for ``layout="nm"`` (float or int8 values): loads the compressed
   values and index bits of a tile, expands them in registers, ``tl.dot`` with fp32 accumulation;
@@ -55,6 +57,7 @@ from ..sparsity._bits import bits_for, packed_bytes
 from ..sparsity.cpu_bitmap import bitmap_linear_raw
 from ..sparsity.cpu_expand import bitmap_expand_raw, nm_expand_raw
 from ..sparsity.cpu_kernel import nm_linear_raw
+from ..sparsity.cpu_nm_large import nm_large_linear_raw
 from ..sparsity.reference import sparse_linear_reference
 from ._checks import check_same_device, check_tensor, fail
 from .quantize import FLOAT_DTYPES
@@ -222,6 +225,8 @@ def _sparse_linear_cpp(a) -> Tensor:
     route = _cpp_route(a).name
     if route == "nm":
         y = nm_linear_raw(x2, a.values, a.index, a.scale, bias, a.meta[0], a.meta[1])
+    elif route == "nm_large":
+        y = nm_large_linear_raw(x2, a.values, a.index, a.scale, bias, a.meta[0], a.meta[1])
     elif route == "bitmap":
         y = bitmap_linear_raw(x2, a.index, a.values, a.offsets, a.scale, bias)
     else:

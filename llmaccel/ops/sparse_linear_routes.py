@@ -9,6 +9,9 @@ weight per tile of rows.  So the route for ``layout``, M rows of x and the weigh
 route       what runs                                                           when
 ==========  ==================================================================  =====================
 ``nm``      csrc/sparse_nm*.cpp: streams values + index bits, <= 4 rows a tile  N:M, M <= crossover
+``nm_large`` csrc/sparse_nm_large*.cpp: x in transposed panels, the weight    N:M past the ``nm``
+            decoded once per call, n/m of dense's FMAs (register-blocked)       crossover, density
+                                                                                <= ``NM_LARGE_MAX_DENSITY``
 ``bitmap``  csrc/sparse_bitmap*.cpp: streams bitmap + values, <= 4 rows a tile  bitmap, M <= crossover
 ``expand``  csrc/sparse_expand.cpp expands the weight to dense fp32 once per      past the crossover
             call (memory-bound, ~1-4 % of an M=512 GEMM), then ``F.linear``     (no kernel wins)
@@ -75,8 +78,17 @@ def crossover(route: str, family: str) -> tuple[Optional[Crossover], str]:
 
 @dataclass(frozen=True)
 class Route:
-    name: str  # "nm" | "bitmap" | "expand"
+    name: str  # "nm" | "nm_large" | "bitmap" | "expand"
     why: str
+
+
+# The large-M N:M kernel against dense F.linear (MKL), 4096 x 4096 2:4 fp32 on the shared AVX2 EPYC (contended):
+# 1.04x at M = 24, 1.19x at 32, 1.17-1.47x at 128, 1.07-1.25x at 512; it beats the small-M kernel from
+# M = 24-32 (ms per layer, one thread, small / large: 39 / 41 at 24, 52 / 37 at 32, 219 / 80 at 128).  So past
+# the small-M kernel's crossover it runs, for weights as sparse as the 2:4 it was measured at or sparser: its
+# work is density x dense's at a lower per-FMA rate than MKL (loads bound it), so a denser pattern (3:4)
+# would lose to expand + sgemm.
+NM_LARGE_MAX_DENSITY = 0.5
 
 
 def nm_route(rows: int, n: int, m: int) -> Route:
@@ -87,6 +99,11 @@ def nm_route(rows: int, n: int, m: int) -> Route:
     if rows <= limit:
         return Route("nm", f"M={rows} <= {limit}, the measured crossover of the N:M kernel ({variant}) against "
                            f"dense sgemm at density {density:.2f}: the sparse kernel wins")
+    if density <= NM_LARGE_MAX_DENSITY and hasattr(ext(), "sparse_nm_large_linear"):
+        return Route("nm_large", f"M={rows} > {limit}, the small-M N:M kernel's crossover; at density "
+                                 f"{density:.2f} <= {NM_LARGE_MAX_DENSITY} the large-M kernel "
+                                 f"({_variant('sparse_nm_large')}) does {density:.2f} of dense's FMAs and beats "
+                                 f"dense sgemm (NM_LARGE_MAX_DENSITY)")
     return Route("expand", f"M={rows} > {limit}, the measured crossover of the N:M kernel ({variant}) against dense "
                            f"sgemm at density {density:.2f}: expand the weight once in C++, then dense sgemm")
 

@@ -49,17 +49,19 @@ def nm_linear_cpp(x: Tensor, weight: NMPackedWeight, bias: Tensor | None = None,
 
 
 def nm_linear_raw(x2: Tensor, values: Tensor, indices: Tensor, scale: Tensor | None, bias: Tensor | None,
-                  n: int, m: int, variant: str = "") -> Tensor:
+                  n: int, m: int, variant: str = "", binding: str = "sparse_nm_linear") -> Tensor:
     """The binding call on already checked fields: fp32 ``x2 [rows, K]`` (any strides), the N:M ``values``
     ``[N, G*n]`` (fp32, or int8 with fp32 ``scale [N]``) and packed ``indices``, fp32 ``bias [N]`` or None;
     returns fp32 ``y [rows, N]``.  Shared by :func:`nm_linear_cpp` and the ``sparse_linear`` op's cpp
-    backend, so the pointer / stride set-up exists once (the C++ entry still validates what it is handed)."""
+    backend, so the pointer / stride set-up exists once (the C++ entry still validates what it is handed).
+    ``binding``: the ``llmaccel._C`` function with these arguments (``"sparse_nm_large_linear"``: the large-M
+    kernel, ``sparsity.cpu_nm_large``)."""
     K = x2.shape[1]
     x2, values, indices = row_major(x2), row_major(values), row_major(indices)
     scale = scale.contiguous() if scale is not None else None
     rows, N = x2.shape[0], values.shape[0]
     y = torch.empty((rows, N), dtype=torch.float32)
-    ext().sparse_nm_linear(rows, N, K, n, m, x2.data_ptr(), x2.stride(0) if rows > 1 else K,
+    getattr(ext(), binding)(rows, N, K, n, m, x2.data_ptr(), x2.stride(0) if rows > 1 else K,
                            values.data_ptr(), scale is not None, values.stride(0) if N > 1 else values.shape[1],
                            indices.data_ptr(), indices.stride(0) if N > 1 else indices.shape[1],
                            scale.data_ptr() if scale is not None else 0, bias.data_ptr() if bias is not None else 0,
