@@ -155,6 +155,20 @@ def test_dict_batches_a_one_shot_iterator_and_hf_outputs():
     assert report.loss_end > 0
 
 
+def test_cache_teacher_gives_the_same_student():
+    """The teacher runs once per batch position; with a list the targets are the same, so the steps are too."""
+    runs = []
+    for cache in (False, True):
+        student, teacher = _pair()
+        calls = []
+        teacher.register_forward_hook(lambda *a: calls.append(1))
+        distill_(student, teacher, _batches(2, 3), steps=5, lr=1e-3, cache_teacher=cache)
+        runs.append((student.state_dict(), len(calls)))
+    assert runs[0][1] == 5 and runs[1][1] == 2
+    for n, t in runs[0][0].items():
+        assert torch.equal(t, runs[1][0][n]), n
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(steps=0), "steps must be an int >= 1"),
     (dict(steps=2.0), "steps must be an int >= 1"),
