@@ -25,6 +25,7 @@ import argparse
 import copy
 import logging
 import pathlib
+import random
 import time
 
 import torch
@@ -90,6 +91,31 @@ def tokenize(tok, sentences, batch, max_length, seed=None):
     return [dict(tok(c, padding=True, truncation=True, max_length=max_length, return_tensors="pt")) for c in chunks]
 
 
+def augmented(sentences, count, seed):
+    """``count`` training inputs drawn from ``sentences``, three in four altered, so no two steps repeat:
+
+    a sentence as is; two sentences joined; a fragment (a random span of 3+ words); a sentence with a
+    fifth of its words swapped for words of other corpus sentences.  The teacher labels each one, so the
+    student is pulled toward the teacher's function on more of the input space than 420 fixed sentences.
+    """
+    rng = random.Random(seed)
+    words = [w for s in sentences for w in s.split()]
+    out = []
+    for _ in range(count):
+        s, kind = rng.choice(sentences), rng.randrange(4)
+        if kind == 1:
+            s = f"{s} {rng.choice(sentences)}"
+        elif kind == 2:
+            w = s.split()
+            n = rng.randint(min(3, len(w)), len(w))
+            i = rng.randint(0, len(w) - n)
+            s = " ".join(w[i:i + n])
+        elif kind == 3:
+            s = " ".join(rng.choice(words) if rng.random() < 0.2 else w for w in s.split())
+        out.append(s)
+    return out
+
+
 def read(name):
     return [s.strip() for s in (DATA / name).read_text().splitlines() if s.strip()]
 
@@ -101,6 +127,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--loss", default="cosine", choices=["cosine", "mse"])
+    ap.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
+    ap.add_argument("--augment", action="store_true", help="fresh altered inputs every step (augmented())")
     ap.add_argument("--every-layer", action="store_true",
                     help="also match every encoder layer's token hidden states, not only the last")
     args = ap.parse_args()
@@ -136,8 +164,12 @@ def main() -> None:
     record("Wanda 2:4", wanda, time.perf_counter() - t)
 
     t = time.perf_counter()
+    distill_batches = train_batches
+    if args.augment:
+        distill_batches = tokenize(tok, augmented(train, args.steps * args.batch, seed=1), args.batch,
+                                   args.max_length)
     report = distill_(TokensAndEmbedding(wanda, args.every_layer), TokensAndEmbedding(dense, args.every_layer),
-                      train_batches, steps=args.steps, lr=args.lr, loss=args.loss, cache_teacher=True,
+                      distill_batches, steps=args.steps, lr=args.lr, loss=args.loss, cache_teacher=True, schedule=args.schedule,
                       log_every=max(1, args.steps // 10))
     print(report, flush=True)
     record(f"Wanda 2:4 + distill_ ({args.steps} st)", wanda, time.perf_counter() - t)

@@ -111,7 +111,8 @@ def test_distill_lowers_the_loss_and_keeps_the_masks(config, loss):
     gap_before = _cosine_gap64(student, teacher, batches)
     held_before = _cosine_gap64(student, teacher, held_out)
 
-    report = distill_(student, teacher, batches, steps=40, lr=2e-3, loss=loss, weight_decay=0.05, log_every=10)
+    report = distill_(student, teacher, batches, steps=40, lr=2e-3, loss=loss, weight_decay=0.05, log_every=10,
+                      schedule="cosine" if loss == "mse" else "constant")
 
     gap_after = _cosine_gap64(student, teacher, batches)
     assert gap_before > 1e-3, "pruning should have moved the outputs"
@@ -169,6 +170,20 @@ def test_cache_teacher_gives_the_same_student():
         assert torch.equal(t, runs[1][0][n]), n
 
 
+def test_cosine_schedule_sets_each_steps_lr():
+    import math
+    student, teacher = _pair()
+    seen = []
+
+    def sgd(params):
+        opt = torch.optim.SGD(params, lr=0.01)
+        opt.register_step_pre_hook(lambda o, *a: seen.append(o.param_groups[0]["lr"]))
+        return opt
+
+    distill_(student, teacher, _batches(1, 2), steps=4, lr=0.01, optimizer_fn=sgd, schedule="cosine")
+    assert seen == pytest.approx([0.01 * (1 + math.cos(math.pi * i / 4)) / 2 for i in range(4)], rel=1e-12)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(steps=0), "steps must be an int >= 1"),
     (dict(steps=2.0), "steps must be an int >= 1"),
@@ -177,6 +192,7 @@ def test_cache_teacher_gives_the_same_student():
     (dict(loss="l1"), "loss must be one of"),
     (dict(loss="kl", temperature=0), "temperature must be"),
     (dict(log_every=0), "log_every must be"),
+    (dict(schedule="linear"), "schedule must be one of"),
 ])
 def test_bad_arguments_raise(kwargs, match):
     student, teacher = _pair()

@@ -51,6 +51,7 @@ __all__ = ["distill_", "distill_parameters", "DistillReport", "LOSSES"]
 
 _WHERE = "llmaccel.sparsity.distill_"
 LOSSES = ("cosine", "mse", "kl")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -97,7 +98,7 @@ def _unwrap(student: nn.Module) -> tuple[nn.Module, bool]:
     return (student.module if ddp else student), ddp
 
 
-def _check_args(student, teacher, steps, lr, loss, temperature, log_every) -> None:
+def _check_args(student, teacher, steps, lr, loss, temperature, log_every, schedule) -> None:
     for name, m in (("student", student), ("teacher", teacher)):
         if not isinstance(m, nn.Module):
             raise TypeError(f"{_WHERE}: {name} must be an nn.Module, got {type(m).__name__}")
@@ -112,6 +113,8 @@ def _check_args(student, teacher, steps, lr, loss, temperature, log_every) -> No
         raise ValueError(f"{_WHERE}: temperature must be a finite number > 0, got {temperature!r}")
     if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
         raise ValueError(f"{_WHERE}: log_every must be an int >= 1, got {log_every!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"{_WHERE}: schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
 def _cycle(batches: Iterable) -> Iterator[tuple[int, Any]]:
@@ -200,18 +203,21 @@ def distill_(student: nn.Module, teacher: nn.Module, batches: Iterable, *, steps
              loss: str = "cosine", output_fn: Optional[Callable[[Any], Tensor]] = None, temperature: float = 1.0,
              weight_decay: float = 0.0,
              optimizer_fn: Optional[Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = None,
-             train_mode: bool = False, cache_teacher: bool = False, log_every: int = 10) -> DistillReport:
+             schedule: str = "constant", train_mode: bool = False, cache_teacher: bool = False,
+             log_every: int = 10) -> DistillReport:
     """Distil ``teacher`` (dense) into ``student`` (holding SparseLinear layers) in place (module docstring).
 
     ``batches``: model inputs, cycled until ``steps`` steps ran: a tensor runs as ``model(b)``, a dict as
     ``model(**b)``, a tuple as ``model(*b)``.  ``output_fn(output) -> Tensor`` picks what is compared
     (default: a tensor output, else ``logits`` or ``last_hidden_state``).  ``temperature``: the softmax
     temperature of ``"kl"``.  The optimizer is ``optimizer_fn(params)`` or ``AdamW(params, lr,
-    weight_decay=weight_decay)``.  ``cache_teacher=True`` keeps the teacher's output for each position of
-    the pass and reuses it on later passes (a quarter of a step's compute saved; only valid when every pass
-    yields the same inputs, as a list does; memory: one output per batch).  Returns a :class:`DistillReport` (losses every ``log_every`` steps).
+    weight_decay=weight_decay)``; ``schedule="cosine"`` scales its learning rate at step ``i`` (from 0) by
+    ``(1 + cos(pi * i / steps)) / 2``, ``"constant"`` leaves it.  ``cache_teacher=True`` keeps the teacher's
+    output for each position of the pass and reuses it on later passes (a quarter of a step's compute
+    saved; only valid when every pass yields the same inputs, as a list does; memory: one output per
+    batch).  Returns a :class:`DistillReport` (losses every ``log_every`` steps).
     """
-    _check_args(student, teacher, steps, lr, loss, temperature, log_every)
+    _check_args(student, teacher, steps, lr, loss, temperature, log_every, schedule)
     model, ddp = _unwrap(student)
     trained = distill_parameters(model)
     if not trained:
@@ -239,6 +245,9 @@ def distill_(student: nn.Module, teacher: nn.Module, batches: Iterable, *, steps
         params = [p for _, p in trained]
         opt = optimizer_fn(params) if optimizer_fn is not None else \
             torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        sched = None
+        if schedule == "cosine":
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1.0 + math.cos(math.pi * i / steps)))
         teacher.eval()
         model.train(train_mode)
         stream = _cycle(batches)
@@ -262,6 +271,8 @@ def distill_(student: nn.Module, teacher: nn.Module, batches: Iterable, *, steps
             student.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             _check_masks(model, snapshot, step, full=step == steps)
             window.append(value.item())
             if step == 1:
