@@ -61,3 +61,22 @@ def sqnr(out, ref) -> float:
     """Signal-to-quantization-noise ratio in dB of out against ref (float64)."""
     out, ref = out.detach().double(), ref.detach().double()
     return 10 * torch.log10(ref.pow(2).sum() / (out - ref).pow(2).sum()).item()
+
+
+def _gloo_rank(rank, fn, init_file, world, args):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        fn(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_gloo(fn, world, tmp_path, *args):
+    """Run ``fn(rank, *args)`` in ``world`` CPU processes joined in one gloo group (file rendezvous in
+    ``tmp_path``), one thread each; raises when a rank raises.  ``fn`` must be a module-level function."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gloo_rank, args=(fn, str(tmp_path / "init"), world, args), nprocs=world, join=True)

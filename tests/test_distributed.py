@@ -13,9 +13,9 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import llmaccel
+from helpers import spawn_gloo
 
 WORLD = 2
 E, HEADS, L, BATCH = 32, 4, 7, 6
@@ -50,26 +50,21 @@ def _grads(m):
     return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
 
-def _worker(rank, init_file, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        model = _model()
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        x, y = _data()
-        shard = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        loss = torch.nn.functional.mse_loss(ddp(x[shard]), y[shard])
-        loss.backward()
-        grads = _grads(model)
-        torch.optim.SGD(model.parameters(), lr=0.1).step()
-        torch.save({"grads": grads, "state": model.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, out_dir):
+    model = _model()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    x, y = _data()
+    shard = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+    loss = torch.nn.functional.mse_loss(ddp(x[shard]), y[shard])
+    loss.backward()
+    grads = _grads(model)
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    torch.save({"grads": grads, "state": model.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
 def test_ddp_finetune_on_quantized_base_matches_single_process(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_gloo(_worker, WORLD, tmp_path, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
     # Single process, full batch: the gradient DDP must reproduce on every rank.
