@@ -13,7 +13,7 @@ import torch
 import llmaccel
 from llmaccel import backends
 from llmaccel._ext import ext
-from llmaccel.ops.sparse_linear import CPP_NM_LARGE_MIN_M
+from llmaccel.ops import sparse_linear_routes
 from llmaccel import sparse_linear_fields
 from llmaccel.sparsity import NMPackedWeight, prune
 from llmaccel.sparsity.cpu_nm_large import nm_large_linear_raw
@@ -179,16 +179,17 @@ def test_raw_binding_valid_call():
 
 
 def test_op_runs_it_for_large_m_on_cpp():
-    """The sparse_linear op: cpp is chosen at M >= CPP_NM_LARGE_MIN_M (and past the small kernel's cap), and
+    """The sparse_linear op: past the small-M kernel's crossover the cpp backend takes route 'nm_large', and
     its result, backend forced, is the large kernel's."""
     N, K = 40, 200
     packed = _packed(N, K, "2:4")
     bias = torch.randn(N)
-    for M in (CPP_NM_LARGE_MIN_M, 513):
+    cross, _ = sparse_linear_routes.crossover("nm", "sparse_nm")
+    for M in (cross.limit(0.5) + 1, 513):
         x = torch.randn(M, K)
         fields = sparse_linear_fields(packed)
         ex = backends.explain("sparse_linear", x, *fields, bias)
-        assert ex.backend == "cpp", ex
+        assert ex.backend == "cpp" and "route 'nm_large'" in str(ex), ex
         with backends.use("cpp"):
             y = llmaccel.sparse_linear(x, *fields, bias)
         _check(y, x, packed, bias)
