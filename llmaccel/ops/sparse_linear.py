@@ -16,7 +16,9 @@ Backends:
   field), expand it to dense and ``F.linear`` (``llmaccel.sparsity.sparse_linear_reference``).  Every layout.
 * ``cpp``: the N:M kernel (csrc/sparse_nm*.cpp, ``llmaccel.sparsity.nm_linear_cpp``'s binding): streams
   the compressed values and index bits, expands in registers; fp32 or int8 values; x fp32 (fp16 / bf16
-  widened in, the result rounded back).  Only for ``layout="nm"`` and ``M <= CPP_NM_MAX_M`` rows.
+  widened in, the result rounded back).  For ``layout="nm"`` only at ``M <= CPP_NM_MAX_M`` rows; for
+  ``layout="bsr"`` the block-sparse kernel (csrc/sparse_bsr*.cpp, ``llmaccel.sparsity.bsr_linear_cpp``: kept
+  tiles only, a dense fp32 micro-kernel on each), any M, fp32 or int8 tiles.
 * ``triton``: ``kernels/sparse_nm.py`` for ``layout="nm"`` (float or int8 values): loads the compressed
   values and index bits of a tile, expands them in registers, ``tl.dot`` with fp32 accumulation.
 
@@ -47,6 +49,7 @@ from torch import Tensor
 
 from .._ext import ext
 from ..sparsity._bits import bits_for, packed_bytes
+from ..sparsity import cpu_bsr
 from ..sparsity.cpu_kernel import nm_linear_raw
 from ..sparsity.reference import sparse_linear_reference
 from ._checks import check_same_device, check_tensor, fail
@@ -178,6 +181,8 @@ def _sparse_linear_torch(a) -> Tensor:
 
 
 def _cpp_check(a) -> Optional[str]:
+    if a.layout == "bsr":  # the BSR kernel (sparsity/cpu_bsr.py), any M
+        return cpu_bsr.op_refusal(a)
     if a.layout != "nm":
         return f"the C++ sparse kernel runs the N:M layout only (layout={a.layout!r} runs on torch)"
     if a.scale is None and a.values.dtype != torch.float32:
@@ -193,7 +198,10 @@ def _cpp_check(a) -> Optional[str]:
 
 @_op.implement("cpp", check=_cpp_check)
 def _sparse_linear_cpp(a) -> Tensor:
-    """csrc/sparse_nm*.cpp: ``y = x @ W.T + bias`` from the compressed values and index bits, fp32 core."""
+    """csrc/sparse_nm*.cpp: ``y = x @ W.T + bias`` from the compressed values and index bits, fp32 core;
+    csrc/sparse_bsr*.cpp for ``layout="bsr"``."""
+    if a.layout == "bsr":
+        return cpu_bsr.op_run(a)
     x, bias = a.x, a.bias
     n, m = a.meta
     K = x.shape[-1]

@@ -39,29 +39,8 @@ def nm_linear_cpp(x: Tensor, weight: NMPackedWeight, bias: Tensor | None = None,
     """``x @ weight.to_dense().T + bias`` with the C++ N:M kernel (module docstring)."""
     if not isinstance(weight, NMPackedWeight):
         raise TypeError(f"{_WHERE}: weight must be an NMPackedWeight, got {type(weight).__name__}")
-    if not weight.quantized and weight.values.dtype != torch.float32:
-        raise ValueError(f"{_WHERE}: weight values must be float32 (or int8 with scales), got "
-                         f"{weight.values.dtype} (pack a float32 weight)")
-    if weight.values.device.type != "cpu":
-        raise ValueError(f"{_WHERE}: weight must be on the CPU, got {weight.values.device}")
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{_WHERE}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype != torch.float32:
-        raise ValueError(f"{_WHERE}: x must be float32, got {x.dtype}")
-    if x.device.type != "cpu":
-        raise ValueError(f"{_WHERE}: x must be on the CPU, got {x.device}")
+    bias = check_kernel_call(_WHERE, x, weight, bias, variant)
     n_out, k = weight.shape
-    if x.dim() == 0 or x.shape[-1] != k:
-        raise ValueError(f"{_WHERE}: x's last dimension must be in_features = {k}, got shape {tuple(x.shape)}")
-    if bias is not None:
-        if not isinstance(bias, Tensor):
-            raise TypeError(f"{_WHERE}: bias must be a torch.Tensor or None, got {type(bias).__name__}")
-        if bias.dtype != torch.float32 or bias.device.type != "cpu" or bias.shape != (n_out,):
-            raise ValueError(f"{_WHERE}: bias must be a float32 CPU tensor of shape [out_features] = [{n_out}], "
-                             f"got {bias.dtype} {tuple(bias.shape)} on {bias.device}")
-        bias = bias.detach().contiguous()
-    if not isinstance(variant, str):
-        raise TypeError(f"{_WHERE}: variant must be a str, got {type(variant).__name__}")
 
     lead = x.shape[:-1]
     y = nm_linear_raw(x.detach().reshape(-1, k), weight.values, weight.indices, weight.scale, bias,
@@ -69,7 +48,37 @@ def nm_linear_cpp(x: Tensor, weight: NMPackedWeight, bias: Tensor | None = None,
     return y.view(*lead, n_out)
 
 
-def _row_major(t: Tensor) -> Tensor:
+def check_kernel_call(where: str, x: Tensor, weight, bias: Tensor | None, variant: str) -> Tensor | None:
+    """The checks every C++ sparse-kernel wrapper makes (``where`` names it): fp32 or int8 weight values on the
+    CPU, fp32 CPU ``x [..., in_features]``, fp32 ``bias [out_features]`` or None, a str ``variant``.  Returns
+    the bias detached and contiguous."""
+    if not weight.quantized and weight.values.dtype != torch.float32:
+        raise ValueError(f"{where}: weight values must be float32 (or int8 with scales), got "
+                         f"{weight.values.dtype} (pack a float32 weight)")
+    if weight.values.device.type != "cpu":
+        raise ValueError(f"{where}: weight must be on the CPU, got {weight.values.device}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != torch.float32:
+        raise ValueError(f"{where}: x must be float32, got {x.dtype}")
+    if x.device.type != "cpu":
+        raise ValueError(f"{where}: x must be on the CPU, got {x.device}")
+    n_out, k = weight.shape
+    if x.dim() == 0 or x.shape[-1] != k:
+        raise ValueError(f"{where}: x's last dimension must be in_features = {k}, got shape {tuple(x.shape)}")
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            raise TypeError(f"{where}: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if bias.dtype != torch.float32 or bias.device.type != "cpu" or bias.shape != (n_out,):
+            raise ValueError(f"{where}: bias must be a float32 CPU tensor of shape [out_features] = [{n_out}], "
+                             f"got {bias.dtype} {tuple(bias.shape)} on {bias.device}")
+        bias = bias.detach().contiguous()
+    if not isinstance(variant, str):
+        raise TypeError(f"{where}: variant must be a str, got {type(variant).__name__}")
+    return bias
+
+
+def row_major(t: Tensor) -> Tensor:
     """``t`` [R, C] itself when its rows are unit-stride and do not overlap, else a contiguous copy."""
     return t if t.shape[1] <= 1 or (t.stride(1) == 1 and t.stride(0) >= t.shape[1]) else t.contiguous()
 
@@ -81,7 +90,7 @@ def nm_linear_raw(x2: Tensor, values: Tensor, indices: Tensor, scale: Tensor | N
     returns fp32 ``y [rows, N]``.  Shared by :func:`nm_linear_cpp` and the ``sparse_linear`` op's cpp
     backend, so the pointer / stride set-up exists once (the C++ entry still validates what it is handed)."""
     K = x2.shape[1]
-    x2, values, indices = _row_major(x2), _row_major(values), _row_major(indices)
+    x2, values, indices = row_major(x2), row_major(values), row_major(indices)
     scale = scale.contiguous() if scale is not None else None
     rows, N = x2.shape[0], values.shape[0]
     y = torch.empty((rows, N), dtype=torch.float32)
