@@ -78,11 +78,11 @@ void sparse_bsr_linear(int64_t M, int64_t N, int64_t K, int64_t bh, int64_t bw, 
   if (M > 1 && N > 0 && y_sm < N) fail(kOp, "y rows overlap (y_sm = " + s(y_sm) + " < N = " + s(N) + ")");
   const int64_t most = check_indices(crow, col, R, T, nnzb);
   // The kernels' scratch, in bytes, must fit in int64: per thread round_up(bh, 8) x most x bw floats (a packed
-  // tile row), and x packed in panels of 6 rows (M rounded up to 8 x K floats bounds it).
+  // tile row), and x packed by tile column in panels of 6 rows (M rounded up to 8 x (K + bw) floats bounds it).
   int64_t buf = 0, xpack = 0;
   if (__builtin_mul_overflow(round_up(bh, 8) * bw, most, &buf) ||
       __builtin_mul_overflow(buf, int64_t(nthreads) * 4, &buf) ||
-      __builtin_mul_overflow(round_up(M, 8), K, &xpack) || __builtin_mul_overflow(xpack, int64_t(4), &xpack))
+      __builtin_mul_overflow(round_up(M, 8), K + bw, &xpack) || __builtin_mul_overflow(xpack, int64_t(4), &xpack))
     fail_overflow(kOp, "the packing buffers (tile rows per thread, packed x) overflow int64");
   const Variant& v = pick(Family::sparse_bsr, kOp, variant);
   if (M == 0 || N == 0) return;

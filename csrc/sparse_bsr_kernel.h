@@ -15,8 +15,10 @@
 // exception may leave it), transposed to k-major and cut into panels of 2W outputs:
 //     packed[panel][kk][j] = W[i*bh + panel*2W + j][the kk-th kept column of the row]   (int8 converted here)
 // so the micro-kernel loads contiguous vectors of outputs, and the whole packed tile row (52 KB for a
-// 4096-wide row at 10 % density, 32 x 32 tiles) stays in L2 while every x row of the item streams past it.
-// x is packed once per call in panels of MR = 6 rows, k-major (pack_x), so both operands stream.
+// 4096-wide row at 10 % density, 32 x 32 tiles) stays in L2 while the x rows of the item stream past it,
+// 48 at a time (kBsrChunk micro-tiles) so one panel of it stays in L1 meanwhile.
+// x is packed once per call by tile column and micro-tile of MR = 6 rows, k-major (pack_x), so both
+// operands stream.
 // The micro-kernel holds MR = 6 x rows x 2 vectors of outputs (12 accumulators; FMA latency 4 x 2 ports
 // needs >= 8 chains), broadcasts x[m][k] and FMAs it with the packed row of outputs, over every kept tile
 // of the row, and writes y once.  Outputs past the tile row's valid height (the bottom edge tile) are
@@ -45,6 +47,7 @@ inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
 constexpr int kBsrMR = 6;  // x rows per micro-tile
+constexpr int64_t kBsrChunk = 8;  // micro-tiles per chunk of the loop nest (x rows 48 at a time)
 
 // One packed tile row, as the micro-kernels read it.
 struct BsrRow {
@@ -56,6 +59,7 @@ struct BsrRow {
   const float* packed;   // panels of 2W floats x kk, the last one possibly W wide
   const float* bias;     // [valid rounded up to 2W], zero padded; null without bias
   const float* scale;    // the same for the int8 scales; null for fp32 values
+  int64_t xcol_stride;   // floats between tile columns in packed x (pack_x)
 };
 
 template <class V>
@@ -63,7 +67,7 @@ struct BsrKernel {
   static constexpr int W = V::W, NR = 2 * W;
 
   // Tile<R, C>: R x rows (m0 ..) x C vectors of outputs (panel `panel`), over every kept column of the row;
-  // xpanel = those x rows packed k-major (pack_x), so both operands stream contiguously.
+  // xpanel = micro-tile m0 / MR of packed x at tile column 0 (pack_x), so both operands stream contiguously.
   template <int R, int C>
   struct Tile {
     static void run(const BsrRow& c, const float* xpanel, int64_t m0, int64_t panel) {
@@ -75,7 +79,7 @@ struct BsrKernel {
       const float* b = c.packed + o0 * c.kk;  // earlier panels are all NR wide
       for (int64_t t = c.t0; t < c.t1; ++t) {
         const int64_t x0 = int64_t(p.col[t]) * p.bw, kw = std::min(p.bw, p.K - x0);
-        const float* xs = xpanel + x0 * kBsrMR;
+        const float* xs = xpanel + p.col[t] * c.xcol_stride;
         for (int64_t k = 0; k < kw; ++k, b += C * W, xs += kBsrMR) {
           typename V::reg w[C];
           for (int v = 0; v < C; ++v) w[v] = V::load(b + v * W);
@@ -160,20 +164,25 @@ struct BsrKernel {
     return c;
   }
 
-  // xp[(mt * K + k) * MR + r] = x[mt * MR + r][k] (0 past M): x in panels of MR rows, k-major, packed once per
-  // call.  A tile then reads its x columns for one micro-tile as one contiguous run of MR * bw floats.  Read
-  // in place instead, the 6 rows x 13 scattered 128-byte pieces a micro-tile needs at 10 % density (K = 4096,
-  // 32 x 32 tiles) were 78 cache and TLB misses that no prefetcher follows, and the kernel ran at ~25 % of
-  // its in-cache rate on M = 512, K = 4096 (x beyond the caches' reach on the shared dev VM).
-  static void pack_x(const SparseBSRProblem& p, int64_t mt, float* xp) {
-    float* d = xp + mt * p.K * kBsrMR;
-    for (int r = 0; r < kBsrMR; ++r) {
-      const int64_t m = mt * kBsrMR + r;
-      if (m < p.M) {
-        const float* src = p.x + m * p.x_sm;
-        for (int64_t k = 0; k < p.K; ++k) d[k * kBsrMR + r] = src[k];
-      } else {
-        for (int64_t k = 0; k < p.K; ++k) d[k * kBsrMR + r] = 0.0f;
+  // xp[((c * mtiles + mt) * bw + k) * MR + r] = x[mt * MR + r][c * bw + k] (0 past M; k < kw(c)): x packed
+  // once per call, by tile column, then micro-tile, then k, with the MR rows of a micro-tile interleaved.  A
+  // tile then reads its x columns for one micro-tile as one contiguous run of MR * bw floats, and the runs of
+  // successive micro-tiles follow each other, so a tile row walking its micro-tiles reads one sequential
+  // stream per kept tile column.  Read in place instead, the 6 rows x 13 scattered 128-byte pieces a
+  // micro-tile needs at 10 % density (K = 4096, 32 x 32 tiles) were cache and TLB misses no prefetcher
+  // follows, and the kernel ran at a fraction of its in-cache rate.
+  static void pack_x(const SparseBSRProblem& p, int64_t mt, int64_t mtiles, float* xp) {
+    for (int64_t cc = 0; cc < p.T; ++cc) {
+      const int64_t x0 = cc * p.bw, kw = std::min(p.bw, p.K - x0);
+      float* d = xp + (cc * mtiles + mt) * p.bw * kBsrMR;
+      for (int r = 0; r < kBsrMR; ++r) {
+        const int64_t m = mt * kBsrMR + r;
+        if (m < p.M) {
+          const float* src = p.x + m * p.x_sm + x0;
+          for (int64_t k = 0; k < kw; ++k) d[k * kBsrMR + r] = src[k];
+        } else {
+          for (int64_t k = 0; k < kw; ++k) d[k * kBsrMR + r] = 0.0f;
+        }
       }
     }
   }
@@ -185,8 +194,8 @@ struct BsrKernel {
   static void prefetch_x(const BsrRow& c, const float* xpanel) {
     const SparseBSRProblem& p = *c.p;
     for (int64_t t = c.t0; t < c.t1; ++t) {
-      const int64_t x0 = int64_t(p.col[t]) * p.bw, kw = std::min(p.bw, p.K - x0);
-      const char* first = reinterpret_cast<const char*>(xpanel + x0 * kBsrMR);
+      const int64_t kw = std::min(p.bw, p.K - int64_t(p.col[t]) * p.bw);
+      const char* first = reinterpret_cast<const char*>(xpanel + p.col[t] * c.xcol_stride);
       for (int64_t off = 0; off < kw * kBsrMR * 4; off += 64) __builtin_prefetch(first + off, 0, 3);
     }
   }
@@ -207,7 +216,8 @@ struct BsrKernel {
     for (int t = 0; t < p.nthreads; ++t)
       bufs.emplace_back(static_cast<float*>(llmaccel::scratch_alloc(floats * 4)));
     const int64_t mtiles = ceil_div(p.M, kBsrMR);
-    std::unique_ptr<float, Free> xpack(static_cast<float*>(llmaccel::scratch_alloc(mtiles * kBsrMR * p.K * 4)));
+    std::unique_ptr<float, Free> xpack(
+        static_cast<float*>(llmaccel::scratch_alloc(mtiles * kBsrMR * p.T * p.bw * 4)));
     float* xp = xpack.get();
     // Items: whole tile rows when there are enough to share (one packing per row); else split the x rows so
     // every thread gets work.  The split changes nothing in any output's summation order.
@@ -218,21 +228,26 @@ struct BsrKernel {
     {
       float* buf = bufs[omp_get_thread_num()].get();
 #pragma omp for schedule(static)
-      for (int64_t mt = 0; mt < mtiles; ++mt) pack_x(p, mt, xp);  // the barrier after it: x packed for all
+      for (int64_t mt = 0; mt < mtiles; ++mt) pack_x(p, mt, mtiles, xp);  // the barrier after it: x packed for all
       BsrRow c{};
       int64_t packed_row = -1;
 #pragma omp for schedule(dynamic, 1)
       for (int64_t it = 0; it < items; ++it) {
         const int64_t row = it / mblocks, m_begin = (it % mblocks) * mb, m_end = std::min(p.M, m_begin + mb);
-        if (row != packed_row) c = pack_row(p, row, buf), packed_row = row;
+        if (row != packed_row) c = pack_row(p, row, buf), c.xcol_stride = mtiles * p.bw * kBsrMR, packed_row = row;
         const int64_t panels = ceil_div(c.valid, NR);
-        for (int64_t m0 = m_begin; m0 < m_end; m0 += kBsrMR) {
-          const int R = static_cast<int>(std::min<int64_t>(kBsrMR, m_end - m0));
-          const float* xpanel = xp + m0 * p.K;  // m0 is a multiple of MR: panel m0 / MR
-          if (m0 + kBsrMR < m_end) prefetch_x(c, xpanel + kBsrMR * p.K);
+        // Chunks of kBsrChunk micro-tiles: each panel of packed weight (kk x 16 floats, 26 KB for a 4096-wide
+        // row at 10 %) stays in L1 while the chunk's x pieces (from L2) stream past it.
+        for (int64_t c0 = m_begin; c0 < m_end; c0 += kBsrChunk * kBsrMR) {
+          const int64_t c1 = std::min(m_end, c0 + kBsrChunk * kBsrMR);
           for (int64_t pn = 0; pn < panels; ++pn) {
             const int C = round_up(c.valid, W) - pn * NR > W ? 2 : 1;
-            table.fn[R - 1][C - 1](c, xpanel, m0, pn);
+            for (int64_t m0 = c0; m0 < c1; m0 += kBsrMR) {
+              const int R = static_cast<int>(std::min<int64_t>(kBsrMR, c1 - m0));
+              const float* xpanel = xp + m0 * p.bw;  // micro-tile m0 / MR of tile column 0 (pack_x)
+              if (pn == 0 && m0 + kBsrMR < m_end) prefetch_x(c, xpanel + kBsrMR * p.bw);
+              table.fn[R - 1][C - 1](c, xpanel, m0, pn);
+            }
           }
         }
       }

@@ -9,6 +9,8 @@ Ours: 2:4 fp32 weights in the N:M packed format (values + 2-bit indices: 0.53x t
 * ``decode``: M=1 through 8 layers (256 MB of packed fp32 values, 512 MB dense: far beyond the last-level
   cache, so every pass streams the weights from DRAM): GB/s of compressed weight.
 * ``prefill``: M=512 through one layer, 2 weight sets rotating: GFLOP/s of the dense-equivalent work.
+* ``prefill-bsr90`` / ``prefill-bsr50``: M=512 through one 4096 x 4096 layer with 90 % / 50 % of its 32 x 32
+  tiles pruned, stored as BSR (the C++ BSR kernel), 3 weight sets rotating; same peer and unit.
 
 CUDA (the Triton N:M kernel, ``bench/gpu_check.py``): the same cases in bf16 (values and x), against
 ``F.linear`` on the dense pruned bf16 weight (cuBLAS); checked to 2e-2 relative error (bf16 rounding of two
@@ -29,32 +31,43 @@ CASES: list[Case] = []  # collected by the registry (cases.py)
 K = N = 4096
 
 
-@functools.lru_cache(maxsize=2)
-def _stack(n_layers: int, seed: int, k: int = K, n: int = N):
-    """(packed 2:4 NMPackedWeight, pruned dense fp32 weight, bias) per layer (cached, read-only)."""
-    from ..sparsity import NMPackedWeight, prune
+def _compress(w: torch.Tensor, pattern: str):
+    """``w`` pruned and compressed: ``"2:4"`` (NMPackedWeight), or ``"bsr-90"`` / ``"bsr-50"`` (BSRWeight with
+    32 x 32 tiles, that percentage of the tiles pruned by magnitude)."""
+    from ..sparsity import BSRWeight, NMPackedWeight, prune
 
+    if pattern.startswith("bsr-"):
+        mask = prune(w, "block", sparsity=int(pattern[4:]) / 100, block_size=(32, 32))
+        return BSRWeight.from_dense(w, mask, (32, 32))
+    return NMPackedWeight.from_dense(w, prune(w, pattern), pattern)
+
+
+@functools.lru_cache(maxsize=2)
+def _stack(n_layers: int, seed: int, k: int = K, n: int = N, pattern: str = "2:4"):
+    """(compressed weight (_compress), pruned dense fp32 weight, bias) per layer (cached, read-only)."""
     g = seeded_generator(torch.device("cpu"), seed)
     bound = 1.0 / k ** 0.5
     layers = []
     for _ in range(n_layers):
         w = (torch.rand((n, k), generator=g) * 2 - 1) * bound
         b = (torch.rand((n,), generator=g) * 2 - 1) * bound
-        packed = NMPackedWeight.from_dense(w, prune(w, "2:4"), "2:4")
+        packed = _compress(w, pattern)
         layers.append((packed, packed.to_dense(), b))
     return tuple(layers)
 
 
-def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dtype: Optional[torch.dtype] = None):
-    """Builder: M tokens through ``n_layers`` chained k x n 2:4 layers (``n_stacks`` weight sets rotating),
-    fp32 on the CPU and bf16 on a GPU unless ``dtype`` says otherwise."""
+def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dtype: Optional[torch.dtype] = None,
+             pattern: str = "2:4"):
+    """Builder: M tokens through ``n_layers`` chained k x n layers pruned and compressed as ``pattern`` says
+    (_compress; ``n_stacks`` weight sets rotating), fp32 on the CPU and bf16 on a GPU unless ``dtype`` says
+    otherwise."""
 
     def build(case: Case, device: torch.device) -> Bench:
         import llmaccel
 
         dt = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
         g = seeded_generator(device, 1)
-        stacks = [_stack(n_layers, 20 + s, k, n) for s in range(n_stacks)]
+        stacks = [_stack(n_layers, 20 + s, k, n, pattern) for s in range(n_stacks)]
 
         def on_device(t):
             """A field on the case's device; float values (the stacks hold no int8 scales) in the case's dtype."""
@@ -108,7 +121,7 @@ def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dt
             packed_bytes = float(sum(p.values.numel() * torch.empty((), dtype=dt).element_size()
                                      + p.indices.numel() for p, _, _ in stacks[0]))
         work = Work(ops=2.0 * M * n * k * n_layers, bytes=packed_bytes if M <= 2 else None,
-                    bytes_what="2:4 packed weight", ops_unit="GFLOP/s")
+                    bytes_what=f"{pattern} packed weight", ops_unit="GFLOP/s")
         bench = Bench(ours, peer, work, args, n_stacks)
         bench.check = check
         return bench
@@ -127,6 +140,18 @@ CASES.append(Case(op="sparse_linear", name="prefill-2:4-vs-fp32", shape=f"M=512 
                   device="cpu", peer=_PEER[0], peer_description=_PEER[1],
                   description="512 tokens through one 4096 x 4096 2:4 layer (2 weight sets rotate)",
                   build=_builder(512, 1, 2)))
+
+# Block-sparse prefill (the C++ BSR kernel, csrc/sparse_bsr*.cpp): 32 x 32 tiles, 3 weight sets rotating so the
+# dense peer's 64 MB weights do not sit in L3 between calls.  The figure is GFLOP/s of the dense-equivalent
+# work, so ours / peer is the speedup (issue goal >= 6x at 90 %, bound 10x).
+for _pct in (90, 50):
+    CASES.append(Case(op="sparse_linear", name=f"prefill-bsr{_pct}-vs-fp32", shape=f"M=512 K={K} N={N} 32x32 {_pct}%",
+                      device="cpu", peer="F.linear fp32 (pruned, dense)",
+                      peer_description="torch.nn.functional.linear with the same block-pruned weights stored dense "
+                                       "in fp32 (MKL sgemm)",
+                      description=f"512 tokens through one 4096 x 4096 layer with {_pct} % of its 32 x 32 tiles "
+                                  "pruned (BSR, 3 weight sets rotate)",
+                      build=_builder(512, 1, 3, pattern=f"bsr-{_pct}")))
 
 
 def cuda_cases() -> list[Case]:
