@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "common.h"
+#include "sparse_checks.h"
 #include "variants.h"
 
 namespace llmaccel {
@@ -67,15 +68,7 @@ void sparse_bsr_linear(int64_t M, int64_t N, int64_t K, int64_t bh, int64_t bw, 
   const int64_t R = ceil_div(N, bh), T = ceil_div(K, bw);
   check_matrix(kOp, "x", x, M, K, x_sm, 1);
   check_tiles(values, nnzb, bh, bw, values_st, values_sr);
-  if (values_int8) {
-    if (!scale && N > 0) fail(kOp, "scale is a null pointer (int8 values need per-row scales)");
-    check_matrix(kOp, "scale", scale, 1, N, 0, 1);
-  } else if (scale) {
-    fail(kOp, "scale is given but the values are fp32 (pass 0, or values_int8 = true)");
-  }
-  if (bias) check_matrix(kOp, "bias", bias, 1, N, 0, 1);
-  check_matrix(kOp, "y", y, M, N, y_sm, 1);
-  if (M > 1 && N > 0 && y_sm < N) fail(kOp, "y rows overlap (y_sm = " + s(y_sm) + " < N = " + s(N) + ")");
+  check_scale_bias_y(kOp, values_int8, scale, bias, y, M, N, y_sm);
   const int64_t most = check_indices(crow, col, R, T, nnzb);
   // The kernels' scratch, in bytes, must fit in int64: per thread round_up(bh, 8) x most x bw floats (a packed
   // tile row), and x packed by tile column in panels of 6 rows (M rounded up to 8 x (K + bw) floats bounds it).

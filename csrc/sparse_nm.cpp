@@ -2,6 +2,7 @@
 #include "sparse_nm.h"
 
 #include "common.h"
+#include "sparse_checks.h"
 #include "variants.h"
 
 namespace llmaccel {
@@ -31,15 +32,7 @@ void sparse_nm_linear(int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, con
     fail(op, "indices_sn (the row stride of the packed indices, bytes) = " + s(idx_sn) + " is less than the " +
                  s(idx_bytes) + " bytes of a row (" + s(slots) + " slots of " + std::to_string(bits) + " bits)");
   check_matrix(op, "indices", idx, N, idx_bytes, idx_sn, 1);
-  if (values_int8) {
-    if (!scale && N > 0) fail(op, "scale is a null pointer (int8 values need per-row scales)");
-    check_matrix(op, "scale", scale, 1, N, 0, 1);
-  } else if (scale) {
-    fail(op, "scale is given but the values are fp32 (pass 0, or values_int8 = true)");
-  }
-  if (bias) check_matrix(op, "bias", bias, 1, N, 0, 1);
-  check_matrix(op, "y", y, M, N, y_sm, 1);
-  if (M > 1 && N > 0 && y_sm < N) fail(op, "y rows overlap (y_sm = " + s(y_sm) + " < N = " + s(N) + ")");
+  check_scale_bias_y(op, values_int8, scale, bias, y, M, N, y_sm);
   if (nthreads < 1) fail(op, "nthreads must be >= 1, got " + std::to_string(nthreads));
   const Variant& v = pick(Family::sparse_nm, op, variant);
   if (M == 0 || N == 0) return;

@@ -16,6 +16,8 @@ from llmaccel import backends
 from llmaccel._ext import ext
 from llmaccel.sparsity import BSRWeight, bsr_linear_cpp
 
+from helpers import strided_x_cases
+
 ALL_VARIANTS = [r["variant"] for r in ext().variant_table() if r["family"] == "sparse_bsr"]
 AVAILABLE = llmaccel.cpu_info()["available_variants"]["sparse_bsr"]
 VARIANTS = [pytest.param(v, id=v) for v in ALL_VARIANTS]
@@ -138,17 +140,7 @@ def test_strided_and_batched_x(variant, quantize):
     N, K = 113, 1000
     bsr = _bsr(N, K, (16, 16), 0.5, quantize)
     bias = torch.randn(N)
-    big = torch.randn(20, 2 * K + 8)
-    cases = {
-        "row stride > K": big[:, 3:3 + K],              # used in place
-        "column stride 2": big[:, 1:1 + 2 * K:2],       # copied into contiguous rows
-        "one strided row": big[4, 5:5 + K],
-        "3-D batch": torch.randn(2, 9, K),
-        "transposed batch": torch.randn(9, 2, K).transpose(0, 1),
-        "transposed matrix": torch.randn(K, 7).t(),
-        "expanded (stride 0)": torch.randn(1, K).expand(13, K),
-    }
-    for name, x in cases.items():
+    for name, x in strided_x_cases(K, rows=20).items():
         y = bsr_linear_cpp(x, bsr, bias, v)
         assert y.shape == (*x.shape[:-1], N), name
         _check(y, x.reshape(-1, K), bsr, bias)
@@ -208,10 +200,19 @@ def test_bit_identical_for_any_thread_count(variant, quantize, M, N, K, block):
 
 # ---------------------------------------------------------------------------------------------------- errors
 
-def test_cpu_info_lists_the_op():
+def test_cpu_info_lists_the_op_and_the_cap_applies():
+    from llmaccel import cpu
+
     d = llmaccel.cpu_info()["ops"]["sparse_bsr_linear"]
     assert d["family"] == "sparse_bsr" and d["variant"] == AVAILABLE[0] and d["why"].startswith(d["variant"] + ":")
     assert ALL_VARIANTS == ["avx2", "generic"]
+    if "avx2" in AVAILABLE:  # capped at generic: the wrapper runs generic, avx2 is refused by name
+        bsr, x = _bsr(17, 113, (8, 4), 0.5), torch.randn(3, 113)
+        with cpu.cpu_isa("generic"):
+            assert llmaccel.cpu_info()["ops"]["sparse_bsr_linear"]["variant"] == "generic"
+            assert torch.equal(bsr_linear_cpp(x, bsr), bsr_linear_cpp(x, bsr, variant="generic"))
+            with pytest.raises(ValueError, match=r"sparse_bsr_linear: variant avx2 is above the cap"):
+                _raw(variant="avx2")
 
 
 @functools.lru_cache(maxsize=1)
@@ -278,15 +279,15 @@ def test_raw_binding_rejects_bad_arguments(over, msg):
         _raw(**over)
 
 
-def test_raw_binding_overflow_and_valid_call():
-    with pytest.raises(OverflowError, match=r"llmaccel::sparse_bsr_linear: x: .*(overflow|beyond)"):
-        _raw(x_sm=1 << 62)
-    with pytest.raises(OverflowError, match=r"llmaccel::sparse_bsr_linear: values: .*(overflow|beyond)"):
-        _raw(values_st=1 << 62)
-    with pytest.raises(OverflowError, match=r"llmaccel::sparse_bsr_linear: N = .* or K = "):
-        _raw(K=1 << 60, M=0)
-    y = _raw()  # the defaults are consistent
-    assert torch.isfinite(y).all()
+@pytest.mark.parametrize("over,msg", [
+    (dict(x_sm=1 << 62), r"x: .*(overflow|beyond)"),
+    (dict(values_st=1 << 62), r"values: .*(overflow|beyond)"),
+    (dict(K=1 << 60, M=0), r"N = 5 or K = 1152921504606846976 is beyond"),
+    (dict(M=1 << 40, K=1 << 24, x_sm=0), r"the packing buffers .* overflow int64"),
+])
+def test_raw_binding_overflow(over, msg):
+    with pytest.raises(OverflowError, match=r"^llmaccel::sparse_bsr_linear: " + msg):
+        _raw(**over)
 
 
 def test_scratch_allocation_failure_is_memory_error():
@@ -299,38 +300,22 @@ def test_scratch_allocation_failure_is_memory_error():
     assert torch.isfinite(_raw()).all()
 
 
-def test_wrapper_rejects_bad_arguments():
-    bsr = _small()
-    x = torch.randn(2, 12)
-    with pytest.raises(ValueError, match=r"llmaccel::sparse_bsr_linear: unknown variant 'sse9'"):
-        bsr_linear_cpp(x, bsr, None, "sse9")
-    with pytest.raises(ValueError, match="bsr_linear_cpp: x must be float32"):
-        bsr_linear_cpp(x.double(), bsr)
-    with pytest.raises(ValueError, match=r"bsr_linear_cpp: x's last dimension must be in_features = 12"):
-        bsr_linear_cpp(torch.randn(2, 13), bsr)
-    with pytest.raises(ValueError, match=r"bsr_linear_cpp: bias must be a float32 CPU tensor of shape"):
-        bsr_linear_cpp(x, bsr, torch.randn(4))
-    with pytest.raises(TypeError, match="bsr_linear_cpp: weight must be a BSRWeight"):
-        bsr_linear_cpp(x, bsr.to_dense())
-    with pytest.raises(TypeError, match="bsr_linear_cpp: variant must be a str"):
-        bsr_linear_cpp(x, bsr, None, 2)
-    half = BSRWeight.from_dense(torch.randn(5, 12).half(), torch.ones(5, 12, dtype=torch.bool), (2, 4))
-    with pytest.raises(ValueError, match=r"bsr_linear_cpp: weight values must be float32 \(or int8"):
-        bsr_linear_cpp(x, half)
+def _half_weight():
+    return BSRWeight.from_dense(torch.randn(5, 12).half(), torch.ones(5, 12, dtype=torch.bool), (2, 4))
 
 
-def test_cap_refuses_avx2():
-    from llmaccel import cpu
-
-    if "avx2" not in AVAILABLE:
-        pytest.skip("no AVX2 here")
-    with cpu.cpu_isa("generic"):
-        assert llmaccel.cpu_info()["ops"]["sparse_bsr_linear"]["variant"] == "generic"
-        with pytest.raises(ValueError, match=r"sparse_bsr_linear: variant avx2 is above the cap"):
-            _raw(variant="avx2")
-        bsr = _bsr(17, 113, (8, 4), 0.5)
-        x = torch.randn(3, 113)
-        _check(bsr_linear_cpp(x, bsr), x, bsr, None)
+@pytest.mark.parametrize("call,exc,msg", [
+    (lambda x, w: bsr_linear_cpp(x, w, None, "sse9"), ValueError, r"unknown variant .sse9. \(known: avx2, generic\)"),
+    (lambda x, w: bsr_linear_cpp(x.double(), w), ValueError, r"x must be float32"),
+    (lambda x, w: bsr_linear_cpp(torch.randn(2, 13), w), ValueError, r"x's last dimension must be in_features = 12"),
+    (lambda x, w: bsr_linear_cpp(x, w, torch.randn(4)), ValueError, r"bias must be a float32 CPU tensor of shape"),
+    (lambda x, w: bsr_linear_cpp(x, w.to_dense()), TypeError, r"weight must be a BSRWeight, got Tensor"),
+    (lambda x, w: bsr_linear_cpp(x, w, None, 2), TypeError, r"variant must be a str"),
+    (lambda x, w: bsr_linear_cpp(x, _half_weight()), ValueError, r"weight values must be float32 \(or int8"),
+], ids=["variant", "x dtype", "x shape", "bias", "weight type", "variant type", "half weight"])
+def test_wrapper_rejects_bad_arguments(call, exc, msg):
+    with pytest.raises(exc, match=r"(llmaccel.sparsity.bsr_linear_cpp: |llmaccel::sparse_bsr_linear: )" + msg):
+        call(torch.randn(2, 12), _small())
 
 
 # ---------------------------------------------------------------------------------------------------- the op

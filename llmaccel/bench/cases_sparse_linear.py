@@ -145,7 +145,8 @@ CASES.append(Case(op="sparse_linear", name="prefill-2:4-vs-fp32", shape=f"M=512 
 # dense peer's 64 MB weights do not sit in L3 between calls.  The figure is GFLOP/s of the dense-equivalent
 # work, so ours / peer is the speedup (issue goal >= 6x at 90 %, bound 10x).
 for _pct in (90, 50):
-    CASES.append(Case(op="sparse_linear", name=f"prefill-bsr{_pct}-vs-fp32", shape=f"M=512 K={K} N={N} 32x32 {_pct}%",
+    CASES.append(Case(op="sparse_linear", name=f"prefill-bsr{_pct}-vs-fp32",
+                      shape=f"M=512 K={K} N={N} 32x32 {_pct}%",
                       device="cpu", peer="F.linear fp32 (pruned, dense)",
                       peer_description="torch.nn.functional.linear with the same block-pruned weights stored dense "
                                        "in fp32 (MKL sgemm)",

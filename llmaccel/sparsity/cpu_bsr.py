@@ -47,12 +47,10 @@ def bsr_linear_cpp(x: Tensor, weight: BSRWeight, bias: Tensor | None = None, var
     """``x @ weight.to_dense().T + bias`` with the C++ BSR kernel (module docstring)."""
     if not isinstance(weight, BSRWeight):
         raise TypeError(f"{_WHERE}: weight must be a BSRWeight, got {type(weight).__name__}")
-    bias = check_kernel_call(_WHERE, x, weight, bias, variant)
-    n_out, k = weight.shape
-    lead = x.shape[:-1]
-    y = bsr_linear_raw(x.detach().reshape(-1, k), weight.values, weight.col_indices, weight.crow_indices,
-                       weight.scale, bias, n_out, variant)
-    return y.view(*lead, n_out)
+    x2, bias = check_kernel_call(_WHERE, x, weight, bias, variant)
+    y = bsr_linear_raw(x2, weight.values, weight.col_indices, weight.crow_indices, weight.scale, bias,
+                       weight.shape[0], variant)
+    return y.view(*x.shape[:-1], weight.shape[0])
 
 
 def bsr_linear_raw(x2: Tensor, values: Tensor, col_indices: Tensor, crow_indices: Tensor, scale: Tensor | None,

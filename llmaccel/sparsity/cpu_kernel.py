@@ -39,19 +39,16 @@ def nm_linear_cpp(x: Tensor, weight: NMPackedWeight, bias: Tensor | None = None,
     """``x @ weight.to_dense().T + bias`` with the C++ N:M kernel (module docstring)."""
     if not isinstance(weight, NMPackedWeight):
         raise TypeError(f"{_WHERE}: weight must be an NMPackedWeight, got {type(weight).__name__}")
-    bias = check_kernel_call(_WHERE, x, weight, bias, variant)
-    n_out, k = weight.shape
-
-    lead = x.shape[:-1]
-    y = nm_linear_raw(x.detach().reshape(-1, k), weight.values, weight.indices, weight.scale, bias,
-                      weight.n, weight.m, variant)
-    return y.view(*lead, n_out)
+    x2, bias = check_kernel_call(_WHERE, x, weight, bias, variant)
+    y = nm_linear_raw(x2, weight.values, weight.indices, weight.scale, bias, weight.n, weight.m, variant)
+    return y.view(*x.shape[:-1], weight.shape[0])
 
 
-def check_kernel_call(where: str, x: Tensor, weight, bias: Tensor | None, variant: str) -> Tensor | None:
-    """The checks every C++ sparse-kernel wrapper makes (``where`` names it): fp32 or int8 weight values on the
-    CPU, fp32 CPU ``x [..., in_features]``, fp32 ``bias [out_features]`` or None, a str ``variant``.  Returns
-    the bias detached and contiguous."""
+def check_kernel_call(where: str, x: Tensor, weight, bias: Tensor | None, variant: str) -> tuple[Tensor, Tensor | None]:
+    """The checks every C++ sparse-kernel wrapper makes (``where`` names it) once it has checked the weight's
+    type: fp32 or int8 weight values on the CPU, fp32 CPU ``x [..., in_features]``, fp32 ``bias
+    [out_features]`` or None, a str ``variant``.  Returns x detached as ``[rows, in_features]`` and the bias
+    detached and contiguous."""
     if not weight.quantized and weight.values.dtype != torch.float32:
         raise ValueError(f"{where}: weight values must be float32 (or int8 with scales), got "
                          f"{weight.values.dtype} (pack a float32 weight)")
@@ -75,7 +72,7 @@ def check_kernel_call(where: str, x: Tensor, weight, bias: Tensor | None, varian
         bias = bias.detach().contiguous()
     if not isinstance(variant, str):
         raise TypeError(f"{where}: variant must be a str, got {type(variant).__name__}")
-    return bias
+    return x.detach().reshape(-1, k), bias
 
 
 def row_major(t: Tensor) -> Tensor:
