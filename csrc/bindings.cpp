@@ -15,6 +15,8 @@
 #include "isa.h"
 #include "memory.h"
 #include "quantize.h"
+#include "sparse_expand.h"
+#include "sparse_bitmap.h"
 #include "sparse_bsr.h"
 #include "sparse_nm.h"
 #include "variants.h"
@@ -104,6 +106,7 @@ void bind_isa(py::module_& m) {
               {"attention_bwd", library_offset(k.attention_bwd)},
               {"attention_exp2", library_offset(k.attention_exp2)},
               {"sparse_nm", library_offset(k.sparse_nm)},
+              {"sparse_bitmap", library_offset(k.sparse_bitmap)},
               {"sparse_bsr", library_offset(k.sparse_bsr)}};
           for (const auto& fn : fns)
             if (!fn.second.is_none())
@@ -302,6 +305,52 @@ PYBIND11_MODULE(_C, m) {
       "(else scale = 0); indices uint8 (row stride indices_sn bytes). bias may be 0. "
       "variant: '' = best, 'avx2', 'generic'.");
 
+  // Dense expansion of the N:M and bitmap formats (the sparse_linear op's large-M route), see csrc/sparse_expand.h.
+  m.def(
+      "sparse_nm_expand",
+      [](int64_t N, int64_t K, int64_t n, int64_t m, uintptr_t values, bool values_int8, int64_t values_sn,
+         uintptr_t indices, int64_t indices_sn, uintptr_t scale, uintptr_t out, int64_t out_sn, int nthreads) {
+        py::gil_scoped_release release;
+        llmaccel::sparse_nm_expand(N, K, n, m, ptr<const void>(values), values_int8, values_sn,
+                                   ptr<const uint8_t>(indices), indices_sn, ptr<const float>(scale), ptr<float>(out),
+                                   out_sn, nthreads);
+      },
+      py::arg("N"), py::arg("K"), py::arg("n"), py::arg("m"), py::arg("values"), py::arg("values_int8"),
+      py::arg("values_sn"), py::arg("indices"), py::arg("indices_sn"), py::arg("scale"), py::arg("out"),
+      py::arg("out_sn"), py::arg("nthreads"),
+      "out[N,K] fp32 = the dense weight of an NMPackedWeight (int8 values times their row scale).");
+  m.def(
+      "sparse_bitmap_expand",
+      [](int64_t N, int64_t K, uintptr_t bitmap, int64_t bitmap_sn, uintptr_t values, bool values_int8, int64_t nnz,
+         uintptr_t row_offsets, uintptr_t scale, uintptr_t out, int64_t out_sn, int nthreads) {
+        py::gil_scoped_release release;
+        llmaccel::sparse_bitmap_expand(N, K, ptr<const uint8_t>(bitmap), bitmap_sn, ptr<const void>(values),
+                                       values_int8, nnz, ptr<const int64_t>(row_offsets), ptr<const float>(scale),
+                                       ptr<float>(out), out_sn, nthreads);
+      },
+      py::arg("N"), py::arg("K"), py::arg("bitmap"), py::arg("bitmap_sn"), py::arg("values"), py::arg("values_int8"),
+      py::arg("nnz"), py::arg("row_offsets"), py::arg("scale"), py::arg("out"), py::arg("out_sn"), py::arg("nthreads"),
+      "out[N,K] fp32 = the dense weight of a BitmapWeight (int8 values times their row scale).");
+
+  // Unstructured-sparse linear (llmaccel.sparsity.BitmapWeight, fp32 or int8 values), see csrc/sparse_bitmap.h.
+  m.def(
+      "sparse_bitmap_linear",
+      [](int64_t M, int64_t N, int64_t K, uintptr_t x, int64_t x_sm, uintptr_t values, bool values_int8, int64_t nnz,
+         uintptr_t bitmap, int64_t bitmap_sn, uintptr_t row_offsets, uintptr_t scale, uintptr_t bias, uintptr_t y,
+         int64_t y_sm, int nthreads, const std::string& variant) {
+        py::gil_scoped_release release;
+        llmaccel::sparse_bitmap_linear(M, N, K, ptr<const float>(x), x_sm, ptr<const void>(values), values_int8, nnz,
+                                       ptr<const uint8_t>(bitmap), bitmap_sn, ptr<const int64_t>(row_offsets),
+                                       ptr<const float>(scale), ptr<const float>(bias), ptr<float>(y), y_sm, nthreads,
+                                       variant);
+      },
+      py::arg("M"), py::arg("N"), py::arg("K"), py::arg("x"), py::arg("x_sm"), py::arg("values"),
+      py::arg("values_int8"), py::arg("nnz"), py::arg("bitmap"), py::arg("bitmap_sn"), py::arg("row_offsets"),
+      py::arg("scale"), py::arg("bias"), py::arg("y"), py::arg("y_sm"), py::arg("nthreads"), py::arg("variant") = "",
+      "y[M,N] fp32 = x[M,K] fp32 @ W^T + bias for an unstructured-sparse W [N, K] stored as BitmapWeight: bitmap "
+      "uint8 [N, ceil(K/8)] (row stride bitmap_sn bytes, LSB first), values [nnz] contiguous, fp32, or int8 "
+      "(values_int8) with fp32 per-row scale [N] (else scale = 0), row_offsets int64 [N+1]. bias may be 0. "
+      "ValueError if row_offsets and the bitmap disagree. variant: '' = best, 'avx2', 'generic'.");
   // Block-sparse linear (llmaccel.sparsity.BSRWeight, fp32 or int8 tiles), see csrc/sparse_bsr.h.
   m.def(
       "sparse_bsr_linear",

@@ -4,7 +4,7 @@
 #include <algorithm>
 
 #include "common.h"
-#include "sparse_checks.h"
+#include "sparse_args.h"
 #include "variants.h"
 
 namespace llmaccel {
@@ -68,7 +68,7 @@ void sparse_bsr_linear(int64_t M, int64_t N, int64_t K, int64_t bh, int64_t bw, 
   const int64_t R = ceil_div(N, bh), T = ceil_div(K, bw);
   check_matrix(kOp, "x", x, M, K, x_sm, 1);
   check_tiles(values, nnzb, bh, bw, values_st, values_sr);
-  check_scale_bias_y(kOp, values_int8, scale, bias, y, M, N, y_sm);
+  check_sparse_scale_bias_y(kOp, M, N, values_int8, scale, bias, y, y_sm, nthreads);
   const int64_t most = check_indices(crow, col, R, T, nnzb);
   // The kernels' scratch, in bytes, must fit in int64: per thread round_up(bh, 8) x most x bw floats (a packed
   // tile row), and x packed by tile column in panels of 6 rows (M rounded up to 8 x (K + bw) floats bounds it).

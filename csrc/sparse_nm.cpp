@@ -2,7 +2,7 @@
 #include "sparse_nm.h"
 
 #include "common.h"
-#include "sparse_checks.h"
+#include "sparse_args.h"
 #include "variants.h"
 
 namespace llmaccel {
@@ -32,8 +32,7 @@ void sparse_nm_linear(int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, con
     fail(op, "indices_sn (the row stride of the packed indices, bytes) = " + s(idx_sn) + " is less than the " +
                  s(idx_bytes) + " bytes of a row (" + s(slots) + " slots of " + std::to_string(bits) + " bits)");
   check_matrix(op, "indices", idx, N, idx_bytes, idx_sn, 1);
-  check_scale_bias_y(op, values_int8, scale, bias, y, M, N, y_sm);
-  if (nthreads < 1) fail(op, "nthreads must be >= 1, got " + std::to_string(nthreads));
+  check_sparse_scale_bias_y(op, M, N, values_int8, scale, bias, y, y_sm, nthreads);
   const Variant& v = pick(Family::sparse_nm, op, variant);
   if (M == 0 || N == 0) return;
   SparseNMProblem p{};

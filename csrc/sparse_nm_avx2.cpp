@@ -116,7 +116,7 @@ struct SnHalf {
       for (int r = 0; r < R; ++r) {
         __m256 s = acc[r][0];
         for (int a = 1; a < A; ++a) s = _mm256_add_ps(s, acc[r][a]);
-        sn_store(p, row, m0 + r, hsum8(s) + sn_sum4<R>(tail, r));
+        sparse_store(p, row, m0 + r, hsum8(s) + sparse_sum4<R>(tail, r));
       }
     }
     static void run(const SparseNMProblem& p, int64_t row, int64_t m0) {

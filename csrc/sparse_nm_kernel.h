@@ -21,6 +21,7 @@
 
 #include "common.h"
 #include "sparse_nm.h"
+#include "sparse_rows.h"
 #include "tile_table.h"
 
 namespace llmaccel {
@@ -72,17 +73,6 @@ inline void sn_scalar_groups(const SparseNMProblem& p, int64_t row, int64_t m0, 
   }
 }
 
-template <int R>
-inline float sn_sum4(const float (&acc)[R][4], int r) {
-  return (acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]);
-}
-
-// y[m0 + r][row] from the row's dot product: + bias (fp32 values), * scale + bias (int8 values).
-inline void sn_store(const SparseNMProblem& p, int64_t row, int64_t m, float dot) {
-  const float bias = p.bias ? p.bias[row] : 0.0f;
-  p.y[m * p.y_sm + row] = p.values_i8 ? dot * p.scale[row] + bias : dot + bias;
-}
-
 // The portable tile: any N:M, fp32 or int8 values, scalar, 4 partial sums per x row.
 template <int R, int C>
 struct SnScalarTile {
@@ -90,7 +80,7 @@ struct SnScalarTile {
   static void run_t(const SparseNMProblem& p, int64_t row, int64_t m0) {
     float acc[R][4] = {};
     sn_scalar_groups<T, R>(p, row, m0, 0, acc);
-    for (int r = 0; r < R; ++r) sn_store(p, row, m0 + r, sn_sum4<R>(acc, r));
+    for (int r = 0; r < R; ++r) sparse_store(p, row, m0 + r, sparse_sum4<R>(acc, r));
   }
   static void run(const SparseNMProblem& p, int64_t row, int64_t m0) {
     if (p.values_i8)
@@ -107,8 +97,8 @@ void sn_run(const SparseNMProblem& p) {
 #pragma omp parallel num_threads(p.nthreads)
   {
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
-    const int64_t per = llmaccel::round_up(llmaccel::ceil_div(p.N, T), 16);
-    const int64_t n0 = std::min<int64_t>(p.N, t * per), n1 = std::min<int64_t>(p.N, n0 + per);
+    int64_t n0, n1;
+    sparse_row_block(p.N, t, T, &n0, &n1);
     for (int64_t row = n0; row < n1; ++row)
       for (int64_t m0 = 0; m0 < p.M; m0 += kSnMR) {
         const int R = static_cast<int>(std::min<int64_t>(kSnMR, p.M - m0));

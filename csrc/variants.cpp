@@ -42,6 +42,12 @@ constexpr Kernels sparse_nm_kernels(void (*run)(const SparseNMProblem&)) {
   return k;
 }
 
+constexpr Kernels sparse_bitmap_kernels(int64_t (*run)(const SparseBitmapProblem&)) {
+  Kernels k;
+  k.sparse_bitmap = run;
+  return k;
+}
+
 constexpr Kernels sparse_bsr_kernels(void (*run)(const SparseBSRProblem&)) {
   Kernels k;
   k.sparse_bsr = run;
@@ -72,12 +78,15 @@ constexpr Variant kVariants[] = {
     {Family::sparse_nm, "avx2", IsaLevel::avx2, sparse_nm_kernels(&sparse_nm_avx2)},
     {Family::sparse_nm, "generic", IsaLevel::generic, sparse_nm_kernels(&sparse_nm_generic)},
 
+    {Family::sparse_bitmap, "avx2", IsaLevel::avx2, sparse_bitmap_kernels(&sparse_bitmap_avx2)},
+    {Family::sparse_bitmap, "generic", IsaLevel::generic, sparse_bitmap_kernels(&sparse_bitmap_generic)},
     {Family::sparse_bsr, "avx2", IsaLevel::avx2, sparse_bsr_kernels(&sparse_bsr_avx2)},
     {Family::sparse_bsr, "generic", IsaLevel::generic, sparse_bsr_kernels(&sparse_bsr_generic)},
 };
 
-const char* const kFamilyNames[kNumFamilies] = {"int8_mm", "int8_linear_weight_only", "quantize_per_token",
-                                                "attention", "sparse_nm", "sparse_bsr"};
+const char* const kFamilyNames[kNumFamilies] = {"int8_mm",   "int8_linear_weight_only", "quantize_per_token",
+                                                "attention", "sparse_nm",               "sparse_bitmap",
+                                                "sparse_bsr"};
 
 std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
   std::string s;

@@ -18,14 +18,17 @@
 #include "int8_linear_wo.h"
 #include "int8_mm.h"
 #include "isa.h"
+#include "sparse_bitmap.h"
 #include "sparse_bsr.h"
 #include "sparse_nm.h"
 
 namespace llmaccel {
 
 // Kernel families: each public op maps to one (cpu_info lists which).
-enum class Family : int { int8_mm, int8_linear_weight_only, quantize_per_token, attention, sparse_nm, sparse_bsr };
-constexpr int kNumFamilies = 6;
+enum class Family : int {
+  int8_mm, int8_linear_weight_only, quantize_per_token, attention, sparse_nm, sparse_bitmap, sparse_bsr
+};
+constexpr int kNumFamilies = 7;
 
 using QuantizeKernel = void (*)(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm,
                                 float* scale, int nthreads);
@@ -44,6 +47,9 @@ struct Kernels {
   void (*attention_exp2)(int64_t, const float*, float*) = nullptr;
   // sparse_nm family: sparse_nm_linear (N:M-sparse fp32 linear).
   void (*sparse_nm)(const SparseNMProblem&) = nullptr;
+  // sparse_bitmap family: sparse_bitmap_linear (unstructured bitmap-sparse linear); returns the first
+  // corrupt row or -1 (sparse_bitmap.h).
+  int64_t (*sparse_bitmap)(const SparseBitmapProblem&) = nullptr;
   // sparse_bsr family: sparse_bsr_linear (block-sparse fp32 linear).
   void (*sparse_bsr)(const SparseBSRProblem&) = nullptr;
 };

@@ -13,6 +13,8 @@ Per step it builds the dense weight tile in registers from the compressed data o
 is read from memory), then ``acc += x_tile @ W_tile.T`` with ``tl.dot`` and fp32 accumulation (IEEE fp32 for
 fp32 inputs).  Epilogue: ``y = acc * scale[r]`` (int8 values) ``+ bias[r]``, cast to x's dtype.  Tails are
 masked: rows past M / N and columns past K read 0 (a padding slot's column is past K, so it is never used).
+Split-K (decode on a GPU, where ``N / BLOCK_N`` tiles leave SMs idle): program ``(tile, s)`` sums the K steps
+``s, s + SPLIT_K, ...`` into fp32 partials that the launcher adds in a fixed order before the epilogue.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ def _sparse_nm_kernel(
     stride_xm, stride_xk, stride_vn, stride_in, stride_ym,
     NSLOT: tl.constexpr, MGROUP: tl.constexpr, BITS: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    pid_k = tl.program_id(1)  # split-K: this program sums K steps pid_k, pid_k + SPLIT_K, ...
     tiles_n = tl.cdiv(N, BLOCK_N)
     pid_m = pid // tiles_n
     pid_n = pid % tiles_n
@@ -43,7 +46,7 @@ def _sparse_nm_kernel(
     mask_n = offs_n < N
     offs_k0 = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
         offs_k = k0 + offs_k0
         mask_k = offs_k < K
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
@@ -62,6 +65,10 @@ def _sparse_nm_kernel(
             acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
         else:
             acc = tl.dot(x, tl.trans(w).to(x.dtype), acc)
+    if SPLIT_K > 1:  # fp32 partial sums [SPLIT_K, M, N]; the launcher adds them in a fixed order
+        tl.store(y_ptr + pid_k * M * stride_ym + offs_m[:, None] * stride_ym + offs_n[None, :], acc,
+                 mask=mask_m[:, None] & mask_n[None, :])
+        return
     if HAS_SCALE:
         acc = acc * tl.load(s_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
     if HAS_BIAS:
@@ -70,8 +77,21 @@ def _sparse_nm_kernel(
              mask=mask_m[:, None] & mask_n[None, :])
 
 
-def sparse_nm_linear(x, values, indices, scale, bias, n: int, m: int):
-    """``y [..., N] = x @ W.T + bias`` for the N:M packed ``W`` (module docstring); validation is the caller's."""
+def _split_k(M: int, N: int, K: int, block_n: int, block_k: int, device: torch.device) -> int:
+    """Split K across programs when the output tiles alone cannot fill the GPU (decode: M <= 16, so one tile
+    row of programs; N / 32 of them is a fraction of an H100/H200's 132 SMs x several programs each)."""
+    if device.type != "cuda" or M > 16:
+        return 1
+    tiles = triton.cdiv(N, block_n)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(8, triton.cdiv(4 * sms, tiles), triton.cdiv(K, block_k)))
+
+
+def sparse_nm_linear(x, values, indices, scale, bias, n: int, m: int, split_k: int | None = None):
+    """``y [..., N] = x @ W.T + bias`` for the N:M packed ``W`` (module docstring); validation is the caller's.
+
+    ``split_k``: programs per output tile along K (None: :func:`_split_k`'s heuristic).  Above 1 each writes
+    fp32 partial sums that are added here in a fixed order (deterministic), then scaled and biased."""
     K = x.shape[-1]
     N = values.shape[0]
     x2 = x.reshape(-1, K)
@@ -87,14 +107,26 @@ def sparse_nm_linear(x, values, indices, scale, bias, n: int, m: int):
     sc = scale.contiguous() if scale is not None else dummy
     b = bias.contiguous() if bias is not None else dummy
     BLOCK_M, BLOCK_N, BLOCK_K = 16, 32, 32
-    grid = (triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N),)
-    args = (x2, values, indices, sc, b, y, M, N, K, x2.stride(0), x2.stride(1), values.stride(0), indices.stride(0),
-            y.stride(0))
+    split = split_k if split_k is not None else _split_k(M, N, K, BLOCK_N, BLOCK_K, x.device)
+    out = y if split == 1 else torch.empty((split, M, N), dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(M, BLOCK_M) * triton.cdiv(N, BLOCK_N), split)
+    args = (x2, values, indices, sc, b, out, M, N, K, x2.stride(0), x2.stride(1), values.stride(0), indices.stride(0),
+            N)
     meta = dict(NSLOT=n, MGROUP=m, BITS=bits, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
-                DOT_FP32=_INTERPRET or x.dtype == torch.float32, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+                DOT_FP32=_INTERPRET or x.dtype == torch.float32, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+                SPLIT_K=split)
     if x.device.type == "cuda":
         with torch.cuda.device(x.device):
             _sparse_nm_kernel[grid](*args, **meta)
     else:
         _sparse_nm_kernel[grid](*args, **meta)
+    if split > 1:
+        acc = out[0]
+        for i in range(1, split):
+            acc = acc + out[i]
+        if scale is not None:
+            acc = acc * scale.to(torch.float32)
+        if bias is not None:
+            acc = acc + bias.to(torch.float32)
+        y = acc
     return y.to(x.dtype).reshape(*x.shape[:-1], N)

@@ -20,9 +20,10 @@ from .quantize import Int8Config, QuantizeSummary, quantize_
 from .smoothquant import SmoothReport, smooth_
 from . import sparsity  # pruning masks, calibration, compressed sparse formats
 from .sparsify import SparsifySummary, SparsityConfig, sparsify_
+from .optimize import OptimizeReport, optimize
 
 __version__ = "0.1.0"
 
 __all__ = ["backends", "cpu_info", *ops.__all__, "Int8Linear", "Int8Config", "QuantizeSummary", "quantize_",
            "SmoothReport", "smooth_", "sparsity", "SparseLinear", "SparsityConfig", "SparsifySummary", "sparsify_",
-           "__version__"]
+           "optimize", "OptimizeReport", "__version__"]

@@ -44,6 +44,7 @@ import os
 from typing import Callable, Iterator, Optional
 
 import torch
+import torch.autograd.profiler as _profiler
 
 from . import _ext
 from .kernels._interpret import INTERPRET
@@ -166,6 +167,8 @@ class _Impl:
     fn: Callable
     # Op-specific limits (dtype, shape, GPU generation...): None or a reason.
     check: Optional[Callable[..., Optional[str]]]
+    # What this backend does for these arguments when it runs (which kernel, and why): a note for explain().
+    describe: Optional[Callable[..., str]] = None
 
 
 @dataclasses.dataclass
@@ -257,13 +260,15 @@ class OpDispatcher:
         raise TypeError(f"llmaccel.backends.explain('{self.name}', ...): the arguments do not fit {where}{sig}: "
                         f"{exc}") from None
 
-    def register(self, backend: str, check: Optional[Callable[..., Optional[str]]] = None):
-        """Decorator: ``fn(args)`` implements this op on ``backend``; ``check(args)`` states op-specific limits."""
+    def register(self, backend: str, check: Optional[Callable[..., Optional[str]]] = None,
+                 describe: Optional[Callable[..., str]] = None):
+        """Decorator: ``fn(args)`` implements this op on ``backend``; ``check(args)`` states op-specific limits;
+        ``describe(args)`` says what the backend will do for them (shown by explain() when it is chosen)."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}")
 
         def deco(fn: Callable) -> Callable:
-            self._impls[backend] = _Impl(fn, check)
+            self._impls[backend] = _Impl(fn, check, describe)
             return fn
 
         return deco
@@ -305,6 +310,8 @@ class OpDispatcher:
                 chosen = backend
                 break
             refused[backend] = why
+        if chosen is not None and self._impls[chosen].describe is not None:
+            notes.append(f"{chosen}: {self._impls[chosen].describe(args)}")
         if requested not in ("auto", chosen) and chosen is not None:
             notes.append(f"backend {requested!r} was requested but cannot run this backward; the torch reference "
                          f"runs it (the forward ran on {requested!r})")
@@ -363,7 +370,7 @@ def _op_boundary_needed(tensors) -> bool:
 
     The custom-op boundary is what autograd, ``torch.compile``/export, tracing,
     functorch transforms, dispatch and function modes (FakeTensorMode,
-    FlopCounterMode, ...) and tensor subclasses hook into.  When none of them
+    FlopCounterMode, ...), the profiler and tensor subclasses hook into.  When none of them
     is in play it does nothing but cost time: 10-20 us per call with warm
     caches, and ~60 us per int8_linear call in a decode pass, where streaming
     16 MB of weights has evicted the Python code it runs on (measured on the
@@ -371,6 +378,10 @@ def _op_boundary_needed(tensors) -> bool:
     """
     # (torch.jit.is_scripting() is never true here: scripted code does not run Python.)
     if torch.compiler.is_compiling() or torch._C._is_tracing():
+        return True
+    # Under torch.profiler the op road makes every llmaccel kernel a named event ("llmaccel::int8_linear"),
+    # where the direct road would hide it inside its caller's time.
+    if _profiler._is_profiler_enabled:
         return True
     if torch._C._are_functorch_transforms_active() or torch._C._is_torch_function_mode_enabled():
         return True

@@ -27,6 +27,7 @@ OP_FAMILIES = {
     "attention_decode": "attention",
     "attention_backward": "attention",
     "sparse_nm_linear": "sparse_nm",
+    "sparse_bitmap_linear": "sparse_bitmap",
     "sparse_bsr_linear": "sparse_bsr",
 }
 

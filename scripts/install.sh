@@ -14,7 +14,7 @@
 #      stamp, so it always builds.
 # LLMACCEL_REINSTALL=1 runs every step regardless.
 #
-# Measured times (fresh, nothing changed, rebuild): README, "Two commands".
+# Measured times (fresh, nothing changed, rebuild): README, "Three commands".
 # With nothing changed it only runs three version/stamp checks (~1 s of CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,7 +6,7 @@ import torch
 
 import llmaccel
 from llmaccel import backends
-from llmaccel.ops.sparse_linear import CPP_NM_MAX_M
+from llmaccel.ops import sparse_linear_routes
 from llmaccel.sparsity import BitmapWeight, BSRWeight, NMPackedWeight, prune
 
 FIELDS = llmaccel.sparse_linear_fields
@@ -67,18 +67,64 @@ def test_every_layout_and_backend_matches_float64_pruned_dense(kind, quantize):
                     _check_close(_on(name, *args), x, pw, bias, f"{name} {kind} {quantize} {n_out}x{k} {lead}")
 
 
-def test_cpp_runs_nm_at_decode_and_refuses_with_reasons():
+def test_cpp_routes_follow_the_measured_crossover_and_refusals_give_reasons():
     w = torch.randn(8, 16)
     pw = _weight("2:4", w)
-    ex = backends.explain("sparse_linear", torch.randn(1, 16), *FIELDS(pw))
-    assert ex.backend == "cpp", ex
-    big = backends.explain("sparse_linear", torch.randn(CPP_NM_MAX_M + 1, 16), *FIELDS(pw))
-    assert big.backend == "torch" and f"M={CPP_NM_MAX_M + 1}" in big.refused["cpp"], big
+    limit = sparse_linear_routes.nm_route(1, 2, 4)  # a route exists for M=1 whatever the table says
+    cross, _ = sparse_linear_routes.crossover("nm", "sparse_nm")
+    small_m = cross.limit(0.5)
+    ex = backends.explain("sparse_linear", torch.randn(max(small_m, 1), 16), *FIELDS(pw))
+    assert ex.backend == "cpp" and "route 'nm'" in " ".join(ex.notes), (ex, limit)
+    big = backends.explain("sparse_linear", torch.randn(small_m + 1, 16), *FIELDS(pw))
+    assert big.backend == "cpp" and "route 'expand'" in " ".join(big.notes) and f"M={small_m + 1}" in str(big), big
     bm = backends.explain("sparse_linear", torch.randn(1, 16), *FIELDS(_weight("bitmap", w)))
-    assert bm.backend == "torch" and "N:M layout only" in bm.refused["cpp"], bm
+    assert bm.backend == "cpp", bm
+    bsr = backends.explain("sparse_linear", torch.randn(1, 16), *FIELDS(_weight("bsr", w)))
+    assert bsr.backend == "cpp" and "route 'bsr'" in " ".join(bsr.notes), bsr
     half = NMPackedWeight.from_dense(w.half(), prune(w, "2:4"), "2:4")
     hx = backends.explain("sparse_linear", torch.randn(1, 16), *FIELDS(half))
     assert hx.backend == "torch" and "float32 or int8 values" in hx.refused["cpp"], hx
+
+
+@pytest.mark.parametrize("kind", ["2:4", "1:2", "bitmap"])
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_both_cpp_routes_match_float64(kind, quantize, monkeypatch):
+    """The sparse-kernel route and the expand + sgemm route each against the float64 math, at the same M, by
+    moving the crossover (so neither route goes untested whatever the recorded table says)."""
+    w = torch.randn(37, 113)
+    pw = _weight(kind, w, quantize)
+    x = torch.randn(5, 113)
+    bias = torch.randn(37)
+    seen = set()
+    for max_m in (0, 100):
+        table = {key: sparse_linear_routes.Crossover(max_m, c.density, c.measured_on)
+                 for key, c in sparse_linear_routes.CROSSOVER_M.items()}
+        monkeypatch.setattr(sparse_linear_routes, "CROSSOVER_M", table)
+        with backends.use("cpp"):
+            notes = " ".join(backends.explain("sparse_linear", x, *FIELDS(pw), bias).notes)
+            seen.add(notes.split("route ")[1].split(":")[0])
+            _check_close(llmaccel.sparse_linear(x, *FIELDS(pw), bias), x, pw, bias, f"{kind} {quantize} {notes}")
+    assert seen == ({"'nm'", "'expand'"} if kind != "bitmap" else {"'bitmap'", "'expand'"}), seen
+
+
+def test_expand_matches_to_dense_bit_for_bit_and_rejects_corrupt_bitmaps():
+    from llmaccel.sparsity.cpu_expand import bitmap_expand_raw, nm_expand_raw
+    w = torch.randn(19, 1003)
+    for quantize in (None, "int8"):
+        nm = NMPackedWeight.from_dense(w, prune(w, "2:4"), "2:4", quantize=quantize)
+        got = nm_expand_raw(nm.values, nm.indices, nm.scale, 2, 4, 1003)
+        assert torch.equal(got, nm.to_dense()), quantize
+        bm = BitmapWeight.from_dense(w, prune(w, "unstructured", sparsity=0.9), quantize=quantize)
+        got = bitmap_expand_raw(bm.values, bm.bitmap, bm.row_offsets, bm.scale, 1003)
+        assert torch.equal(got, bm.to_dense()), quantize
+    offsets = bm.row_offsets.clone()
+    offsets[5] += 1  # row 4 claims one value more than its bitmap has, row 5 one fewer
+    with pytest.raises(ValueError, match="sparse_bitmap_expand.*row 4"):
+        bitmap_expand_raw(bm.values, bm.bitmap, offsets, bm.scale, 1003)
+    offsets = bm.row_offsets.clone()
+    offsets[-1] = bm.values.numel() + 1
+    with pytest.raises(ValueError, match="row_offsets"):
+        bitmap_expand_raw(bm.values, bm.bitmap, offsets, bm.scale, 1003)
 
 
 def test_strided_inputs_and_half_precision():
@@ -273,8 +319,36 @@ def test_triton_nm_kernel_matches_float64_pruned_dense():
         _check_close(_on("triton", x, *FIELDS(pw), bias), x, pw, bias, f"triton {kind} {quantize} {n_out}x{k}")
         xs = torch.randn(k, 2 * lead[-1]).t()[::2]  # strided rows and columns
         _check_close(_on("triton", xs, *FIELDS(pw), None), xs, pw, None, f"triton strided {kind}")
+    from llmaccel.kernels.sparse_nm import sparse_nm_linear
+    for split in (2, 3):  # the decode split-K path (a GPU picks it by heuristic), forced here
+        pw = _weight("2:4", torch.randn(37, 200), "int8")
+        x, bias = torch.randn(3, 200), torch.randn(37)
+        values, index, _, scale, _, (n, m) = FIELDS(pw)
+        _check_close(sparse_nm_linear(x, values, index, scale, bias, n, m, split_k=split), x, pw, bias,
+                     f"triton split-K {split}")
     pw = _weight("2:4", torch.randn(9, 40))
     with backends.use("triton"):
         torch.library.opcheck(torch.ops.llmaccel.sparse_linear.default, (torch.randn(2, 40), *FIELDS(pw), None))
     bm = _explain_on("triton", torch.randn(1, 40), *FIELDS(_weight("bitmap", torch.randn(9, 40))))
-    assert bm.backend is None and "N:M layout only" in bm.refused["triton"], bm
+    assert bm.backend is None and "N:M and BSR layouts" in bm.refused["triton"], bm
+
+
+@pytest.mark.triton
+def test_triton_bsr_kernel_matches_float64_pruned_dense():
+    """kernels/sparse_bsr.py: block sizes below and above 16, edge tiles, empty tile rows, int8, strides."""
+    probe = _weight("bsr", torch.randn(8, 8))
+    if _explain_on("triton", torch.randn(1, 8), *FIELDS(probe)).backend != "triton":
+        pytest.skip(str(_explain_on("triton", torch.randn(1, 8), *FIELDS(probe))))
+    cases = [((4, 8), 0.5, None, 17, 113, (3,)), ((16, 16), 0.7, "int8", 40, 70, (1,)), ((1, 1), 0.5, None, 3, 17, (2, 5)),
+             ((3, 5), 0.4, "int8", 13, 37, (33,)), ((32, 32), 0.9, None, 70, 100, (17,))]
+    for bs, sparsity, quantize, n_out, k, lead in cases:
+        w = torch.randn(n_out, k)
+        mask = prune(w, "block", sparsity=sparsity, block_size=bs)
+        mask[: bs[0]] = False  # the first tile row empty: its outputs are the bias alone
+        pw = BSRWeight.from_dense(w, mask, bs, quantize=quantize)
+        bias = torch.randn(n_out)
+        x = torch.randn(*lead, k)
+        where = f"triton bsr {bs} {quantize} {n_out}x{k}"
+        _check_close(_on("triton", x, *FIELDS(pw), bias), x, pw, bias, where)
+        xs = torch.randn(k, 2 * lead[-1]).t()[::2]
+        _check_close(_on("triton", xs, *FIELDS(pw), None), xs, pw, None, where + " strided")

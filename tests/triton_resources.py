@@ -140,18 +140,33 @@ def _gemm_specs() -> list[Spec]:
 
 def _sparse_specs() -> list[Spec]:
     """The N:M sparse linear (kernels/sparse_nm.py, one fixed launch config): 2:4 and 4:8 with bf16 values,
-    and 2:4 with int8 values + per-row scales, bf16 x (tensor cores)."""
+    2:4 with int8 values + per-row scales, and 2:4 split-K 4 (decode), bf16 x (tensor cores); the BSR linear
+    (kernels/sparse_bsr.py)."""
     from kernels import sparse_nm
 
     fn = sparse_nm._sparse_nm_kernel
     specs = []
-    for n, m, bits, vdt, scaled in ((2, 4, 2, "bf16", False), (4, 8, 4, "bf16", False), (2, 4, 2, "i8", True)):
+    for n, m, bits, vdt, scaled, split in ((2, 4, 2, "bf16", False, 1), (4, 8, 4, "bf16", False, 1),
+                                           (2, 4, 2, "i8", True, 1), (2, 4, 2, "bf16", False, 4)):
         const = dict(NSLOT=n, MGROUP=m, BITS=bits, HAS_SCALE=scaled, HAS_BIAS=True, DOT_FP32=False,
-                     BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, stride_xk=1)
+                     BLOCK_M=16, BLOCK_N=32, BLOCK_K=32, SPLIT_K=split, stride_xk=1)
         types = {"x_ptr": "*bf16", "v_ptr": _ptr(vdt), "i_ptr": "*u8", "s_ptr": "*fp32", "b_ptr": "*bf16",
                  "y_ptr": "*bf16"}
         types.update({a: "i32" for a in fn.arg_names if a not in types and a not in const})
-        specs.append(Spec("sparse_nm._sparse_nm_kernel", f"{n}:{m} {vdt} values, bf16 x", "BM16 BN32 BK32 w4 s3",
+        specs.append(Spec("sparse_nm._sparse_nm_kernel", f"{n}:{m} {vdt} values, bf16 x, split-K {split}",
+                          "BM16 BN32 BK32 w4 s3",
+                          _signature(fn, types, const), const, tuple(types), 4, 3, "bf16"))
+    # BSR (kernels/sparse_bsr.py): 32 x 32 tiles, bf16 or int8 values, the launcher's BLOCK_M at decode and prefill.
+    from kernels import sparse_bsr
+
+    fn = sparse_bsr._sparse_bsr_kernel
+    for vdt, scaled, bm in (("bf16", False, 16), ("bf16", False, 64), ("i8", True, 64)):
+        const = dict(BH=32, BW=32, HAS_SCALE=scaled, HAS_BIAS=True, DOT_FP32=False, BLOCK_M=bm, BLOCK_N=32,
+                     BLOCK_K=32, stride_xk=1)
+        types = {"x_ptr": "*bf16", "v_ptr": _ptr(vdt), "col_ptr": "*i32", "crow_ptr": "*i64", "s_ptr": "*fp32",
+                 "b_ptr": "*bf16", "y_ptr": "*bf16"}
+        types.update({a: "i32" for a in fn.arg_names if a not in types and a not in const})
+        specs.append(Spec("sparse_bsr._sparse_bsr_kernel", f"32x32 {vdt} tiles, bf16 x", f"BM{bm} BN32 BK32 w4 s3",
                           _signature(fn, types, const), const, tuple(types), 4, 3, "bf16"))
     return specs
 

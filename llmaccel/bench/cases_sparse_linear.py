@@ -10,7 +10,9 @@ Ours: 2:4 fp32 weights in the N:M packed format (values + 2-bit indices: 0.53x t
   cache, so every pass streams the weights from DRAM): GB/s of compressed weight.
 * ``prefill``: M=512 through one layer, 2 weight sets rotating: GFLOP/s of the dense-equivalent work.
 * ``prefill-bsr90`` / ``prefill-bsr50``: M=512 through one 4096 x 4096 layer with 90 % / 50 % of its 32 x 32
-  tiles pruned, stored as BSR (the C++ BSR kernel), 3 weight sets rotating; same peer and unit.
+  tiles pruned, stored as BSR (the C++ BSR kernel), 3 weight sets rotating; peer dense ``F.linear``.
+* ``decode-unstructured50/90``: as ``decode`` with unstructured (magnitude) pruning at 50 % / 90 % in the bitmap
+  format (the C++ bitmap kernel), against dense ``F.linear`` and, as a second peer, torch.sparse CSR.
 
 CUDA (the Triton N:M kernel, ``bench/gpu_check.py``): the same cases in bf16 (values and x), against
 ``F.linear`` on the dense pruned bf16 weight (cuBLAS); checked to 2e-2 relative error (bf16 rounding of two
@@ -20,6 +22,7 @@ different summation orders).
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -31,43 +34,43 @@ CASES: list[Case] = []  # collected by the registry (cases.py)
 K = N = 4096
 
 
-def _compress(w: torch.Tensor, pattern: str):
-    """``w`` pruned and compressed: ``"2:4"`` (NMPackedWeight), or ``"bsr-90"`` / ``"bsr-50"`` (BSRWeight with
-    32 x 32 tiles, that percentage of the tiles pruned by magnitude)."""
-    from ..sparsity import BSRWeight, NMPackedWeight, prune
-
-    if pattern.startswith("bsr-"):
-        mask = prune(w, "block", sparsity=int(pattern[4:]) / 100, block_size=(32, 32))
-        return BSRWeight.from_dense(w, mask, (32, 32))
-    return NMPackedWeight.from_dense(w, prune(w, pattern), pattern)
-
-
 @functools.lru_cache(maxsize=2)
-def _stack(n_layers: int, seed: int, k: int = K, n: int = N, pattern: str = "2:4"):
-    """(compressed weight (_compress), pruned dense fp32 weight, bias) per layer (cached, read-only)."""
+def _stack(n_layers: int, seed: int, k: int = K, n: int = N, fmt: str = "2:4"):
+    """(compressed weight, pruned dense fp32 weight, bias) per layer (cached, read-only).  ``fmt`` "2:4": the
+    N:M packed format; "unstructured:<s>": magnitude-pruned to sparsity s in the bitmap format; "bsr:<s>":
+    that share of the 32 x 32 tiles pruned by magnitude, in the BSR format."""
+    from ..sparsity import BitmapWeight, BSRWeight, NMPackedWeight, prune
+
     g = seeded_generator(torch.device("cpu"), seed)
     bound = 1.0 / k ** 0.5
     layers = []
     for _ in range(n_layers):
         w = (torch.rand((n, k), generator=g) * 2 - 1) * bound
         b = (torch.rand((n,), generator=g) * 2 - 1) * bound
-        packed = _compress(w, pattern)
+        if fmt.startswith("bsr:"):
+            mask = prune(w, "block", sparsity=float(fmt.split(":")[1]), block_size=(32, 32))
+            packed = BSRWeight.from_dense(w, mask, (32, 32))
+        elif fmt.startswith("unstructured:"):
+            packed = BitmapWeight.from_dense(w, prune(w, "unstructured", sparsity=float(fmt.split(":")[1])))
+        else:
+            packed = NMPackedWeight.from_dense(w, prune(w, fmt), fmt)
         layers.append((packed, packed.to_dense(), b))
     return tuple(layers)
 
 
 def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dtype: Optional[torch.dtype] = None,
-             pattern: str = "2:4"):
-    """Builder: M tokens through ``n_layers`` chained k x n layers pruned and compressed as ``pattern`` says
-    (_compress; ``n_stacks`` weight sets rotating), fp32 on the CPU and bf16 on a GPU unless ``dtype`` says
-    otherwise."""
+             fmt: str = "2:4", peer_csr: bool = False):
+    """Builder: M tokens through ``n_layers`` chained k x n layers pruned as ``fmt`` says (``_stack``;
+    ``n_stacks`` weight sets rotating), fp32 on the CPU and bf16 on a GPU unless ``dtype`` says otherwise.
+    Peer: ``F.linear`` on the dense pruned weights, or with ``peer_csr`` the same weights as torch.sparse CSR
+    (``to_sparse_csr()``, ``W @ y.T``: MKL sparse on the CPU)."""
 
     def build(case: Case, device: torch.device) -> Bench:
         import llmaccel
 
         dt = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
         g = seeded_generator(device, 1)
-        stacks = [_stack(n_layers, 20 + s, k, n, pattern) for s in range(n_stacks)]
+        stacks = [_stack(n_layers, 20 + s, k, n, fmt) for s in range(n_stacks)]
 
         def on_device(t):
             """A field on the case's device; float values (the stacks hold no int8 scales) in the case's dtype."""
@@ -77,22 +80,34 @@ def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dt
 
         fields = [[tuple(on_device(t) for t in llmaccel.sparse_linear_fields(p)) for p, _, _ in layers]
                   for layers in stacks]
-        dense = [[(w.to(device, dt), b.to(device, dt)) for _, w, b in layers] for layers in stacks]
+        biases = [[b.to(device, dt) for _, _, b in layers] for layers in stacks]
+        dense = [[w.to(device, dt) for _, w, _ in layers] for layers in stacks]
         xs = [torch.randn((M, k), generator=g, device=device).to(dt) for _ in range(n_stacks)]
         tol = 1e-4 if dt == torch.float32 else 2e-2
 
         def ours(i: int):
             j = i % n_stacks
             y = xs[j]
-            for f, (_, b) in zip(fields[j], dense[j]):
+            for f, b in zip(fields[j], biases[j]):
                 y = llmaccel.sparse_linear(y, *f, b)
             return y
+
+        if peer_csr:  # the CSR copies only: the dense ones are dropped
+            with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" note, once per build
+                warnings.simplefilter("ignore", UserWarning)
+                weights = [[w.to_sparse_csr() for w in layers] for layers in dense]
+            dense = None
+
+            def layer(y, w, b):
+                return (w @ y.t()).t() + b
+        else:
+            weights, layer = dense, torch.nn.functional.linear
 
         def peer(i: int):
             j = i % n_stacks
             y = xs[j]
-            for w, b in dense[j]:
-                y = torch.nn.functional.linear(y, w, b)
+            for w, b in zip(weights[j], biases[j]):
+                y = layer(y, w, b)
             return y
 
         def check(o: Any, p: Any) -> Optional[str]:
@@ -114,14 +129,16 @@ def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dt
 
         def args(i: int):
             j = i % n_stacks
-            return (xs[j], *fields[j][0], dense[j][0][1])
+            return (xs[j], *fields[j][0], biases[j][0])
 
         packed_bytes = float(sum(p.nbytes() for p, _, _ in stacks[0]))
         if dt != torch.float32:  # the values (all but the index bytes) are stored in dt
-            packed_bytes = float(sum(p.values.numel() * torch.empty((), dtype=dt).element_size()
-                                     + p.indices.numel() for p, _, _ in stacks[0]))
+            packed_bytes = float(sum(p.nbytes() + p.values.numel() * (torch.empty((), dtype=dt).element_size()
+                                                                      - p.values.element_size())
+                                     for p, _, _ in stacks[0]))
+        what = "bitmap weight" if fmt.startswith("unstructured") else f"{fmt} packed weight"
         work = Work(ops=2.0 * M * n * k * n_layers, bytes=packed_bytes if M <= 2 else None,
-                    bytes_what=f"{pattern} packed weight", ops_unit="GFLOP/s")
+                    bytes_what=what, ops_unit="GFLOP/s")
         bench = Bench(ours, peer, work, args, n_stacks)
         bench.check = check
         return bench
@@ -141,18 +158,33 @@ CASES.append(Case(op="sparse_linear", name="prefill-2:4-vs-fp32", shape=f"M=512 
                   description="512 tokens through one 4096 x 4096 2:4 layer (2 weight sets rotate)",
                   build=_builder(512, 1, 2)))
 
+# Unstructured sparsity in the bitmap format (csrc/sparse_bitmap*.cpp), decode through 8 layers, at 50 % and
+# 90 %: against dense F.linear on the same pruned weights, and against torch.sparse CSR of them.
+_CSR_PEER = ("torch.sparse CSR fp32", "the same pruned weights as torch.sparse CSR (w.to_sparse_csr(), int64 "
+                                      "indices), y = (W @ y.T).T + b: MKL sparse on the CPU")
+for _s in (50, 90):
+    _fmt = f"unstructured:{_s / 100}"
+    _desc = (f"one token through 8 chained 4096 x 4096 layers, {_s} % unstructured sparsity in the bitmap format "
+             f"(~{(1 - _s / 100) * 4 + 0.125:.2f} of 4 bytes per weight; dense 512 MB per pass, beyond L3)")
+    CASES.append(Case(op="sparse_linear", name=f"decode-unstructured{_s}-vs-fp32",
+                      shape=f"M=1 K={K} N={N} x8 layers {_s}% bitmap", device="cpu",
+                      peer=_PEER[0], peer_description=_PEER[1].replace("2:4-pruned", f"{_s} %-pruned"),
+                      description=_desc, build=_builder(1, 8, 1, fmt=_fmt)))
+    CASES.append(Case(op="sparse_linear", name=f"decode-unstructured{_s}-vs-csr",
+                      shape=f"M=1 K={K} N={N} x8 layers {_s}% bitmap", device="cpu",
+                      peer=_CSR_PEER[0], peer_description=_CSR_PEER[1],
+                      description=_desc, build=_builder(1, 8, 1, fmt=_fmt, peer_csr=True)))
+
 # Block-sparse prefill (the C++ BSR kernel, csrc/sparse_bsr*.cpp): 32 x 32 tiles, 3 weight sets rotating so the
-# dense peer's 64 MB weights do not sit in L3 between calls.  The figure is GFLOP/s of the dense-equivalent
-# work, so ours / peer is the speedup (issue goal >= 6x at 90 %, bound 10x).
+# dense peer's 64 MB weights do not sit in L3 between calls.  GFLOP/s of the dense-equivalent work, so ours /
+# peer is the speedup (issue goal >= 6x at 90 %, bound 10x).
 for _pct in (90, 50):
     CASES.append(Case(op="sparse_linear", name=f"prefill-bsr{_pct}-vs-fp32",
-                      shape=f"M=512 K={K} N={N} 32x32 {_pct}%",
-                      device="cpu", peer="F.linear fp32 (pruned, dense)",
-                      peer_description="torch.nn.functional.linear with the same block-pruned weights stored dense "
-                                       "in fp32 (MKL sgemm)",
+                      shape=f"M=512 K={K} N={N} 32x32 {_pct}%", device="cpu", peer=_PEER[0],
+                      peer_description=_PEER[1].replace("2:4-pruned", "block-pruned"),
                       description=f"512 tokens through one 4096 x 4096 layer with {_pct} % of its 32 x 32 tiles "
                                   "pruned (BSR, 3 weight sets rotate)",
-                      build=_builder(512, 1, 3, pattern=f"bsr-{_pct}")))
+                      build=_builder(512, 1, 3, fmt=f"bsr:{_pct / 100}")))
 
 
 def cuda_cases() -> list[Case]:

@@ -14,13 +14,17 @@ Backends:
 
 * ``torch``: the reference, the documented truth: rebuild the format object (its constructor checks every
   field), expand it to dense and ``F.linear`` (``llmaccel.sparsity.sparse_linear_reference``).  Every layout.
-* ``cpp``: the N:M kernel (csrc/sparse_nm*.cpp, ``llmaccel.sparsity.nm_linear_cpp``'s binding): streams
-  the compressed values and index bits, expands in registers; fp32 or int8 values; x fp32 (fp16 / bf16
-  widened in, the result rounded back).  For ``layout="nm"`` only at ``M <= CPP_NM_MAX_M`` rows; for
-  ``layout="bsr"`` the block-sparse kernel (csrc/sparse_bsr*.cpp, ``llmaccel.sparsity.bsr_linear_cpp``: kept
-  tiles only, a dense fp32 micro-kernel on each), any M, fp32 or int8 tiles.
+* ``cpp``: fp32 or int8 values, x fp32 (fp16 / bf16 widened in, the result rounded back); ``layout="nm"`` and
+  ``"bitmap"``.  Per call it takes a route (``sparse_linear_routes``, from measured crossovers against dense
+  sgemm; ``explain`` names it): below the crossover the N:M kernel (csrc/sparse_nm*.cpp, streams the
+  compressed values and index bits, expands in registers) or the bitmap kernel (csrc/sparse_bitmap*.cpp,
+  streams the bitmap and the values, expands each bitmap byte in registers; raises ``ValueError`` where a
+  row's bitmap popcount disagrees with the offsets), above it the weight expanded to dense fp32 once in C++
+  (csrc/sparse_expand.cpp) and ``F.linear``.  ``layout="bsr"``: the block-sparse kernel at any M (csrc/sparse_bsr*.cpp,
+  ``llmaccel.sparsity.bsr_linear_cpp``: kept tiles only, a dense fp32 micro-kernel on each; fp32 or int8 tiles).
 * ``triton``: ``kernels/sparse_nm.py`` for ``layout="nm"`` (float or int8 values): loads the compressed
-  values and index bits of a tile, expands them in registers, ``tl.dot`` with fp32 accumulation.
+  values and index bits of a tile, expands them in registers, ``tl.dot`` with fp32 accumulation;
+  ``kernels/sparse_bsr.py`` for ``layout="bsr"``: walks only a tile row's stored tiles.
 
 The op checks shapes, dtypes and devices on every call, but not the data (per-call cost): the torch path
 checks every field when it rebuilds the format; the kernels trust them (``SparseLinear`` checks them when it is
@@ -29,7 +33,7 @@ tensors (the kernels only compare indices).  Non-finite x: the kernels never rea
 torch path multiplies it by the stored 0, so an inf there gives NaN on torch only.
 
 Autograd (the derivative of the math above, run by the backward op ``sparse_linear_backward``, dispatched
-like every op, torch backend only for now; the bias gradient in the autograd formula; ``G = dy`` flattened to
+like every op: torch (the reference) and cpp (the weight expanded in C++, then sgemm); the bias gradient in the autograd formula; ``G = dy`` flattened to
 ``[M, N_out]``, ``X = x`` to ``[M, K]``)::
 
     grad_x      = G @ W                                    (in x's dtype, fp32 accumulation)
@@ -49,28 +53,20 @@ from torch import Tensor
 
 from .._ext import ext
 from ..sparsity._bits import bits_for, packed_bytes
+from ..sparsity.cpu_bitmap import bitmap_linear_raw
+from ..sparsity.cpu_expand import bitmap_expand_raw, nm_expand_raw
 from ..sparsity import cpu_bsr
 from ..sparsity.cpu_kernel import nm_linear_raw
 from ..sparsity.reference import sparse_linear_reference
 from ._checks import check_same_device, check_tensor, fail
 from .quantize import FLOAT_DTYPES
+from .sparse_linear_routes import Route, bitmap_route, nm_route
 from .sparse_linear_layouts import LAYOUTS, fields_of, out_features, values_grad, weight_of
 from .spec import OpSpec, define
 
 __all__ = ["sparse_linear", "sparse_linear_fields"]
 
 OP = "sparse_linear"
-
-# Rows of x up to which the C++ N:M kernel runs.  Above, the torch path (validate the fields, expand to dense,
-# sgemm) wins: it pays a fixed expansion per call and then the dense GEMM's better per-row rate.  A rough
-# crossover between the two sparse paths: on the shared 2-core AVX2 dev VM at 4096 x 4096, one core, the kernel
-# took ~1.9 ms per row of x at M >= 16; the torch path ~0.65 s of checks and expansion plus ~0.7 ms per row,
-# which puts it in the low hundreds.  Against *dense* fp32 F.linear on the same pruned weight (what a user has
-# without llmaccel), measured on the quiet AVX2 EPYC, 2 threads, 4 rotating 4096 x 4096 layers (beyond L3),
-# the kernel is 1.78 / 3.48 / 5.39 / 2.16 / 1.27x at M = 1 / 2 / 4 / 8 / 16, 0.97x at 32, 0.75x at 64 and
-# 0.40x at 256 (bench/RESULTS.md): past ~32 rows the sparse layer is slower than dense until a large-M kernel
-# exists (issue 9, open).
-CPP_NM_MAX_M = 256
 
 sparse_linear_fields = fields_of
 
@@ -180,48 +176,81 @@ def _sparse_linear_torch(a) -> Tensor:
     return sparse_linear_reference(a.x, _weight(a), a.bias)
 
 
+def _rows(a) -> int:
+    return a.x.numel() // a.x.shape[-1]
+
+
 def _cpp_check(a) -> Optional[str]:
     if a.layout == "bsr":  # the BSR kernel (sparsity/cpu_bsr.py), any M
         return cpu_bsr.op_refusal(a)
-    if a.layout != "nm":
-        return f"the C++ sparse kernel runs the N:M layout only (layout={a.layout!r} runs on torch)"
     if a.scale is None and a.values.dtype != torch.float32:
-        return f"the C++ N:M kernel takes float32 or int8 values, got {a.values.dtype}"
-    M = a.x.numel() // a.x.shape[-1]
-    if M > CPP_NM_MAX_M:
-        return (f"M={M} rows > {CPP_NM_MAX_M}: expanding the weight once and running the dense GEMM (torch) is "
-                f"expected to win over this kernel (see CPP_NM_MAX_M)")
-    if not hasattr(ext(), "sparse_nm_linear"):
-        return "this build of llmaccel._C has no sparse_nm_linear (rebuild the extension)"
+        return f"the C++ sparse routes take float32 or int8 values, got {a.values.dtype}"
+    needed = {"nm": ("sparse_nm_linear", "sparse_nm_expand"),
+              "bitmap": ("sparse_bitmap_linear", "sparse_bitmap_expand")}[a.layout]
+    missing = [name for name in needed if not hasattr(ext(), name)]
+    if missing:
+        return f"this build of llmaccel._C has no {', '.join(missing)} (rebuild the extension)"
     return None
 
 
-@_op.implement("cpp", check=_cpp_check)
+def _cpp_route(a):
+    """The route (``sparse_linear_routes``): a sparse kernel below its measured crossover, else expand + sgemm."""
+    if a.layout == "bsr":
+        return Route("bsr", "the C++ BSR kernel: only the kept tiles, a dense micro-kernel on each, any M")
+    if a.layout == "nm":
+        return nm_route(_rows(a), a.meta[0], a.meta[1])
+    return bitmap_route(_rows(a), a.values.numel() / max(1, a.index.shape[0] * a.x.shape[-1]))
+
+
+def _describe_cpp(a) -> str:
+    route = _cpp_route(a)
+    return f"route {route.name!r}: {route.why}"
+
+
+def _expanded_weight(a) -> Tensor:
+    """fp32 [N_out, K]: the pruned dense weight, expanded in C++ (``sparsity.cpu_expand``)."""
+    K = a.x.shape[-1]
+    if a.layout == "nm":
+        return nm_expand_raw(a.values, a.index, a.scale, a.meta[0], a.meta[1], K)
+    return bitmap_expand_raw(a.values, a.index, a.offsets, a.scale, K)
+
+
+@_op.implement("cpp", check=_cpp_check, describe=_describe_cpp)
 def _sparse_linear_cpp(a) -> Tensor:
-    """csrc/sparse_nm*.cpp: ``y = x @ W.T + bias`` from the compressed values and index bits, fp32 core;
-    csrc/sparse_bsr*.cpp for ``layout="bsr"``."""
+    """``y = x @ W.T + bias`` in fp32 on the route :func:`_cpp_route` picks; the result in x's dtype."""
     if a.layout == "bsr":
         return cpu_bsr.op_run(a)
     x, bias = a.x, a.bias
-    n, m = a.meta
     K = x.shape[-1]
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         bias = bias.to(torch.float32).contiguous()
-    y = nm_linear_raw(x.reshape(-1, K).to(torch.float32), a.values, a.index, a.scale, bias, n, m)
+    x2 = x.reshape(-1, K).to(torch.float32)
+    route = _cpp_route(a).name
+    if route == "nm":
+        y = nm_linear_raw(x2, a.values, a.index, a.scale, bias, a.meta[0], a.meta[1])
+    elif route == "bitmap":
+        y = bitmap_linear_raw(x2, a.index, a.values, a.offsets, a.scale, bias)
+    else:
+        y = torch.nn.functional.linear(x2, _expanded_weight(a), bias)
     if x.dtype != torch.float32:
         y = y.to(x.dtype)
-    return y.reshape(*x.shape[:-1], a.values.shape[0])
+    return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def _triton_check(a) -> Optional[str]:
-    if a.layout != "nm":
-        return f"the Triton sparse kernel runs the N:M layout only (layout={a.layout!r} runs on torch)"
+    if a.layout == "bitmap":
+        return "the Triton sparse kernels run the N:M and BSR layouts (layout='bitmap' runs on torch)"
     return None
 
 
 @_op.implement("triton", check=_triton_check)
 def _sparse_linear_triton(a) -> Tensor:
-    """kernels/sparse_nm.py: compressed tiles expanded in registers, ``tl.dot`` with fp32 accumulation."""
+    """kernels/sparse_nm.py (N:M: compressed tiles expanded in registers) or kernels/sparse_bsr.py (BSR: only
+    the stored tiles), ``tl.dot`` with fp32 accumulation."""
+    if a.layout == "bsr":
+        from ..kernels.sparse_bsr import sparse_bsr_linear
+
+        return sparse_bsr_linear(a.x, a.values, a.index, a.offsets, a.scale, a.bias, a.meta[0])
     from ..kernels.sparse_nm import sparse_nm_linear
 
     return sparse_nm_linear(a.x, a.values, a.index, a.scale, a.bias, a.meta[0], a.meta[1])
@@ -259,20 +288,40 @@ _backward_op = define(OpSpec(
 _pack_backward = _backward_op.pack
 
 
-@_backward_op.implement("torch")
-def _sparse_linear_backward_torch(a):
-    """``(grad_x, grad_values)`` of the module docstring (an empty tensor for each one not asked for)."""
+def _backward_on(a, dense: Tensor, weight):
+    """``(grad_x, grad_values)`` of the module docstring from the fp32 pruned dense weight ``dense`` and the
+    format object ``weight`` (for the stored positions); an empty tensor for each one not asked for."""
     K = a.x.shape[-1]
-    weight = weight_of(K, a.values.detach(), a.index, a.offsets, a.scale, a.layout, a.meta)
     g = a.grad_y.reshape(-1, a.grad_y.shape[-1]).to(torch.float32)
     grad_x = a.x.new_empty((0,))
     grad_values = a.x.new_empty((0,))
     if a.need_x:
-        grad_x = torch.matmul(g, weight.to_dense().to(torch.float32)).to(a.x.dtype).reshape(a.x.shape)
+        grad_x = torch.matmul(g, dense).to(a.x.dtype).reshape(a.x.shape)
     if a.need_values:
         grad_dense = torch.matmul(g.t(), a.x.detach().reshape(-1, K).to(torch.float32))
         grad_values = values_grad(weight, grad_dense).to(a.values.dtype).contiguous()
     return grad_x, grad_values
+
+
+@_backward_op.implement("torch")
+def _sparse_linear_backward_torch(a):
+    """The reference: the format object rebuilt (every field checked) and expanded with torch ops."""
+    weight = weight_of(a.x.shape[-1], a.values.detach(), a.index, a.offsets, a.scale, a.layout, a.meta)
+    return _backward_on(a, weight.to_dense().to(torch.float32), weight)
+
+
+def _cpp_backward_check(a) -> Optional[str]:
+    if a.layout == "bsr":
+        return "the C++ backward expands N:M and bitmap weights only (layout='bsr' runs on torch)"
+    return _cpp_check(a)
+
+
+@_backward_op.implement("cpp", check=_cpp_backward_check)
+def _sparse_linear_backward_cpp(a):
+    """The weight expanded in C++ (no per-call pass of field checks: the forward's fields), then two sgemms."""
+    weight = weight_of(a.x.shape[-1], a.values.detach(), a.index, a.offsets, a.scale, a.layout, a.meta,
+                       trusted=True)
+    return _backward_on(a, _expanded_weight(a), weight)
 
 
 def _setup_context(ctx, a, output):

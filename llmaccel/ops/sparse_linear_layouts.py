@@ -53,15 +53,19 @@ def out_features(values: Tensor, index: Tensor, layout: str, meta) -> int:
     return meta[0]
 
 
-def weight_of(k: int, values: Tensor, index: Tensor, offsets, scale, layout: str, meta):
-    """The format object these fields describe (its constructor checks every field)."""
+def weight_of(k: int, values: Tensor, index: Tensor, offsets, scale, layout: str, meta, *, trusted: bool = False):
+    """The format object these fields describe.  Its constructor checks every field (a pass over the data);
+    ``trusted=True`` skips that, for per-call paths on fields a module already checked."""
     n_out = out_features(values, index, layout, meta)
     if layout == "nm":
-        return NMPackedWeight(values=values, indices=index, pattern=(meta[0], meta[1]), shape=(n_out, k), scale=scale)
-    if layout == "bitmap":
-        return BitmapWeight(bitmap=index, values=values, row_offsets=offsets, shape=(n_out, k), scale=scale)
-    return BSRWeight(values=values, col_indices=index, crow_indices=offsets, shape=(n_out, k),
-                     block_size=(values.shape[1], values.shape[2]), scale=scale)
+        cls, fields = NMPackedWeight, dict(values=values, indices=index, pattern=(meta[0], meta[1]))
+    elif layout == "bitmap":
+        cls, fields = BitmapWeight, dict(bitmap=index, values=values, row_offsets=offsets)
+    else:
+        cls, fields = BSRWeight, dict(values=values, col_indices=index, crow_indices=offsets,
+                                      block_size=(values.shape[1], values.shape[2]))
+    fields.update(shape=(n_out, k), scale=scale)
+    return cls._trusted(**fields) if trusted else cls(**fields)
 
 
 def values_grad(weight, grad_dense: Tensor) -> Tensor:

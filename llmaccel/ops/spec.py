@@ -118,9 +118,11 @@ class Op:
 
         return call
 
-    def implement(self, backend: str, check: Optional[Callable[[Any], Optional[str]]] = None):
-        """Decorator: ``fn(args)`` runs this op on ``backend``; ``check(args)`` returns None or why it cannot."""
-        return self.dispatch.register(backend, check)
+    def implement(self, backend: str, check: Optional[Callable[[Any], Optional[str]]] = None,
+                  describe: Optional[Callable[[Any], str]] = None):
+        """Decorator: ``fn(args)`` runs this op on ``backend``; ``check(args)`` returns None or why it cannot;
+        ``describe(args)`` says which kernel it runs for them and why (a note in explain())."""
+        return self.dispatch.register(backend, check, describe)
 
     def public(self, fn: Callable) -> Callable:
         """Decorator for ``llmaccel.<name>``: explain() accepts exactly its arguments."""

@@ -12,13 +12,15 @@ Files: ``prune.py`` (masks), ``calibrate.py`` (activation norms),
 ``nm_packed.py`` / ``bitmap.py`` / ``bsr.py`` (one format each), ``int8.py``
 (the formats' per-channel int8), ``reference.py`` (the reference matmul),
 ``_bits.py`` (bit packing), ``_checks.py`` (argument and state checks),
-``cpu_kernel.py`` (``nm_linear_cpp``: the C++ N:M kernel on an ``NMPackedWeight``), ``cpu_bsr.py``
-(``bsr_linear_cpp``: the C++ block-sparse kernel on a ``BSRWeight``).
+``cpu_kernel.py`` (``nm_linear_cpp``: the C++ N:M kernel on an ``NMPackedWeight``), ``cpu_bitmap.py``
+(``bitmap_linear_cpp``: the C++ bitmap kernel on a ``BitmapWeight``), ``cpu_bsr.py``
+(``bsr_linear_cpp``: the C++ block-sparse kernel on a ``BSRWeight``), ``_cpu_args.py`` (their argument checks).
 """
 
 from .bitmap import BitmapWeight
 from .bsr import BSRWeight
 from .calibrate import calibrate
+from .cpu_bitmap import bitmap_linear_cpp
 from .cpu_bsr import bsr_linear_cpp
 from .cpu_kernel import nm_linear_cpp
 from .int8 import quantize_int8_per_row
@@ -27,4 +29,5 @@ from .prune import prune
 from .reference import FORMATS, sparse_linear_reference
 
 __all__ = ["prune", "calibrate", "NMPackedWeight", "BitmapWeight", "BSRWeight", "FORMATS",
-           "quantize_int8_per_row", "sparse_linear_reference", "nm_linear_cpp", "bsr_linear_cpp"]
+           "quantize_int8_per_row", "sparse_linear_reference", "nm_linear_cpp",
+           "bitmap_linear_cpp", "bsr_linear_cpp"]

@@ -25,6 +25,15 @@ class CompressedWeight:
     def _scatter(self) -> Tensor:  # pragma: no cover - every format overrides it
         raise NotImplementedError
 
+    @classmethod
+    def _trusted(cls, **fields):
+        """The object for fields already checked elsewhere (a module checks its weight once when it is built or
+        loaded): no pass over the data.  For the kernels' per-call paths only; every public way in checks."""
+        obj = object.__new__(cls)
+        for name in cls.__dataclass_fields__:
+            object.__setattr__(obj, name, fields.get(name))
+        return obj
+
     @property
     def quantized(self) -> bool:
         return self.scale is not None

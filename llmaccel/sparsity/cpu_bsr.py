@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .._ext import ext
 from .bsr import BSRWeight
-from .cpu_kernel import check_kernel_call, row_major
+from ._cpu_args import check_cpu_weight, check_x_bias_variant, row_major
 
 __all__ = ["bsr_linear_cpp", "bsr_linear_raw"]
 
@@ -45,10 +45,10 @@ _WHERE = "llmaccel.sparsity.bsr_linear_cpp"
 
 def bsr_linear_cpp(x: Tensor, weight: BSRWeight, bias: Tensor | None = None, variant: str = "") -> Tensor:
     """``x @ weight.to_dense().T + bias`` with the C++ BSR kernel (module docstring)."""
-    if not isinstance(weight, BSRWeight):
-        raise TypeError(f"{_WHERE}: weight must be a BSRWeight, got {type(weight).__name__}")
-    x2, bias = check_kernel_call(_WHERE, x, weight, bias, variant)
-    y = bsr_linear_raw(x2, weight.values, weight.col_indices, weight.crow_indices, weight.scale, bias,
+    check_cpu_weight(_WHERE, weight, BSRWeight)
+    n_out, k = weight.shape
+    bias = check_x_bias_variant(_WHERE, x, bias, variant, n_out, k)
+    y = bsr_linear_raw(x.detach().reshape(-1, k), weight.values, weight.col_indices, weight.crow_indices, weight.scale, bias,
                        weight.shape[0], variant)
     return y.view(*x.shape[:-1], weight.shape[0])
 

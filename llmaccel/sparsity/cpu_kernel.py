@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .._ext import ext
+from ._cpu_args import check_cpu_weight, check_x_bias_variant, row_major
 from .nm_packed import NMPackedWeight
 
 __all__ = ["nm_linear_cpp"]
@@ -37,47 +38,14 @@ _WHERE = "llmaccel.sparsity.nm_linear_cpp"
 
 def nm_linear_cpp(x: Tensor, weight: NMPackedWeight, bias: Tensor | None = None, variant: str = "") -> Tensor:
     """``x @ weight.to_dense().T + bias`` with the C++ N:M kernel (module docstring)."""
-    if not isinstance(weight, NMPackedWeight):
-        raise TypeError(f"{_WHERE}: weight must be an NMPackedWeight, got {type(weight).__name__}")
-    x2, bias = check_kernel_call(_WHERE, x, weight, bias, variant)
-    y = nm_linear_raw(x2, weight.values, weight.indices, weight.scale, bias, weight.n, weight.m, variant)
-    return y.view(*x.shape[:-1], weight.shape[0])
-
-
-def check_kernel_call(where: str, x: Tensor, weight, bias: Tensor | None, variant: str) -> tuple[Tensor, Tensor | None]:
-    """The checks every C++ sparse-kernel wrapper makes (``where`` names it) once it has checked the weight's
-    type: fp32 or int8 weight values on the CPU, fp32 CPU ``x [..., in_features]``, fp32 ``bias
-    [out_features]`` or None, a str ``variant``.  Returns x detached as ``[rows, in_features]`` and the bias
-    detached and contiguous."""
-    if not weight.quantized and weight.values.dtype != torch.float32:
-        raise ValueError(f"{where}: weight values must be float32 (or int8 with scales), got "
-                         f"{weight.values.dtype} (pack a float32 weight)")
-    if weight.values.device.type != "cpu":
-        raise ValueError(f"{where}: weight must be on the CPU, got {weight.values.device}")
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype != torch.float32:
-        raise ValueError(f"{where}: x must be float32, got {x.dtype}")
-    if x.device.type != "cpu":
-        raise ValueError(f"{where}: x must be on the CPU, got {x.device}")
+    check_cpu_weight(_WHERE, weight, NMPackedWeight)
     n_out, k = weight.shape
-    if x.dim() == 0 or x.shape[-1] != k:
-        raise ValueError(f"{where}: x's last dimension must be in_features = {k}, got shape {tuple(x.shape)}")
-    if bias is not None:
-        if not isinstance(bias, Tensor):
-            raise TypeError(f"{where}: bias must be a torch.Tensor or None, got {type(bias).__name__}")
-        if bias.dtype != torch.float32 or bias.device.type != "cpu" or bias.shape != (n_out,):
-            raise ValueError(f"{where}: bias must be a float32 CPU tensor of shape [out_features] = [{n_out}], "
-                             f"got {bias.dtype} {tuple(bias.shape)} on {bias.device}")
-        bias = bias.detach().contiguous()
-    if not isinstance(variant, str):
-        raise TypeError(f"{where}: variant must be a str, got {type(variant).__name__}")
-    return x.detach().reshape(-1, k), bias
+    bias = check_x_bias_variant(_WHERE, x, bias, variant, n_out, k)
 
-
-def row_major(t: Tensor) -> Tensor:
-    """``t`` [R, C] itself when its rows are unit-stride and do not overlap, else a contiguous copy."""
-    return t if t.shape[1] <= 1 or (t.stride(1) == 1 and t.stride(0) >= t.shape[1]) else t.contiguous()
+    lead = x.shape[:-1]
+    y = nm_linear_raw(x.detach().reshape(-1, k), weight.values, weight.indices, weight.scale, bias,
+                      weight.n, weight.m, variant)
+    return y.view(*lead, n_out)
 
 
 def nm_linear_raw(x2: Tensor, values: Tensor, indices: Tensor, scale: Tensor | None, bias: Tensor | None,

@@ -1,0 +1,41 @@
+"""The llmaccel command: info, bench pass-through, demo (tiny sizes, JSON), bad options."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from llmaccel import cli
+
+
+def test_info_json_lists_every_op_variant(capsys):
+    assert cli.main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["llmaccel"] and info["torch"]
+    assert info["cpu"]["extension"] == "loaded" and "cpp" in info["backends"]["cpu"]
+    assert {"int8_mm", "attention_forward", "sparse_nm_linear"} <= set(info["cpu"]["ops"])
+
+
+def test_bench_passes_its_arguments_through(capsys):
+    assert cli.main(["bench", "--list"]) == 0
+    assert "sparse_linear" in capsys.readouterr().out
+
+
+def test_demo_json_small_run(capsys):
+    pytest.importorskip("transformers")
+    assert cli.main(["demo", "--batch", "2", "--seq", "8", "--reps", "1", "--no-onnx", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {r["config"]: r for r in out["rows"]}
+    assert set(rows) == {"fp32 (transformers, sdpa)", "llmaccel attention", "llmaccel attention + int8",
+                         "llmaccel attention + 2:4"}
+    assert rows["fp32 (transformers, sdpa)"]["cosine_worst"] > 0.99999  # the baseline against itself
+    assert rows["llmaccel attention"]["cosine_worst"] > 0.9999
+    assert rows["llmaccel attention + int8"]["cosine_mean"] > 0.99
+    assert rows["llmaccel attention + int8"]["weight_mib"] < rows["fp32 (transformers, sdpa)"]["weight_mib"]
+    assert all(r["ms_per_batch"] > 0 for r in rows.values())
+
+
+def test_bad_demo_option_exits_with_a_message():
+    proc = subprocess.run([sys.executable, "-m", "llmaccel.cli", "demo", "--batch", "0"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "--batch must be >= 1" in proc.stderr
