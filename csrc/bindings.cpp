@@ -17,6 +17,7 @@
 #include "quantize.h"
 #include "sparse_expand.h"
 #include "sparse_bitmap.h"
+#include "sparse_bsr.h"
 #include "sparse_nm.h"
 #include "variants.h"
 
@@ -106,7 +107,8 @@ void bind_isa(py::module_& m) {
               {"attention_exp2", library_offset(k.attention_exp2)},
               {"sparse_nm", library_offset(k.sparse_nm)},
               {"sparse_bitmap", library_offset(k.sparse_bitmap)},
-              {"sparse_nm_large", library_offset(k.sparse_nm_large)}};
+              {"sparse_nm_large", library_offset(k.sparse_nm_large)},
+              {"sparse_bsr", library_offset(k.sparse_bsr)}};
           for (const auto& fn : fns)
             if (!fn.second.is_none())
               out.append(py::make_tuple(family_name(v->family), v->name, isa_level_name(v->level), fn.first,
@@ -362,4 +364,26 @@ PYBIND11_MODULE(_C, m) {
       "sparse_nm_large_linear", llmaccel::SparseNMKernel::large_m,
       "sparse_nm_linear for large M (x packed into transposed panels, the weight decoded once per call, n/m of "
       "a dense GEMM's FMAs); same arguments and result. variant: '' = best, 'avx2', 'generic'.");
+
+  // Block-sparse linear (llmaccel.sparsity.BSRWeight, fp32 or int8 tiles), see csrc/sparse_bsr.h.
+  m.def(
+      "sparse_bsr_linear",
+      [](int64_t M, int64_t N, int64_t K, int64_t bh, int64_t bw, int64_t nnzb, uintptr_t x, int64_t x_sm,
+         uintptr_t values, bool values_int8, int64_t values_st, int64_t values_sr, uintptr_t crow, uintptr_t col,
+         uintptr_t scale, uintptr_t bias, uintptr_t y, int64_t y_sm, int nthreads, const std::string& variant) {
+        py::gil_scoped_release release;
+        llmaccel::sparse_bsr_linear(M, N, K, bh, bw, nnzb, ptr<const float>(x), x_sm, ptr<const void>(values),
+                                    values_int8, values_st, values_sr, ptr<const int64_t>(crow),
+                                    ptr<const int32_t>(col), ptr<const float>(scale), ptr<const float>(bias),
+                                    ptr<float>(y), y_sm, nthreads, variant);
+      },
+      py::arg("M"), py::arg("N"), py::arg("K"), py::arg("bh"), py::arg("bw"), py::arg("nnzb"), py::arg("x"),
+      py::arg("x_sm"), py::arg("values"), py::arg("values_int8"), py::arg("values_st"), py::arg("values_sr"),
+      py::arg("crow_indices"), py::arg("col_indices"), py::arg("scale"), py::arg("bias"), py::arg("y"),
+      py::arg("y_sm"), py::arg("nthreads"), py::arg("variant") = "",
+      "y[M,N] fp32 = x[M,K] fp32 @ W^T + bias for a block-sparse W [N, K] stored as BSRWeight: values "
+      "[nnzb, bh, bw] (tile stride values_st, row stride values_sr, columns contiguous), fp32, or int8 "
+      "(values_int8) with fp32 per-row scale [N] (else scale = 0); crow_indices int64 [ceil(N/bh) + 1], "
+      "col_indices int32 [nnzb] (validated: a corrupt index raises ValueError). bias may be 0. "
+      "variant: '' = best, 'avx2', 'generic'.");
 }

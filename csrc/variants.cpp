@@ -54,6 +54,12 @@ constexpr Kernels sparse_nm_large_kernels(void (*run)(const SparseNMProblem&)) {
   return k;
 }
 
+constexpr Kernels sparse_bsr_kernels(void (*run)(const SparseBSRProblem&)) {
+  Kernels k;
+  k.sparse_bsr = run;
+  return k;
+}
+
 // Best first within a family.  The level must be the one setup.py compiles
 // the defining unit for: *_avx512vnni.cpp -> avx512, *_avx2.cpp -> avx2,
 // everything else generic.
@@ -83,10 +89,14 @@ constexpr Variant kVariants[] = {
 
     {Family::sparse_nm_large, "avx2", IsaLevel::avx2, sparse_nm_large_kernels(&sparse_nm_large_avx2)},
     {Family::sparse_nm_large, "generic", IsaLevel::generic, sparse_nm_large_kernels(&sparse_nm_large_generic)},
+
+    {Family::sparse_bsr, "avx2", IsaLevel::avx2, sparse_bsr_kernels(&sparse_bsr_avx2)},
+    {Family::sparse_bsr, "generic", IsaLevel::generic, sparse_bsr_kernels(&sparse_bsr_generic)},
 };
 
-const char* const kFamilyNames[kNumFamilies] = {"int8_mm", "int8_linear_weight_only", "quantize_per_token",
-                                                "attention", "sparse_nm", "sparse_bitmap", "sparse_nm_large"};
+const char* const kFamilyNames[kNumFamilies] = {"int8_mm",   "int8_linear_weight_only", "quantize_per_token",
+                                                "attention", "sparse_nm",               "sparse_bitmap",
+                                                "sparse_nm_large", "sparse_bsr"};
 
 std::string join(const std::vector<std::string>& v, const char* sep = ", ") {
   std::string s;

@@ -19,6 +19,7 @@
 #include "int8_mm.h"
 #include "isa.h"
 #include "sparse_bitmap.h"
+#include "sparse_bsr.h"
 #include "sparse_nm.h"
 #include "sparse_nm_large.h"
 
@@ -32,9 +33,10 @@ enum class Family : int {
   attention,
   sparse_nm,
   sparse_bitmap,
-  sparse_nm_large
+  sparse_nm_large,
+  sparse_bsr
 };
-constexpr int kNumFamilies = 7;
+constexpr int kNumFamilies = 8;
 
 using QuantizeKernel = void (*)(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm,
                                 float* scale, int nthreads);
@@ -58,6 +60,8 @@ struct Kernels {
   int64_t (*sparse_bitmap)(const SparseBitmapProblem&) = nullptr;
   // sparse_nm_large family: sparse_nm_large_linear (the large-M N:M kernel, same problem).
   void (*sparse_nm_large)(const SparseNMProblem&) = nullptr;
+  // sparse_bsr family: sparse_bsr_linear (block-sparse fp32 linear).
+  void (*sparse_bsr)(const SparseBSRProblem&) = nullptr;
 };
 
 struct Variant {

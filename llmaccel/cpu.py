@@ -29,6 +29,7 @@ OP_FAMILIES = {
     "sparse_nm_linear": "sparse_nm",
     "sparse_bitmap_linear": "sparse_bitmap",
     "sparse_nm_large_linear": "sparse_nm_large",
+    "sparse_bsr_linear": "sparse_bsr",
 }
 
 

@@ -80,3 +80,20 @@ def spawn_gloo(fn, world, tmp_path, *args):
     import torch.multiprocessing as mp
 
     mp.spawn(_gloo_rank, args=(fn, str(tmp_path / "init"), world, args), nprocs=world, join=True)
+
+
+def strided_x_cases(K: int, rows: int = 9) -> dict:
+    """x operands [..., K] of a linear kernel with every layout a wrapper must take: a row stride > K (used
+    in place), a column stride 2 (copied), one strided row, 3-D / transposed / 4-D batches, a transposed
+    matrix and stride-0 rows.  Never zeros: randn."""
+    big = torch.randn(rows, 2 * K + 8)
+    return {
+        "row stride > K": big[:, 3:3 + K],
+        "column stride 2": big[:, 1:1 + 2 * K:2],
+        "one strided row": big[rows // 2, 5:5 + K],
+        "3-D batch": torch.randn(2, 3, K),
+        "transposed batch": torch.randn(3, 2, K).transpose(0, 1),
+        "transposed matrix": torch.randn(K, 7).t(),
+        "expanded (stride 0)": torch.randn(1, K).expand(4, K),
+        "4-D": torch.randn(2, 1, 3, K),
+    }

@@ -15,6 +15,7 @@ from llmaccel.sparsity import NMPackedWeight, prune, sparse_linear_reference
 from llmaccel.sparsity.cpu_kernel import nm_linear_cpp
 
 from cpp_calls import sparse_nm_cpp, sparse_nm_raw_2_4
+from helpers import strided_x_cases
 
 ALL_VARIANTS = [r["variant"] for r in ext().variant_table() if r["family"] == "sparse_nm"]
 AVAILABLE = llmaccel.cpu_info()["available_variants"]["sparse_nm"]
@@ -121,17 +122,7 @@ def test_strided_and_batched_x(variant, quantize):
     N, K = 113, 4100
     packed = _packed(N, K, "2:4", quantize=quantize)
     bias = torch.randn(N)
-    big = torch.randn(9, 2 * K + 8)
-    cases = {
-        "row stride > K": big[:, 3:3 + K],              # used in place
-        "column stride 2": big[:, 1:1 + 2 * K:2],       # copied into contiguous rows
-        "one strided row": big[4, 5:5 + K],
-        "3-D batch": torch.randn(2, 3, K),
-        "transposed batch": torch.randn(3, 2, K).transpose(0, 1),
-        "expanded (stride 0)": torch.randn(1, K).expand(4, K),
-        "4-D": torch.randn(2, 1, 3, K),
-    }
-    for name, x in cases.items():
+    for name, x in strided_x_cases(K).items():
         y = nm_linear_cpp(x, packed, bias, v)
         assert y.shape == (*x.shape[:-1], N), name
         _check(y.reshape(-1, N), x.reshape(-1, K), packed, bias)

@@ -23,6 +23,8 @@ Backends:
   values, expands each bitmap byte in registers; raises ``ValueError`` where a row's bitmap popcount
   disagrees with the offsets) up to its crossover; past them the weight expanded to dense fp32 once in C++
   (csrc/sparse_expand.cpp) and ``F.linear``.
+  ``layout="bsr"``: the block-sparse kernel at any M (csrc/sparse_bsr*.cpp, ``llmaccel.sparsity.bsr_linear_cpp``:
+  kept tiles only, a dense fp32 micro-kernel on each; fp32 or int8 tiles).
 * ``triton``: ``kernels/sparse_nm.py`` for ``layout="nm"`` (float or int8 values): loads the compressed
   values and index bits of a tile, expands them in registers, ``tl.dot`` with fp32 accumulation;
   ``kernels/sparse_bsr.py`` for ``layout="bsr"``: walks only a tile row's stored tiles.
@@ -56,12 +58,13 @@ from .._ext import ext
 from ..sparsity._bits import bits_for, packed_bytes
 from ..sparsity.cpu_bitmap import bitmap_linear_raw
 from ..sparsity.cpu_expand import bitmap_expand_raw, nm_expand_raw
+from ..sparsity import cpu_bsr
 from ..sparsity.cpu_kernel import nm_linear_raw
 from ..sparsity.cpu_nm_large import nm_large_linear_raw
 from ..sparsity.reference import sparse_linear_reference
 from ._checks import check_same_device, check_tensor, fail
 from .quantize import FLOAT_DTYPES
-from .sparse_linear_routes import bitmap_route, nm_route
+from .sparse_linear_routes import Route, bitmap_route, nm_route
 from .sparse_linear_layouts import LAYOUTS, fields_of, out_features, values_grad, weight_of
 from .spec import OpSpec, define
 
@@ -182,8 +185,8 @@ def _rows(a) -> int:
 
 
 def _cpp_check(a) -> Optional[str]:
-    if a.layout == "bsr":
-        return "the C++ backend has no BSR route yet (layout='bsr' runs on torch)"
+    if a.layout == "bsr":  # the BSR kernel (sparsity/cpu_bsr.py), any M
+        return cpu_bsr.op_refusal(a)
     if a.scale is None and a.values.dtype != torch.float32:
         return f"the C++ sparse routes take float32 or int8 values, got {a.values.dtype}"
     needed = {"nm": ("sparse_nm_linear", "sparse_nm_expand"),
@@ -196,6 +199,8 @@ def _cpp_check(a) -> Optional[str]:
 
 def _cpp_route(a):
     """The route (``sparse_linear_routes``): a sparse kernel below its measured crossover, else expand + sgemm."""
+    if a.layout == "bsr":
+        return Route("bsr", "the C++ BSR kernel: only the kept tiles, a dense micro-kernel on each, any M")
     if a.layout == "nm":
         return nm_route(_rows(a), a.meta[0], a.meta[1])
     return bitmap_route(_rows(a), a.values.numel() / max(1, a.index.shape[0] * a.x.shape[-1]))
@@ -217,6 +222,8 @@ def _expanded_weight(a) -> Tensor:
 @_op.implement("cpp", check=_cpp_check, describe=_describe_cpp)
 def _sparse_linear_cpp(a) -> Tensor:
     """``y = x @ W.T + bias`` in fp32 on the route :func:`_cpp_route` picks; the result in x's dtype."""
+    if a.layout == "bsr":
+        return cpu_bsr.op_run(a)
     x, bias = a.x, a.bias
     K = x.shape[-1]
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
@@ -309,7 +316,13 @@ def _sparse_linear_backward_torch(a):
     return _backward_on(a, weight.to_dense().to(torch.float32), weight)
 
 
-@_backward_op.implement("cpp", check=_cpp_check)
+def _cpp_backward_check(a) -> Optional[str]:
+    if a.layout == "bsr":
+        return "the C++ backward expands N:M and bitmap weights only (layout='bsr' runs on torch)"
+    return _cpp_check(a)
+
+
+@_backward_op.implement("cpp", check=_cpp_backward_check)
 def _sparse_linear_backward_cpp(a):
     """The weight expanded in C++ (no per-call pass of field checks: the forward's fields), then two sgemms."""
     weight = weight_of(a.x.shape[-1], a.values.detach(), a.index, a.offsets, a.scale, a.layout, a.meta,

@@ -13,7 +13,8 @@ Files: ``prune.py`` (masks), ``calibrate.py`` (activation norms),
 (the formats' per-channel int8), ``reference.py`` (the reference matmul),
 ``_bits.py`` (bit packing), ``_checks.py`` (argument and state checks),
 ``cpu_kernel.py`` (``nm_linear_cpp``: the C++ N:M kernel on an ``NMPackedWeight``), ``cpu_bitmap.py``
-(``bitmap_linear_cpp``: the C++ bitmap kernel on a ``BitmapWeight``), ``_cpu_args.py`` (their argument checks).
+(``bitmap_linear_cpp``: the C++ bitmap kernel on a ``BitmapWeight``), ``cpu_bsr.py``
+(``bsr_linear_cpp``: the C++ block-sparse kernel on a ``BSRWeight``), ``_cpu_args.py`` (their argument checks),
 ``distill.py`` (``distill_``: recover a pruned model's accuracy from its dense original).
 """
 
@@ -21,6 +22,7 @@ from .bitmap import BitmapWeight
 from .bsr import BSRWeight
 from .calibrate import calibrate
 from .cpu_bitmap import bitmap_linear_cpp
+from .cpu_bsr import bsr_linear_cpp
 from .cpu_kernel import nm_linear_cpp
 from .distill import DistillReport, distill_, distill_parameters
 from .int8 import quantize_int8_per_row
@@ -30,4 +32,4 @@ from .reference import FORMATS, sparse_linear_reference
 
 __all__ = ["prune", "calibrate", "NMPackedWeight", "BitmapWeight", "BSRWeight", "FORMATS",
            "quantize_int8_per_row", "sparse_linear_reference", "nm_linear_cpp",
-           "bitmap_linear_cpp", "distill_", "distill_parameters", "DistillReport"]
+           "bitmap_linear_cpp", "bsr_linear_cpp", "distill_", "distill_parameters", "DistillReport"]
