@@ -39,7 +39,7 @@ K = N = 4096
 @functools.lru_cache(maxsize=3)
 def _stack(n_layers: int, seed: int, k: int = K, n: int = N, fmt: str = "2:4"):
     """(compressed weight, pruned dense fp32 weight, bias) per layer (cached, read-only).  ``fmt`` "2:4": the
-    N:M packed format; "unstructured:<s>": magnitude-pruned to sparsity s in the bitmap format; "bsr:<s>":
+    N:M packed format ("2:4-int8": with int8 values and per-row scales); "unstructured:<s>": magnitude-pruned to sparsity s in the bitmap format; "bsr:<s>":
     that share of the 32 x 32 tiles pruned by magnitude, in the BSR format."""
     from ..sparsity import BitmapWeight, BSRWeight, NMPackedWeight, prune
 
@@ -54,6 +54,9 @@ def _stack(n_layers: int, seed: int, k: int = K, n: int = N, fmt: str = "2:4"):
             packed = BSRWeight.from_dense(w, mask, (32, 32))
         elif fmt.startswith("unstructured:"):
             packed = BitmapWeight.from_dense(w, prune(w, "unstructured", sparsity=float(fmt.split(":")[1])))
+        elif fmt.endswith("-int8"):
+            pattern = fmt[:-len("-int8")]
+            packed = NMPackedWeight.from_dense(w, prune(w, pattern), pattern, quantize="int8")
         else:
             packed = NMPackedWeight.from_dense(w, prune(w, fmt), fmt)
         layers.append((packed, packed.to_dense(), b))
@@ -61,11 +64,12 @@ def _stack(n_layers: int, seed: int, k: int = K, n: int = N, fmt: str = "2:4"):
 
 
 def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dtype: Optional[torch.dtype] = None,
-             fmt: str = "2:4", peer_csr: bool = False):
+             fmt: str = "2:4", peer_csr: bool = False, peer_int8: bool = False):
     """Builder: M tokens through ``n_layers`` chained k x n layers pruned as ``fmt`` says (``_stack``;
     ``n_stacks`` weight sets rotating), fp32 on the CPU and bf16 on a GPU unless ``dtype`` says otherwise.
     Peer: ``F.linear`` on the dense pruned weights, or with ``peer_csr`` the same weights as torch.sparse CSR
-    (``to_sparse_csr()``, ``W @ y.T``: MKL sparse on the CPU)."""
+    (``to_sparse_csr()``, ``W @ y.T``: MKL sparse on the CPU), or with ``peer_int8`` our dense int8 weight-only
+    linear (``llmaccel.int8_linear(act="weight_only")``, what ``Int8Linear`` runs) on the same int8 weights."""
 
     def build(case: Case, device: torch.device) -> Bench:
         import llmaccel
@@ -102,6 +106,14 @@ def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dt
 
             def layer(y, w, b):
                 return (w @ y.t()).t() + b
+        elif peer_int8:  # the dense pruned weights as int8 + per-row scales (exactly the sparse values)
+            from ..nn.int8_linear import quantize_weight_per_channel
+
+            weights = [[quantize_weight_per_channel(w) for w in layers] for layers in dense]
+            dense = None
+
+            def layer(y, w, b):
+                return llmaccel.int8_linear(y, w[0], w[1], b, act="weight_only")
         else:
             weights, layer = dense, torch.nn.functional.linear
 
@@ -163,6 +175,19 @@ CASES.append(Case(op="sparse_linear", name="prefill128-2:4-vs-fp32", shape=f"M=1
                   device="cpu", peer=_PEER[0], peer_description=_PEER[1],
                   description="128 tokens through one 4096 x 4096 2:4 layer (3 weight sets rotate)",
                   build=_builder(128, 1, 3)))
+
+# 2:4 with int8 values (weight-only int8: the kernel converts them in registers), decode through 8 layers:
+# against dense fp32 F.linear, and against our dense int8 weight-only linear on the same int8 weights.
+_DESC_INT8 = ("one token through 8 chained 4096 x 4096 2:4 layers with int8 values + per-row scales (0.63 of a "
+              "byte per weight: 0.16x dense fp32, 0.63x dense int8; beyond L3)")
+CASES.append(Case(op="sparse_linear", name="decode-2:4-int8-vs-fp32", shape=f"M=1 K={K} N={N} x8 layers 2:4 int8",
+                  device="cpu", peer=_PEER[0], peer_description=_PEER[1], description=_DESC_INT8,
+                  build=_builder(1, 8, 1, fmt="2:4-int8")))
+CASES.append(Case(op="sparse_linear", name="decode-2:4-int8-vs-int8", shape=f"M=1 K={K} N={N} x8 layers 2:4 int8",
+                  device="cpu", peer="llmaccel int8 weight-only (dense)",
+                  peer_description="llmaccel.int8_linear(act='weight_only') (what Int8Linear runs) on the same "
+                                   "pruned weights stored dense as int8 + per-row scales",
+                  description=_DESC_INT8, build=_builder(1, 8, 1, fmt="2:4-int8", peer_int8=True)))
 
 # Unstructured sparsity in the bitmap format (csrc/sparse_bitmap*.cpp), decode through 8 layers, at 50 % and
 # 90 %: against dense F.linear on the same pruned weights, and against torch.sparse CSR of them.
