@@ -20,8 +20,9 @@ route       what runs                                                           
 
 The crossover M is measured, not guessed: ``bench/sparse_crossover.py`` times each sparse kernel against
 dense fp32 ``F.linear`` over M (4 rotating 4096 x 4096 layers, beyond the last-level cache, 2 threads) and
-the largest M at which the kernel still won goes in :data:`CROSSOVER_M`, per route and CPU variant, with the
-CPU it was measured on.  A variant with no measurement of its own uses the avx2 row (documented guess:
+the largest M at which the kernel is still the fastest route (it beats dense; or, where nothing beats dense,
+it beats the expand route) goes in :data:`CROSSOVER_M`, per route and CPU variant, with the CPU it was
+measured on.  A variant with no measurement of its own uses the avx2 row (documented guess:
 AVX-512 streams the same bytes and its dense GEMM is faster too).  The density dependence is the kernel's
 work: a kernel that does ``density`` of the dense FLOPs crosses over at M proportional to ``1 / density``
 (measured at the density in the table, scaled for others).  The bitmap kernel is the exception: it does
@@ -39,7 +40,7 @@ from .._ext import ext
 
 @dataclass(frozen=True)
 class Crossover:
-    """Largest M (rows of x) at which ``route`` beat dense fp32 ``F.linear``, measured at ``density``."""
+    """Largest M (rows of x) at which ``route`` was the fastest (module docstring), measured at ``density``."""
 
     max_m: int
     density: float
@@ -52,13 +53,22 @@ class Crossover:
 
 # (route, CPU variant) -> crossover.  See the module docstring and bench/RESULTS.md.
 CROSSOVER_M: dict[tuple[str, str], Crossover] = {
-    # 2:4 fp32, 4096 x 4096: 1.78 / 3.48 / 5.39 / 2.16 / 1.27x dense at M = 1 / 2 / 4 / 8 / 16, 0.97x at 32.
-    ("nm", "avx2"): Crossover(16, 0.5, "AMD EPYC (Zen 3 class, AVX2), 2 threads, 2026-11-30"),
-    # bitmap fp32, 4096 x 4096, bench/sparse_crossover.py --routes bitmap90 bitmap50 on the shared 2-core VM
-    # under heavy contention (load ~7): 90 %: 0.98 / 3.4 / 5.4 / 3.9 / 3.0 / 1.7x dense at M = 1 / 2 / 4 / 8 /
-    # 16 / 32; 50 %: 1.03 / 3.7 / 4.7 / 4.0 / 2.2 / 1.8x.  The dense peer's M >= 2 times were anomalous there
-    # (4x its M = 1 time), so the crossover is taken at 16, not 32, until a quiet machine re-measures it.
-    ("bitmap", "avx2"): Crossover(16, 0.5, "AMD EPYC (Zen 3 class, AVX2), 2 threads, contended, 2026-11-30"),
+    # Quiet AMD EPYC (Zen 3 class, AVX2), 2 threads, 17:20 UTC, bench/sparse_crossover.py (dense time / route
+    # time).  2:4 fp32: 2.35 / 3.75 / 2.56 / 1.71x at M = 1 / 4 / 8 / 16, 0.98x at 24, 0.72x at 32; the large-M
+    # kernel 0.90x at 16, 0.99x at 24, 1.03x at 32, 1.30x at 64, 1.38x at 512: the small kernel up to 16.
+    ("nm", "avx2"): Crossover(16, 0.5, "AMD EPYC (Zen 3 class, AVX2), 2 threads, quiet, 2026-11-30"),
+    # bitmap fp32, 50 % / 90 % sparse: 2.04 / 2.45x at M = 1, 1.73 / 1.76x at 16, 1.21 / 1.25x at 24, 1.03 /
+    # 0.93x at 32, 0.67 / 0.55x at 128, 0.40 / 0.39x at 512.  Past 24-32 rows no route beats dense (there is no
+    # large-M bitmap kernel), so the question is the faster of the kernel and expand + sgemm, which ran
+    # 0.30 / 0.37 / 0.51 / 0.78x at M = 32 / 64 / 128 / 512 (its 64 MB buffer is allocated and faulted in per
+    # call): the kernel up to 128 rows.
+    ("bitmap", "avx2"): Crossover(128, 0.5, "AMD EPYC (Zen 3 class, AVX2), 2 threads, quiet, 2026-11-30"),
+    # The scalar generic variants (LLMACCEL_CPU_ISA=generic on the same CPU, so dense is still AVX2 MKL) never
+    # beat dense: 2:4 0.32 / 0.64 / 0.71 / 0.34 / 0.18x at M = 1 / 2 / 4 / 8 / 16, bitmap 50 % 0.43 / 0.76 /
+    # 0.87 / 0.41 / 0.27x; against the expand route (0.09 / 0.26 / 0.23 / 0.26x at 1 / 4 / 8 / 16) the kernels
+    # win up to 8 (2:4) and 16 (bitmap) rows.
+    ("nm", "generic"): Crossover(8, 0.5, "AMD EPYC (Zen 3 class), generic variant, 2 threads, quiet, 2026-11-30"),
+    ("bitmap", "generic"): Crossover(16, 0.5, "AMD EPYC (Zen 3 class), generic variant, 2 threads, quiet, 2026-11-30"),
 }
 
 
