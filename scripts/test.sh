@@ -125,8 +125,9 @@ run_pass "sanitize: the C++-path tests against an ASan/UBSan build of llmaccel._
   LLMACCEL_PASS_RUNNER=scripts/sanitize.sh --
 run_pass "triton-interpreter: the Triton kernels on CPU in Triton's interpreter, small shapes (slowest, ~3 min)" \
   TRITON_INTERPRET=1 LLMACCEL_BACKEND=triton -- tests -m "triton and not slow"
-# Benchmarks stay out of the timed tests; this only checks that every case runs and verifies.
+# Benchmarks stay out of the timed tests; this only checks that every case runs and verifies
+# (LLMACCEL_BENCH_SMOKE=1: chained-layer cases build 2 layers instead of 8, llmaccel/bench/case.py smoke_layers).
 run_pass "bench-smoke: every benchmark case once, untimed (checks the suites, not speed)" \
-  -- bench --benchmark-disable
+  LLMACCEL_BENCH_SMOKE=1 -- bench --benchmark-disable
 
 run_all

@@ -6,6 +6,7 @@ Every ``cases_<op>.py`` module builds on these; the registry (``cases.py``) coll
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -154,6 +155,13 @@ def random_int8_nonzero(shape: tuple[int, ...], generator: torch.Generator, devi
     x = torch.randint(-128, 127, shape, dtype=torch.int8, generator=generator, device=device)  # [-128, 126]
     x += (x >= 0).to(torch.int8)                                                              # 0..126 -> 1..127
     return x
+
+
+def smoke_layers(n_layers: int) -> int:
+    """Layers a chained-layer case builds: ``n_layers``, or at most 2 under ``LLMACCEL_BENCH_SMOKE=1`` (the CI's
+    untimed bench-smoke pass, which checks that every case builds, runs and verifies, not its speed: building
+    and pruning 8 layers of 4096 x 4096 takes ~25 s a case there)."""
+    return min(n_layers, 2) if os.environ.get("LLMACCEL_BENCH_SMOKE") == "1" else n_layers
 
 
 def seeded_generator(device: torch.device, seed: int) -> torch.Generator:

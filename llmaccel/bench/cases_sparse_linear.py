@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 import torch
 
-from .case import Bench, Case, Work, seeded_generator
+from .case import Bench, Case, Work, seeded_generator, smoke_layers
 
 CASES: list[Case] = []  # collected by the registry (cases.py)
 
@@ -76,7 +76,8 @@ def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dt
 
         dt = dtype or (torch.float32 if device.type == "cpu" else torch.bfloat16)
         g = seeded_generator(device, 1)
-        stacks = [_stack(n_layers, 20 + s, k, n, fmt) for s in range(n_stacks)]
+        layers_built = smoke_layers(n_layers)
+        stacks = [_stack(layers_built, 20 + s, k, n, fmt) for s in range(n_stacks)]
 
         def on_device(t):
             """A field on the case's device; float values (the stacks hold no int8 scales) in the case's dtype."""
@@ -151,7 +152,7 @@ def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dt
                                                                       - p.values.element_size())
                                      for p, _, _ in stacks[0]))
         what = "bitmap weight" if fmt.startswith("unstructured") else f"{fmt} packed weight"
-        work = Work(ops=2.0 * M * n * k * n_layers, bytes=packed_bytes if M <= 2 else None,
+        work = Work(ops=2.0 * M * n * k * layers_built, bytes=packed_bytes if M <= 2 else None,
                     bytes_what=what, ops_unit="GFLOP/s")
         bench = Bench(ours, peer, work, args, n_stacks)
         bench.check = check
