@@ -34,6 +34,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .quantize import _model_bytes  # the bytes quantize_ and optimize report
+
 SENTENCES = [
     "A man is playing a guitar on the street corner while people walk by.",
     "The quarterly earnings report exceeded analysts' expectations by a wide margin.",
@@ -138,15 +140,6 @@ def embed(out_hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize((out_hidden * m).sum(1) / m.sum(1).clamp(min=1), dim=-1).double()
 
 
-def weight_bytes(model: torch.nn.Module) -> int:
-    seen, total = set(), 0
-    for t in list(model.parameters()) + list(model.buffers()):
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
-
-
 # --------------------------------------------------------------------------
 # configurations
 # --------------------------------------------------------------------------
@@ -158,14 +151,14 @@ def torch_configs(model, tok) -> list[tuple[str, Callable[[dict], torch.Tensor],
     def runner(m):
         return lambda batch: m(**batch).last_hidden_state
 
-    out = [("fp32 (transformers, sdpa)", runner(model), weight_bytes(model), "")]
+    out = [("fp32 (transformers, sdpa)", runner(model), _model_bytes(model), "")]
     calib = [encode(tok, CALIBRATION)]
     for name, kw in (("llmaccel attention", {}),
                      ("llmaccel attention + int8", {"quantize": "int8", "calibration": calib}),
                      ("llmaccel attention + 2:4", {"sparsity": "2:4"})):
         m = llmaccel.optimize(copy.deepcopy(model), **kw)
         note = "one-shot magnitude pruning, no recovery" if "2:4" in name else ""
-        out.append((name, runner(m), weight_bytes(m), note))
+        out.append((name, runner(m), _model_bytes(m), note))
     return out
 
 

