@@ -306,7 +306,7 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
     if (split_columns_only) {
       for (int64_t m0 = 0; m0 < P; m0 += MC) {
         const int64_t m1 = std::min(P, m0 + MC);
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
         for (int64_t g = 0; g < ngroups; ++g) {
           const int64_t n0 = g * nr;
           const int Cn = static_cast<int>(std::min<int64_t>(nr, N - n0));

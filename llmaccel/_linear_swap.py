@@ -5,7 +5,49 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import torch
 from torch import nn
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (the GPT-2 family's projections): ``y = x @ W + b`` with ``W`` [in, out],
+    i.e. an ``nn.Linear`` whose weight is stored transposed.  Matched by class (no transformers import)."""
+    t = type(module)
+    return t.__name__ == "Conv1D" and t.__module__.startswith("transformers") and hasattr(module, "nf") \
+        and isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() == 2
+
+
+def conv1d_to_linear_(model: nn.Module) -> list[str]:
+    """Replace every transformers ``Conv1D`` in ``model`` by the ``nn.Linear`` computing the same function,
+    in every slot that holds it; returns their (first) names.
+
+    ``Conv1D(nf, nx)``: ``weight`` [nx, nf], ``y = addmm(bias, x, weight)``; the Linear gets
+    ``weight.T`` [nf, nx] (copied once, contiguous) and the same bias, dtype, device and ``requires_grad``.
+    The float function is unchanged up to the summation order of the matmul.  quantize_, sparsify_ and
+    smooth_ call this first, so GPT-2-style models are quantized like any other.
+    """
+    names = {id(m): fqn for fqn, m in reversed(list(model.named_modules()))}  # first name wins
+    done: dict[int, nn.Linear] = {}
+    for _, parent in list(model.named_modules(remove_duplicate=False)):
+        for attr, child in list(parent._modules.items()):
+            if child is None or not is_conv1d(child):
+                continue
+            lin = done.get(id(child))
+            if lin is None:
+                w = child.weight
+                nx, nf = w.shape
+                lin = nn.Linear(nx, nf, bias=child.bias is not None, device=w.device, dtype=w.dtype)
+                with torch.no_grad():
+                    lin.weight.copy_(w.t())
+                    if child.bias is not None:
+                        lin.bias.copy_(child.bias)
+                lin.weight.requires_grad_(w.requires_grad)
+                if child.bias is not None:
+                    lin.bias.requires_grad_(child.bias.requires_grad)
+                lin.train(child.training)
+                done[id(child)] = lin
+            setattr(parent, attr, lin)
+    return [names[i] for i in done]
 
 
 def sequential_head(model: nn.Module) -> Optional[nn.Linear]:

@@ -7,7 +7,9 @@ Calling convention follows torchao's ``quantize_(model, config, filter_fn)``::
     print(summary)                      # what was swapped, what was skipped and why, bytes saved
 
 ``filter_fn(module, fqn) -> bool`` (optional) is asked about every
-``nn.Linear``; ``False`` keeps that layer in floating point.
+``nn.Linear``; ``False`` keeps that layer in floating point.  transformers' ``Conv1D`` layers (GPT-2's
+projections: a Linear with its weight stored transposed) are first replaced by the ``nn.Linear`` they
+compute (:func:`llmaccel._linear_swap.conv1d_to_linear_`), so GPT-2-style models quantize like any other.
 
 Skipped by default (``Int8Config(skip_output_head=True)``): output heads
 (the logits are the layer most sensitive to quantization error), recognized
@@ -55,7 +57,7 @@ from typing import Callable, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from ._linear_swap import linear_sites, replace_linears, summary_tail
+from ._linear_swap import conv1d_to_linear_, linear_sites, replace_linears, summary_tail
 from ._swap import after_swap
 from .nn.int8_linear import ACT_MODES, Int8Linear
 from .ops.int8_mm import MAX_K
@@ -180,6 +182,7 @@ def quantize_(model: nn.Module, config: Int8Config | None = None,
         raise TypeError("quantize_ swaps submodules in place and cannot replace the model object itself; "
                         "use Int8Linear.from_linear(linear) for a bare nn.Linear")
 
+    conv1d_to_linear_(model)  # GPT-2-style Conv1D projections become the Linears they are
     sites = linear_sites(model)
     linears = sites.linears
     explicit = dict(smooth_scales or {})

@@ -298,6 +298,9 @@ def smooth_(model: nn.Module, calibration_batches: Iterable, alpha: float = 0.5,
     alpha = float(alpha)
     run = forward_fn if forward_fn is not None else (lambda m, b: m(b))
 
+    from ._linear_swap import conv1d_to_linear_
+
+    conv1d_to_linear_(model)  # GPT-2-style Conv1D projections become the Linears they are
     named = dict(model.named_modules())
     linears = {fqn: m for fqn, m in named.items() if isinstance(m, nn.Linear)}
     norms = {fqn: m for fqn, m in named.items() if isinstance(m, NORM_TYPES)}

@@ -32,7 +32,7 @@ from torch import nn
 from ._swap import after_swap
 from .nn.int8_linear import Int8Linear
 from .nn.sparse_linear import SparseLinear
-from ._linear_swap import linear_sites, replace_linears, summary_tail
+from ._linear_swap import conv1d_to_linear_, linear_sites, replace_linears, summary_tail
 from .quantize import OUTPUT_HEAD_NAMES, _model_bytes, _tensor_bytes
 from .sparsity import calibrate
 from .sparsity._checks import parse_nm
@@ -169,6 +169,7 @@ def sparsify_(model: nn.Module, config: SparsityConfig | None = None,
     if isinstance(model, nn.Linear):
         raise TypeError("sparsify_ swaps submodules in place and cannot replace the model object itself; "
                         "use SparseLinear.from_linear(linear) for a bare nn.Linear")
+    conv1d_to_linear_(model)  # GPT-2-style Conv1D projections become the Linears they are
     sites = linear_sites(model)
     quantized = [fqn for fqn, m in model.named_modules() if isinstance(m, Int8Linear)]
     if quantized:
