@@ -306,6 +306,10 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
     if (split_columns_only) {
       for (int64_t m0 = 0; m0 < P; m0 += MC) {
         const int64_t m1 = std::min(P, m0 + MC);
+        // nowait: blocks write disjoint rows and read A packed before the barrier above; the same
+        // static schedule over the same trip count gives each thread the same column groups in every
+        // block, so the column sums a VNNI ones-row tile writes in block 0 are read by the thread that
+        // wrote them.  A barrier per block only made the threads wait for each other's stragglers.
 #pragma omp for schedule(static) nowait
         for (int64_t g = 0; g < ngroups; ++g) {
           const int64_t n0 = g * nr;
