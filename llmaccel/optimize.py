@@ -13,7 +13,9 @@ In place (the model is returned for chaining).  What it does, in this order:
    activation norms from ``calibration``.
 2. ``quantize`` (``"int8"``: W8A8 dynamic ``Int8Linear``; ``"int8-weight-only"``: int8 weights, float
    activations): :func:`~llmaccel.quantize_`; with ``calibration`` and ``"int8"``, SmoothQuant
-   (:func:`~llmaccel.smooth_`, alpha 0.5) first.  Output heads and tied weights stay float (``quantize_``'s
+   (:func:`~llmaccel.smooth_`) first, its ``alpha`` chosen by measurement (``smooth_alpha="auto"``: each
+   candidate, no smoothing included, applied to a copy and scored by the error on the calibration batches;
+   :mod:`llmaccel._smooth_search`) or given (``smooth_alpha=0.5``; ``None``: no SmoothQuant).  Output heads and tied weights stay float (``quantize_``'s
    rule).
 3. ``attention``: transformers models (and the transformers model inside a sentence-transformers model) get
    ``attn_implementation="llmaccel"`` (:mod:`llmaccel.integrations.transformers`); every plain
@@ -46,6 +48,7 @@ from . import _swap
 from .cpu import cpu_info
 from .nn.attention import MultiheadAttention as LlmaccelMHA
 from .quantize import Int8Config, QuantizeSummary, _model_bytes, quantize_
+from ._smooth_search import choose_alpha
 from .smoothquant import SmoothReport, smooth_
 from .sparsify import SparsifySummary, SparsityConfig, sparsify_
 
@@ -69,6 +72,7 @@ class OptimizeReport:
     calibration: str
     calibration_error: dict[str, float] = field(default_factory=dict)
     compiled: bool = False
+    smooth_choice: str = ""   # how SmoothQuant's alpha was chosen (int8 with calibration), with the measured errors
 
     def __str__(self) -> str:
         lines = ["llmaccel.optimize report"]
@@ -83,6 +87,8 @@ class OptimizeReport:
         if self.smooth is not None:
             n = sum(len(v) for v in self.smooth.folded.values()) + len(self.smooth.smooth_scales)
             lines.append(f"  smooth    : SmoothQuant alpha {self.smooth.alpha} on {n} Linears")
+        if self.smooth_choice:
+            lines.append(f"  smoothing : {self.smooth_choice}")
         lines.append(f"  kernels   : " + ", ".join(f"{k} {v}" for k, v in self.kernels.items()))
         lines.append(f"  weights   : {self.bytes_before / 2**20:.1f} MiB -> {self.bytes_after / 2**20:.1f} MiB "
                      f"({self.bytes_after / max(self.bytes_before, 1):.2f}x)")
@@ -201,7 +207,7 @@ def _swap_attention(model: nn.Module) -> list[str]:
 # optimize
 # --------------------------------------------------------------------------
 
-def _check_options(model, attention, quantize, sparsity, calibration, filter_fn, compile):
+def _check_options(model, attention, quantize, sparsity, calibration, filter_fn, compile, smooth_alpha="auto"):
     if not isinstance(model, nn.Module):
         raise TypeError(f"{_WHERE}: model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(attention, bool):
@@ -222,6 +228,10 @@ def _check_options(model, attention, quantize, sparsity, calibration, filter_fn,
         raise TypeError(f"{_WHERE}: filter_fn must be callable (module, fqn) -> bool")
     if not isinstance(compile, bool):
         raise TypeError(f"{_WHERE}: compile must be True or False, got {compile!r}")
+    if not (smooth_alpha is None or smooth_alpha == "auto" or
+            (isinstance(smooth_alpha, (int, float)) and not isinstance(smooth_alpha, bool)
+             and 0.0 <= float(smooth_alpha) <= 1.0)):
+        raise ValueError(f"{_WHERE}: smooth_alpha must be 'auto', None or a number in [0, 1], got {smooth_alpha!r}")
 
 
 def _sparsity_config(sparsity, quantize, calibration) -> SparsityConfig:
@@ -250,10 +260,11 @@ def _kernels(report_parts: set[str]) -> dict[str, str]:
 
 def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str] = None,
              sparsity=None, calibration: Optional[Iterable] = None,
-             filter_fn: Optional[Callable[[nn.Module, str], bool]] = None, compile: bool = False) -> nn.Module:
+             filter_fn: Optional[Callable[[nn.Module, str], bool]] = None, compile: bool = False,
+             smooth_alpha="auto") -> nn.Module:
     """Swap llmaccel's attention, int8 and sparse layers into ``model`` in place (module docstring); returns
     ``model``, with the :class:`OptimizeReport` at ``model.llmaccel_report``."""
-    _check_options(model, attention, quantize, sparsity, calibration, filter_fn, compile)
+    _check_options(model, attention, quantize, sparsity, calibration, filter_fn, compile, smooth_alpha)
     batches = list(calibration) if calibration is not None else None
     run = _runner(model)
     bytes_before = _model_bytes(model)
@@ -266,6 +277,7 @@ def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str
 
     parts: set[str] = set()
     sparse_summary = quant_summary = smooth_report = None
+    smooth_choice = ""
     if sparsity is not None:
         config = _sparsity_config(sparsity, quantize, batches)
         if config.method == "wanda" and config.forward_fn is None:
@@ -273,10 +285,22 @@ def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str
         sparse_summary = sparsify_(model, config, filter_fn)
         parts.add("sparse")
     elif quantize is not None:
-        if quantize == "int8" and batches:
-            smooth_report = smooth_(model, batches, 0.5, forward_fn=run)
         act = "dynamic" if quantize == "int8" else "weight_only"
-        quant_summary = quantize_(model, Int8Config(act=act), filter_fn)
+
+        def apply(m: nn.Module, alpha: Optional[float]):
+            smoothed = smooth_(m, batches, alpha, forward_fn=run) if alpha is not None else None
+            return smoothed, quantize_(m, Int8Config(act=act), filter_fn)
+
+        alpha = None
+        if quantize == "int8" and batches:
+            if smooth_alpha == "auto":
+                alpha, _, smooth_choice = choose_alpha(
+                    model, apply, lambda m: _error(reference, _outputs(m, batches, run)), bytes_before)
+            else:
+                alpha = None if smooth_alpha is None else float(smooth_alpha)
+                smooth_choice = ("no SmoothQuant (smooth_alpha=None)" if alpha is None
+                                 else f"SmoothQuant alpha {alpha} (given)")
+        smooth_report, quant_summary = apply(model, alpha)
         parts.add(quantize)
     done = []
     if attention:
@@ -291,11 +315,12 @@ def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str
         model.compile(fullgraph=True)
     calib = f"{len(batches)} batches" if batches else "none"
     if smooth_report is not None:
-        calib += " (SmoothQuant alpha 0.5)"
+        calib += f" (SmoothQuant alpha {smooth_report.alpha})"
     if sparse_summary is not None and config.method == "wanda":
         calib += " (Wanda activation norms)"
     report = OptimizeReport(attention=done, quantize=quant_summary, sparsify=sparse_summary, smooth=smooth_report,
                             kernels=_kernels(parts), bytes_before=bytes_before, bytes_after=_model_bytes(model),
-                            calibration=calib, calibration_error=error, compiled=compile)
+                            calibration=calib, calibration_error=error, compiled=compile,
+                            smooth_choice=smooth_choice)
     model.llmaccel_report = report
     return model
