@@ -144,8 +144,10 @@ def embed(out_hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # configurations
 # --------------------------------------------------------------------------
 
-def torch_configs(model, tok) -> list[tuple[str, Callable[[dict], torch.Tensor], int, str]]:
-    """(name, hidden-states function, weight bytes, note) per configuration on the torch side."""
+def torch_configs(model, tok, compile: bool = False) -> list[tuple[str, Callable[[dict], torch.Tensor], int, str]]:
+    """(name, hidden-states function, weight bytes, note) per configuration on the torch side.  With
+    ``compile``, the int8 configuration once more under ``torch.compile(fullgraph=True)``
+    (``optimize(compile=True)``); its compilation happens in the demo's warm-up pass, outside the timing."""
     import llmaccel
 
     def runner(m):
@@ -153,13 +155,38 @@ def torch_configs(model, tok) -> list[tuple[str, Callable[[dict], torch.Tensor],
 
     out = [("fp32 (transformers, sdpa)", runner(model), _model_bytes(model), "")]
     calib = [encode(tok, CALIBRATION)]
-    for name, kw in (("llmaccel attention", {}),
-                     ("llmaccel attention + int8", {"quantize": "int8", "calibration": calib}),
-                     ("llmaccel attention + 2:4", {"sparsity": "2:4"})):
+    int8 = {"quantize": "int8", "calibration": calib}
+    configs = [("llmaccel attention", {}), ("llmaccel attention + int8", int8)]
+    if compile:
+        configs.append(("llmaccel attention + int8, compiled", {**int8, "compile": True}))
+    configs.append(("llmaccel attention + 2:4", {"sparsity": "2:4"}))
+    for name, kw in configs:
         m = llmaccel.optimize(copy.deepcopy(model), **kw)
         note = "one-shot magnitude pruning, no recovery" if "2:4" in name else ""
+        if kw.get("compile"):
+            note = "torch.compile(fullgraph=True); compiled in the warm-up pass"
         out.append((name, runner(m), _model_bytes(m), note))
     return out
+
+
+def profile_split(fn: Callable[[dict], torch.Tensor], batch: dict, top: int = 4) -> dict[str, Any]:
+    """One profiled pass of ``fn(batch)``: self CPU time of llmaccel's kernels (``llmaccel::*`` ops) against
+    everything else (the "glue": GELU, adds, LayerNorm, copies, ...), in ms, with the ``top`` largest glue
+    ops.  Self time of each op, so nested ops are not counted twice; profiler overhead makes the total a
+    little larger than an unprofiled pass."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn(batch)
+    kernels, glue = 0.0, {}
+    for ev in prof.key_averages():
+        ms = ev.self_cpu_time_total / 1e3
+        if ev.key.startswith("llmaccel::"):
+            kernels += ms
+        elif ms > 0:
+            glue[ev.key] = glue.get(ev.key, 0.0) + ms
+    largest = sorted(glue.items(), key=lambda kv: -kv[1])[:top]
+    return {"kernels_ms": kernels, "glue_ms": sum(glue.values()), "largest_glue": largest}
 
 
 class _Hidden(torch.nn.Module):
@@ -211,14 +238,18 @@ def onnx_configs(model, batch: dict, workdir: str) -> list[tuple[str, Callable[[
 
 
 def run_demo(model_path: Optional[str] = None, batch: int = 32, seq: int = 128, reps: int = 3,
-             onnx: bool = True, progress: bool = True) -> tuple[str, list[Row]]:
-    """Builds every configuration, checks accuracy, times them round-robin; returns (model description, rows)."""
+             onnx: bool = True, progress: bool = True, compile: bool = False,
+             profile: bool = False) -> tuple[str, list[Row], dict]:
+    """Builds every configuration, checks accuracy, times them round-robin; returns (model description, rows,
+    profiles): ``profiles`` maps each torch-side configuration to :func:`profile_split` of one pass of the
+    timed batch when ``profile`` is set (else it is empty)."""
     model, tok, desc = load_model(model_path)
     acc_batch = encode(tok, SENTENCES)
     speed_sents = (SENTENCES * (batch // len(SENTENCES) + 1))[:batch]
     speed_batch = encode(tok, speed_sents, seq)
     with tempfile.TemporaryDirectory() as workdir:
-        configs = torch_configs(model, tok)
+        configs = torch_configs(model, tok, compile)
+        n_torch = len(configs)
         if onnx:
             configs += onnx_configs(model, speed_batch, workdir)
         bar = _progress(len(configs) * (reps + 2), progress)
@@ -238,12 +269,23 @@ def run_demo(model_path: Optional[str] = None, batch: int = 32, seq: int = 128, 
                     fn(speed_batch)
                     times[name].append(time.perf_counter() - t)
                     bar(1)
+            profiles = {name: profile_split(fn, speed_batch) for name, fn, _, _ in configs[:n_torch]} if profile \
+                else {}
     base = statistics.median(times[configs[0][0]])
     rows = []
     for name, _, nbytes, note in configs:
         t = statistics.median(times[name])
         rows.append(Row(name, 1e3 * t, batch / t, base / t, *accuracy[name], nbytes / 2**20, note))
-    return desc, rows
+    return desc, rows, profiles
+
+
+def profile_table(profiles: dict) -> str:
+    lines = ["", "where the time goes (one profiled pass each; self CPU ms: llmaccel kernels | everything else, "
+                 "largest of the rest)"]
+    for name, p in profiles.items():
+        rest = ", ".join(f"{k} {v:.0f}" for k, v in p["largest_glue"])
+        lines.append(f"  {name:<38} kernels {p['kernels_ms']:7.1f} | other {p['glue_ms']:7.1f}   ({rest})")
+    return "\n".join(lines)
 
 
 def _progress(total: int, enabled: bool) -> Callable[[int], None]:
@@ -300,13 +342,16 @@ def plot(rows: list[Row], path: str) -> None:
 
 
 def main(args) -> int:
-    desc, rows = run_demo(args.model, args.batch, args.seq, args.reps, onnx=not args.no_onnx,
-                          progress=not args.json)
+    desc, rows, profiles = run_demo(args.model, args.batch, args.seq, args.reps, onnx=not args.no_onnx,
+                                    progress=not args.json, compile=getattr(args, "compile", False),
+                                    profile=getattr(args, "profile", False))
     if args.json:
         print(json.dumps({"model": desc, "batch": args.batch, "seq": args.seq, "threads": torch.get_num_threads(),
-                          "rows": [asdict(r) for r in rows]}, indent=2))
+                          "rows": [asdict(r) for r in rows], "profiles": profiles}, indent=2))
     else:
         print(table(desc, rows, args.batch, args.seq))
+        if profiles:
+            print(profile_table(profiles))
     if args.plot:
         plot(rows, args.plot)
         if not args.json:

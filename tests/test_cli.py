@@ -23,7 +23,7 @@ def test_bench_passes_its_arguments_through(capsys):
 
 def test_demo_json_small_run(capsys):
     pytest.importorskip("transformers")
-    assert cli.main(["demo", "--batch", "2", "--seq", "8", "--reps", "1", "--no-onnx", "--json"]) == 0
+    assert cli.main(["demo", "--batch", "2", "--seq", "8", "--reps", "1", "--no-onnx", "--json", "--profile"]) == 0
     out = json.loads(capsys.readouterr().out)
     rows = {r["config"]: r for r in out["rows"]}
     assert set(rows) == {"fp32 (transformers, sdpa)", "llmaccel attention", "llmaccel attention + int8",
@@ -33,6 +33,10 @@ def test_demo_json_small_run(capsys):
     assert rows["llmaccel attention + int8"]["cosine_mean"] > 0.99
     assert rows["llmaccel attention + int8"]["weight_mib"] < rows["fp32 (transformers, sdpa)"]["weight_mib"]
     assert all(r["ms_per_batch"] > 0 for r in rows.values())
+    prof = out["profiles"]
+    assert set(prof) == set(rows)  # every torch-side configuration (no ONNX here)
+    assert prof["fp32 (transformers, sdpa)"]["kernels_ms"] == 0  # no llmaccel op in the original model
+    assert prof["llmaccel attention + int8"]["kernels_ms"] > 0 and prof["llmaccel attention"]["kernels_ms"] > 0
 
 
 def test_bad_demo_option_exits_with_a_message():
