@@ -8,8 +8,9 @@ topics; 300 train, 100 held out)::
     logits(s)  = W feature(s) + b                       (the head: the only trained parameters)
     loss       = mean over the global batch of cross_entropy(logits, label)
 
-Two bases train side by side in one process, their epochs interleaved (fp32 epoch 1, int8 epoch 1, fp32
-epoch 2, ...), so load drift on a shared machine hits both alike:
+Two bases train side by side in one process, their optimizer steps interleaved (fp32 step 1, int8 step 1,
+fp32 step 2, ...; each timed on its own and summed per epoch), so load drift on a shared machine hits both
+alike:
 
 * ``fp32``: the transformers model as loaded (SDPA attention);
 * ``int8``: ``llmaccel.optimize(quantize="int8", calibration=[a train batch])`` (SmoothQuant, W8A8
@@ -245,7 +246,7 @@ def _load(tiny: bool):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--global-batch", type=int, default=32)
     ap.add_argument("--accumulate", type=int, default=2)
@@ -285,20 +286,23 @@ def main() -> None:
     say(f"{len(train_x)} train / {len(test_x)} test sentences, {len(LABELS)} classes; {world} process(es) x "
         f"{torch.get_num_threads()} thread(s); global batch {args.global_batch} = {world} x {args.accumulate} "
         f"micro-batches of {args.global_batch // (world * args.accumulate)}; AdamW lr {args.lr}; {args.epochs} "
-        f"epochs of {len(epochs[0])} steps, fp32 and int8 epochs interleaved")
+        f"epochs of {len(epochs[0])} steps, fp32 and int8 steps interleaved")
     for e, batches in enumerate(epochs):
+        wall, cpu, step_losses = {n: 0.0 for n in runs}, {n: 0.0 for n in runs}, {n: [] for n in runs}
+        for b, y in batches:
+            micro = rank_micro_batches(b, y, rank, world, args.accumulate)
+            for name, r in runs.items():   # fp32 step, int8 step, fp32 step, ...: drift hits both alike
+                if distributed:
+                    dist.barrier()
+                t, c = time.perf_counter(), time.process_time()
+                step_losses[name].append(train_step(r["model"], r["head"], r["opt"], micro, y.numel()))
+                wall[name] += time.perf_counter() - t
+                cpu[name] += time.process_time() - c
         for name, r in runs.items():
-            if distributed:
-                dist.barrier()
-            t, c = time.perf_counter(), time.process_time()
-            step_losses = [train_step(r["model"], r["head"], r["opt"],
-                                      rank_micro_batches(b, y, rank, world, args.accumulate), y.numel())
-                           for b, y in batches]
-            # the slowest rank's time is the step's time; CPU seconds summed over ranks
-            wall, cpu = time.perf_counter() - t, time.process_time() - c
-            r["epoch_s"].append(_allreduce([wall], dist.ReduceOp.MAX if distributed else None)[0])
-            r["cpu_s"].append(_allreduce([cpu])[0])
-            losses = [s / args.global_batch for s in _allreduce(step_losses)]
+            # the slowest rank's time is the epoch's time; CPU seconds summed over ranks
+            r["epoch_s"].append(_allreduce([wall[name]], dist.ReduceOp.MAX if distributed else None)[0])
+            r["cpu_s"].append(_allreduce([cpu[name]])[0])
+            losses = [s / args.global_batch for s in _allreduce(step_losses[name])]
             r["loss"].append((losses[0], sum(losses) / len(losses)))
             say(f"epoch {e + 1} {name}: {r['epoch_s'][-1]:6.2f} s wall ({r['cpu_s'][-1]:6.2f} s CPU), "
                 f"train loss first step {losses[0]:.3f}, epoch mean {r['loss'][-1][1]:.3f}", flush=True)
