@@ -150,6 +150,39 @@ inline void mask_row(float* s, int64_t n, int64_t n_lim, const llmaccel::Attenti
   }
 }
 
+// Bool masks: how many leading keys of the block [n0, n0 + n) some row of the
+// tile attends, i.e. 1 + the last attended key (0: no row attends any key of
+// the block).  Keys past it are masked for every row, so the block is cut
+// there (or skipped): they would add exp(-inf) = 0 to every row's sum and
+// nothing to its max or output.  Padding masks are the case: a batch of
+// sentences padded to 128 tokens attends ~10-30 keys per sentence, and the
+// other keys cost QK, exp and PV work for nothing (SDPA does them all).
+// Rows that share their mask row (a mask broadcast over queries or heads)
+// are scanned once.
+inline int64_t bool_mask_extent(const llmaccel::AttentionProblem& p, int64_t b, int64_t hk, int64_t G, int64_t i0,
+                                int64_t ni, int64_t n0, int64_t n) {
+  const uint8_t* base = static_cast<const uint8_t*>(p.mask) + b * p.m_sb + n0 * p.m_sk;
+  int64_t extent = 0;
+  const uint8_t* last = nullptr;
+  for (int64_t g = 0; g < G && extent < n; ++g) {
+    for (int64_t ii = 0; ii < ni && extent < n; ++ii) {
+      const uint8_t* m = base + (hk * G + g) * p.m_sh + (i0 + ii) * p.m_sq;
+      if (m == last) continue;
+      last = m;
+      if (p.m_sk == 0) {
+        if (m[0]) extent = n;
+        continue;
+      }
+      for (int64_t j = n - 1; j >= extent; --j)
+        if (m[j * p.m_sk]) {
+          extent = j + 1;
+          break;
+        }
+    }
+  }
+  return extent;
+}
+
 template <class Isa>
 void run_attention(const llmaccel::AttentionProblem& p) {
   using llmaccel::ceil_div;
@@ -255,7 +288,19 @@ void run_attention(const llmaccel::AttentionProblem& p) {
         const float* kbase = p.k + b * p.k_sb + hk * p.k_sh;
         const float* vbase = p.v + b * p.v_sb + hk * p.v_sh;
         for (int64_t blk = blk0; blk < blk1; ++blk) {
-          const int64_t n0 = blk * Nb, n = std::min<int64_t>(Nb, kv_end - n0);
+          const int64_t n0 = blk * Nb, n_full = std::min<int64_t>(Nb, kv_end - n0);
+          // Keys no row of the tile attends are cut off the block's end
+          // (bool_mask_extent); K^T is still packed whole, since a later q
+          // block of the group may attend more of them.
+          const int64_t n =
+              p.mask_kind == llmaccel::kMaskBool ? bool_mask_extent(p, b, hk, G, i0, ni, n0, n_full) : n_full;
+          if (n == 0) {
+            if (reuse && blk >= packed) {
+              Isa::pack_kt(kbase + n0 * p.k_sl, p.k_sl, p.k_sd, n_full, D, kt.get() + blk * kt_size, ldkt);
+              packed = blk + 1;
+            }
+            continue;
+          }
           // The block needs per-row masking unless it lies entirely below the
           // diagonal of the first row and there is no explicit mask.
           const bool diag = p.causal && n0 + n - 1 > i0 + pl.off;
@@ -268,7 +313,7 @@ void run_attention(const llmaccel::AttentionProblem& p) {
             // Every q block walks the blocks from 0 and the first of a group
             // walks the most, so the blocks below `packed` are all in place.
             if (!reuse || blk >= packed) {
-              Isa::pack_kt(kbase + n0 * p.k_sl, p.k_sl, p.k_sd, n, D, ktb, ldkt);
+              Isa::pack_kt(kbase + n0 * p.k_sl, p.k_sl, p.k_sd, reuse ? n_full : n, D, ktb, ldkt);
               packed = blk + 1;
             }
             Isa::qk(Me, n, D, qs.get(), ldq, ktb, ldkt, s.get(), lds, diag ? rown.data() : nullptr);

@@ -191,6 +191,32 @@ def test_masks(variant, kind):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", ["key_padding", "padding_and_causal", "rows_grow", "rows_shrink", "strided_padding"])
+def test_padding_masks_cut_and_skip_key_blocks(variant, kind):
+    """Bool masks whose tail keys no row attends: the kernel cuts each key block at the last attended key
+    and skips blocks nobody attends (bool_mask_extent in csrc/attention_driver.h).  Lk = 1100 gives three
+    key blocks of 368; Lq = 150 gives several q blocks sharing packed K^T (the reuse path), so a later q
+    block attending more keys than an earlier one must still find them packed."""
+    B, Hq, Hkv, Lq, Lk, D = 4, 8, 2, 150, 1100, 32
+    q, k, v = make(B, Hq, Hkv, Lq, Lk, D, transposed=kind == "strided_padding")
+    lens = torch.tensor([3, 400, 1100, 0])  # the last sequence attends nothing: its rows are fully masked
+    j = torch.arange(Lk)
+    pad = (j[None, :] < lens[:, None])[:, None, None, :]  # [B, 1, 1, Lk], broadcast over heads and queries
+    if kind == "padding_and_causal":
+        i = torch.arange(Lq)
+        mask = pad & (j[None, :] <= i[:, None] + Lk - Lq)[None, None]
+    elif kind in ("rows_grow", "rows_shrink"):
+        i = torch.arange(Lq) if kind == "rows_grow" else Lq - 1 - torch.arange(Lq)
+        # query i attends keys below lens[b] + 5 * i (grow) or + 5 * (Lq - 1 - i) (shrink), per head too;
+        # the heaviest q block runs first, so "shrink" has later q blocks attend keys the first one did not
+        mask = j[None, None, None, :] < (lens[:, None, None, None] + 5 * i[None, None, :, None]
+                                         + 7 * torch.arange(Hq)[None, :, None, None])
+    else:
+        mask = pad
+    assert_close(q, k, v, mask=mask, variant=variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_fully_masked_everything(variant):
     q, k, v = make(1, 4, 2, 10, 50, 32)
     out, lse = run_kernel(q, k, v, mask=torch.zeros(1, 1, 1, 1, dtype=torch.bool), variant=variant)
