@@ -221,11 +221,14 @@ void linear_decode(const llmaccel::Int8MMProblem& p) {
   // leave an OpenMP region: bad_alloc reaches Python as MemoryError).
   const int64_t slice = round_up(MR * Kp, 64);
   auto apack_all = alloc_bytes(slice * p.nthreads);
+  const int64_t smooth_row = round_up(K, 16);  // per-thread x / smooth row (pack_a_row)
+  auto smooth_all = alloc_bytes(p.smooth ? smooth_row * 4 * p.nthreads : 0);
 #pragma omp parallel num_threads(p.nthreads)
   {
     uint8_t* apack = apack_all.get() + slice * omp_get_thread_num();
     float xs[MR];
-    for (int64_t r = 0; r < M; ++r) pack_a_row<Isa>(p, apack + r * KA, Kp, r, false, &xs[r]);
+    float* smoothed = reinterpret_cast<float*>(smooth_all.get()) + smooth_row * omp_get_thread_num();
+    for (int64_t r = 0; r < M; ++r) pack_a_row<Isa>(p, apack + r * KA, Kp, r, false, &xs[r], smoothed);
     if (omp_get_thread_num() == 0)
       for (int64_t r = 0; r < M; ++r) p.x_scale[r] = xs[r];
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
@@ -235,7 +238,7 @@ void linear_decode(const llmaccel::Int8MMProblem& p) {
       const int Cn = static_cast<int>(std::min<int64_t>(NR, N - n0));
       const BCols b = p.b_packed ? BCols{p.b + n0 * Kp, KA, NR, NR * Kp} : BCols{p.b + n0 * p.ldb, p.ldb, 1, NR * p.ldb};
       TileOut o{nullptr, 0, 1, nullptr, false, false, p.y + n0, p.y_sm, xs, p.w_scale + n0,
-                p.bias ? p.bias + n0 : nullptr};
+                p.bias ? p.bias + n0 : nullptr, p.activation};
       fn[R - 1][Cn - 1](apack, b, K, o);
     }
   }
