@@ -14,7 +14,8 @@ In place (the model is returned for chaining).  What it does, in this order:
 2. ``quantize`` (``"int8"``: W8A8 dynamic ``Int8Linear``; ``"int8-weight-only"``: int8 weights, float
    activations): :func:`~llmaccel.quantize_`; with ``calibration`` and ``"int8"``, SmoothQuant
    (:func:`~llmaccel.smooth_`, alpha 0.5) first.  Output heads and tied weights stay float (``quantize_``'s
-   rule).
+   rule).  Then a GELU / ReLU that provably follows an ``act="dynamic"`` Int8Linear moves into its epilogue
+   (:func:`llmaccel._fuse_activation.fuse_activations_`; the report lists them).
 3. ``attention``: transformers models (and the transformers model inside a sentence-transformers model) get
    ``attn_implementation="llmaccel"`` (:mod:`llmaccel.integrations.transformers`); every plain
    ``nn.MultiheadAttention`` becomes :class:`llmaccel.nn.MultiheadAttention` in place (same parameters and
@@ -45,6 +46,7 @@ from torch import nn
 from . import _swap
 from .cpu import cpu_info
 from .nn.attention import MultiheadAttention as LlmaccelMHA
+from ._fuse_activation import fuse_activations_
 from .quantize import Int8Config, QuantizeSummary, _model_bytes, quantize_
 from .smoothquant import SmoothReport, smooth_
 from .sparsify import SparsifySummary, SparsityConfig, sparsify_
@@ -69,6 +71,7 @@ class OptimizeReport:
     calibration: str
     calibration_error: dict[str, float] = field(default_factory=dict)
     compiled: bool = False
+    fused: list[str] = field(default_factory=list)  # activations moved into Int8Linear epilogues
 
     def __str__(self) -> str:
         lines = ["llmaccel.optimize report"]
@@ -80,6 +83,9 @@ class OptimizeReport:
         if self.quantize is not None:
             lines.append(f"  quantize  : {len(self.quantize.swapped)} Linear -> Int8Linear (act={self.quantize.act}), "
                          f"{len(self.quantize.skipped)} kept float")
+        if self.fused:
+            lines.append(f"  fused     : {len(self.fused)} activations into the int8 epilogue "
+                         f"({self.fused[0]}{', ...' if len(self.fused) > 1 else ''})")
         if self.smooth is not None:
             n = sum(len(v) for v in self.smooth.folded.values()) + len(self.smooth.smooth_scales)
             lines.append(f"  smooth    : SmoothQuant alpha {self.smooth.alpha} on {n} Linears")
@@ -266,6 +272,7 @@ def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str
 
     parts: set[str] = set()
     sparse_summary = quant_summary = smooth_report = None
+    fused: list[str] = []
     if sparsity is not None:
         config = _sparsity_config(sparsity, quantize, batches)
         if config.method == "wanda" and config.forward_fn is None:
@@ -277,6 +284,7 @@ def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str
             smooth_report = smooth_(model, batches, 0.5, forward_fn=run)
         act = "dynamic" if quantize == "int8" else "weight_only"
         quant_summary = quantize_(model, Int8Config(act=act), filter_fn)
+        fused = fuse_activations_(model)  # only act="dynamic" Int8Linears qualify
         parts.add(quantize)
     done = []
     if attention:
@@ -296,6 +304,6 @@ def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str
         calib += " (Wanda activation norms)"
     report = OptimizeReport(attention=done, quantize=quant_summary, sparsify=sparse_summary, smooth=smooth_report,
                             kernels=_kernels(parts), bytes_before=bytes_before, bytes_after=_model_bytes(model),
-                            calibration=calib, calibration_error=error, compiled=compile)
+                            calibration=calib, calibration_error=error, compiled=compile, fused=fused)
     model.llmaccel_report = report
     return model
