@@ -52,6 +52,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -103,6 +104,15 @@ struct BCols {
 
 using TileFn = void (*)(const uint8_t*, const BCols&, int64_t, const TileOut&);
 
+// An ISA may provide a vector epilogue for its full MR x NR tile with a
+// fused fp32 output (no ones row):  static void fused_epilogue(const int32_t*
+// out, const TileOut& o)  computing exactly what tile_entry's scalar loop
+// does below (same operations, same order).
+template <class Isa, class = void>
+struct HasFusedEpilogue : std::false_type {};
+template <class Isa>
+struct HasFusedEpilogue<Isa, std::void_t<decltype(&Isa::fused_epilogue)>> : std::true_type {};
+
 // Runs one register tile and its epilogue.  R and C are compile-time here so
 // the epilogue is a handful of vector instructions; with the store written
 // as a runtime-sized scalar loop it cost ~10% of the whole GEMM at K = 4096.
@@ -110,6 +120,12 @@ template <class Isa, int kStream, int R, int C>
 void tile_entry(const uint8_t* a, const BCols& b, int64_t K, const TileOut& o) {
   int32_t out[R * C];
   Isa::template tile<R, C, kStream>(a, b, K, out);
+  if constexpr (HasFusedEpilogue<Isa>::value && R == Isa::MR && C == Isa::NR && !Isa::kOnesRow) {
+    if (o.y) {
+      Isa::fused_epilogue(out, o);
+      return;
+    }
+  }
   int r_first = 0;
   uint32_t offset[C] = {};
   if constexpr (Isa::kOnesRow) {
@@ -133,7 +149,8 @@ void tile_entry(const uint8_t* a, const BCols& b, int64_t K, const TileOut& o) {
       const float xs = o.xs[r - r_first];
       for (int c = 0; c < C; ++c) {
         const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(out[r * C + c]) - offset[c]);
-        v[r * C + c] = static_cast<float>(acc) * xs * wb[c] + bb[c];
+        // Explicit fma: the same rounding on every variant and in the vector epilogues.
+        v[r * C + c] = std::fma(static_cast<float>(acc) * xs, wb[c], bb[c]);
       }
     }
     if (o.act != kActNone) apply_activation(o.act, v + r_first * C, (R - r_first) * C);
@@ -329,7 +346,15 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
     if (split_columns_only) {
       for (int64_t m0 = 0; m0 < P; m0 += MC) {
         const int64_t m1 = std::min(P, m0 + MC);
-#pragma omp for schedule(static)
+        // nowait: no barrier between row blocks.  Blocks write disjoint rows
+        // of C / y and only read packed A (complete after the packing loop's
+        // barrier).  The one cross-block dependence, the column sums the ones
+        // row stores in block 0 and later blocks read, stays within a thread:
+        // every block's loop has the same trip count and static schedule, so
+        // OpenMP gives group g to the same thread in every block.  A thread
+        // descheduled on a shared machine then delays only its own columns
+        // until the region's final barrier, not every block.
+#pragma omp for schedule(static) nowait
         for (int64_t g = 0; g < ngroups; ++g) {
           const int64_t n0 = g * nr;
           const int Cn = static_cast<int>(std::min<int64_t>(nr, N - n0));

@@ -75,7 +75,8 @@ def _check_smooth(smooth, K: int, device) -> None:
     if smooth.device != device:
         fail(OP, f"smooth is on {smooth.device} but x is on {device}")
     # One reduction over K values per call (a few microseconds at K = 384).  Fake and meta tensors (tracing,
-    # the op's fake) have no values to check; the kernels check them again at run time (the C++ layer does).
+    # the op's fake) have no values to check; the op's body checks the real tensors when it runs (and the C++
+    # kernel checks them again).
     if smooth.device.type != "meta" and not is_fake(smooth) \
             and not bool((torch.isfinite(smooth) & (smooth > 0)).all()):
         fail(OP, "smooth must be finite and > 0 everywhere (found NaN, inf, zero or a negative value)")
