@@ -162,17 +162,19 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "int8_linear_dynamic",
       [](int64_t M, int64_t N, int64_t K, uintptr_t x, int64_t x_sm, uintptr_t w, int64_t ldw, uintptr_t w_packed,
-         uintptr_t w_scale, uintptr_t bias, uintptr_t y, int64_t y_sm, int nthreads, const std::string& variant) {
+         uintptr_t w_scale, uintptr_t bias, uintptr_t y, int64_t y_sm, int nthreads, const std::string& variant,
+         uintptr_t smooth, const std::string& activation) {
         py::gil_scoped_release release;
         llmaccel::int8_linear_dynamic(M, N, K, ptr<const float>(x), x_sm, ptr<const int8_t>(w), ldw,
                                       ptr<const int8_t>(w_packed), ptr<const float>(w_scale), ptr<const float>(bias),
-                                      ptr<float>(y), y_sm, nthreads, variant);
+                                      ptr<float>(y), y_sm, nthreads, variant, ptr<const float>(smooth), activation);
       },
       py::arg("M"), py::arg("N"), py::arg("K"), py::arg("x"), py::arg("x_sm"), py::arg("w"), py::arg("ldw"),
       py::arg("w_packed"), py::arg("w_scale"), py::arg("bias"), py::arg("y"), py::arg("y_sm"), py::arg("nthreads"),
-      py::arg("variant") = "",
-      "y[M,N] fp32 = dequant(quantize_per_token(x[M,K] fp32) @ W[N,K]^T) * w_scale + bias, fused. "
-      "bias and w_packed may be 0; w_packed must come from int8_mm_pack_b with the same variant.");
+      py::arg("variant") = "", py::arg("smooth") = 0, py::arg("activation") = "",
+      "y[M,N] fp32 = act(dequant(quantize_per_token(x[M,K] fp32 / smooth[K]) @ W[N,K]^T) * w_scale + bias), "
+      "fused. bias, w_packed and smooth may be 0 (smooth 0: no division); w_packed must come from int8_mm_pack_b "
+      "with the same variant; activation '' / 'none', 'gelu' (erf), 'gelu_tanh' or 'relu'.");
   m.def("int8_mm_packed_size", &llmaccel::int8_mm_packed_size, py::arg("variant"), py::arg("N"), py::arg("K"),
         "Bytes of the packed panel layout of an [N, K] weight for `variant` ('' = best).");
   m.def(

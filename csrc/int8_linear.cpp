@@ -1,8 +1,10 @@
 // int8_linear act="dynamic" entry point: validation, packed-weight check,
 // then the int8_mm variant with its fused quantize prologue and fp32 epilogue.
+#include <cmath>
 #include <string>
 #include <vector>
 
+#include "activation.h"
 #include "common.h"
 #include "int8_mm.h"
 #include "int8_packed.h"
@@ -10,15 +12,39 @@
 
 namespace llmaccel {
 
+namespace {
+
+// The `activation` name -> its epilogue code (activation.h).
+int parse_activation(const char* op, const std::string& name) {
+  if (name.empty() || name == "none") return kActNone;
+  if (name == "gelu") return kActGelu;
+  if (name == "gelu_tanh") return kActGeluTanh;
+  if (name == "relu") return kActRelu;
+  fail(op, "activation must be one of '', 'none', 'gelu', 'gelu_tanh', 'relu', got '" + name + "'");
+}
+
+}  // namespace
+
 void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_t x_sm, const int8_t* w,
                          int64_t ldw, const int8_t* w_packed, const float* w_scale, const float* bias, float* y,
-                         int64_t y_sm, int nthreads, const std::string& variant) {
+                         int64_t y_sm, int nthreads, const std::string& variant, const float* smooth,
+                         const std::string& activation) {
   const char* op = "int8_linear";
+  const int act = parse_activation(op, activation);
   check_matrix(op, "x", x, M, K, x_sm, 1);
   check_matrix(op, "w_int8", w, N, K, ldw, 1);
   check_matrix(op, "out", y, M, N, y_sm, 1);
   check_matrix(op, "w_scale", w_scale, 1, N, 0, 1);
   if (bias) check_matrix(op, "bias", bias, 1, N, 0, 1);
+  if (smooth) {
+    check_matrix(op, "smooth", smooth, 1, K, 0, 1);
+    // A zero, negative or non-finite factor has no meaning as a SmoothQuant
+    // scale and would quietly turn rows into inf / NaN.  K reads per call.
+    for (int64_t k = 0; k < K; ++k)
+      if (!(std::isfinite(smooth[k]) && smooth[k] > 0.0f))
+        fail(op, "smooth must be finite and > 0 everywhere, got smooth[" + std::to_string(k) + "] = " +
+                     std::to_string(smooth[k]));
+  }
   if (K > kInt8MMMaxK)
     fail(op, "K = " + std::to_string(K) + " exceeds " + std::to_string(kInt8MMMaxK) +
                  ": the exact int32 accumulator could overflow");
@@ -29,6 +55,7 @@ void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_
   if (K == 0) {
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < N; ++n) y[m * y_sm + n] = bias ? bias[n] : 0.0f;
+    for (int64_t m = 0; m < M; ++m) apply_activation(act, y + m * y_sm, static_cast<int>(N));
     return;
   }
   const PackedPanels packed = w_packed ? open_packed(op, w_packed, v, N, K) : PackedPanels{};
@@ -44,6 +71,8 @@ void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_
   p.bias = bias;
   p.y = y;
   p.y_sm = y_sm;
+  p.smooth = smooth;
+  p.activation = act;
   v.kernels.int8_mm(p);
 }
 

@@ -73,6 +73,33 @@ inline __attribute__((always_inline)) void sign_madd(__m256i& acc, __m256i a, __
       : [a] "x"(a), [u] "x"(u), [b] "x"(b), [ones] "x"(ones));
 }
 
+// 8 fp32 lanes as the vector traits of activation.h.
+struct Avx2F32 {
+  using T = __m256;
+  using M = __m256;
+  static __m256 set1(float c) { return _mm256_set1_ps(c); }
+  static __m256 fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+  static __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+  static __m256 sub(__m256 a, __m256 b) { return _mm256_sub_ps(a, b); }
+  static __m256 mul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
+  static __m256 div(__m256 a, __m256 b) { return _mm256_div_ps(a, b); }
+  static __m256 abs(__m256 a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static __m256 copysign(__m256 m, __m256 s) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    return _mm256_or_ps(_mm256_andnot_ps(sign, m), _mm256_and_ps(sign, s));
+  }
+  static __m256 min(__m256 a, __m256 b) { return _mm256_min_ps(a, b); }  // a < b ? a : b, as ScalarF32
+  static __m256 round(__m256 a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static __m256 gt(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+  static __m256 ge(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+  static __m256 lt(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  static __m256 select(__m256 m, __m256 a, __m256 b) { return _mm256_blendv_ps(b, a, m); }
+  static __m256 pow2i(__m256 n) {
+    const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+  }
+};
+
 // One register tile and packed-B layout for both tiles: 4 rows x 2 columns.
 // The sign tile holds 8 accumulators + 2 B + 2 |B| + A + scratch + ones =
 // 15 of the 16 ymm registers, so each step loads 2 B and 4 A vectors for 8
@@ -116,6 +143,32 @@ struct Avx2Sign {
 #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) sign_madd(acc[r * C + c], av, ub[c], bv[c], ones);
     }
+  }
+
+  // The fused epilogue of a full 4 x 2 tile in one ymm register: out[8] is
+  // {r0c0, r0c1, r1c0, r1c1, ...}, so lane i needs x_scale[i / 2] and
+  // w_scale / bias[i % 2]; y = act(fma(float(acc) * xs, ws, bias)), the
+  // scalar epilogue's operations (tile_entry), then one 8-byte store per row.
+  // perf put ~15% of the K = 384 GEMM in the scalar form.
+  static void fused_epilogue(const int32_t* out, const TileOut& o) {
+    const __m256 acc = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(out)));
+    const __m256 xs = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(o.xs)),
+                                               _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+    const __m256 ws = _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(o.ws)));
+    const __m256 bias =
+        o.bias ? _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(o.bias))) : _mm256_setzero_ps();
+    __m256 y = _mm256_fmadd_ps(_mm256_mul_ps(acc, xs), ws, bias);
+    switch (o.act) {  // per tile, not per element
+      case llmaccel::kActGelu: y = gelu_v<Avx2F32>(y); break;
+      case llmaccel::kActGeluTanh: y = gelu_tanh_v<Avx2F32>(y); break;
+      case llmaccel::kActRelu: y = relu_v<Avx2F32>(y); break;
+      default: break;
+    }
+    const __m128 lo = _mm256_castps256_ps128(y), hi = _mm256_extractf128_ps(y, 1);
+    _mm_storel_pi(reinterpret_cast<__m64*>(o.y), lo);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(o.y + o.y_sm), lo);
+    _mm_storel_pi(reinterpret_cast<__m64*>(o.y + 2 * o.y_sm), hi);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(o.y + 3 * o.y_sm), hi);
   }
 
   template <int R, int C, int kStream>
@@ -221,11 +274,14 @@ void linear_decode(const llmaccel::Int8MMProblem& p) {
   // leave an OpenMP region: bad_alloc reaches Python as MemoryError).
   const int64_t slice = round_up(MR * Kp, 64);
   auto apack_all = alloc_bytes(slice * p.nthreads);
+  const int64_t smooth_row = round_up(K, 16);  // per-thread x / smooth row (pack_a_row)
+  auto smooth_all = alloc_bytes(p.smooth ? smooth_row * 4 * p.nthreads : 0);
 #pragma omp parallel num_threads(p.nthreads)
   {
     uint8_t* apack = apack_all.get() + slice * omp_get_thread_num();
     float xs[MR];
-    for (int64_t r = 0; r < M; ++r) pack_a_row<Isa>(p, apack + r * KA, Kp, r, false, &xs[r]);
+    float* smoothed = reinterpret_cast<float*>(smooth_all.get()) + smooth_row * omp_get_thread_num();
+    for (int64_t r = 0; r < M; ++r) pack_a_row<Isa>(p, apack + r * KA, Kp, r, false, &xs[r], smoothed);
     if (omp_get_thread_num() == 0)
       for (int64_t r = 0; r < M; ++r) p.x_scale[r] = xs[r];
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
@@ -235,7 +291,7 @@ void linear_decode(const llmaccel::Int8MMProblem& p) {
       const int Cn = static_cast<int>(std::min<int64_t>(NR, N - n0));
       const BCols b = p.b_packed ? BCols{p.b + n0 * Kp, KA, NR, NR * Kp} : BCols{p.b + n0 * p.ldb, p.ldb, 1, NR * p.ldb};
       TileOut o{nullptr, 0, 1, nullptr, false, false, p.y + n0, p.y_sm, xs, p.w_scale + n0,
-                p.bias ? p.bias + n0 : nullptr};
+                p.bias ? p.bias + n0 : nullptr, p.activation};
       fn[R - 1][Cn - 1](apack, b, K, o);
     }
   }

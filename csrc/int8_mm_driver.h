@@ -52,11 +52,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "common.h"
 #include "tile_table.h"
+#include "activation.h"
 #include "int8_mm.h"
 #include "quantize.h"
 
@@ -88,6 +90,7 @@ struct TileOut {
   const float* xs;
   const float* ws;
   const float* bias;
+  int act;  // Activation applied after the epilogue's scale and bias
 };
 
 // B addressing inside one group of NR columns: column c, byte k (k a multiple
@@ -101,6 +104,15 @@ struct BCols {
 
 using TileFn = void (*)(const uint8_t*, const BCols&, int64_t, const TileOut&);
 
+// An ISA may provide a vector epilogue for its full MR x NR tile with a
+// fused fp32 output (no ones row):  static void fused_epilogue(const int32_t*
+// out, const TileOut& o)  computing exactly what tile_entry's scalar loop
+// does below (same operations, same order).
+template <class Isa, class = void>
+struct HasFusedEpilogue : std::false_type {};
+template <class Isa>
+struct HasFusedEpilogue<Isa, std::void_t<decltype(&Isa::fused_epilogue)>> : std::true_type {};
+
 // Runs one register tile and its epilogue.  R and C are compile-time here so
 // the epilogue is a handful of vector instructions; with the store written
 // as a runtime-sized scalar loop it cost ~10% of the whole GEMM at K = 4096.
@@ -108,6 +120,12 @@ template <class Isa, int kStream, int R, int C>
 void tile_entry(const uint8_t* a, const BCols& b, int64_t K, const TileOut& o) {
   int32_t out[R * C];
   Isa::template tile<R, C, kStream>(a, b, K, out);
+  if constexpr (HasFusedEpilogue<Isa>::value && R == Isa::MR && C == Isa::NR && !Isa::kOnesRow) {
+    if (o.y) {
+      Isa::fused_epilogue(out, o);
+      return;
+    }
+  }
   int r_first = 0;
   uint32_t offset[C] = {};
   if constexpr (Isa::kOnesRow) {
@@ -126,13 +144,19 @@ void tile_entry(const uint8_t* a, const BCols& b, int64_t K, const TileOut& o) {
       wb[c] = o.ws[c];
       bb[c] = o.bias ? o.bias[c] : 0.0f;
     }
+    float v[R * C];
     for (int r = r_first; r < R; ++r) {
-      float* yrow = o.y + (r - r_first) * o.y_sm;
       const float xs = o.xs[r - r_first];
       for (int c = 0; c < C; ++c) {
         const int32_t acc = static_cast<int32_t>(static_cast<uint32_t>(out[r * C + c]) - offset[c]);
-        yrow[c] = static_cast<float>(acc) * xs * wb[c] + bb[c];
+        // Explicit fma: the same rounding on every variant and in the vector epilogues.
+        v[r * C + c] = std::fma(static_cast<float>(acc) * xs, wb[c], bb[c]);
       }
+    }
+    if (o.act != kActNone) apply_activation(o.act, v + r_first * C, (R - r_first) * C);
+    for (int r = r_first; r < R; ++r) {
+      float* yrow = o.y + (r - r_first) * o.y_sm;
+      for (int c = 0; c < C; ++c) yrow[c] = v[r * C + c];
     }
     return;
   }
@@ -181,10 +205,12 @@ inline std::unique_ptr<uint8_t, AlignedFree> alloc_bytes(int64_t n) {
 // into its slot `base` of the packed layout: KALIGN-byte chunks, MR rows
 // interleaved per chunk, zero padded to Kp.  u8 = a + 128 when the ISA
 // multiplies u8 x s8.  With the fused prologue (x set) the row is quantized
-// per token and its scale goes to *scale_out.
+// per token and its scale goes to *scale_out; with p.smooth set, the row
+// quantized is x[k] / smooth[k] (fp32 division, as torch's `x / smooth`),
+// first written to `smoothed` (K floats of the calling thread's scratch).
 template <class Isa>
 inline void pack_a_row(const llmaccel::Int8MMProblem& p, uint8_t* base, int64_t Kp, int64_t r, bool ones_row,
-                       float* scale_out) {
+                       float* scale_out, float* smoothed) {
   constexpr int MR = Isa::MR;
   constexpr int64_t KA = Isa::KALIGN;
   const int64_t K = p.K, row0 = ones_row ? 1 : 0;
@@ -195,6 +221,13 @@ inline void pack_a_row(const llmaccel::Int8MMProblem& p, uint8_t* base, int64_t 
   // Same row numerics as quantize_per_token (quantize.h: row_scale), so
   // both give identical q; a non-finite row packs as zeros with scale NaN.
   llmaccel::RowScale rs{};
+  if (xrow && p.smooth) {
+    // A division, not a product with 1 / smooth: the torch paths divide, and
+    // identical codes on every backend are worth the ~K divisions per row
+    // (against N * K multiply-adds per row in the GEMM).
+    for (int64_t k = 0; k < K; ++k) smoothed[k] = xrow[k] / p.smooth[k];
+    xrow = smoothed;
+  }
   if (xrow) {
     rs = llmaccel::row_scale(xrow, K);
     *scale_out = rs.scale;
@@ -211,10 +244,7 @@ inline void pack_a_row(const llmaccel::Int8MMProblem& p, uint8_t* base, int64_t 
     } else if (xrow) {
       // nearbyint rounds half to even in the default rounding mode.
       if (!rs.tiny) {
-        for (int64_t i = 0; i < n; ++i) {
-          const float q = std::min(127.0f, std::max(-127.0f, std::nearbyint(xrow[k0 + i] * rs.inv)));
-          dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q)) ^ flip;
-        }
+        llmaccel::quantize_codes(xrow + k0, n, rs.inv, flip, dst);
       } else {
         const double sd = rs.scale;
         for (int64_t i = 0; i < n; ++i) {
@@ -256,6 +286,11 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
   constexpr int64_t KA = Isa::KALIGN;
   auto apack_owner = alloc_bytes(round_up(P, MR) * Kp);
   uint8_t* apack = apack_owner.get();
+  // Per-thread row of x / smooth for the fused prologue (allocated before
+  // the parallel region: an exception must not leave it).
+  const int64_t smooth_row = round_up(K, 16);
+  auto smooth_owner = alloc_bytes(p.x && p.smooth ? smooth_row * 4 * p.nthreads : 0);
+  float* smooth_all = reinterpret_cast<float*>(smooth_owner.get());
 
   const int64_t nr = NR;  // columns per group
   const int64_t ngroups = ceil_div(N, nr);
@@ -275,10 +310,11 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
 #pragma omp parallel num_threads(p.nthreads)
   {
     // Pack A (layout above); u8 = a + 128 when the ISA multiplies u8 x s8.
+    float* smoothed = smooth_all + smooth_row * omp_get_thread_num();
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < P; ++r)
       pack_a_row<Isa>(p, apack + (r / MR) * MR * Kp + (r % MR) * KA, Kp, r, ones_row,
-                      ones_row && r == 0 ? nullptr : p.x_scale + (r - row0));
+                      ones_row && r == 0 ? nullptr : p.x_scale + (r - row0), smoothed);
 
     // B columns of the group starting at column n0.
     auto bcols = [&](int64_t n0) {
@@ -291,7 +327,7 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
       const bool ones = ones_row && r0 == 0;
       const int64_t crow = r0 + (ones ? 1 : 0) - row0;
       TileOut o{p.c + crow * p.c_sm + n0 * p.c_sn, p.c_sm, p.c_sn, Isa::kOnesRow ? colsum + n0 : nullptr,
-                ones, write_colsum, nullptr, 0, nullptr, nullptr, nullptr};
+                ones, write_colsum, nullptr, 0, nullptr, nullptr, nullptr, kActNone};
       if (p.y) {
         o.c = nullptr;
         o.y = p.y + crow * p.y_sm + n0;
@@ -299,6 +335,7 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
         o.xs = p.x_scale + crow;
         o.ws = p.w_scale + n0;
         o.bias = p.bias ? p.bias + n0 : nullptr;
+        o.act = p.activation;
       }
       return o;
     };
@@ -306,10 +343,14 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
     if (split_columns_only) {
       for (int64_t m0 = 0; m0 < P; m0 += MC) {
         const int64_t m1 = std::min(P, m0 + MC);
-        // nowait: blocks write disjoint rows and read A packed before the barrier above; the same
-        // static schedule over the same trip count gives each thread the same column groups in every
-        // block, so the column sums a VNNI ones-row tile writes in block 0 are read by the thread that
-        // wrote them.  A barrier per block only made the threads wait for each other's stragglers.
+        // nowait: no barrier between row blocks.  Blocks write disjoint rows
+        // of C / y and only read packed A (complete after the packing loop's
+        // barrier).  The one cross-block dependence, the column sums the ones
+        // row stores in block 0 and later blocks read, stays within a thread:
+        // every block's loop has the same trip count and static schedule, so
+        // OpenMP gives group g to the same thread in every block.  A thread
+        // descheduled on a shared machine then delays only its own columns
+        // until the region's final barrier, not every block.
 #pragma omp for schedule(static) nowait
         for (int64_t g = 0; g < ngroups; ++g) {
           const int64_t n0 = g * nr;

@@ -34,8 +34,7 @@ void quantize_per_token_generic(int64_t M, int64_t K, const float* x, int64_t x_
     if (rs.nonfinite) {
       for (int64_t k = 0; k < K; ++k) qr[k] = 0;
     } else if (!rs.tiny) {
-      for (int64_t k = 0; k < K; ++k)
-        qr[k] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, std::nearbyint(xr[k] * rs.inv))));
+      quantize_codes(xr, K, rs.inv, 0, reinterpret_cast<uint8_t*>(qr));
     } else {
       // 127 / amax overflows fp32 here (or the scale underflowed to 0 and
       // became 1): divide in double instead.

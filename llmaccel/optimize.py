@@ -15,8 +15,10 @@ In place (the model is returned for chaining).  What it does, in this order:
    activations): :func:`~llmaccel.quantize_`; with ``calibration`` and ``"int8"``, SmoothQuant
    (:func:`~llmaccel.smooth_`) first, its ``alpha`` chosen by measurement (``smooth_alpha="auto"``: each
    candidate, no smoothing included, applied to a copy and scored by the error on the calibration batches;
-   :mod:`llmaccel._smooth_search`) or given (``smooth_alpha=0.5``; ``None``: no SmoothQuant).  Output heads and tied weights stay float (``quantize_``'s
-   rule).
+   :mod:`llmaccel._smooth_search`) or given (``smooth_alpha=0.5``; ``None``: no SmoothQuant).  Output heads
+   and tied weights stay float (``quantize_``'s rule).  Then a GELU / ReLU that provably follows an
+   ``act="dynamic"`` Int8Linear moves into its epilogue (:func:`llmaccel._fuse_activation.fuse_activations_`;
+   the report lists them).
 3. ``attention``: transformers models (and the transformers model inside a sentence-transformers model) get
    ``attn_implementation="llmaccel"`` (:mod:`llmaccel.integrations.transformers`); every plain
    ``nn.MultiheadAttention`` becomes :class:`llmaccel.nn.MultiheadAttention` in place (same parameters and
@@ -47,6 +49,7 @@ from torch import nn
 from . import _swap
 from .cpu import cpu_info
 from .nn.attention import MultiheadAttention as LlmaccelMHA
+from ._fuse_activation import fuse_activations_
 from .quantize import Int8Config, QuantizeSummary, _model_bytes, quantize_
 from ._smooth_search import choose_alpha
 from .smoothquant import SmoothReport, smooth_
@@ -73,6 +76,7 @@ class OptimizeReport:
     calibration_error: dict[str, float] = field(default_factory=dict)
     compiled: bool = False
     smooth_choice: str = ""   # how SmoothQuant's alpha was chosen (int8 with calibration), with the measured errors
+    fused: list[str] = field(default_factory=list)  # activations moved into Int8Linear epilogues
 
     def __str__(self) -> str:
         lines = ["llmaccel.optimize report"]
@@ -84,6 +88,9 @@ class OptimizeReport:
         if self.quantize is not None:
             lines.append(f"  quantize  : {len(self.quantize.swapped)} Linear -> Int8Linear (act={self.quantize.act}), "
                          f"{len(self.quantize.skipped)} kept float")
+        if self.fused:
+            lines.append(f"  fused     : {len(self.fused)} activations into the int8 epilogue "
+                         f"({self.fused[0]}{', ...' if len(self.fused) > 1 else ''})")
         if self.smooth is not None:
             n = sum(len(v) for v in self.smooth.folded.values()) + len(self.smooth.smooth_scales)
             lines.append(f"  smooth    : SmoothQuant alpha {self.smooth.alpha} on {n} Linears")
@@ -278,6 +285,7 @@ def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str
     parts: set[str] = set()
     sparse_summary = quant_summary = smooth_report = None
     smooth_choice = ""
+    fused: list[str] = []
     if sparsity is not None:
         config = _sparsity_config(sparsity, quantize, batches)
         if config.method == "wanda" and config.forward_fn is None:
@@ -301,6 +309,7 @@ def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str
                 smooth_choice = ("no SmoothQuant (smooth_alpha=None)" if alpha is None
                                  else f"SmoothQuant alpha {alpha} (given)")
         smooth_report, quant_summary = apply(model, alpha)
+        fused = fuse_activations_(model)  # only act="dynamic" Int8Linears qualify
         parts.add(quantize)
     done = []
     if attention:
@@ -321,6 +330,6 @@ def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str
     report = OptimizeReport(attention=done, quantize=quant_summary, sparsify=sparse_summary, smooth=smooth_report,
                             kernels=_kernels(parts), bytes_before=bytes_before, bytes_after=_model_bytes(model),
                             calibration=calib, calibration_error=error, compiled=compile,
-                            smooth_choice=smooth_choice)
+                            smooth_choice=smooth_choice, fused=fused)
     model.llmaccel_report = report
     return model

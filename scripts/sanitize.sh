@@ -4,7 +4,7 @@
 # Builds llmaccel._C with LLMACCEL_SANITIZE (default address,undefined; see
 # setup.py) in a throwaway copy of the tree (the normal build is untouched),
 # then runs the tests that exercise llmaccel._C (int8_mm, quantize,
-# int8_linear ops / C++ variants / module, attention C++ kernel and ops, the
+# int8_linear ops / C++ variants / fused smooth + activation / module, attention C++ kernel and ops, the
 # N:M and BSR sparse kernels) on the default backend (C++ on CPU) against it. Any
 # sanitizer report aborts the process, so it fails the run. Tests marked slow
 # are skipped (large shapes are 2-5x slower under ASan and add no new code
@@ -82,7 +82,7 @@ EOF
 # opcheck / torch.compile tests exercise torch's tracing machinery (minutes under ASan), not new
 # C++ paths: the same kernels run in the other tests.
 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not cuda" -k "not opcheck and not torch_compile" \
-    tests/test_int8_mm.py tests/test_int8_linear_ops.py tests/test_int8_linear_cpp_variants.py \
+    tests/test_int8_mm.py tests/test_int8_linear_ops.py tests/test_int8_linear_cpp_variants.py tests/test_int8_linear_fused.py \
     tests/test_int8_module.py tests/test_attention_cpp_kernel.py tests/test_attention.py tests/test_backends.py \
     tests/test_sparsity_cpu_kernel.py tests/test_sparse_linear.py tests/test_sparse_bitmap_kernel.py tests/test_sparse_nm_large_kernel.py tests/test_sparse_bsr_kernel.py "$@"
 echo "sanitize: passed with -fsanitize=$SAN ($(( $(date +%s) - built )) s of tests, $(( $(date +%s) - start )) s in all)"

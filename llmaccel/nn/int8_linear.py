@@ -10,7 +10,15 @@ with ``torch.load(weights_only=True)`` and safetensors, on any backend)::
 
 Forward::
 
-    y = llmaccel.int8_linear(x / smooth_scale, weight, weight_scale, bias, act=act)   # y has x's dtype
+    y = llmaccel.int8_linear(x, weight, weight_scale, bias, act=act, smooth=smooth_scale,
+                             activation=activation)   # y has x's dtype
+
+The op divides x by ``smooth_scale`` itself (fp32, fused into the C++ kernel's
+quantize-while-packing prologue) and applies ``activation`` (None, "gelu",
+"gelu_tanh", "relu") in its fp32 epilogue: ``Int8Linear(..., activation="gelu")``
+is ``nn.Sequential(Int8Linear(...), nn.GELU())`` in one pass
+(:func:`llmaccel._fuse_activation.fuse_activations_` moves such pairs in).
+``activation`` is structure, like ``act``: it is not in the state_dict.
 
 ``act`` is the op's mode: ``"dynamic"`` (W8A8: x is quantized per token at run
 time), ``"weight_only"`` (W8A16/W8A32) or ``"auto"`` (the dispatcher picks per
@@ -24,7 +32,9 @@ matching weight columns moves the quantization difficulty from the
 activations (quantized per token, where one outlier channel wrecks the
 whole token's scale) to the weights (quantized per output channel, where it
 does little harm).  ``from_linear(linear, smooth_scale=s)`` quantizes
-``W * s`` and keeps ``s`` in ``smooth_scale``; ``forward`` divides x by it.
+``W * s`` and keeps ``s`` in ``smooth_scale``; ``forward`` divides x by it
+(in fp32, inside the op: for fp16/bf16 inputs the quotient is no longer
+rounded to x's dtype before it is quantized).
 That division is the *unfolded* form.  When the input comes straight out of
 a LayerNorm, ``llmaccel.smoothquant.smooth_`` folds ``1/s`` into the norm's
 weight and bias and ``s`` into the float Linear's weight instead, so the
@@ -45,11 +55,16 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..ops.int8_linear import dequantize_weight, int8_linear
+from ..ops.int8_linear import ACTIVATIONS, dequantize_weight, int8_linear
 
 __all__ = ["Int8Linear", "quantize_weight_per_channel"]
 
 ACT_MODES = ("dynamic", "weight_only", "auto")
+
+
+def _check_activation(activation, where: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{where}: activation must be one of {ACTIVATIONS}, got {activation!r}")
 # Buffers whose dtype is part of the format: dtype conversions of the module
 # never touch them (device moves do).
 _FIXED_DTYPE = ("weight", "weight_scale", "smooth_scale")
@@ -108,19 +123,21 @@ class Int8Linear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, act: str = "dynamic",
-                 device=None, dtype=None) -> None:
+                 activation: str | None = None, device=None, dtype=None) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"Int8Linear: {name} must be a positive int, got {v!r}")
         if act not in ACT_MODES:
             raise ValueError(f"Int8Linear: act must be one of {ACT_MODES}, got {act!r}")
+        _check_activation(activation, "Int8Linear")
         dtype = torch.float32 if dtype is None else dtype
         if not dtype.is_floating_point:
             raise TypeError(f"Int8Linear: dtype (of the bias) must be a float dtype, got {dtype}")
         self.in_features = in_features
         self.out_features = out_features
         self.act = act
+        self.activation = activation
         self.register_buffer("weight", torch.empty((out_features, in_features), dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.empty(out_features, dtype=torch.float32, device=device))
         if bias:
@@ -146,12 +163,13 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, act: str = "dynamic",
-                    smooth_scale: Tensor | None = None) -> "Int8Linear":
+                    smooth_scale: Tensor | None = None, activation: str | None = None) -> "Int8Linear":
         """Quantize ``linear.weight`` per output channel (absmax / 127, symmetric, round half to even).
 
         With ``smooth_scale`` (fp32 [in_features], > 0) the quantized weight is
         ``W * smooth_scale[None, :]`` and forward divides x by ``smooth_scale``,
-        so the layer still computes ``x @ W.T + b``.  The bias keeps its dtype
+        so the layer still computes ``x @ W.T + b``.  ``activation`` (None,
+        "gelu", "gelu_tanh", "relu") is applied to the result.  The bias keeps its dtype
         and ``requires_grad``; the result lives on ``linear.weight``'s device.
         """
         if not isinstance(linear, nn.Linear):
@@ -166,7 +184,7 @@ class Int8Linear(nn.Module):
             raise ValueError("Int8Linear.from_linear: linear.weight contains NaN or inf")
         bias = linear.bias
         # Build on meta (no throw-away init), then materialise on the weight's device.
-        mod = cls(in_features, out_features, bias=bias is not None, act=act, device="meta",
+        mod = cls(in_features, out_features, bias=bias is not None, act=act, activation=activation, device="meta",
                   dtype=bias.dtype if bias is not None else None)
         mod = mod.to_empty(device=w.device)
         q, s = quantize_weight_per_channel(w, smooth_scale)
@@ -193,16 +211,14 @@ class Int8Linear(nn.Module):
             raise ValueError(f"Int8Linear(in_features={self.in_features}, out_features={self.out_features}): "
                              f"the input's last dimension must be in_features={self.in_features}, "
                              f"got input of shape {tuple(x.shape)}")
-        if self.smooth_scale is not None:
-            # Divide in fp32 (the scale's precision), then back to x's dtype.
-            x = (x / self.smooth_scale).to(x.dtype)
-        return int8_linear(x, self.weight, self.weight_scale, self.bias, act=self.act)
+        return int8_linear(x, self.weight, self.weight_scale, self.bias, act=self.act, smooth=self.smooth_scale,
+                           activation=self.activation)
 
     def dequantize(self) -> Tensor:
         """The fp32 weight [out, in] this layer applies to its input: ``weight * weight_scale[:, None] / smooth_scale``.
 
-        ``F.linear(x, m.dequantize(), m.bias)`` matches ``m(x)`` up to the
-        activation quantization of ``act="dynamic"``.
+        ``F.linear(x, m.dequantize(), m.bias)`` (then ``m.activation``) matches
+        ``m(x)`` up to the activation quantization of ``act="dynamic"``.
         """
         w = dequantize_weight(self.weight, self.weight_scale)
         if self.smooth_scale is not None:
@@ -211,7 +227,8 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"act={self.act}, smooth={self.smooth_scale is not None}")
+                f"act={self.act}, smooth={self.smooth_scale is not None}"
+                + (f", activation={self.activation}" if self.activation is not None else ""))
 
     # ------------------------------------------------------------------ dtype / device moves
 

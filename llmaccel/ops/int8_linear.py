@@ -6,6 +6,17 @@ Shapes::
     w_int8  : int8  [N, K]         nn.Linear layout
     w_scale : fp32  [N]            per output channel:  W ~= w_int8 * w_scale[:, None]
     bias    : float [N] or None
+    smooth  : fp32  [K] or None    SmoothQuant's unfolded per-input-channel factor (finite, > 0)
+    activation : None, "gelu" (erf), "gelu_tanh" or "relu"
+
+Every mode first replaces x by ``x' = x.float() / smooth`` when ``smooth`` is
+given (an fp32 division per element, correctly rounded: the C++ kernel divides
+while it packs, the torch and Triton paths call torch's ``/``, so all of them
+quantize the very same fp32 values and give the same int8 codes), and ends
+with ``y = activation(y)`` applied to the fp32 result before the cast to x's
+dtype (``F.gelu`` / ``F.gelu(approximate="tanh")`` / ``F.relu`` on the torch
+path; the C++ kernel evaluates it in its epilogue with its own erf / tanh,
+csrc/activation.h, within a few fp32 ulps of torch's).
 
 Modes (``act``):
 
@@ -23,8 +34,11 @@ Backward (weights frozen, as when fine-tuning adapters or heads on a
 quantized base): the activation quantization is treated as the identity
 (straight-through), so for both modes::
 
-    grad_x    = grad_y @ (w_int8 * w_scale[:, None])
-    grad_bias = grad_y summed over all leading dims
+    grad_x    = (g @ (w_int8 * w_scale[:, None])) / smooth
+    grad_bias = g summed over all leading dims
+
+with ``g = grad_y * activation'(pre)``, ``pre`` the output without the
+activation (recomputed in the backward when an activation is set).
 
 ``act="auto"`` lets the dispatcher pick the mode per call from M and the
 hardware (see :func:`choose_mode`); ``explain()`` says which and why.
@@ -37,6 +51,7 @@ import weakref
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from .. import backends
 from .._memory import streamed_buffer
@@ -50,9 +65,24 @@ __all__ = ["int8_linear", "int8_linear_reference"]
 
 OP = "int8_linear"
 MODES = ("dynamic", "weight_only")
+ACTIVATIONS = (None, "gelu", "gelu_tanh", "relu")
 
 
-def _check(x, w_int8, w_scale, bias, act):
+def _check_smooth(smooth, K: int, device) -> None:
+    check_tensor(OP, "smooth", smooth, dtype=torch.float32, ndim=1)
+    if smooth.shape[0] != K:
+        fail(OP, f"smooth has {smooth.shape[0]} entries, expected one per input channel (K = {K})")
+    if smooth.device != device:
+        fail(OP, f"smooth is on {smooth.device} but x is on {device}")
+    # One reduction over K values per call (a few microseconds at K = 384).  Fake and meta tensors (tracing,
+    # the op's fake) have no values to check; the op's body checks the real tensors when it runs (and the C++
+    # kernel checks them again).
+    if smooth.device.type != "meta" and not is_fake(smooth) \
+            and not bool((torch.isfinite(smooth) & (smooth > 0)).all()):
+        fail(OP, "smooth must be finite and > 0 everywhere (found NaN, inf, zero or a negative value)")
+
+
+def _check(x, w_int8, w_scale, bias, act, smooth=None, activation=None):
     """Validates the call; returns the arguments object every backend trusts."""
     check_tensor(OP, "x", x)
     if x.dtype not in FLOAT_DTYPES:
@@ -79,7 +109,11 @@ def _check(x, w_int8, w_scale, bias, act):
         fail(OP, f"act must be one of {MODES + ('auto',)}, got {act!r}")
     if act == "dynamic" and K > MAX_K:
         fail(OP, f"K = {K} exceeds {MAX_K}: the int32 accumulator of act='dynamic' could overflow")
-    return _make_args((x, w_int8, w_scale, bias, act))
+    if smooth is not None:
+        _check_smooth(smooth, K, x.device)
+    if activation not in ACTIVATIONS:
+        fail(OP, f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return _make_args((x, w_int8, w_scale, bias, act, smooth, activation))
 
 
 def dequantize_weight(w_int8: Tensor, w_scale: Tensor) -> Tensor:
@@ -87,10 +121,24 @@ def dequantize_weight(w_int8: Tensor, w_scale: Tensor) -> Tensor:
     return w_int8.to(torch.float32) * w_scale.unsqueeze(1)
 
 
-def int8_linear_reference(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str) -> Tensor:
+def apply_activation(y: Tensor, activation) -> Tensor:
+    """torch's float ``activation`` (None, "gelu", "gelu_tanh", "relu") of ``y``."""
+    if activation is None:
+        return y
+    if activation == "gelu":
+        return torch.nn.functional.gelu(y)
+    if activation == "gelu_tanh":
+        return torch.nn.functional.gelu(y, approximate="tanh")
+    return torch.relu(y)
+
+
+def int8_linear_reference(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str, smooth=None,
+                          activation=None) -> Tensor:
     """Plain-PyTorch int8_linear (module docstring), fp32 math with an exact integer core."""
     K = x.shape[-1]
     x2 = x.reshape(x.shape[:-1].numel(), K)
+    if smooth is not None:
+        x2 = x2.to(torch.float32) / smooth  # fp32 division, as the kernels' prologue
     if act == "dynamic":
         q, s = quantize_per_token_reference(x2)
         # float64 holds every int32 partial sum of the int8 product exactly.
@@ -100,6 +148,7 @@ def int8_linear_reference(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act:
         y = torch.matmul(x2.to(torch.float32), dequantize_weight(w_int8, w_scale).t())
     if bias is not None:
         y = y + bias.to(torch.float32)
+    y = apply_activation(y, activation)
     return y.to(x.dtype).reshape(*x.shape[:-1], w_int8.shape[0])
 
 
@@ -133,15 +182,27 @@ def _prepare(args):
 
 
 def _setup_context(ctx, args, output):
-    ctx.save_for_backward(args.w_int8, args.w_scale)
+    # With an activation the backward recomputes its input, so it needs x and bias as well.
+    keep = (args.x, args.bias) if args.activation is not None else (None, None)
+    ctx.save_for_backward(args.w_int8, args.w_scale, args.smooth, *keep)
+    ctx.act, ctx.activation = args.act, args.activation
     ctx.x_dtype = args.x.dtype
     ctx.bias_dtype = args.bias.dtype if args.bias is not None else None
 
 
 def _backward(ctx, grad_y):
-    w_int8, w_scale = ctx.saved_tensors
+    w_int8, w_scale, smooth, x, bias = ctx.saved_tensors
     g = grad_y.to(torch.float32)
-    grad_x = torch.matmul(g, dequantize_weight(w_int8, w_scale)).to(ctx.x_dtype)
+    if ctx.activation is not None:
+        with torch.no_grad():
+            pre = _op.call(x, w_int8, w_scale, bias, ctx.act, smooth, None).to(torch.float32)
+        with torch.enable_grad():
+            pre.requires_grad_(True)
+            g, = torch.autograd.grad(apply_activation(pre, ctx.activation), pre, g)
+    grad_x = torch.matmul(g, dequantize_weight(w_int8, w_scale))
+    if smooth is not None:
+        grad_x = grad_x / smooth
+    grad_x = grad_x.to(ctx.x_dtype)
     if ctx.bias_dtype is None:
         return {"x": grad_x}
     return {"x": grad_x, "bias": g.reshape(g.shape[:-1].numel(), g.shape[-1]).sum(0).to(ctx.bias_dtype)}
@@ -149,7 +210,8 @@ def _backward(ctx, grad_y):
 
 _op = define(OpSpec(
     name=OP,
-    schema="(Tensor x, Tensor w_int8, Tensor w_scale, Tensor? bias, str act) -> Tensor",
+    schema="(Tensor x, Tensor w_int8, Tensor w_scale, Tensor? bias, str act, Tensor? smooth=None, "
+           "str? activation=None) -> Tensor",
     check=_check,
     fake=lambda args: args.x.new_empty((*args.x.shape[:-1], args.w_int8.shape[0])),
     prepare=_prepare,
@@ -161,13 +223,14 @@ _op.implement("torch")(lambda args: int8_linear_reference(*args))
 
 @_op.public
 def int8_linear(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None = None, *,
-                act: str = "dynamic") -> Tensor:
-    """``y = x @ (w_int8 * w_scale[:, None]).T + bias`` with int8 weights (module docstring for the modes).
+                act: str = "dynamic", smooth: Tensor | None = None, activation: str | None = None) -> Tensor:
+    """``y = activation((x / smooth) @ (w_int8 * w_scale[:, None]).T + bias)`` with int8 weights (module
+    docstring for the modes, ``smooth`` and ``activation``).
 
     ``act="auto"`` is resolved per call inside the op (so also at run time
     under ``torch.compile``); ``llmaccel.backends.explain`` reports the choice.
     """
-    return _op.call(x, w_int8, w_scale, bias, act)
+    return _op.call(x, w_int8, w_scale, bias, act, smooth, activation)
 
 
 # Packed (panel-layout) copies of int8 weights for the C++ kernel, derived
@@ -241,12 +304,14 @@ def _int8_linear_cpp(args) -> Tensor:
     the fp32 result is rounded to x's dtype (two cheap passes over M x K and
     M x N next to the M x N x K product).
     """
-    x, w_int8, w_scale, bias, act = args
+    x, w_int8, w_scale, bias, act, smooth, activation = args
     K = x.shape[-1]
     N = w_int8.shape[0]
     x2 = x.reshape(x.shape[:-1].numel(), K)
     if x2.dtype != torch.float32:
         x2 = x2.to(torch.float32)
+    if smooth is not None and act != "dynamic":
+        x2 = x2 / smooth  # the weight-only kernel has no prologue: the op's fp32 division, unfused
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M = x2.shape[0]
@@ -258,12 +323,17 @@ def _int8_linear_cpp(args) -> Tensor:
     y = torch.empty((M, N), dtype=torch.float32)
     if act == "dynamic":
         packed = packed_weight_cpp(w_int8)
+        sm = 0
+        if smooth is not None:
+            sm = (smooth if smooth.is_contiguous() else smooth.contiguous()).data_ptr()
         ext().int8_linear_dynamic(M, N, K, x2.data_ptr(), x2.stride(0), w_int8.data_ptr(), w_int8.stride(0),
-                                  packed.data_ptr(), ws.data_ptr(), b, y.data_ptr(), N, torch.get_num_threads())
+                                  packed.data_ptr(), ws.data_ptr(), b, y.data_ptr(), N, torch.get_num_threads(),
+                                  "", sm, activation or "")
     else:
         w = w_int8 if w_int8.stride(1) == 1 or K <= 1 else w_int8.contiguous()
         ext().int8_linear_weight_only(M, N, K, x2.data_ptr(), x2.stride(0), w.data_ptr(), w.stride(0) if N > 1 else K,
                                       ws.data_ptr(), b, y.data_ptr(), N, torch.get_num_threads())
+        y = apply_activation(y, activation)  # no epilogue hook in the weight-only kernel: unfused
     if x.dtype != torch.float32:
         y = y.to(x.dtype)
     return y.reshape(*x.shape[:-1], N)
@@ -272,7 +342,19 @@ def _int8_linear_cpp(args) -> Tensor:
 @_op.implement("triton", check=lambda args: backends.int8_dot_problem(args.x.device))
 def _int8_linear_triton(args) -> Tensor:
     """kernels/int8_linear.py: one fused W8A8 kernel (per-token quantize prologue -> int8 tl.dot -> fp32
-    epilogue), or the weight-only (split-K) GEMM."""
+    epilogue), or the weight-only (split-K) GEMM.
+
+    ``smooth`` and ``activation`` are not fused into the Triton kernels: this launcher divides x by
+    ``smooth`` in fp32 before the kernel (torch's division, as every backend) and applies the activation
+    with torch on the kernel's fp32 output, then casts to x's dtype (the reference's order).
+    """
     from ..kernels.int8_linear import int8_linear as triton_int8_linear
 
-    return triton_int8_linear(*args)
+    x, w_int8, w_scale, bias, act, smooth, activation = args
+    if smooth is None and activation is None:
+        return triton_int8_linear(x, w_int8, w_scale, bias, act)
+    xf = x.to(torch.float32)
+    if smooth is not None:
+        xf = xf / smooth
+    y = apply_activation(triton_int8_linear(xf, w_int8, w_scale, bias, act), activation)
+    return y.to(x.dtype)
