@@ -278,27 +278,31 @@ def _quantize_with_head_policy(model: nn.Module, act: str, quantize_head: Option
     float taken out through the filter (their skip reason then says why)."""
     heads = output_heads(model)
     if quantize_head is None:
-        keep = {f: ("W8A8 mode keeps heads float (default; quantize_head=True quantizes)" if act == "dynamic" else
-                    "tied to the embedding: an int8 copy would free nothing (default; quantize_head=True "
-                    "quantizes)") for f, (_, tied) in heads.items() if act == "dynamic" or tied}
-    elif quantize_head:
-        keep = {}
+        keep = {f: ("default policy: W8A8 keeps heads float; quantize_head=True quantizes" if act == "dynamic" else
+                    "default policy: tied to the embedding, an int8 copy would free nothing; quantize_head=True "
+                    "quantizes") for f, (_, tied) in heads.items() if act == "dynamic" or tied}
     else:
-        keep = {f: "quantize_head=False" for f in heads}
+        keep = {} if quantize_head else {f: "quantize_head=False" for f in heads}
 
     def allow(mod, fqn):
         return fqn not in keep and (filter_fn is None or filter_fn(mod, fqn))
 
     summary = quantize_(model, Int8Config(act=act, skip_output_head=False), allow)
-    for f, why in keep.items():
-        if f in summary.skipped and (filter_fn is None or filter_fn(dict(model.named_modules())[f], f)):
-            summary.skipped[f] = f"{heads[f][0]}: kept float, {why}"
+    why_float = {}
+    for f in heads:
+        if f in summary.swapped:
+            continue
+        if f in keep and (filter_fn is None or filter_fn(dict(model.named_modules())[f], f)):
+            summary.skipped[f] = f"{heads[f][0]}: kept float, {keep[f]}"
+            why_float[f] = keep[f]
+        else:  # the user's filter_fn, or one of quantize_'s other rules (size, int32 overflow)
+            why_float[f] = summary.skipped.get(f, "kept")
     if not heads:
         return summary, "none recognized (quantize_'s rules); every Linear follows filter_fn"
-    done = [f"{f} int8" if f in summary.swapped else f"{f} float ({summary.skipped.get(f, 'kept')})"
-            for f in heads]
-    policy = "default policy" if quantize_head is None else f"quantize_head={quantize_head}"
-    return summary, f"{'; '.join(done)} [{policy}]"
+    why_int8 = ("default policy: weight-only quantizes an untied head; quantize_head=False keeps it float"
+                if quantize_head is None else "quantize_head=True")
+    return summary, "; ".join(f"{f} float ({why_float[f]})" if f in why_float else f"{f} int8 ({why_int8})"
+                              for f in heads)
 
 
 def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str] = None,
