@@ -150,6 +150,53 @@ def accuracy(model, ref_model, ids, tf_ids, ref_cache: dict) -> dict:
             "tf_positions": int(ref_top1.numel())}
 
 
+LINEAR_OPS = ("llmaccel::int8_linear", "aten::mm", "aten::addmm", "aten::bmm", "quantized::linear_dynamic",
+              "aten::_weight_int8pack_mm")
+ATTENTION_OPS = ("llmaccel::attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
+                 "aten::_scaled_dot_product_attention_math", "aten::scaled_dot_product_attention")
+
+
+class _StartProfilerAfterPrefill:
+    """LogitsProcessor: starts the profiler at its first call, i.e. once the prefill forward is done."""
+
+    def __init__(self, prof):
+        self.prof, self.started = prof, False
+
+    def __call__(self, input_ids, scores):
+        if not self.started:
+            self.prof.start()
+            self.started = True
+        return scores
+
+
+def profile_decode(model, ids: torch.Tensor, tokens: int, vocab: int) -> dict:
+    """torch.profiler over ``tokens`` decode steps of ``generate`` (started right after the prefill): self
+    CPU ms per decode step in the head (a linear-kind op with a ``vocab``-sized input), the other linears,
+    attention, and everything else (norms, SiLU, mul, rotary, cache update, generate's own work)."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import LogitsProcessorList
+
+    prof = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=tokens + 1, min_new_tokens=tokens + 1, do_sample=False, use_cache=True,
+                       logits_processor=LogitsProcessorList([_StartProfilerAfterPrefill(prof)]))
+    prof.stop()
+    per = {"head": 0.0, "linears": 0.0, "attention": 0.0, "glue": 0.0}
+    top: dict[str, float] = {}
+    for e in prof.key_averages(group_by_input_shape=True):
+        ms = e.self_cpu_time_total / 1e3 / tokens
+        if e.key in LINEAR_OPS:
+            dims = {d for shape in e.input_shapes for d in (shape or [])}
+            per["head" if vocab in dims else "linears"] += ms
+        elif e.key in ATTENTION_OPS or "attention" in e.key:
+            per["attention"] += ms
+        else:
+            per["glue"] += ms
+        top[e.key] = top.get(e.key, 0.0) + ms
+    ops = sorted(top.items(), key=lambda kv: -kv[1])[:8]
+    return {"per_step_ms": per, "total_ms": sum(per.values()), "top_ops_ms": dict(ops)}
+
+
 def _uptime() -> str:
     try:
         return " ".join(f"{x}" for x in os.getloadavg())
@@ -175,6 +222,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true",
                     help="CI smoke: 2 layers, hidden 128, intermediate 256, 4/2 heads, vocab 512, 8 new tokens, "
                          "1 repetition")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also profile N decode steps of each configuration (torch.profiler; self CPU ms per step "
+                         "in the head, the other linears, attention, glue)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON ('-' for stdout)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -228,10 +278,13 @@ def main(argv=None) -> dict:
         row.update(accuracy(models[c], models["fp32"], ids, tf_ids, ref_cache))
         results[c] = row
 
+    profiles = {c: profile_decode(models[c], ids, args.profile, args.vocab) for c in configs} if args.profile else {}
+
     out = {"model": {k: getattr(args, k) for k in ("layers", "hidden", "intermediate", "heads", "kv_heads", "vocab",
                                                   "prompt", "new_tokens", "reps", "seed", "quick")},
            "torch_threads": torch.get_num_threads(), "build_s": build_s,
-           "loadavg_start": load_start, "loadavg_end": _uptime(), "results": results, "reports": reports}
+           "loadavg_start": load_start, "loadavg_end": _uptime(), "results": results, "reports": reports,
+           "profiles": profiles}
     _print_table(out)
     if args.json:
         text = json.dumps(out, indent=2)
@@ -260,6 +313,10 @@ def _print_table(out: dict) -> None:
               f"{r['prefill_ms']:>10.1f} {r['read_bytes_per_token'] / 2**20:>12.1f} {r['greedy_agreement']:>6.3f} "
               f"{fd:>8} {r['first_step_max_abs_rel']:>8.4f}/{r['first_step_mean_abs_rel']:<9.5f} "
               f"{r['tf_top1_agreement']:>7.4f} {r['tf_top5_contains_fp32_top1']:>7.4f}")
+    for c, p in out.get("profiles", {}).items():
+        parts = ", ".join(f"{k} {v:.1f} ({100 * v / p['total_ms']:.0f}%)" for k, v in p["per_step_ms"].items())
+        ops = ", ".join(f"{k} {v:.1f}" for k, v in p["top_ops_ms"].items())
+        print(f"profile {c}: self CPU ms per decode step {p['total_ms']:.1f}: {parts}\n    top ops: {ops}")
 
 
 if __name__ == "__main__":
