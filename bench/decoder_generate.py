@@ -219,6 +219,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--tf-len", type=int, default=64)
     ap.add_argument("--configs", default=",".join(ALL_CONFIGS), help=f"comma-separated subset of {ALL_CONFIGS}")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch.set_num_threads for every configuration (llmaccel's kernels use the same count); "
+                         "0 keeps torch's default. On a machine other jobs load, 1 thread can be faster: a "
+                         "2-thread parallel region waits for its descheduled thread")
     ap.add_argument("--quick", action="store_true",
                     help="CI smoke: 2 layers, hidden 128, intermediate 256, 4/2 heads, vocab 512, 8 new tokens, "
                          "1 repetition")
@@ -230,6 +234,8 @@ def main(argv=None) -> dict:
     if args.quick:
         args.layers, args.hidden, args.intermediate, args.heads, args.kv_heads, args.vocab = 2, 128, 256, 4, 2, 512
         args.prompt, args.new_tokens, args.reps, args.tf_batch, args.tf_len = 8, 8, 1, 2, 16
+    if args.threads:
+        torch.set_num_threads(args.threads)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     for c in configs:
         if c not in ALL_CONFIGS:
