@@ -172,7 +172,9 @@ class _StartProfilerAfterPrefill:
 def profile_decode(model, ids: torch.Tensor, tokens: int, vocab: int) -> dict:
     """torch.profiler over ``tokens`` decode steps of ``generate`` (started right after the prefill): self
     CPU ms per decode step in the head (a linear-kind op with a ``vocab``-sized input), the other linears,
-    attention, and everything else (norms, SiLU, mul, rotary, cache update, generate's own work)."""
+    attention, and everything else (norms, SiLU, mul, rotary, cache update, generate's own work).
+    torch.ao's ``quantized::linear_dynamic`` records no weight shape (packed params), so its head is counted
+    under the linears."""
     from torch.profiler import ProfilerActivity, profile
     from transformers import LogitsProcessorList
 
