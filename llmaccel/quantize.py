@@ -63,7 +63,7 @@ from .nn.int8_linear import ACT_MODES, Int8Linear
 from .ops.int8_mm import MAX_K
 from .smoothquant import recorded_smooth_scale
 
-__all__ = ["Int8Config", "QuantizeSummary", "quantize_", "OUTPUT_HEAD_NAMES"]
+__all__ = ["Int8Config", "QuantizeSummary", "quantize_", "output_heads", "OUTPUT_HEAD_NAMES"]
 
 OUTPUT_HEAD_NAMES = ("lm_head", "output", "classifier", "score")
 
@@ -139,20 +139,38 @@ def _tensor_bytes(*ts) -> int:
     return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 
+def _head_reason(fqn: str, mod: nn.Linear, embeddings: dict[int, str], seq_head: Optional[nn.Linear]) -> Optional[str]:
+    """Why ``mod`` is an output head (module docstring's rules), or None when it is not one."""
+    if "." not in fqn and fqn in OUTPUT_HEAD_NAMES:
+        return f"output head (top-level '{fqn}')"
+    if mod is seq_head:
+        return "output head (last layer with parameters of the nn.Sequential model)"
+    emb = embeddings.get(id(mod.weight))
+    if emb is not None:
+        return f"output head (weight tied to nn.Embedding '{emb}')"
+    return None
+
+
+def output_heads(model: nn.Module) -> dict[str, tuple[str, bool]]:
+    """The Linears of ``model`` that ``quantize_`` treats as output heads: ``{fqn: (why, tied)}``, ``tied``
+    when the head's weight is an ``nn.Embedding``'s weight (quantizing it would not free the float copy)."""
+    sites = linear_sites(model)
+    heads = {}
+    for fqn, mod in sites.linears.items():
+        why = _head_reason(fqn, mod, sites.embeddings, sites.seq_head)
+        if why is not None:
+            heads[fqn] = (why, id(mod.weight) in sites.embeddings)
+    return heads
+
+
 def _skip_reason(fqn: str, mod: nn.Linear, config: Int8Config, embeddings: dict[int, str],
                  mha_out_proj: set[int], seq_head: Optional[nn.Linear]) -> Optional[str]:
     if id(mod) in mha_out_proj:
         return "out_proj of nn.MultiheadAttention (its forward reads the weight directly)"
     if config.skip_output_head:
-        if "." not in fqn and fqn in OUTPUT_HEAD_NAMES:
-            return f"output head (top-level '{fqn}'); Int8Config(skip_output_head=False) quantizes it"
-        if mod is seq_head:
-            return ("output head (last layer with parameters of the nn.Sequential model); "
-                    "Int8Config(skip_output_head=False) quantizes it")
-        emb = embeddings.get(id(mod.weight))
-        if emb is not None:
-            return f"output head (weight tied to nn.Embedding '{emb}'); Int8Config(skip_output_head=False) " \
-                   f"quantizes it"
+        why = _head_reason(fqn, mod, embeddings, seq_head)
+        if why is not None:
+            return f"{why}; Int8Config(skip_output_head=False) quantizes it"
     if min(mod.in_features, mod.out_features) < config.min_features:
         return f"smaller than min_features={config.min_features} ({mod.out_features} x {mod.in_features})"
     if config.act == "dynamic" and mod.in_features > MAX_K:

@@ -34,7 +34,9 @@ def test_plain_encoder_attention_and_int8(quantize):
     mhas = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
     assert mhas and all(type(m) is LlmaccelMHA for m in mhas)
     n_int8 = sum(isinstance(m, llmaccel.Int8Linear) for m in model.modules())
-    assert n_int8 == (0 if quantize is None else 4), n_int8  # 2 x (linear1, linear2); the head stays float
+    # 2 x (linear1, linear2); the head (the Sequential's last Linear, untied) stays float in W8A8 mode and is
+    # quantized in weight-only mode (optimize's quantize_head=None policy)
+    assert n_int8 == {None: 0, "int8": 4, "int8-weight-only": 5}[quantize], n_int8
     with torch.inference_mode():
         out = model(x)
     cos = _cos_rows(out, ref)
@@ -163,3 +165,77 @@ def test_real_minilm_sentence_embeddings_keep_their_meaning(quantize, mean_min, 
     llmaccel.optimize(model, quantize=quantize, calibration=[calib] if quantize else None)
     cos = (_embed(model, batch) * ref).sum(-1)
     assert float(cos.mean()) >= mean_min and float(cos.min()) >= worst_min, (quantize, cos)
+
+
+# --------------------------------------------------------------------------
+# the output head in quantize modes (quantize_head), on a small random Llama
+# --------------------------------------------------------------------------
+
+def _llama(tie=False, seed=0):
+    transformers = pytest.importorskip("transformers")
+    # initializer_range 0.2 (not Llama's 0.02): logits spread enough that argmax is not decided by near-ties
+    # of a random model, so top-1 agreement measures the quantization error.
+    cfg = transformers.LlamaConfig(vocab_size=251, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie,
+                                   initializer_range=0.2, max_position_embeddings=64)
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def _top1_agreement(model, ref_logits, ids):
+    with torch.inference_mode():
+        return float((model(ids).logits.argmax(-1) == ref_logits.argmax(-1)).double().mean())
+
+
+def test_weight_only_quantizes_an_untied_head_and_keeps_top1():
+    ids = torch.randint(0, 251, (3, 33), generator=torch.Generator().manual_seed(5))
+    ref = _llama()
+    with torch.inference_mode():
+        ref_logits = ref(ids).logits
+    model = llmaccel.optimize(_llama(), quantize="int8-weight-only")
+    assert isinstance(model.lm_head, llmaccel.Int8Linear)
+    assert model.model.embed_tokens.weight.dtype == torch.float32
+    report = model.llmaccel_report
+    assert "lm_head int8" in report.head and "default policy" in report.head and "head" in str(report)
+    kept = llmaccel.optimize(_llama(), quantize="int8-weight-only", quantize_head=False)
+    assert type(kept.lm_head) is nn.Linear
+    assert "quantize_head=False" in kept.llmaccel_report.quantize.skipped["lm_head"]
+    # the head is 251 x 64 of the model's int8 bytes here: quantizing it saves its fp32 -> int8 difference
+    saved = kept.llmaccel_report.bytes_after - report.bytes_after
+    assert saved >= 251 * 64 * 3 - 251 * 4, saved
+    agree_q, agree_kept = _top1_agreement(model, ref_logits, ids), _top1_agreement(kept, ref_logits, ids)
+    assert agree_q >= 0.95 and agree_kept >= 0.95, (agree_q, agree_kept)
+    assert agree_q >= agree_kept - 0.03, (agree_q, agree_kept)
+
+
+def test_tied_head_stays_float_unless_asked():
+    model = _llama(tie=True)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    llmaccel.optimize(model, quantize="int8-weight-only")
+    assert type(model.lm_head) is nn.Linear and model.lm_head.weight is model.model.embed_tokens.weight
+    report = model.llmaccel_report
+    assert "tied to the embedding" in report.quantize.skipped["lm_head"] and "lm_head float" in report.head
+    forced = llmaccel.optimize(_llama(tie=True), quantize="int8-weight-only", quantize_head=True)
+    assert isinstance(forced.lm_head, llmaccel.Int8Linear) and "quantize_head=True" in forced.llmaccel_report.head
+
+
+def test_w8a8_keeps_the_head_float_by_default_and_filter_fn_still_wins():
+    model = llmaccel.optimize(_llama(), quantize="int8")
+    assert type(model.lm_head) is nn.Linear and "W8A8" in model.llmaccel_report.quantize.skipped["lm_head"]
+    forced = llmaccel.optimize(_llama(), quantize="int8", quantize_head=True)
+    assert isinstance(forced.lm_head, llmaccel.Int8Linear)
+    filtered = llmaccel.optimize(_llama(), quantize="int8-weight-only", quantize_head=True,
+                                 filter_fn=lambda mod, fqn: fqn != "lm_head")
+    assert type(filtered.lm_head) is nn.Linear
+    assert filtered.llmaccel_report.quantize.skipped["lm_head"] == "filter_fn returned False"
+
+
+def test_quantize_head_bad_values_raise():
+    with pytest.raises(TypeError, match="quantize_head must be"):
+        llmaccel.optimize(_llama(), quantize="int8-weight-only", quantize_head="yes")
+    with pytest.raises(TypeError, match="quantize_head must be"):
+        llmaccel.optimize(_llama(), quantize="int8-weight-only", quantize_head=1)
+    with pytest.raises(ValueError, match="quantize_head=True needs quantize"):
+        llmaccel.optimize(_llama(), quantize_head=True)
+    with pytest.raises(ValueError, match="quantize_head applies to quantize without sparsity"):
+        llmaccel.optimize(_encoder(), quantize="int8-weight-only", sparsity="2:4", quantize_head=False)
