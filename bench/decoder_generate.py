@@ -14,6 +14,9 @@ fp32 model:
 * ``wo-head-fp32``  -- ``llmaccel.optimize(attention=True, quantize="int8-weight-only", quantize_head=False)``:
   int8 weight-only Linears, the output head kept fp32;
 * ``wo``            -- the same with ``optimize``'s default head policy (an untied head is quantized too);
+* ``w8a8``          -- ``llmaccel.optimize(attention=True, quantize="int8", quantize_head=True)``: W8A8
+  dynamic (per-token int8 activations, integer dot products), head included: torch.ao's scheme, with 8-bit
+  activations where torch.ao keeps 7 (``reduce_range``), no calibration (torch.ao has none either);
 * ``torch.ao``      -- ``torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)``
   (W8A8 dynamic, fbgemm; it quantizes the head too).
 
@@ -54,7 +57,7 @@ import warnings
 import torch
 from torch import nn
 
-ALL_CONFIGS = ("fp32", "wo-head-fp32", "wo", "torch.ao")
+ALL_CONFIGS = ("fp32", "wo-head-fp32", "wo", "w8a8", "torch.ao")
 
 
 def build_model(layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int, vocab: int, seed: int):
@@ -80,6 +83,8 @@ def make_config(base: nn.Module, name: str) -> nn.Module:
         return llmaccel.optimize(model, attention=True, quantize="int8-weight-only", quantize_head=False)
     if name == "wo":
         return llmaccel.optimize(model, attention=True, quantize="int8-weight-only")
+    if name == "w8a8":
+        return llmaccel.optimize(model, attention=True, quantize="int8", quantize_head=True)
     if name == "torch.ao":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao's deprecation notice

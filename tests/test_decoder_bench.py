@@ -23,7 +23,7 @@ def test_quick_run_reports_every_configuration(tmp_path, capsys):
     out = _load().main(["--quick", "--json", str(path)])
     assert json.loads(path.read_text())["results"].keys() == out["results"].keys()
     res = out["results"]
-    assert list(res) == ["fp32", "wo-head-fp32", "wo", "torch.ao"]
+    assert list(res) == ["fp32", "wo-head-fp32", "wo", "w8a8", "torch.ao"]
     fp32 = res["fp32"]
     assert fp32["greedy_agreement"] == 1.0 and fp32["tf_top1_agreement"] == 1.0
     assert fp32["first_step_max_abs_rel"] == 0.0 and fp32["deterministic"]
