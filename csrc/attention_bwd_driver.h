@@ -150,14 +150,20 @@ void run_attention_bwd(const llmaccel::AttentionBwdProblem& bp) {
 #pragma omp for schedule(dynamic, 1)
     for (int64_t w = 0; w < items1; ++w) {
       const int64_t kb = w / (B * Hkv), bh = w % (B * Hkv), hk = bh % Hkv, b = bh / Hkv;
-      const int64_t n0 = kb * kBwdNk, n = std::min<int64_t>(kBwdNk, Lk - n0);
+      const int64_t n0 = kb * kBwdNk, n_full = std::min<int64_t>(kBwdNk, Lk - n0);
+      // Keys of the block no query row attends (bool mask: padding) have P = 0, so dK = dV = 0 there:
+      // they are cut off the block's end (the forward's bool_mask_extent, over every row of the G heads)
+      // and their rows of dK / dV are stored as the zeros they are.
+      const int64_t n = p.mask_kind == llmaccel::kMaskBool ? bool_mask_extent(p, b, hk, G, 0, Lq, n0, n_full) : n_full;
       const float* kbase = p.k + b * p.k_sb + hk * p.k_sh + n0 * p.k_sl;
       const float* vbase = p.v + b * p.v_sb + hk * p.v_sh + n0 * p.v_sl;
-      Isa::pack_kt(kbase, p.k_sl, p.k_sd, n, D, kt.get(), ldkt);
-      Isa::pack_kt(vbase, p.v_sl, p.v_sd, n, Dv, vt.get(), ldkt);
+      if (n > 0) {
+        Isa::pack_kt(kbase, p.k_sl, p.k_sd, n, D, kt.get(), ldkt);
+        Isa::pack_kt(vbase, p.v_sl, p.v_sd, n, Dv, vt.get(), ldkt);
+      }
       std::fill(acc_k.get(), acc_k.get() + kBwdNk * ldq, 0.0f);
       std::fill(acc_v.get(), acc_v.get() + kBwdNk * ldd, 0.0f);
-      const int64_t i_start = first_row(n0);
+      const int64_t i_start = n > 0 ? first_row(n0) : Lq;
       for (int64_t g = 0; g < G; ++g) {
         const int64_t h = hk * G + g;
         const float* lse_h = p.lse + (b * Hq + h) * Lq;
@@ -183,7 +189,7 @@ void run_attention_bwd(const llmaccel::AttentionBwdProblem& bp) {
           Isa::pvt(n, mi, D, dp.get(), lds, qs.get(), ldq, acc_k.get(), ldq);
         }
       }
-      for (int64_t j = 0; j < n; ++j) {
+      for (int64_t j = 0; j < n_full; ++j) {
         bwd_store_row(bp.dk + b * bp.dk_sb + hk * bp.dk_sh + (n0 + j) * bp.dk_sl, bp.dk_sd, acc_k.get() + j * ldq, D,
                       1.0f);
         bwd_store_row(bp.dv + b * bp.dv_sb + hk * bp.dv_sh + (n0 + j) * bp.dv_sl, bp.dv_sd, acc_v.get() + j * ldd,
@@ -207,7 +213,11 @@ void run_attention_bwd(const llmaccel::AttentionBwdProblem& bp) {
       const float* kbase = p.k + b * p.k_sb + hk * p.k_sh;
       const float* vbase = p.v + b * p.v_sb + hk * p.v_sh;
       for (int64_t n0 = 0; n0 < kv_end; n0 += kBwdNk) {
-        const int64_t n = std::min<int64_t>(kBwdNk, kv_end - n0);
+        // Keys no row of this q block attends add nothing to dQ (P = 0, so dS = 0): cut or skip them.
+        const int64_t n_full = std::min<int64_t>(kBwdNk, kv_end - n0);
+        const int64_t n =
+            p.mask_kind == llmaccel::kMaskBool ? bool_mask_extent(p, b, hk, G, i0, ni, n0, n_full) : n_full;
+        if (n == 0) continue;
         Isa::pack_kt(kbase + n0 * p.k_sl, p.k_sl, p.k_sd, n, D, kt.get(), ldkt);
         Isa::pack_kt(vbase + n0 * p.v_sl, p.v_sl, p.v_sd, n, Dv, vt.get(), ldkt);
         Isa::qk(Me, n, D, qs.get(), ldq, kt.get(), ldkt, s.get(), lds, nullptr);

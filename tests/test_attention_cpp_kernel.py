@@ -542,6 +542,27 @@ def test_bwd_bool_masks_and_fully_masked_rows(variant):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kind", ["key_padding", "rows_shrink"])
+def test_bwd_padding_masks_cut_key_blocks(variant, kind):
+    """Backward with keys no row attends (bool padding): both passes cut each 64-key block at the last
+    attended key and skip empty ones; those keys' dK / dV rows must still be written, as zeros."""
+    B, Hq, Hkv, Lq, Lk = 3, 4, 2, 90, 300
+    q, k, v = make(B, Hq, Hkv, Lq, Lk, 32)
+    lens = torch.tensor([3, 130, 0])
+    j = torch.arange(Lk)
+    if kind == "key_padding":
+        mask = (j[None, :] < lens[:, None])[:, None, None, :]
+    else:  # extents shrink down the rows and differ per head
+        i = Lq - 1 - torch.arange(Lq)
+        mask = j[None, None, None, :] < (lens[:, None, None, None] + 2 * i[None, None, :, None]
+                                         + 5 * torch.arange(Hq)[None, :, None, None])
+    dq, dk, dv = assert_bwd_close(q, k, v, mask, variant=variant)
+    if kind == "key_padding":
+        assert (dk[0, :, 3:] == 0).all() and (dv[0, :, 3:] == 0).all()
+        assert (dk[2] == 0).all() and (dv[2] == 0).all() and (dq[2] == 0).all()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_bwd_float_mask_and_dlse(variant):
     q, k, v = make(1, 4, 2, 40, 55, 16)
     fm = torch.randn(1, 1, 40, 55)
