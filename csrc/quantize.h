@@ -65,7 +65,8 @@ inline RowScale row_scale(const float* x, int64_t K) {
 //   dst[i] = uint8(int8(clamp(round_half_even(x[i] * inv), -127, 127))) ^ flip
 // (flip = 0x80 stores u8 = q + 128 for u8 x s8 kernels).  The __restrict qualifiers are what let the
 // compiler vectorize it (vroundps + vcvttps2dq + packs): with the uint8_t destination free to alias the
-// floats, GCC 12 kept it scalar (vroundss), ~10% of an int8_linear call at K = 384.
+// floats, GCC 12 kept it scalar (vroundss).  One body for the int8_linear prologue and
+// quantize_per_token, so both keep giving identical codes.
 inline void quantize_codes(const float* __restrict x, int64_t n, float inv, uint8_t flip, uint8_t* __restrict dst) {
   for (int64_t i = 0; i < n; ++i) {
     const float q = std::min(127.0f, std::max(-127.0f, __builtin_nearbyintf(x[i] * inv)));
