@@ -27,6 +27,10 @@
 #include <immintrin.h>
 
 #include "int8_mm_driver.h"
+#include "int8_mm_outer.h"
+#ifndef LLMACCEL_OUTER_BREG
+#define LLMACCEL_OUTER_BREG 1
+#endif
 
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
@@ -197,6 +201,127 @@ struct Avx2Sign {
   }
 };
 
+// The outer-product tile (int8_mm_outer.h): R rows x 16 columns, one int32
+// lane per output.  Per quad step: u = |b| for the panel's two column
+// vectors (shared by all rows), then per row a 4-byte broadcast of A and,
+// per column vector, acc += widen(vpmaddubsw(u, vpsignb(a, b))), the sign
+// trick with A as the signed side: a * sign(b) * |b| = a * b, exact for a in
+// [-127, 127] (any b).  b is re-read from L1 as vpsignb's memory operand,
+// which frees the registers for a fifth row: 10 accumulators + 2 |b| +
+// broadcast + scratch + ones = 15 ymm.
+// Measured against the dot-product tile (one thread, Zen 3, int8_linear
+// act="dynamic"): see bench/RESULTS.md.
+inline __attribute__((always_inline)) void sign_madd_mem(__m256i& acc, __m256i a, __m256i u, const int8_t* bm,
+                                                         __m256i ones) {
+  __m256i t;
+  asm("vpsignb %[b], %[a], %[t]\n\t"
+      "vpmaddubsw %[t], %[u], %[t]\n\t"
+      "vpmaddwd %[ones], %[t], %[t]\n\t"
+      "vpaddd %[t], %[acc], %[acc]"
+      : [acc] "+x"(acc), [t] "=&x"(t)
+      : [a] "x"(a), [u] "x"(u), [b] "m"(*reinterpret_cast<const __m256i*>(bm)), [ones] "x"(ones));
+}
+
+struct Avx2Outer {
+  static constexpr bool kBInRegs = LLMACCEL_OUTER_BREG;
+  static constexpr int MR = kBInRegs ? 4 : 5;
+  static constexpr int NR = 16;
+
+  template <int R, int kStream>
+  static void tile(const int8_t* a, const int8_t* b, int64_t nq, const OuterOut& o) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[2 * R];
+#pragma GCC unroll 16
+    for (int i = 0; i < 2 * R; ++i) acc[i] = _mm256_setzero_si256();
+    for (int64_t j = 0; j < nq; ++j) {
+      const int8_t* bj = b + j * NR * 4;
+      // A panel streamed from DRAM (decode) is one sequential run: one line
+      // per step, 1 KiB ahead, keeps misses in flight past the hardware
+      // prefetcher's ramp.
+      if constexpr (kStream == kStreamPanels) _mm_prefetch(reinterpret_cast<const char*>(bj + 1024), _MM_HINT_T0);
+      const __m256i b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(bj));
+      const __m256i b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(bj + 32));
+      const __m256i u0 = _mm256_abs_epi8(b0), u1 = _mm256_abs_epi8(b1);
+      const int8_t* aj = a + j * MR * 4;
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        int32_t quad;
+        std::memcpy(&quad, aj + 4 * r, 4);
+        const __m256i av = _mm256_set1_epi32(quad);
+        if constexpr (kBInRegs) {
+          sign_madd(acc[2 * r], av, u0, b0, ones);
+          sign_madd(acc[2 * r + 1], av, u1, b1, ones);
+        } else {
+          sign_madd_mem(acc[2 * r], av, u0, bj, ones);
+          sign_madd_mem(acc[2 * r + 1], av, u1, bj + 32, ones);
+        }
+      }
+    }
+    store<R>(acc, o);
+  }
+
+  // Inlined into tile() with its row loops unrolled: an out-of-line call,
+  // or an accumulator indexed by a run-time row, takes the array's address,
+  // and GCC then keeps every accumulator on the stack through the k loop.
+  template <int R>
+  static inline __attribute__((always_inline)) void store(const __m256i* acc, const OuterOut& o) {
+    const bool full = o.cols == NR;
+    if (!o.y) {
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        int32_t* crow = o.c + r * o.c_sm;
+        if (full && o.c_sn == 1) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(crow), acc[2 * r]);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(crow + 8), acc[2 * r + 1]);
+        } else {
+          alignas(32) int32_t v[NR];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(v), acc[2 * r]);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(v + 8), acc[2 * r + 1]);
+          for (int c = 0; c < o.cols; ++c) crow[c * o.c_sn] = v[c];
+        }
+      }
+      return;
+    }
+    // Scales and bias of the panel's columns (zero beyond the last real one).
+    alignas(32) float wsb[2 * NR] = {};
+    __m256 ws0, ws1, b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+    if (full) {
+      ws0 = _mm256_loadu_ps(o.ws);
+      ws1 = _mm256_loadu_ps(o.ws + 8);
+      if (o.bias) b0 = _mm256_loadu_ps(o.bias), b1 = _mm256_loadu_ps(o.bias + 8);
+    } else {
+      for (int c = 0; c < o.cols; ++c) {
+        wsb[c] = o.ws[c];
+        wsb[NR + c] = o.bias ? o.bias[c] : 0.0f;
+      }
+      ws0 = _mm256_load_ps(wsb), ws1 = _mm256_load_ps(wsb + 8);
+      b0 = _mm256_load_ps(wsb + NR), b1 = _mm256_load_ps(wsb + NR + 8);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 xs = _mm256_set1_ps(o.xs[r]);
+      __m256 y0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[2 * r]), xs), ws0, b0);
+      __m256 y1 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[2 * r + 1]), xs), ws1, b1);
+      switch (o.act) {  // per tile, not per element
+        case llmaccel::kActGelu: y0 = gelu_v<Avx2F32>(y0), y1 = gelu_v<Avx2F32>(y1); break;
+        case llmaccel::kActGeluTanh: y0 = gelu_tanh_v<Avx2F32>(y0), y1 = gelu_tanh_v<Avx2F32>(y1); break;
+        case llmaccel::kActRelu: y0 = relu_v<Avx2F32>(y0), y1 = relu_v<Avx2F32>(y1); break;
+        default: break;
+      }
+      float* yrow = o.y + r * o.y_sm;
+      if (full) {
+        _mm256_storeu_ps(yrow, y0);
+        _mm256_storeu_ps(yrow + 8, y1);
+      } else {
+        alignas(32) float v[NR];
+        _mm256_store_ps(v, y0);
+        _mm256_store_ps(v + 8, y1);
+        for (int c = 0; c < o.cols; ++c) yrow[c] = v[c];
+      }
+    }
+  }
+};
+
 struct Avx2Exact {
   static constexpr int MR = kMR;
   static constexpr int NR = kNR;
@@ -265,9 +390,8 @@ void linear_decode(const llmaccel::Int8MMProblem& p) {
   using Isa = Avx2Sign;
   constexpr int MR = Isa::MR, NR = Isa::NR;
   constexpr int64_t KA = Isa::KALIGN;
-  static constexpr Int8TileTable<Isa, kStreamPanels> panels;
   static constexpr Int8TileTable<Isa, kStreamColumns> columns;
-  const TileFn(*fn)[NR] = p.b_packed ? panels.fn : columns.fn;
+  const TileFn(*fn)[NR] = columns.fn;
   const int64_t M = p.M, N = p.N, K = p.K, Kp = round_up(K, KA), ngroups = ceil_div(N, NR);
   const int R = static_cast<int>(M);
   // Per-thread packed A, allocated before the region (an exception must not
@@ -289,7 +413,7 @@ void linear_decode(const llmaccel::Int8MMProblem& p) {
     for (int64_t g = g0; g < g1; ++g) {
       const int64_t n0 = g * NR;
       const int Cn = static_cast<int>(std::min<int64_t>(NR, N - n0));
-      const BCols b = p.b_packed ? BCols{p.b + n0 * Kp, KA, NR, NR * Kp} : BCols{p.b + n0 * p.ldb, p.ldb, 1, NR * p.ldb};
+      const BCols b{p.b + n0 * p.ldb, p.ldb, 1, NR * p.ldb};
       TileOut o{nullptr, 0, 1, nullptr, false, false, p.y + n0, p.y_sm, xs, p.w_scale + n0,
                 p.bias ? p.bias + n0 : nullptr, p.activation};
       fn[R - 1][Cn - 1](apack, b, K, o);
@@ -301,16 +425,29 @@ void linear_decode(const llmaccel::Int8MMProblem& p) {
 }  // namespace
 }  // namespace LLMACCEL_CPU_CAPABILITY
 
+// Plain-weight int8_mm calls with fewer rows than this run the dot-product
+// tile on the columns in place: below it, packing B for the outer-product
+// tile (N * K bytes, 4-byte pieces) costs more than the tile saves.
+constexpr int64_t kOuterMinRowsPlain = 64;
+
 void int8_mm_avx2(const Int8MMProblem& p) {
-  if (p.x && p.y && p.M <= Avx2Sign::MR) {
-    linear_decode(p);
+  if (p.b_packed) {  // int8_linear with a weight from int8_mm_pack_b: the outer-product layout
+    run_int8_mm_outer<Avx2Outer>(p);
     return;
   }
-  // With a fused prologue (x set) A is quantized to [-127, 127] by construction.
-  if (p.x || !a_has_min(p))
+  if (p.x) {  // int8_linear on a plain weight; A is quantized to [-127, 127] by construction
+    if (p.M <= Avx2Sign::MR)
+      linear_decode(p);
+    else
+      run_int8_mm_outer<Avx2Outer>(p);
+    return;
+  }
+  if (a_has_min(p))
+    run_int8_mm<Avx2Exact>(p);
+  else if (p.M < kOuterMinRowsPlain)
     run_int8_mm<Avx2Sign>(p);
   else
-    run_int8_mm<Avx2Exact>(p);
+    run_int8_mm_outer<Avx2Outer>(p);
 }
-Int8MMLayout int8_mm_layout_avx2() { return {kNR, kKAlign}; }
+Int8MMLayout int8_mm_layout_avx2() { return {Avx2Outer::NR, 4}; }  // packed weights feed the outer-product tile
 }  // namespace llmaccel

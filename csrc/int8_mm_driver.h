@@ -201,13 +201,74 @@ inline std::unique_ptr<uint8_t, AlignedFree> alloc_bytes(int64_t n) {
   return std::unique_ptr<uint8_t, AlignedFree>(static_cast<uint8_t*>(p));
 }
 
+// One row of A as the kernels consume it: int8 codes copied from A
+// (int8_mm) or quantized per token from x (int8_linear's fused prologue).
+// Shared by every loop nest, so each packs the same codes.
+struct ARow {
+  const int8_t* src = nullptr;  // int8 row, element k at src[k * sk]
+  int64_t sk = 1;
+  const float* x = nullptr;  // fp32 row to quantize (after the smooth division)
+  llmaccel::RowScale rs{};
+};
+
+// Sets up row m of A.  With the fused prologue (p.x set) the row is
+// quantized per token and its scale goes to *scale_out; with p.smooth set,
+// the row quantized is x[k] / smooth[k] (fp32 division, as torch's
+// `x / smooth`), first written to `smoothed` (K floats of the calling
+// thread's scratch).  Same row numerics as quantize_per_token (quantize.h:
+// row_scale), so both give identical q; a non-finite row has no source
+// (codes 0) and scale NaN.
+inline ARow a_row(const llmaccel::Int8MMProblem& p, int64_t m, float* scale_out, float* smoothed) {
+  ARow row;
+  if (!p.x) {
+    row.src = p.a + m * p.a_sm;
+    row.sk = p.a_sk;
+    return row;
+  }
+  const int64_t K = p.K;
+  const float* xrow = p.x + m * p.x_sm;
+  if (p.smooth) {
+    // A division, not a product with 1 / smooth: the torch paths divide, and
+    // identical codes on every backend are worth the ~K divisions per row
+    // (against N * K multiply-adds per row in the GEMM).
+    for (int64_t k = 0; k < K; ++k) smoothed[k] = xrow[k] / p.smooth[k];
+    xrow = smoothed;
+  }
+  row.rs = llmaccel::row_scale(xrow, K);
+  *scale_out = row.rs.scale;
+  if (!row.rs.nonfinite) row.x = xrow;
+  return row;
+}
+
+// Codes k0 .. k0 + n - 1 of the row, each XOR flip (0x80 stores u8 = q + 128
+// for u8 x s8 kernels), to dst.
+inline void a_row_codes(const ARow& row, int64_t k0, int64_t n, uint8_t flip, uint8_t* dst) {
+  if (row.x) {
+    // nearbyint rounds half to even in the default rounding mode.
+    if (!row.rs.tiny) {
+      llmaccel::quantize_codes(row.x + k0, n, row.rs.inv, flip, dst);
+    } else {
+      const double sd = row.rs.scale;
+      for (int64_t i = 0; i < n; ++i) {
+        const double q = std::min(127.0, std::max(-127.0, std::nearbyint(row.x[k0 + i] / sd)));
+        dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q)) ^ flip;
+      }
+    }
+  } else if (row.src) {
+    if (row.sk == 1) {  // the common case, kept separate so it vectorizes
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(row.src[k0 + i]) ^ flip;
+    } else {
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(row.src[(k0 + i) * row.sk]) ^ flip;
+    }
+  } else {
+    std::memset(dst, flip, n);  // q = 0 (stored as 0 ^ flip): a non-finite x row
+  }
+}
+
 // Packs row r of A (packed row r: the ones row when ones_row and r == 0)
 // into its slot `base` of the packed layout: KALIGN-byte chunks, MR rows
 // interleaved per chunk, zero padded to Kp.  u8 = a + 128 when the ISA
-// multiplies u8 x s8.  With the fused prologue (x set) the row is quantized
-// per token and its scale goes to *scale_out; with p.smooth set, the row
-// quantized is x[k] / smooth[k] (fp32 division, as torch's `x / smooth`),
-// first written to `smoothed` (K floats of the calling thread's scratch).
+// multiplies u8 x s8.  scale_out / smoothed: see a_row.
 template <class Isa>
 inline void pack_a_row(const llmaccel::Int8MMProblem& p, uint8_t* base, int64_t Kp, int64_t r, bool ones_row,
                        float* scale_out, float* smoothed) {
@@ -216,49 +277,14 @@ inline void pack_a_row(const llmaccel::Int8MMProblem& p, uint8_t* base, int64_t 
   const int64_t K = p.K, row0 = ones_row ? 1 : 0;
   const bool ones = ones_row && r == 0;
   const uint8_t flip = Isa::kOnesRow ? 0x80u : 0u;
-  const int8_t* src = ones || p.x ? nullptr : p.a + (r - row0) * p.a_sm;
-  const float* xrow = ones || !p.x ? nullptr : p.x + (r - row0) * p.x_sm;
-  // Same row numerics as quantize_per_token (quantize.h: row_scale), so
-  // both give identical q; a non-finite row packs as zeros with scale NaN.
-  llmaccel::RowScale rs{};
-  if (xrow && p.smooth) {
-    // A division, not a product with 1 / smooth: the torch paths divide, and
-    // identical codes on every backend are worth the ~K divisions per row
-    // (against N * K multiply-adds per row in the GEMM).
-    for (int64_t k = 0; k < K; ++k) smoothed[k] = xrow[k] / p.smooth[k];
-    xrow = smoothed;
-  }
-  if (xrow) {
-    rs = llmaccel::row_scale(xrow, K);
-    *scale_out = rs.scale;
-    if (rs.nonfinite) xrow = nullptr, src = nullptr;
-  }
-  const bool zero_row = !ones && !xrow && !src;
+  const ARow row = ones ? ARow{} : a_row(p, r - row0, scale_out, smoothed);
   for (int64_t k0 = 0; k0 < Kp; k0 += KA) {
     uint8_t* dst = base + k0 * MR;
     const int64_t n = std::min<int64_t>(KA, std::max<int64_t>(K - k0, 0));
-    if (ones) {
+    if (ones)
       std::memset(dst, 1, n);
-    } else if (zero_row) {
-      std::memset(dst, flip, n);  // q = 0 (stored as 0 ^ flip)
-    } else if (xrow) {
-      // nearbyint rounds half to even in the default rounding mode.
-      if (!rs.tiny) {
-        llmaccel::quantize_codes(xrow + k0, n, rs.inv, flip, dst);
-      } else {
-        const double sd = rs.scale;
-        for (int64_t i = 0; i < n; ++i) {
-          const double q = std::min(127.0, std::max(-127.0, std::nearbyint(xrow[k0 + i] / sd)));
-          dst[i] = static_cast<uint8_t>(static_cast<int8_t>(q)) ^ flip;
-        }
-      }
-    } else {
-      if (p.a_sk == 1) {  // the common case, kept separate so it vectorizes
-        for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(src[k0 + i]) ^ flip;
-      } else {
-        for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<uint8_t>(src[(k0 + i) * p.a_sk]) ^ flip;
-      }
-    }
+    else
+      a_row_codes(row, k0, n, flip, dst);
     std::memset(dst + n, 0, KA - n);
   }
 }

@@ -73,6 +73,25 @@ PackedPanels open_packed(const char* op, const int8_t* w_packed, const Variant& 
   return {panels, reinterpret_cast<const int32_t*>(panels + packed_panel_bytes(v.kernels.int8_mm_layout(), N, K))};
 }
 
+void pack_panels(const Int8MMLayout& L, int64_t N, int64_t K, const int8_t* w, int64_t ldw, int8_t* out,
+                 int nthreads) {
+  const int64_t NR = L.nr, KA = L.kalign, Kp = round_up(K, KA), ngroups = ceil_div(N, NR);
+  // Layout: group g = n / NR, chunk j = k / KA, column c = n % NR ->
+  //   out[g * NR * Kp + j * NR * KA + c * KA + k % KA]; padding is zero.
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t g = 0; g < ngroups; ++g) {
+    for (int64_t j = 0; j < Kp / KA; ++j) {
+      for (int64_t c = 0; c < NR; ++c) {
+        const int64_t n = g * NR + c;
+        int8_t* d = out + g * NR * Kp + j * NR * KA + c * KA;
+        const int64_t len = n < N ? std::min<int64_t>(KA, std::max<int64_t>(K - j * KA, 0)) : 0;
+        if (len > 0) std::memcpy(d, w + n * ldw + j * KA, len);
+        std::memset(d + len, 0, KA - len);
+      }
+    }
+  }
+}
+
 int64_t int8_mm_packed_size(const std::string& variant, int64_t N, int64_t K) {
   if (N < 0 || K < 0) fail("int8_mm_pack_b", "negative size");
   const Int8MMLayout L = pick(Family::int8_mm, "int8_mm_pack_b", variant).kernels.int8_mm_layout();
@@ -91,21 +110,7 @@ void int8_mm_pack_b(const std::string& variant, int64_t N, int64_t K, const int8
   std::memcpy(out_buf, &header, sizeof(header));
   int8_t* out = out_buf + sizeof(PackedHeader);
   const Int8MMLayout L = v.kernels.int8_mm_layout();
-  const int64_t NR = L.nr, KA = L.kalign, Kp = round_up(K, KA), ngroups = ceil_div(N, NR);
-  // Layout: group g = n / NR, chunk j = k / KA, column c = n % NR ->
-  //   out[g * NR * Kp + j * NR * KA + c * KA + k % KA]; padding is zero.
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-  for (int64_t g = 0; g < ngroups; ++g) {
-    for (int64_t j = 0; j < Kp / KA; ++j) {
-      for (int64_t c = 0; c < NR; ++c) {
-        const int64_t n = g * NR + c;
-        int8_t* d = out + g * NR * Kp + j * NR * KA + c * KA;
-        const int64_t len = n < N ? std::min<int64_t>(KA, std::max<int64_t>(K - j * KA, 0)) : 0;
-        if (len > 0) std::memcpy(d, w + n * ldw + j * KA, len);
-        std::memset(d + len, 0, KA - len);
-      }
-    }
-  }
+  pack_panels(L, N, K, w, ldw, out, nthreads);
   int32_t* colsum = reinterpret_cast<int32_t*>(out + packed_panel_bytes(L, N, K));
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t n = 0; n < N; ++n) {

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import llmaccel
+from llmaccel._ext import ext
 from llmaccel.ops.int8_mm import MAX_K
 
 from helpers import INTERPRET, cpu_backends, int8_mm_exact, randint8
@@ -93,6 +94,39 @@ def test_avx2_sign_trick_and_exact_tiles_are_exact():
         ref = int8_mm_exact(a, b)
         out = int8_mm_cpp(a, b, "avx2")
         assert torch.equal(out, ref), f"{label}, M,K,N={a.shape[0]},{a.shape[1]},{b.shape[1]}"
+
+
+def _outer_tile_cases():
+    """(label, a, b, c_strided) reaching the AVX2 outer-product tile: int8_mm with >= 64 rows and no -128 in A.
+
+    Every ragged row count of its 4-row tiles (M mod 4), partial 16-column panels, K off the 4-byte quad,
+    the largest pair sums the tile meets (-127 x -128 twice: 32512 of int16's 32767), strided A, B and C.
+    """
+    for M, K, N in [(64, 1, 1), (65, 3, 15), (66, 5, 16), (67, 63, 17), (68, 385, 33), (129, 130, 47)]:
+        sym = torch.randint(-127, 128, (M, K), dtype=torch.int8)
+        w = randint8(N, K)
+        yield f"random, M,K,N={M},{K},{N}", sym, w.t(), False
+        for fa, fb in [(-127, -128), (127, -128), (-127, 127)]:
+            yield (f"fill {fa} x {fb}, M,K,N={M},{K},{N}", torch.full((M, K), fa, dtype=torch.int8),
+                   torch.full((K, N), fb, dtype=torch.int8), False)
+        big = torch.zeros((M, 2 * K + 1), dtype=torch.int8)
+        big[:, 1::2] = sym
+        yield f"strided a, row-major b, strided out, M,K,N={M},{K},{N}", big[:, 1::2], w.t().contiguous(), True
+
+
+@pytest.mark.skipif("avx2" not in llmaccel.cpu_info()["available_variants"].get("int8_mm", []),
+                    reason="needs an AVX2 CPU")
+def test_avx2_outer_product_tile_is_exact():
+    for label, a, b, strided_out in _outer_tile_cases():
+        M, K, N = a.shape[0], a.shape[1], b.shape[1]
+        ref = int8_mm_exact(a, b)
+        if strided_out:  # C written through a transposed view: column stride M, row stride 1
+            out = torch.full((N, M), 7, dtype=torch.int32).t()
+        else:
+            out = torch.full((M, N), 7, dtype=torch.int32)
+        ext().int8_mm(M, N, K, a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
+                      out.data_ptr(), out.stride(0), out.stride(1), 2, "avx2")
+        assert torch.equal(out, ref), label
 
 
 @pytest.mark.slow
