@@ -166,11 +166,57 @@ void run_int8_mm_outer(const llmaccel::Int8MMProblem& p) {
     return;
   }
 
+  // Rows per block: packed A of a block (MC * Kp bytes) stays in L2 while
+  // every panel passes over it.
+  const int64_t MC0 = std::max<int64_t>(MR, kABlockBytes / Kp / MR * MR);
+
+  // Enough rows for every thread to fill whole blocks: each thread takes its
+  // own contiguous rows and packs each block of them right before running
+  // it.  No barrier, each core quantizes the x rows it multiplies (into its
+  // own L2), and B is read no more often than when threads share blocks:
+  // T * ceil(M / T / MC) passes against ceil(M / MC).  MiniLM's FC2 (4096 x
+  // 1536 x 384, 2 threads) went from 1.34x to ~1.9x its one-thread rate.
+  if (M >= p.nthreads * MC0) {
+    // A block holds at most MC0 + 2 * MR - 1 rows (boundaries rounded to tiles).
+    const int64_t slice = (MC0 + 2 * MR) * Kp;
+    auto apack_all = alloc_bytes(slice * p.nthreads);
+#pragma omp parallel num_threads(p.nthreads)
+    {
+      const int t = omp_get_thread_num(), T = omp_get_num_threads();
+      uint8_t* apack = apack_all.get() + slice * t;
+      const int8_t* ap = reinterpret_cast<const int8_t*>(apack);
+      const auto [codes, smoothed] = scratch(t);
+      const int64_t first = ntiles * t / T * MR, last = std::min(M, ntiles * (t + 1) / T * MR);
+      const int64_t nblocks = ceil_div(last - first, MC0);
+      for (int64_t b = 0; b < nblocks; ++b) {
+        // Equal blocks: every pass over B equally long.
+        const int64_t m0 = first + (last - first) * b / nblocks / MR * MR;
+        const int64_t m1 = b + 1 == nblocks ? last : first + (last - first) * (b + 1) / nblocks / MR * MR;
+        const int64_t rows = round_up(m1 - m0, MR);
+        for (int64_t r = 0; r < rows; ++r) {
+          uint8_t* dst = apack + (r / MR) * MR * Kp + (r % MR) * 4;
+          if (m0 + r < m1) {
+            pack_a_quads<MR>(p, m0 + r, Kp, dst, codes, p.x ? p.x_scale + m0 + r : nullptr, smoothed);
+          } else {
+            for (int64_t j = 0; j < nq; ++j) std::memset(dst + j * MR * 4, 0, 4);
+          }
+        }
+        for (int64_t g = 0; g < npanels; ++g) {
+          const int8_t* bg = bp + g * NR * Kp;
+          for (int64_t r0 = m0; r0 < m1; r0 += MR) {
+            const int R = static_cast<int>(std::min<int64_t>(MR, m1 - r0));
+            (r0 == m0 ? stream.fn : reuse.fn)[R - 1](ap + (r0 - m0) * Kp, bg, nq, out_at(r0, g, xs_at(r0)));
+          }
+        }
+      }
+    }
+    return;
+  }
+
   auto apack_owner = alloc_bytes(ntiles * MR * Kp);
   uint8_t* apack = apack_owner.get();
   const int8_t* ap = reinterpret_cast<const int8_t*>(apack);
-  int64_t MC = std::max<int64_t>(MR, kABlockBytes / Kp / MR * MR);
-  MC = std::min<int64_t>(MC, ntiles * MR);
+  int64_t MC = std::min<int64_t>(MC0, ntiles * MR);
   MC = round_up(ceil_div(M, ceil_div(M, MC)), MR);  // equal blocks: every pass over B equally long
   // With too few panels to share, threads split (panel, row tile) pairs.
   const bool split_panels = npanels >= 4 * p.nthreads;

@@ -59,23 +59,25 @@ def test_every_row_tile_and_panel_edge(variant, packed):
     ends), N around 16-column panels, K off every alignment; output rows strided (y_sm > N).  Codes
     and int32 core are shared with the reference, so the check is tight except at rounding ties."""
     g = torch.Generator().manual_seed(11)
-    for M in (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 68):
-        for K, N in ((3, 16), (37, 17), (130, 31), (64, 48)):
-            x = torch.randn(M, K, generator=g) * 3
-            w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
-            s = torch.rand(N, generator=g) * 0.02 + 1e-3
-            b = torch.randn(N, generator=g)
-            ref = int8_linear_reference(x, w, s, b, "dynamic")
-            ybuf = torch.full((M, N + 5), float("nan"))
-            y = ybuf[:, :N]
-            p = _packed(w, variant) if packed else None
-            ext().int8_linear_dynamic(M, N, K, x.data_ptr(), K, w.data_ptr(), K, p.data_ptr() if packed else 0,
-                                      s.data_ptr(), b.data_ptr(), y.data_ptr(), N + 5, 2, variant)
-            assert ybuf[:, N:].isnan().all(), "wrote past the row's N outputs"
-            tol = 1e-5 * ref.abs().max() + (w.abs().sum(1).float() * s).max() * x.abs().amax(1).max() / 127
-            err = (y - ref).abs()
-            assert err.max() <= tol, (variant, packed, M, K, N)
-            assert (err <= 1e-5 * ref.abs().max() + 1e-6).float().mean() >= 0.9, (variant, packed, M, K, N)
+    cases = [(M, K, N) for M in (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 68) for K, N in ((3, 16), (37, 17), (130, 31), (64, 48))]
+    # More rows than 2 threads' L2 blocks at that K: each thread packs and runs its own row blocks.
+    cases += [(301, 4099, 17), (257, 4099, 40)]
+    for M, K, N in cases:
+        x = torch.randn(M, K, generator=g) * 3
+        w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+        s = torch.rand(N, generator=g) * 0.02 + 1e-3
+        b = torch.randn(N, generator=g)
+        ref = int8_linear_reference(x, w, s, b, "dynamic")
+        ybuf = torch.full((M, N + 5), float("nan"))
+        y = ybuf[:, :N]
+        p = _packed(w, variant) if packed else None
+        ext().int8_linear_dynamic(M, N, K, x.data_ptr(), K, w.data_ptr(), K, p.data_ptr() if packed else 0,
+                                  s.data_ptr(), b.data_ptr(), y.data_ptr(), N + 5, 2, variant)
+        assert ybuf[:, N:].isnan().all(), "wrote past the row's N outputs"
+        tol = 1e-5 * ref.abs().max() + (w.abs().sum(1).float() * s).max() * x.abs().amax(1).max() / 127
+        err = (y - ref).abs()
+        assert err.max() <= tol, (variant, packed, M, K, N)
+        assert (err <= 1e-5 * ref.abs().max() + 1e-6).float().mean() >= 0.9, (variant, packed, M, K, N)
 
 
 def test_packed_size_and_colsums():

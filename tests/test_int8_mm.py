@@ -102,7 +102,8 @@ def _outer_tile_cases():
     Every ragged row count of its 4-row tiles (M mod 4), partial 16-column panels, K off the 4-byte quad,
     the largest pair sums the tile meets (-127 x -128 twice: 32512 of int16's 32767), strided A, B and C.
     """
-    for M, K, N in [(64, 1, 1), (65, 3, 15), (66, 5, 16), (67, 63, 17), (68, 385, 33), (129, 130, 47)]:
+    # (301, 4099, 33): more rows than 2 threads' L2 blocks at that K, so each thread runs its own rows.
+    for M, K, N in [(64, 1, 1), (65, 3, 15), (66, 5, 16), (67, 63, 17), (68, 385, 33), (129, 130, 47), (301, 4099, 33)]:
         sym = torch.randint(-127, 128, (M, K), dtype=torch.int8)
         w = randint8(N, K)
         yield f"random, M,K,N={M},{K},{N}", sym, w.t(), False
@@ -124,9 +125,11 @@ def test_avx2_outer_product_tile_is_exact():
             out = torch.full((N, M), 7, dtype=torch.int32).t()
         else:
             out = torch.full((M, N), 7, dtype=torch.int32)
-        ext().int8_mm(M, N, K, a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
-                      out.data_ptr(), out.stride(0), out.stride(1), 2, "avx2")
-        assert torch.equal(out, ref), label
+        for threads in (1, 2, 3):
+            out.fill_(7)
+            ext().int8_mm(M, N, K, a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
+                          out.data_ptr(), out.stride(0), out.stride(1), threads, "avx2")
+            assert torch.equal(out, ref), (label, threads)
 
 
 @pytest.mark.slow
