@@ -28,9 +28,6 @@
 
 #include "int8_mm_driver.h"
 #include "int8_mm_outer.h"
-#ifndef LLMACCEL_OUTER_BREG
-#define LLMACCEL_OUTER_BREG 1
-#endif
 
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
@@ -119,9 +116,9 @@ struct Avx2Sign {
   static constexpr int64_t KALIGN = kKAlign;
   static constexpr bool kOnesRow = false;
 
-  // Packed panels at M=1 (decode) are one sequential stream per thread;
-  // two L2 prefetches per 32-k step (the step reads NR * 32 = 96 adjacent
-  // bytes) keep misses in flight ahead of the hardware prefetcher.
+  // Packed panels (run_int8_mm instantiates a tile for them; AVX2 packed
+  // weights now go to Avx2Outer, so only plain columns reach this tile):
+  // two L2 prefetches per 32-k step, 1 KiB ahead.
   static constexpr int64_t kPanelPrefetchBytes = 1024;
 
   template <int R, int C, int kStream>
@@ -201,30 +198,21 @@ struct Avx2Sign {
   }
 };
 
-// The outer-product tile (int8_mm_outer.h): R rows x 16 columns, one int32
-// lane per output.  Per quad step: u = |b| for the panel's two column
+// The outer-product tile (int8_mm_outer.h): 4 rows x 16 columns, one int32
+// lane per output.  Per quad step: b and u = |b| for the panel's two column
 // vectors (shared by all rows), then per row a 4-byte broadcast of A and,
 // per column vector, acc += widen(vpmaddubsw(u, vpsignb(a, b))), the sign
 // trick with A as the signed side: a * sign(b) * |b| = a * b, exact for a in
-// [-127, 127] (any b).  b is re-read from L1 as vpsignb's memory operand,
-// which frees the registers for a fifth row: 10 accumulators + 2 |b| +
-// broadcast + scratch + ones = 15 ymm.
-// Measured against the dot-product tile (one thread, Zen 3, int8_linear
-// act="dynamic"): see bench/RESULTS.md.
-inline __attribute__((always_inline)) void sign_madd_mem(__m256i& acc, __m256i a, __m256i u, const int8_t* bm,
-                                                         __m256i ones) {
-  __m256i t;
-  asm("vpsignb %[b], %[a], %[t]\n\t"
-      "vpmaddubsw %[t], %[u], %[t]\n\t"
-      "vpmaddwd %[ones], %[t], %[t]\n\t"
-      "vpaddd %[t], %[acc], %[acc]"
-      : [acc] "+x"(acc), [t] "=&x"(t)
-      : [a] "x"(a), [u] "x"(u), [b] "m"(*reinterpret_cast<const __m256i*>(bm)), [ones] "x"(ones));
-}
-
+// [-127, 127] (any b).  8 accumulators + 2 b + 2 |b| + broadcast + scratch +
+// ones = 15 ymm.
+// Tried (one thread, Zen 3, int8_linear, same run): 5 rows with b re-read
+// from L1 as vpsignb's memory operand (15 ymm) ran 45-57 MAC/ns where this
+// runs 58-65; 3 rows, 0.78-0.84x torch.ao where this is 0.83-0.96x.  In bare
+// loops, replacing vpsignb by xor/sub with a sign mask of b, or by a blend
+// with a negated broadcast (fewer ops on the multiply pipes), was 8-14%
+// slower than vpsignb.
 struct Avx2Outer {
-  static constexpr bool kBInRegs = LLMACCEL_OUTER_BREG;
-  static constexpr int MR = kBInRegs ? 4 : 5;
+  static constexpr int MR = 4;
   static constexpr int NR = 16;
 
   template <int R, int kStream>
@@ -239,8 +227,9 @@ struct Avx2Outer {
       // per step, 1 KiB ahead, keeps misses in flight past the hardware
       // prefetcher's ramp.
       if constexpr (kStream == kStreamPanels) _mm_prefetch(reinterpret_cast<const char*>(bj + 1024), _MM_HINT_T0);
-      const __m256i b0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(bj));
-      const __m256i b1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(bj + 32));
+      // Unaligned loads: a caller's packed buffer need not be 32-byte aligned.
+      const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bj));
+      const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bj + 32));
       const __m256i u0 = _mm256_abs_epi8(b0), u1 = _mm256_abs_epi8(b1);
       const int8_t* aj = a + j * MR * 4;
 #pragma GCC unroll 8
@@ -248,13 +237,8 @@ struct Avx2Outer {
         int32_t quad;
         std::memcpy(&quad, aj + 4 * r, 4);
         const __m256i av = _mm256_set1_epi32(quad);
-        if constexpr (kBInRegs) {
-          sign_madd(acc[2 * r], av, u0, b0, ones);
-          sign_madd(acc[2 * r + 1], av, u1, b1, ones);
-        } else {
-          sign_madd_mem(acc[2 * r], av, u0, bj, ones);
-          sign_madd_mem(acc[2 * r + 1], av, u1, bj + 32, ones);
-        }
+        sign_madd(acc[2 * r], av, u0, b0, ones);
+        sign_madd(acc[2 * r + 1], av, u1, b1, ones);
       }
     }
     store<R>(acc, o);
@@ -376,7 +360,8 @@ bool a_has_min(const llmaccel::Int8MMProblem& p) {
   return false;
 }
 
-// int8_linear act="dynamic" for M <= MR rows (decode): one parallel region
+// int8_linear act="dynamic" on a plain (unpacked) weight for M <= MR rows
+// (decode; packed weights take the outer-product decode): one parallel region
 // and no barrier.  Every thread quantizes the few rows of x itself (same
 // arithmetic as the driver's prologue, K bytes per row) into its own packed
 // A, then streams its own contiguous range of column groups.  On a shared
