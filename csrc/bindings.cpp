@@ -172,8 +172,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("M"), py::arg("N"), py::arg("K"), py::arg("x"), py::arg("x_sm"), py::arg("w"), py::arg("ldw"),
       py::arg("w_packed"), py::arg("w_scale"), py::arg("bias"), py::arg("y"), py::arg("y_sm"), py::arg("nthreads"),
       py::arg("variant") = "", py::arg("smooth") = 0, py::arg("activation") = "",
-      "y[M,N] fp32 = act(dequant(quantize_per_token(x[M,K] fp32 / smooth[K]) @ W[N,K]^T) * w_scale + bias), "
-      "fused. bias, w_packed and smooth may be 0 (smooth 0: no division); w_packed must come from int8_mm_pack_b "
+      "y[M,N] fp32 = act(dequant(quantize_per_token(x[M,K] fp32 * (1 / smooth[K])) @ W[N,K]^T) * w_scale + bias), "
+      "fused. bias, w_packed and smooth may be 0 (smooth 0: no smoothing); w_packed must come from int8_mm_pack_b "
       "with the same variant; activation '' / 'none', 'gelu' (erf), 'gelu_tanh' or 'relu'.");
   m.def("int8_mm_packed_size", &llmaccel::int8_mm_packed_size, py::arg("variant"), py::arg("N"), py::arg("K"),
         "Bytes of the packed panel layout of an [N, K] weight for `variant` ('' = best).");

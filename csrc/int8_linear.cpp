@@ -71,7 +71,10 @@ void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_
   p.bias = bias;
   p.y = y;
   p.y_sm = y_sm;
-  p.smooth = smooth;
+  // One division per channel here, a product per element in the prologue.
+  std::vector<float> smooth_inv(smooth ? static_cast<size_t>(K) : 0);
+  for (int64_t k = 0; smooth && k < K; ++k) smooth_inv[k] = 1.0f / smooth[k];
+  p.smooth_inv = smooth ? smooth_inv.data() : nullptr;
   p.activation = act;
   v.kernels.int8_mm(p);
 }

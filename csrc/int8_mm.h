@@ -38,15 +38,17 @@ struct Int8MMProblem {
   //     x_scale[m] = absmax_k |x[m][k]| / 127   (1 for an all-zero row)
   //     A[m][k]    = clamp(round_half_even(x[m][k] * 127 / absmax), -127, 127)
   // and x_scale (M floats, caller-owned scratch) receives the scales.
-  // With smooth set (SmoothQuant's unfolded per-input-channel factor, K
-  // floats > 0), the row quantized is the fp32 quotient
-  //     x'[m][k] = x[m][k] / smooth[k]      (IEEE division, correctly rounded)
+  // With smooth_inv set (the reciprocals r[k] = 1 / smooth[k], fp32, of
+  // SmoothQuant's unfolded per-input-channel factor, K floats), the row
+  // quantized is the fp32 product
+  //     x'[m][k] = x[m][k] * r[k]
   // in place of x[m][k], both for the absmax and the codes: exactly what
-  // torch's fp32 `x / smooth` computes, so every backend gets the same q.
+  // torch's fp32 `x * torch.reciprocal(smooth)` computes, so every backend
+  // gets the same q.
   const float* x = nullptr;
   int64_t x_sm = 0;
   float* x_scale = nullptr;
-  const float* smooth = nullptr;
+  const float* smooth_inv = nullptr;
 
   // Optional fused epilogue.  When y is set, C is not written; instead
   //     y[m * y_sm + n] = float(C[m][n]) * x_scale[m] * w_scale[n] + bias[n]
@@ -92,7 +94,7 @@ void int8_mm(int64_t M, int64_t N, int64_t K, const int8_t* a, int64_t a_sm, int
 // epilogue.
 // If w_packed is non-null it must be int8_mm_pack_b(variant, N, K, w, ldw)
 // of the same weight, and is read instead of w.
-// smooth (K floats, finite and > 0, or null): x is quantized as x / smooth
+// smooth (K floats, finite and > 0, or null): x is quantized as x * (1 / smooth)
 // (fp32 division per element, see Int8MMProblem).  activation: "" or "none",
 // "gelu" (erf), "gelu_tanh", "relu", applied in the fp32 epilogue.
 void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_t x_sm, const int8_t* w,

@@ -383,8 +383,8 @@ void linear_decode(const llmaccel::Int8MMProblem& p) {
   // leave an OpenMP region: bad_alloc reaches Python as MemoryError).
   const int64_t slice = round_up(MR * Kp, 64);
   auto apack_all = alloc_bytes(slice * p.nthreads);
-  const int64_t smooth_row = round_up(K, 16);  // per-thread x / smooth row (pack_a_row)
-  auto smooth_all = alloc_bytes(p.smooth ? smooth_row * 4 * p.nthreads : 0);
+  const int64_t smooth_row = round_up(K, 16);  // per-thread smoothed x row (pack_a_row)
+  auto smooth_all = alloc_bytes(p.smooth_inv ? smooth_row * 4 * p.nthreads : 0);
 #pragma omp parallel num_threads(p.nthreads)
   {
     uint8_t* apack = apack_all.get() + slice * omp_get_thread_num();

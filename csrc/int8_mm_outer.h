@@ -131,10 +131,10 @@ void run_int8_mm_outer(const llmaccel::Int8MMProblem& p) {
 
   // Per-thread scratch, allocated before any parallel region (an exception
   // must not leave one: bad_alloc reaches Python as MemoryError): one row of
-  // codes, and one row of x / smooth for the fused prologue.
+  // codes, and one row of smoothed x for the fused prologue.
   const int64_t codes_row = round_up(Kp, 64), smooth_row = round_up(K, 16);
   auto codes_all = alloc_bytes(codes_row * p.nthreads);
-  auto smooth_all = alloc_bytes(p.x && p.smooth ? smooth_row * 4 * p.nthreads : 0);
+  auto smooth_all = alloc_bytes(p.x && p.smooth_inv ? smooth_row * 4 * p.nthreads : 0);
   auto scratch = [&](int t) {
     return std::make_pair(codes_all.get() + codes_row * t,
                           reinterpret_cast<float*>(smooth_all.get()) + smooth_row * t);

@@ -1,17 +1,17 @@
-"""int8_linear's fused SmoothQuant divide (``smooth``) and activation epilogue (``activation``).
+"""int8_linear's fused SmoothQuant scaling (``smooth``) and activation epilogue (``activation``).
 
-Contract (llmaccel/ops/int8_linear.py): the row quantized is the fp32 quotient
-``x.float() / smooth`` (torch's division, correctly rounded), and the fp32
+Contract (llmaccel/ops/int8_linear.py): the row quantized is the fp32 product
+``x.float() * torch.reciprocal(smooth)`` (one correctly rounded product per element), and the fp32
 result gets ``activation`` before the cast to x's dtype.
 
 * Exact codes: x is built as ``q * s_row * smooth`` with power-of-two
-  ``smooth`` (so the fp32 quotient is exactly ``q * s_row`` and the int8 codes
+  ``smooth`` (so the fp32 product is exactly ``q * s_row`` and the int8 codes
   are known); every backend must reproduce the float64 product of those codes
   within the fp32 epilogue's rounding (and the activation's, below).
-* Same codes as the unfused division: for Gaussian x and arbitrary smooth,
+* Same codes as the unfused product: for Gaussian x and arbitrary smooth,
   ``int8_linear(x, smooth=s)`` on the C++ backend (every ISA variant, driven
-  through the raw binding too) is bit-identical to ``int8_linear(x.float() / s)``:
-  the kernel divides exactly as torch does.
+  through the raw binding too) is bit-identical to
+  ``int8_linear(x.float() * torch.reciprocal(s))``: the kernel scales exactly as torch does.
 
 Activation tolerance.  The int8 core is exact; the pre-activation value has
 the fp32 epilogue's error ``tol_pre`` (as in test_int8_linear_ops.py).  GELU
@@ -127,8 +127,8 @@ def test_smooth_and_activation_match_exact_codes(activation):
 
 @pytest.mark.triton
 @pytest.mark.parametrize("act", ["dynamic", "weight_only"])
-def test_smooth_is_the_fp32_quotient(act):
-    """Backends that quantize the same way give the same result with smooth= as on x.float() / smooth."""
+def test_smooth_is_the_fp32_product_with_the_reciprocal(act):
+    """Backends that quantize the same way give the same result with smooth= as on x.float() * (1 / smooth)."""
     g = torch.Generator().manual_seed(2)
     for i, (lead, K, N) in enumerate(SHAPES):
         x = _layout(torch.randn(*lead, K, generator=g) * 3, i % 2 == 0)
@@ -138,7 +138,7 @@ def test_smooth_is_the_fp32_quotient(act):
         bias = torch.randn(N, generator=g)
         for name in _runnable(x, w, ws, bias, act=act, smooth=smooth):
             fused = _on(name, x, w, ws, bias, act=act, smooth=smooth)
-            unfused = _on(name, x / smooth, w, ws, bias, act=act)
+            unfused = _on(name, x * torch.reciprocal(smooth), w, ws, bias, act=act)
             assert torch.equal(fused, unfused), (name, act, lead, K, N)
 
 
@@ -146,7 +146,7 @@ def test_smooth_is_the_fp32_quotient(act):
 @pytest.mark.parametrize("nthreads", [1, 2, 3])
 def test_cpp_variants_smooth_and_activation(variant, nthreads):
     """The raw binding, every ISA variant, plain and packed weights: smooth gives the codes of the fp32
-    quotient (bit-identical to passing x / smooth), and the epilogue's activation stays within ACT_EPS of
+    product x * (1 / smooth) (bit-identical to passing it), and the epilogue's activation stays within ACT_EPS of
     torch's applied to the same pre-activation output."""
     g = torch.Generator().manual_seed(3)
     for M, K, N in [(1, 1, 1), (1, 67, 13), (2, 130, 7), (3, 33, 5), (4, 200, 9), (5, 64, 33), (97, 130, 21),
@@ -159,7 +159,7 @@ def test_cpp_variants_smooth_and_activation(variant, nthreads):
         b = torch.randn(N, generator=g)
         for packed in (False, True):
             p = _packed(w, variant) if packed else None
-            base = _run(x / smooth, w, ws, b, variant, nthreads, p)
+            base = _run(x * torch.reciprocal(smooth), w, ws, b, variant, nthreads, p)
             fused = _run(x, w, ws, b, variant, nthreads, p, smooth=smooth)
             assert torch.equal(base, fused), (variant, M, K, N, packed)
             for activation in ACTIVATIONS[1:]:
@@ -232,7 +232,7 @@ def test_activation_autograd_matches_float_reference():
             # Straight-through quantization: d act(pre) / d pre at the op's own pre-activation output.
             pre = int8_linear_reference(x, w, ws, bias, "dynamic", smooth, None).double().requires_grad_(True)
             gpre, = torch.autograd.grad(_act64(pre, activation), pre, gy.double())
-            gx = (gpre @ wd) / smooth.double()
+            gx = (gpre @ wd) * torch.reciprocal(smooth).double()
             assert torch.allclose(xg.grad.double(), gx, rtol=1e-5, atol=1e-6), (name, activation)
             assert torch.allclose(bg.grad.double(), gpre.sum(0), rtol=1e-5, atol=1e-6), (name, activation)
 

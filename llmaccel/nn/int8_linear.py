@@ -13,7 +13,7 @@ Forward::
     y = llmaccel.int8_linear(x, weight, weight_scale, bias, act=act, smooth=smooth_scale,
                              activation=activation)   # y has x's dtype
 
-The op divides x by ``smooth_scale`` itself (fp32, fused into the C++ kernel's
+The op scales x by ``1 / smooth_scale`` itself (fp32, fused into the C++ kernel's
 quantize-while-packing prologue) and applies ``activation`` (None, "gelu",
 "gelu_tanh", "relu") in its fp32 epilogue: ``Int8Linear(..., activation="gelu")``
 is ``nn.Sequential(Int8Linear(...), nn.GELU())`` in one pass
@@ -32,8 +32,8 @@ matching weight columns moves the quantization difficulty from the
 activations (quantized per token, where one outlier channel wrecks the
 whole token's scale) to the weights (quantized per output channel, where it
 does little harm).  ``from_linear(linear, smooth_scale=s)`` quantizes
-``W * s`` and keeps ``s`` in ``smooth_scale``; ``forward`` divides x by it
-(in fp32, inside the op: for fp16/bf16 inputs the quotient is no longer
+``W * s`` and keeps ``s`` in ``smooth_scale``; ``forward`` multiplies x by
+``1 / s`` (in fp32, inside the op: for fp16/bf16 inputs the product is no longer
 rounded to x's dtype before it is quantized).
 That division is the *unfolded* form.  When the input comes straight out of
 a LayerNorm, ``llmaccel.smoothquant.smooth_`` folds ``1/s`` into the norm's
@@ -167,7 +167,7 @@ class Int8Linear(nn.Module):
         """Quantize ``linear.weight`` per output channel (absmax / 127, symmetric, round half to even).
 
         With ``smooth_scale`` (fp32 [in_features], > 0) the quantized weight is
-        ``W * smooth_scale[None, :]`` and forward divides x by ``smooth_scale``,
+        ``W * smooth_scale[None, :]`` and forward multiplies x by ``1 / smooth_scale``,
         so the layer still computes ``x @ W.T + b``.  ``activation`` (None,
         "gelu", "gelu_tanh", "relu") is applied to the result.  The bias keeps its dtype
         and ``requires_grad``; the result lives on ``linear.weight``'s device.
@@ -215,14 +215,14 @@ class Int8Linear(nn.Module):
                            activation=self.activation)
 
     def dequantize(self) -> Tensor:
-        """The fp32 weight [out, in] this layer applies to its input: ``weight * weight_scale[:, None] / smooth_scale``.
+        """The fp32 weight [out, in] this layer applies to its input: ``weight * weight_scale[:, None] * (1 / smooth_scale)``.
 
         ``F.linear(x, m.dequantize(), m.bias)`` (then ``m.activation``) matches
         ``m(x)`` up to the activation quantization of ``act="dynamic"``.
         """
         w = dequantize_weight(self.weight, self.weight_scale)
         if self.smooth_scale is not None:
-            w = w / self.smooth_scale.unsqueeze(0)
+            w = w * torch.reciprocal(self.smooth_scale).unsqueeze(0)
         return w
 
     def extra_repr(self) -> str:
