@@ -315,6 +315,23 @@ PYBIND11_MODULE(_C, m) {
       "(else scale = 0); indices uint8 (row stride indices_sn bytes). bias may be 0. "
       "variant: '' = best, 'avx2', 'generic'.");
 
+  m.def(
+      "sparse_nm_i8_linear",
+      [](int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, uintptr_t x, int64_t x_sm, uintptr_t values,
+         int64_t values_sn, uintptr_t indices, int64_t indices_sn, uintptr_t scale, uintptr_t bias, uintptr_t y,
+         int64_t y_sm, int nthreads, const std::string& variant) {
+        py::gil_scoped_release release;
+        llmaccel::sparse_nm_i8_linear(M, N, K, n, m, ptr<const float>(x), x_sm, ptr<const int8_t>(values), values_sn,
+                                      ptr<const uint8_t>(indices), indices_sn, ptr<const float>(scale),
+                                      ptr<const float>(bias), ptr<float>(y), y_sm, nthreads, variant);
+      },
+      py::arg("M"), py::arg("N"), py::arg("K"), py::arg("n"), py::arg("m"), py::arg("x"), py::arg("x_sm"),
+      py::arg("values"), py::arg("values_sn"), py::arg("indices"), py::arg("indices_sn"), py::arg("scale"),
+      py::arg("bias"), py::arg("y"), py::arg("y_sm"), py::arg("nthreads"), py::arg("variant") = "",
+      "sparse_nm_linear with int8 activations (act='dynamic'): x [M,K] fp32 quantized per token inside, "
+      "int8 values in [-127, 127] with fp32 per-row scale [N]; y = float(sum xq*q) * sx[m] * scale[n] + bias[n] "
+      "(csrc/sparse_nm.h). variant: '' = best, 'avx2', 'generic'.");
+
   // Dense expansion of the N:M and bitmap formats (the sparse_linear op's large-M route), see csrc/sparse_expand.h.
   m.def(
       "sparse_nm_expand",

@@ -27,21 +27,7 @@ void quantize_per_token_generic(int64_t M, int64_t K, const float* x, int64_t x_
   // int8_linear (int8_mm_driver.h), so both give identical q.
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t m = 0; m < M; ++m) {
-    const float* xr = x + m * x_sm;
-    int8_t* qr = q + m * q_sm;
-    const RowScale rs = row_scale(xr, K);
-    scale[m] = rs.scale;
-    if (rs.nonfinite) {
-      for (int64_t k = 0; k < K; ++k) qr[k] = 0;
-    } else if (!rs.tiny) {
-      quantize_codes(xr, K, rs.inv, 0, reinterpret_cast<uint8_t*>(qr));
-    } else {
-      // 127 / amax overflows fp32 here (or the scale underflowed to 0 and
-      // became 1): divide in double instead.
-      const double sd = rs.scale;
-      for (int64_t k = 0; k < K; ++k)
-        qr[k] = static_cast<int8_t>(std::min(127.0, std::max(-127.0, std::nearbyint(xr[k] / sd))));
-    }
+    scale[m] = quantize_row(x + m * x_sm, K, q + m * q_sm);
   }
 }
 

@@ -74,6 +74,24 @@ inline void quantize_codes(const float* __restrict x, int64_t n, float inv, uint
   }
 }
 
+// One row quantized per token (the numerics above): writes the K codes to q and returns the row's scale.
+// The body quantize_per_token and the int8-activation sparse kernels share (int8_linear's prologue packs
+// the same codes in chunks through the same row_scale / quantize_codes).
+inline float quantize_row(const float* __restrict x, int64_t K, int8_t* __restrict q) {
+  const RowScale rs = row_scale(x, K);
+  if (rs.nonfinite) {
+    for (int64_t k = 0; k < K; ++k) q[k] = 0;
+  } else if (!rs.tiny) {
+    quantize_codes(x, K, rs.inv, 0, reinterpret_cast<uint8_t*>(q));
+  } else {
+    // 127 / amax overflows fp32 here (or the scale underflowed to 0 and became 1): divide in double instead.
+    const double sd = rs.scale;
+    for (int64_t k = 0; k < K; ++k)
+      q[k] = static_cast<int8_t>(std::min(127.0, std::max(-127.0, __builtin_nearbyint(x[k] / sd))));
+  }
+  return rs.scale;
+}
+
 }  // namespace LLMACCEL_CPU_CAPABILITY
 
 // Validated entry point (variant picked by variants.h; one generic kernel today).

@@ -7,12 +7,13 @@
 
 namespace llmaccel {
 
-void sparse_nm_linear(SparseNMKernel kernel, int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, const float* x,
-                      int64_t x_sm, const void* values, bool values_int8, int64_t values_sn, const uint8_t* idx,
-                      int64_t idx_sn, const float* scale, const float* bias, float* y, int64_t y_sm, int nthreads,
-                      const std::string& variant) {
-  const bool large = kernel == SparseNMKernel::large_m;
-  const char* op = large ? "sparse_nm_large_linear" : "sparse_nm_linear";
+namespace {
+
+// Checks every argument of an N:M linear call and returns the problem (act_int8 false).
+SparseNMProblem nm_problem(const char* op, int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, const float* x,
+                           int64_t x_sm, const void* values, bool values_int8, int64_t values_sn,
+                           const uint8_t* idx, int64_t idx_sn, const float* scale, const float* bias, float* y,
+                           int64_t y_sm, int nthreads) {
   const auto s = [](int64_t v) { return std::to_string(v); };
   if (M < 0) fail(op, "M must be >= 0, got " + s(M));
   if (N < 0) fail(op, "N must be >= 0, got " + s(N));
@@ -43,9 +44,38 @@ void sparse_nm_linear(SparseNMKernel kernel, int64_t M, int64_t N, int64_t K, in
     p.values = static_cast<const float*>(values);
   p.values_sn = values_sn, p.idx = idx, p.idx_sn = idx_sn, p.bias = bias, p.y = y, p.y_sm = y_sm;
   p.nthreads = nthreads;
+  return p;
+}
+
+}  // namespace
+
+void sparse_nm_linear(SparseNMKernel kernel, int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, const float* x,
+                      int64_t x_sm, const void* values, bool values_int8, int64_t values_sn, const uint8_t* idx,
+                      int64_t idx_sn, const float* scale, const float* bias, float* y, int64_t y_sm, int nthreads,
+                      const std::string& variant) {
+  const bool large = kernel == SparseNMKernel::large_m;
+  const char* op = large ? "sparse_nm_large_linear" : "sparse_nm_linear";
+  const SparseNMProblem p = nm_problem(op, M, N, K, n, m, x, x_sm, values, values_int8, values_sn, idx, idx_sn,
+                                       scale, bias, y, y_sm, nthreads);
   const Variant& v = pick(large ? Family::sparse_nm_large : Family::sparse_nm, op, variant);
   if (M == 0 || N == 0) return;
   (large ? v.kernels.sparse_nm_large : v.kernels.sparse_nm)(p);
+}
+
+void sparse_nm_i8_linear(int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, const float* x, int64_t x_sm,
+                         const int8_t* values, int64_t values_sn, const uint8_t* idx, int64_t idx_sn,
+                         const float* scale, const float* bias, float* y, int64_t y_sm, int nthreads,
+                         const std::string& variant) {
+  const char* op = "sparse_nm_i8_linear";
+  if (K > kSparseI8MaxK)
+    fail(op, "K = " + std::to_string(K) + " is above " + std::to_string(kSparseI8MaxK) +
+                 ": the int32 sum of 127 * 127 * K could overflow");
+  SparseNMProblem p = nm_problem(op, M, N, K, n, m, x, x_sm, values, true, values_sn, idx, idx_sn, scale, bias, y,
+                                 y_sm, nthreads);
+  p.act_int8 = true;
+  const Variant& v = pick(Family::sparse_nm, op, variant);
+  if (M == 0 || N == 0) return;
+  v.kernels.sparse_nm(p);
 }
 
 }  // namespace llmaccel

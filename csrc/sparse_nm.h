@@ -38,6 +38,13 @@ struct SparseNMProblem {
   float* y;
   int64_t y_sm;  // row stride of y (n contiguous)
   int nthreads;
+  // int8 activations (act="dynamic", int8 values only): the entry sets act_int8 and the variant quantizes
+  // each x row per token (quantize.h: quantize_row, the codes int8_linear packs) into its scratch, then
+  // sets xq (row m at xq + m * xq_sm, in the variant's own column order) and x_scale [M] for its tiles.
+  bool act_int8;
+  const int8_t* xq;
+  int64_t xq_sm;
+  const float* x_scale;
 };
 
 void sparse_nm_generic(const SparseNMProblem& p);
@@ -54,6 +61,19 @@ enum class SparseNMKernel { small_m, large_m };
 // "llmaccel::sparse_nm_large_linear: "); variant "" picks the best of that kernel's family for this CPU.
 // values_int8: `values` points at int8 values and `scale` at N fp32 per-row scales; else `values` is fp32
 // and scale must be null.
+// The int8-activation form (the sparse_linear op's act="dynamic"): each x row is quantized per token,
+//     sx[m] = absmax_k |x[m][k]| / 127,   xq[m][k] = clamp(round_half_even(x[m][k] / sx[m]), -127, 127)
+//     y[m][r] = float(sum_slots xq[m][col] * q[r][slot]) * sx[m] * scale[r] + bias[r]
+// with the sum exact in int32 (K <= kSparseI8MaxK) and the epilogue int8_linear's.  The values must lie in
+// [-127, 127] (what llmaccel.sparsity's int8 quantization produces and its formats check): the AVX2 kernel
+// multiplies |xq| by sign(xq) * q, and -128 there has no exact negation (a wrong product, never a read out
+// of bounds).  Errors start with "llmaccel::sparse_nm_i8_linear: "; small-M kernel family (sparse_nm).
+constexpr int64_t kSparseI8MaxK = 133000;  // 127 * 127 * K < 2^31
+void sparse_nm_i8_linear(int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, const float* x, int64_t x_sm,
+                         const int8_t* values, int64_t values_sn, const uint8_t* idx, int64_t idx_sn,
+                         const float* scale, const float* bias, float* y, int64_t y_sm, int nthreads,
+                         const std::string& variant);
+
 void sparse_nm_linear(SparseNMKernel kernel, int64_t M, int64_t N, int64_t K, int64_t n, int64_t m, const float* x,
                       int64_t x_sm, const void* values, bool values_int8, int64_t values_sn, const uint8_t* idx,
                       int64_t idx_sn, const float* scale, const float* bias, float* y, int64_t y_sm, int nthreads,

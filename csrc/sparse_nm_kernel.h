@@ -18,8 +18,13 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
 
 #include "common.h"
+#include "memory.h"
+#include "quantize.h"
 #include "sparse_nm.h"
 #include "sparse_rows.h"
 #include "tile_table.h"
@@ -50,13 +55,13 @@ inline const int8_t* sn_values<int8_t>(const SparseNMProblem& p, int64_t row) {
 }
 
 // acc[r][g & 3] += x[m0 + r][col] * value over the slots of groups [g0, groups) of weight row `row`, in
-// group and slot order: the portable kernel, and the scalar tail of the vector ones.
-template <class T, int R>
-inline void sn_scalar_groups(const SparseNMProblem& p, int64_t row, int64_t m0, int64_t g0, float (&acc)[R][4]) {
+// group and slot order: the portable kernel, and the scalar tail of the vector ones.  Float x (A = float,
+// the value converted) or int8 codes (X = int8_t, A = int32_t: exact, K <= kSparseI8MaxK); xr[r] is x row
+// m0 + r in natural column order (every layout keeps it past its last vector block).
+template <class T, class X, class A, int R>
+inline void sn_groups(const SparseNMProblem& p, int64_t row, const X* const (&xr)[R], int64_t g0, A (&acc)[R][4]) {
   const T* v = sn_values<T>(p, row);
   const uint8_t* ix = p.idx + row * p.idx_sn;
-  const float* xr[R];
-  for (int r = 0; r < R; ++r) xr[r] = p.x + (m0 + r) * p.x_sm;
   const int n = p.n, b = p.bits;
   const unsigned mask = (1u << b) - 1u;
   const int64_t m = p.m, K = p.K, g_safe = sn_safe_groups(p);
@@ -67,10 +72,17 @@ inline void sn_scalar_groups(const SparseNMProblem& p, int64_t row, int64_t m0, 
       const int64_t s = g * n + j, bit = s * b;
       const int64_t col = base + ((static_cast<unsigned>(ix[bit >> 3]) >> (bit & 7)) & mask);
       if (!safe && col >= K) continue;  // a padding column: never read x there
-      const float w = static_cast<float>(v[s]);
-      for (int r = 0; r < R; ++r) acc[r][g & 3] += xr[r][col] * w;
+      const A w = static_cast<A>(v[s]);
+      for (int r = 0; r < R; ++r) acc[r][g & 3] += static_cast<A>(xr[r][col]) * w;
     }
   }
+}
+
+template <class T, int R>
+inline void sn_scalar_groups(const SparseNMProblem& p, int64_t row, int64_t m0, int64_t g0, float (&acc)[R][4]) {
+  const float* xr[R];
+  for (int r = 0; r < R; ++r) xr[r] = p.x + (m0 + r) * p.x_sm;
+  sn_groups<T>(p, row, xr, g0, acc);
 }
 
 // The portable tile: any N:M, fp32 or int8 values, scalar, 4 partial sums per x row.
@@ -105,6 +117,62 @@ void sn_run(const SparseNMProblem& p) {
         table.fn[R - 1][0](p, row, m0);
       }
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// int8 activations (act_int8, sparse_nm.h): the same loop nest over x rows quantized once per call.
+
+// The int8-activation sum of x rows m0 .. m0 + R - 1 (codes xq) over groups [g0, groups): exact int32.
+template <int R>
+inline void sn_scalar_groups_i8(const SparseNMProblem& p, int64_t row, int64_t m0, int64_t g0, int32_t (&acc)[R]) {
+  const int8_t* xr[R];
+  for (int r = 0; r < R; ++r) xr[r] = p.xq + (m0 + r) * p.xq_sm;
+  int32_t part[R][4] = {};
+  sn_groups<int8_t>(p, row, xr, g0, part);
+  for (int r = 0; r < R; ++r) acc[r] += (part[r][0] + part[r][1]) + (part[r][2] + part[r][3]);
+}
+
+// y[m][row] = float(acc) * sx[m] * scale[row] + bias[row]: int8_linear's epilogue, in its order.
+inline void sparse_store_i8(const SparseNMProblem& p, int64_t row, int64_t m, int32_t acc) {
+  const float bias = p.bias ? p.bias[row] : 0.0f;
+  p.y[m * p.y_sm + row] = static_cast<float>(acc) * p.x_scale[m] * p.scale[row] + bias;
+}
+
+// The portable int8-activation tile: any N:M, scalar, one int32 sum per x row.
+template <int R, int C>
+struct SnScalarI8Tile {
+  static void run(const SparseNMProblem& p, int64_t row, int64_t m0) {
+    int32_t acc[R] = {};
+    sn_scalar_groups_i8<R>(p, row, m0, 0, acc);
+    for (int r = 0; r < R; ++r) sparse_store_i8(p, row, m0 + r, acc[r]);
+  }
+};
+
+// Natural column order (the portable tiles').
+inline void sn_copy_codes(const int8_t* q, int64_t K, int8_t* dst) { std::memcpy(dst, q, static_cast<size_t>(K)); }
+
+// act_int8: quantizes every x row per token into scratch taken before any parallel region (its
+// std::bad_alloc reaches Python as MemoryError), lays each row out in the tile's column order (Arrange:
+// codes of one row, K, destination), then runs the loop nest on the codes.
+template <template <int, int> class Tile, void (*Arrange)(const int8_t*, int64_t, int8_t*)>
+void sn_run_i8(const SparseNMProblem& p) {
+  const int64_t row_bytes = llmaccel::round_up(p.K, 64);
+  struct Free {
+    void operator()(void* q) const { std::free(q); }
+  };
+  std::unique_ptr<void, Free> buf(llmaccel::scratch_alloc((p.M + p.nthreads) * row_bytes + 4 * p.M));
+  int8_t* codes = static_cast<int8_t*>(buf.get());
+  int8_t* tmp = codes + p.M * row_bytes;  // one natural-order row per thread
+  float* sx = reinterpret_cast<float*>(tmp + p.nthreads * row_bytes);
+#pragma omp parallel for num_threads(p.nthreads) schedule(static)
+  for (int64_t m = 0; m < p.M; ++m) {
+    int8_t* t = tmp + omp_get_thread_num() * row_bytes;
+    sx[m] = quantize_row(p.x + m * p.x_sm, p.K, t);
+    Arrange(t, p.K, codes + m * row_bytes);
+  }
+  SparseNMProblem q = p;
+  q.xq = codes, q.xq_sm = row_bytes, q.x_scale = sx;
+  sn_run<Tile>(q);
 }
 
 }  // namespace

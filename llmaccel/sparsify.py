@@ -49,6 +49,8 @@ class SparsityConfig:
     sparsity:         fraction pruned in (0, 1) for ``"unstructured"`` / ``"block"``; None for N:M.
     method:           ``"magnitude"`` or ``"wanda"`` (needs ``calibration``).
     quantize:         None, or ``"int8"`` (int8 values, per-output-channel scales).
+    act:              ``"none"`` (x stays float), or ``"dynamic"`` with ``quantize="int8"`` (x quantized per
+                      token, int8 x int8: ``SparseLinear``'s W8A8 mode).
     block_size:       ``(rows, cols)`` tiles of ``"block"``.
     calibration:      batches for Wanda's activation norms (``llmaccel.sparsity.calibrate``); each runs as
                       ``model(batch)``, or ``forward_fn(model, batch)``.
@@ -60,6 +62,7 @@ class SparsityConfig:
     sparsity: Optional[float] = None
     method: str = "magnitude"
     quantize: Optional[str] = None
+    act: str = "none"
     block_size: tuple = (32, 32)
     calibration: Optional[Iterable] = field(default=None, repr=False)
     forward_fn: Optional[Callable[[nn.Module, Any], Any]] = field(default=None, repr=False)
@@ -80,6 +83,9 @@ class SparsityConfig:
             raise ValueError(f"{where}: method must be one of {METHODS}, got {self.method!r}")
         if self.quantize not in (None, "int8"):
             raise ValueError(f"{where}: quantize must be None or 'int8', got {self.quantize!r}")
+        if self.act not in ("none", "dynamic") or (self.act == "dynamic" and self.quantize != "int8"):
+            raise ValueError(f"{where}: act must be 'none', or 'dynamic' with quantize='int8'; got act={self.act!r}, "
+                             f"quantize={self.quantize!r}")
         if not isinstance(self.min_features, int) or isinstance(self.min_features, bool) or self.min_features < 1:
             raise ValueError(f"{where}: min_features must be an int >= 1, got {self.min_features!r}")
 
@@ -190,7 +196,8 @@ def sparsify_(model: nn.Module, config: SparsityConfig | None = None,
         sites, filter_fn, reason_of,
         lambda fqn, mod: SparseLinear.from_linear(mod, config.pattern, sparsity=config.sparsity,
                                                   block_size=config.block_size, method=config.method,
-                                                  quantize=config.quantize, activation_norms=norms.get(fqn)))
+                                                  quantize=config.quantize, activation_norms=norms.get(fqn),
+                                                  act=config.act))
     swapped = [fqn for fqn, _, _ in replaced]
     new_modules = [s for _, _, s in replaced]
     layers = [SparsifiedLayer(fqn, mod.in_features, mod.out_features, s.sparsity(),

@@ -10,7 +10,11 @@ a plain tensor (checkpoints load with ``torch.load(weights_only=True)`` and safe
 
 Forward (the math lives in the op; ``W = to_dense()``, the pruned weight)::
 
-    y = llmaccel.sparse_linear(x, <the fields>, bias) = x @ W.T + bias
+    y = llmaccel.sparse_linear(x, <the fields>, bias, act=act) = x @ W.T + bias
+
+``act`` (structure, like ``Int8Linear``'s: not in the state_dict): ``"none"`` keeps x in floating point;
+``"dynamic"`` (int8 formats, ``quantize="int8"``) quantizes x per token and multiplies int8 by int8
+(W8A8, the op's module docstring): for 2:4 at decode the C++ kernel streams 0.63 bytes per weight.
 
 Fine-tuning: float ``values`` are an ``nn.Parameter`` (``requires_grad`` as the source Linear's weight had);
 their gradient exists only at kept positions, so optimizer steps keep every pruned weight exactly zero.
@@ -31,7 +35,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..ops.sparse_linear import sparse_linear
+from ..ops.sparse_linear import ACT_MODES, sparse_linear
 from ..ops.sparse_linear_layouts import fields_of
 from ..sparsity import BitmapWeight, BSRWeight, NMPackedWeight, prune
 
@@ -68,6 +72,13 @@ def _describe(weight) -> str:
     return f"pattern=block, block_size={weight.block_size}"
 
 
+def _check_act(act, quantize, where: str) -> None:
+    if act not in ACT_MODES:
+        raise ValueError(f"{where}: act must be one of {ACT_MODES}, got {act!r}")
+    if act == "dynamic" and quantize != "int8":
+        raise ValueError(f"{where}: act='dynamic' (int8 activations) needs quantize='int8', got quantize={quantize!r}")
+
+
 def pack(weight: Tensor, pattern: str = "2:4", *, sparsity=None, block_size=(32, 32), method="magnitude",
          quantize=None, activation_norms=None):
     """``prune`` ``weight`` and pack it in the format its pattern calls for (N:M, bitmap, BSR)."""
@@ -89,8 +100,10 @@ class SparseLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, pattern: str = "2:4",
                  sparsity: Optional[float] = None, block_size=(32, 32), quantize: Optional[str] = None,
-                 device=None, dtype=None) -> None:
+                 act: str = "none", device=None, dtype=None) -> None:
         super().__init__()
+        _check_act(act, quantize, "SparseLinear")
+        self.act = act
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"SparseLinear: {name} must be a positive int, got {v!r}")
@@ -128,20 +141,23 @@ class SparseLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, pattern: str = "2:4", *, sparsity: Optional[float] = None,
                     block_size=(32, 32), method: str = "magnitude", quantize: Optional[str] = None,
-                    activation_norms: Optional[Tensor] = None) -> "SparseLinear":
+                    activation_norms: Optional[Tensor] = None, act: str = "none") -> "SparseLinear":
         """Prune ``linear.weight`` (``llmaccel.sparsity.prune``: ``pattern`` ``"N:M"``, ``"unstructured"``
         or ``"block"``; ``method`` ``"magnitude"`` or ``"wanda"`` with ``activation_norms``) and pack it
-        (N:M packed, bitmap, BSR; ``quantize="int8"``: int8 values with per-output-channel scales).
+        (N:M packed, bitmap, BSR; ``quantize="int8"``: int8 values with per-output-channel scales;
+        ``act="dynamic"`` with it: x quantized per token too, int8 x int8).
 
         N:M with K not a multiple of M pads the last group (documented in ``NMPackedWeight``); block tiles at
         the edges are padded likewise (``BSRWeight``).  The bias is copied with its ``requires_grad``.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"SparseLinear.from_linear expects an nn.Linear, got {type(linear).__name__}")
+        _check_act(act, quantize, "SparseLinear.from_linear")
         weight = pack(linear.weight, pattern, sparsity=sparsity, block_size=block_size, method=method,
                       quantize=quantize, activation_norms=activation_norms)
         mod = cls.__new__(cls)
         nn.Module.__init__(mod)
+        mod.act = act
         mod._init(weight, linear.bias, linear.weight.requires_grad)
         return mod
 
@@ -184,12 +200,12 @@ class SparseLinear(nn.Module):
             raise ValueError(f"SparseLinear(in_features={self.in_features}, out_features={self.out_features}): "
                              f"the input's last dimension must be in_features={self.in_features}, "
                              f"got input of shape {tuple(x.shape)}")
-        return sparse_linear(x, *self._fields(), self.bias)
+        return sparse_linear(x, *self._fields(), self.bias, self.act)
 
     def extra_repr(self) -> str:
         quant = "int8" if "scale" in self._field_names else "none"
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"{self._description}, quantize={quant}")
+                f"{self._description}, quantize={quant}" + (f", act={self.act}" if self.act != "none" else ""))
 
     # ------------------------------------------------------------------ dtype / device moves
 

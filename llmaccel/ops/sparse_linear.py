@@ -10,6 +10,17 @@ The weight travels as plain tensors (``sparse_linear_layouts``): ``values``, ``i
 
     y = llmaccel.sparse_linear(x, *llmaccel.sparse_linear_fields(packed), bias)
 
+``act`` (int8 values only) says what happens to the activations:
+
+* ``"none"`` (default): x stays float; the int8 values are dequantized (weight-only int8).
+* ``"dynamic"`` (W8A8, ``Int8Linear``'s default mode): each row of x is quantized per token like
+  ``llmaccel.quantize_per_token`` (``sx = absmax / 127``, codes in [-127, 127]) and::
+
+      y = float(xq @ q.T) * sx[:, None] * scale[None, :] + bias      (the int sum exact)
+
+  so the C++ N:M kernel multiplies int8 by int8 (``vpmaddubsw``) and streams 0.63 bytes per weight for 2:4.
+  The gradient with respect to x is straight-through (``G @ W``), as ``Int8Linear``'s.
+
 Backends:
 
 * ``torch``: the reference, the documented truth: rebuild the format object (its constructor checks every
@@ -25,6 +36,9 @@ Backends:
   (csrc/sparse_expand.cpp) and ``F.linear``.
   ``layout="bsr"``: the block-sparse kernel at any M (csrc/sparse_bsr*.cpp, ``llmaccel.sparsity.bsr_linear_cpp``:
   kept tiles only, a dense fp32 micro-kernel on each; fp32 or int8 tiles).
+  ``act="dynamic"``: the N:M route runs ``sparse_nm_i8_linear`` (x quantized inside, int8 x int8, exact int32
+  sums; csrc/sparse_nm_avx2.cpp); the other routes run on the dequantized codes ``xq * sx`` (same math,
+  fp32 rounding).
 * ``triton``: ``kernels/sparse_nm.py`` for ``layout="nm"`` (float or int8 values): loads the compressed
   values and index bits of a tile, expands them in registers, ``tl.dot`` with fp32 accumulation;
   ``kernels/sparse_bsr.py`` for ``layout="bsr"``: walks only a tile row's stored tiles.
@@ -59,18 +73,19 @@ from ..sparsity._bits import bits_for, packed_bytes
 from ..sparsity.cpu_bitmap import bitmap_linear_raw
 from ..sparsity.cpu_expand import bitmap_expand_raw, nm_expand_raw
 from ..sparsity import cpu_bsr
-from ..sparsity.cpu_kernel import nm_linear_raw
+from ..sparsity.cpu_kernel import nm_i8_linear_raw, nm_linear_raw
 from ..sparsity.cpu_nm_large import nm_large_linear_raw
 from ..sparsity.reference import sparse_linear_reference
 from ._checks import check_same_device, check_tensor, fail
-from .quantize import FLOAT_DTYPES
+from .quantize import FLOAT_DTYPES, quantize_per_token
 from .sparse_linear_routes import Route, bitmap_route, nm_route
 from .sparse_linear_layouts import LAYOUTS, fields_of, out_features, values_grad, weight_of
 from .spec import OpSpec, define
 
-__all__ = ["sparse_linear", "sparse_linear_fields"]
+__all__ = ["sparse_linear", "sparse_linear_fields", "ACT_MODES"]
 
 OP = "sparse_linear"
+ACT_MODES = ("none", "dynamic")
 
 sparse_linear_fields = fields_of
 
@@ -121,7 +136,7 @@ def _check_index_fields(layout, values, index, offsets, meta, k):
                  f"got {offsets.shape[0]}")
 
 
-def _check(x, values, index, offsets, scale, layout, meta, bias=None):
+def _check(x, values, index, offsets, scale, layout, meta, bias=None, act="none"):
     """Validates shapes, dtypes and devices (cheap: no pass over the data); returns the arguments object."""
     check_tensor(OP, "x", x)
     if x.dtype not in FLOAT_DTYPES:
@@ -151,9 +166,14 @@ def _check(x, values, index, offsets, scale, layout, meta, bias=None):
             fail(OP, f"bias must be a float tensor, got {bias.dtype}", TypeError)
         if bias.shape[0] != n_out:
             fail(OP, f"bias has {bias.shape[0]} entries, expected {n_out}")
+    if act not in ACT_MODES:
+        fail(OP, f"act must be one of {ACT_MODES}, got {act!r}")
+    if act == "dynamic" and scale is None:
+        fail(OP, "act='dynamic' quantizes x to int8 for int8 values: it needs int8 values with scale (a weight "
+                 "packed with quantize='int8')")
     tensors = {"x": x, "values": values, "index": index, "offsets": offsets, "scale": scale, "bias": bias}
     check_same_device(OP, **{k: t for k, t in tensors.items() if t is not None})
-    return _make_args((x, values, index, offsets, scale, layout, meta, bias))
+    return _make_args((x, values, index, offsets, scale, layout, meta, bias, act))
 
 
 def _fake(a):
@@ -163,7 +183,7 @@ def _fake(a):
 _op = define(OpSpec(
     name=OP,
     schema="(Tensor x, Tensor values, Tensor index, Tensor? offsets, Tensor? scale, str layout, int[] meta, "
-           "Tensor? bias=None) -> Tensor",
+           "Tensor? bias=None, str act=\"none\") -> Tensor",
     check=_check,
     fake=_fake,
 ))
@@ -177,7 +197,7 @@ def _weight(a):
 @_op.implement("torch")
 def _sparse_linear_torch(a) -> Tensor:
     """The reference: ``sparse_linear_reference(x, weight, bias)`` (dense expansion, ``F.linear`` in x's dtype)."""
-    return sparse_linear_reference(a.x, _weight(a), a.bias)
+    return sparse_linear_reference(a.x, _weight(a), a.bias, act=a.act)
 
 
 def _rows(a) -> int:
@@ -208,7 +228,18 @@ def _cpp_route(a):
 
 def _describe_cpp(a) -> str:
     route = _cpp_route(a)
+    if a.act == "dynamic":
+        how = ("sparse_nm_i8_linear: x quantized per token inside, int8 x int8 (exact int32 sums)"
+               if route.name == "nm" else "on the dequantized per-token codes of x (xq * sx)")
+        return f"route {route.name!r}, act='dynamic' {how}: {route.why}"
     return f"route {route.name!r}: {route.why}"
+
+
+def _dequantized_codes(x2: Tensor) -> Tensor:
+    """``xq * sx`` (fp32): what act='dynamic' multiplies, for the routes without an int8-activation kernel.
+    The C++ quantizer (the codes int8_linear and the N:M int8 kernel use) where the extension has it."""
+    q, sx = quantize_per_token(x2)
+    return q.to(torch.float32) * sx.unsqueeze(-1)
 
 
 def _expanded_weight(a) -> Tensor:
@@ -222,15 +253,23 @@ def _expanded_weight(a) -> Tensor:
 @_op.implement("cpp", check=_cpp_check, describe=_describe_cpp)
 def _sparse_linear_cpp(a) -> Tensor:
     """``y = x @ W.T + bias`` in fp32 on the route :func:`_cpp_route` picks; the result in x's dtype."""
-    if a.layout == "bsr":
-        return cpu_bsr.op_run(a)
     x, bias = a.x, a.bias
     K = x.shape[-1]
+    dynamic = a.act == "dynamic"
+    if a.layout == "bsr":
+        if not dynamic:
+            return cpu_bsr.op_run(a)
+        xd = _dequantized_codes(x.reshape(-1, K).to(torch.float32))  # the BSR kernel on the dequantized codes
+        return cpu_bsr.op_run(a._replace(x=xd)).to(x.dtype).reshape(*x.shape[:-1], a.meta[0])
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         bias = bias.to(torch.float32).contiguous()
     x2 = x.reshape(-1, K).to(torch.float32)
     route = _cpp_route(a).name
-    if route == "nm":
+    if dynamic and route != "nm":
+        x2 = _dequantized_codes(x2)
+    if route == "nm" and dynamic:
+        y = nm_i8_linear_raw(x2, a.values, a.index, a.scale, bias, a.meta[0], a.meta[1])
+    elif route == "nm":
         y = nm_linear_raw(x2, a.values, a.index, a.scale, bias, a.meta[0], a.meta[1])
     elif route == "nm_large":
         y = nm_large_linear_raw(x2, a.values, a.index, a.scale, bias, a.meta[0], a.meta[1])
@@ -253,13 +292,19 @@ def _triton_check(a) -> Optional[str]:
 def _sparse_linear_triton(a) -> Tensor:
     """kernels/sparse_nm.py (N:M: compressed tiles expanded in registers) or kernels/sparse_bsr.py (BSR: only
     the stored tiles), ``tl.dot`` with fp32 accumulation."""
+    x = a.x
+    if a.act == "dynamic":  # the same kernels on the dequantized per-token codes (fp32 products of integers)
+        q, sx = quantize_per_token(x)
+        x = q.to(torch.float32) * sx.unsqueeze(-1)
     if a.layout == "bsr":
         from ..kernels.sparse_bsr import sparse_bsr_linear
 
-        return sparse_bsr_linear(a.x, a.values, a.index, a.offsets, a.scale, a.bias, a.meta[0])
-    from ..kernels.sparse_nm import sparse_nm_linear
+        y = sparse_bsr_linear(x, a.values, a.index, a.offsets, a.scale, a.bias, a.meta[0])
+    else:
+        from ..kernels.sparse_nm import sparse_nm_linear
 
-    return sparse_nm_linear(a.x, a.values, a.index, a.scale, a.bias, a.meta[0], a.meta[1])
+        y = sparse_nm_linear(x, a.values, a.index, a.scale, a.bias, a.meta[0], a.meta[1])
+    return y.to(a.x.dtype)
 
 
 # --------------------------------------------------------------------------
@@ -355,10 +400,12 @@ _op.autograd(_backward, _setup_context)
 
 @_op.public
 def sparse_linear(x: Tensor, values: Tensor, index: Tensor, offsets: Optional[Tensor], scale: Optional[Tensor],
-                  layout: str, meta, bias: Optional[Tensor] = None) -> Tensor:
+                  layout: str, meta, bias: Optional[Tensor] = None, act: str = "none") -> Tensor:
     """``y = x @ W.T + bias`` with ``W`` the pruned weight the compressed fields stand for (module docstring).
 
     ``values, index, offsets, scale, layout, meta`` are ``sparse_linear_fields(weight)`` of an
-    ``llmaccel.sparsity`` format object.  Gradients flow to ``x``, ``bias`` and float ``values``.
+    ``llmaccel.sparsity`` format object.  ``act="dynamic"`` (int8 values): x quantized per token, int8 x int8
+    (module docstring).  Gradients flow to ``x``, ``bias`` and float ``values``.
     """
-    return _op.call(x, values, index, offsets, scale, layout, list(meta) if isinstance(meta, tuple) else meta, bias)
+    return _op.call(x, values, index, offsets, scale, layout, list(meta) if isinstance(meta, tuple) else meta, bias,
+                    act)

@@ -31,7 +31,7 @@ from .._ext import ext
 from ._cpu_args import check_cpu_weight, check_x_bias_variant, row_major
 from .nm_packed import NMPackedWeight
 
-__all__ = ["nm_linear_cpp"]
+__all__ = ["nm_linear_cpp", "nm_i8_linear_raw"]
 
 _WHERE = "llmaccel.sparsity.nm_linear_cpp"
 
@@ -66,4 +66,21 @@ def nm_linear_raw(x2: Tensor, values: Tensor, indices: Tensor, scale: Tensor | N
                            indices.data_ptr(), indices.stride(0) if N > 1 else indices.shape[1],
                            scale.data_ptr() if scale is not None else 0, bias.data_ptr() if bias is not None else 0,
                            y.data_ptr(), N, torch.get_num_threads(), variant)
+    return y
+
+
+def nm_i8_linear_raw(x2: Tensor, values: Tensor, indices: Tensor, scale: Tensor, bias: Tensor | None, n: int, m: int,
+                     variant: str = "") -> Tensor:
+    """The int8-activation binding (``llmaccel._C.sparse_nm_i8_linear``, csrc/sparse_nm.h) on already checked
+    fields: fp32 ``x2 [rows, K]`` quantized per token inside, int8 ``values`` in [-127, 127] with fp32
+    ``scale [N]``; returns fp32 ``y = float(xq @ q.T) * sx * scale + bias``."""
+    K = x2.shape[1]
+    x2, values, indices, scale = row_major(x2), row_major(values), row_major(indices), scale.contiguous()
+    rows, N = x2.shape[0], values.shape[0]
+    y = torch.empty((rows, N), dtype=torch.float32)
+    ext().sparse_nm_i8_linear(rows, N, K, n, m, x2.data_ptr(), x2.stride(0) if rows > 1 else K, values.data_ptr(),
+                              values.stride(0) if N > 1 else values.shape[1], indices.data_ptr(),
+                              indices.stride(0) if N > 1 else indices.shape[1], scale.data_ptr(),
+                              bias.data_ptr() if bias is not None else 0, y.data_ptr(), N, torch.get_num_threads(),
+                              variant)
     return y
