@@ -85,6 +85,7 @@ def set_cpu_isa(level: str) -> None:
 
     _ext.ext().set_cpu_isa(level)
     importlib.import_module("llmaccel.ops.int8_linear")._packed_cache.clear()
+    importlib.import_module("llmaccel.ops.sparse_linear_routes").reset()
 
 
 @contextlib.contextmanager

@@ -72,11 +72,26 @@ CROSSOVER_M: dict[tuple[str, str], Crossover] = {
 }
 
 
+# The route is taken on every call, and asking the extension for the variant table costs ~10 us (a quarter
+# of a decode call's Python overhead): the variants are cached until the ISA cap changes
+# (llmaccel.cpu.set_cpu_isa calls reset()).
+_VARIANTS: dict[str, str] = {}
+
+
+def reset() -> None:
+    """Forget the cached variants (the ISA cap changed)."""
+    _VARIANTS.clear()
+
+
 def _variant(family: str) -> str:
-    try:
-        return ext().variant_choice()[family]["variant"]
-    except Exception:  # an extension without this family: treated like avx2 (the caller checks the binding)
-        return "avx2"
+    found = _VARIANTS.get(family)
+    if found is None:
+        try:
+            found = ext().variant_choice()[family]["variant"]
+        except Exception:  # an extension without this family: treated like avx2 (the caller checks the binding)
+            found = "avx2"
+        _VARIANTS[family] = found
+    return found
 
 
 def crossover(route: str, family: str) -> tuple[Optional[Crossover], str]:
