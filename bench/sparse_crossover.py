@@ -2,6 +2,7 @@
 fp32 ``F.linear`` on the same pruned weights, over M (rows of x).
 
     python bench/sparse_crossover.py                      # every route this build has, the CPU's best variant
+    python bench/sparse_crossover.py --routes bitmap90 index90 --ms 1 2 4 16   # bitmap vs column-index form
     LLMACCEL_CPU_ISA=generic python bench/sparse_crossover.py --routes nm
 
 Conditions: 4 rotating 4096 x 4096 layers (4 x 64 MB dense fp32, beyond a 32 MB L3, as a model's layers
@@ -19,6 +20,7 @@ import llmaccel
 from llmaccel.ops.sparse_linear import _expanded_weight, _make_args
 from llmaccel.sparsity import BitmapWeight, NMPackedWeight, prune
 from llmaccel.sparsity.cpu_bitmap import bitmap_linear_raw
+from llmaccel.sparsity.cpu_bitmap_index import bitmap_index_linear_raw, cached_column_indices
 from llmaccel.sparsity.cpu_kernel import nm_linear_raw
 from llmaccel.sparsity.cpu_nm_large import nm_large_linear_raw
 
@@ -32,6 +34,11 @@ def _nm_kernel(x, p):
 
 def _bitmap_kernel(x, p):
     return bitmap_linear_raw(x, p.bitmap, p.values, p.row_offsets, p.scale, None)
+
+
+def _index_kernel(x, p):  # the column-index form (derived once per weight, cached)
+    cols = cached_column_indices(p.bitmap, p.row_offsets, K, p.values.numel())
+    return bitmap_index_linear_raw(x, cols, p.values, p.row_offsets, p.scale, None)
 
 
 def _bitmap(sparsity):
@@ -52,6 +59,12 @@ ROUTES = {
     "bitmap50": (_bitmap(0.5), _bitmap_kernel, "sparse_bitmap"),
     "bitmap90": (_bitmap(0.9), _bitmap_kernel, "sparse_bitmap"),
     "expand-bitmap90": (_bitmap(0.9), _expand, None),
+    "index50": (_bitmap(0.5), _index_kernel, "sparse_bitmap"),
+    "index70": (_bitmap(0.7), _index_kernel, "sparse_bitmap"),
+    "index80": (_bitmap(0.8), _index_kernel, "sparse_bitmap"),
+    "index90": (_bitmap(0.9), _index_kernel, "sparse_bitmap"),
+    "bitmap70": (_bitmap(0.7), _bitmap_kernel, "sparse_bitmap"),
+    "bitmap80": (_bitmap(0.8), _bitmap_kernel, "sparse_bitmap"),
 }
 
 

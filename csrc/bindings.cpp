@@ -379,6 +379,24 @@ PYBIND11_MODULE(_C, m) {
       "(values_int8) with fp32 per-row scale [N] (else scale = 0), row_offsets int64 [N+1]. bias may be 0. "
       "ValueError if row_offsets and the bitmap disagree. variant: '' = best, 'avx2', 'generic'.");
 
+  m.def(
+      "sparse_bitmap_index_linear",
+      [](int64_t M, int64_t N, int64_t K, uintptr_t x, int64_t x_sm, uintptr_t values, bool values_int8, int64_t nnz,
+         uintptr_t cols, uintptr_t row_offsets, uintptr_t scale, uintptr_t bias, uintptr_t y, int64_t y_sm,
+         int nthreads, const std::string& variant) {
+        py::gil_scoped_release release;
+        llmaccel::sparse_bitmap_index_linear(M, N, K, ptr<const float>(x), x_sm, ptr<const void>(values), values_int8,
+                                             nnz, ptr<const uint16_t>(cols), ptr<const int64_t>(row_offsets),
+                                             ptr<const float>(scale), ptr<const float>(bias), ptr<float>(y), y_sm,
+                                             nthreads, variant);
+      },
+      py::arg("M"), py::arg("N"), py::arg("K"), py::arg("x"), py::arg("x_sm"), py::arg("values"),
+      py::arg("values_int8"), py::arg("nnz"), py::arg("cols"), py::arg("row_offsets"), py::arg("scale"),
+      py::arg("bias"), py::arg("y"), py::arg("y_sm"), py::arg("nthreads"), py::arg("variant") = "",
+      "sparse_bitmap_linear on the column-index form of the weight: cols uint16 [nnz] (the column of each "
+      "value, from the bitmap; clamped to K-1 by the kernels), K <= 65536; same values, row_offsets, scale, "
+      "bias and result (csrc/sparse_bitmap.h). variant: '' = best, 'avx2', 'generic'.");
+
   def_sparse_nm(
       "sparse_nm_large_linear", llmaccel::SparseNMKernel::large_m,
       "sparse_nm_linear for large M (x packed into transposed panels, the weight decoded once per call, n/m of "

@@ -37,12 +37,33 @@ struct SparseBitmapProblem {
   float* y;
   int64_t y_sm;  // row stride of y (n contiguous)
   int nthreads;
+  // The column-index form (sparse_bitmap_index_linear): cols[t] = the column of values[t] (uint16, in column
+  // order per row, what the bitmap's set bits say), read instead of the bitmap when by_index is set (cols may
+  // be null when nnz is 0, so the flag, not the pointer, says which form runs).
+  bool by_index;
+  const uint16_t* cols;
 };
 
 // Both return -1, or the first row whose bitmap disagrees with row_offsets (popcount, or a bit past K);
 // such rows are skipped (their outputs are left unwritten).
+// With p.by_index set they run the column-index form (and return -1: nothing to cross-check).
 int64_t sparse_bitmap_generic(const SparseBitmapProblem& p);
 int64_t sparse_bitmap_avx2(const SparseBitmapProblem& p);
+
+// The column-index form of the same weight (for sparse weights: at 10 % density the bitmap costs 10 bits per
+// kept value and, worse, a fixed amount of work per bitmap byte, while a column index costs 16 bits and work
+// per kept value only):
+//     y[m][r] = sum_{t in [row_offsets[r], row_offsets[r+1])} x[m][min(cols[t], K - 1)] * values[t]  (+ int8
+//     scale, + bias as above)
+// cols comes from the bitmap (llmaccel.sparsity.cpu_bitmap.column_indices: it checks it against
+// row_offsets); the kernels clamp every index to K - 1, so corrupt indices give a wrong result, never a read
+// outside x.  K <= 65536.  Fixed summation order: results bit-identical for any nthreads.  Errors start with
+// "llmaccel::sparse_bitmap_index_linear: ".
+constexpr int64_t kSparseIndexMaxK = 65536;
+void sparse_bitmap_index_linear(int64_t M, int64_t N, int64_t K, const float* x, int64_t x_sm, const void* values,
+                                bool values_int8, int64_t nnz, const uint16_t* cols, const int64_t* row_offsets,
+                                const float* scale, const float* bias, float* y, int64_t y_sm, int nthreads,
+                                const std::string& variant);
 
 // Validated entry point; variant "" picks the best for this CPU.
 // values_int8: `values` points at int8 values and `scale` at N fp32 per-row scales; else `values` is fp32

@@ -180,8 +180,66 @@ struct SbAvx2Tile {
   }
 };
 
+// The column-index form: per 8 kept values, their 8 uint16 columns widened and clamped to K - 1, x gathered
+// (vgatherdps) per x row, one FMA.  Work per kept value, not per bitmap byte: at 10 % density a bitmap byte
+// holds 0.8 kept values on average, and the byte kernel above spends ~3.5 cycles on each byte.  Measured on
+// Zen 3, 4096 x 4096 at 90 % sparsity, one token: ~1.8x faster than the byte kernel (the vgatherdps of 8
+// floats costs about as much as the FMA work it feeds).  Accumulators: 2 per x row for one or two rows, 1 for
+// more.
+template <int R, int C>
+struct SiAvx2Tile {
+  static constexpr int A = R <= 2 ? 2 : 1;
+
+  template <class T>
+  static void run_t(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
+    const T* v = sb_values<T>(p);
+    const uint16_t* cols = p.cols;
+    const float* xr[R];
+    for (int r = 0; r < R; ++r) xr[r] = p.x + (m0 + r) * p.x_sm;
+    const __m256i kmax = _mm256_set1_epi32(static_cast<int>(p.K - 1));
+    const int64_t t0 = p.row_offsets[row], t1 = p.row_offsets[row + 1];
+    __m256 acc[R][A];
+    for (int r = 0; r < R; ++r)
+      for (int a = 0; a < A; ++a) acc[r][a] = _mm256_setzero_ps();
+    int64_t t = t0;
+    int a = 0;
+    for (; t + 8 <= t1; t += 8) {
+      _mm_prefetch(reinterpret_cast<const char*>(v + t + kSbPrefetchValues), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(cols + t + kSbPrefetchValues), _MM_HINT_T0);
+      const __m256i idx = _mm256_min_epu32(
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(cols + t))), kmax);
+      __m256 w;
+      if constexpr (sizeof(T) == 4)
+        w = _mm256_loadu_ps(reinterpret_cast<const float*>(v + t));
+      else
+        w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(v + t))));
+      for (int r = 0; r < R; ++r) acc[r][a] = _mm256_fmadd_ps(_mm256_i32gather_ps(xr[r], idx, 4), w, acc[r][a]);
+      a = (a + 1) % A;
+    }
+    float tail[R][4] = {};
+    si_scalar<T, R>(p, m0, t, t1, tail);
+    for (int r = 0; r < R; ++r) {
+      __m256 s = acc[r][0];
+      for (int b = 1; b < A; ++b) s = _mm256_add_ps(s, acc[r][b]);
+      sparse_store(p, row, m0 + r, hsum8(s) + sparse_sum4<R>(tail, r));
+    }
+  }
+  static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
+    if (p.values_i8)
+      run_t<int8_t>(p, row, m0);
+    else
+      run_t<float>(p, row, m0);
+  }
+};
+
 }  // namespace
 }  // namespace LLMACCEL_CPU_CAPABILITY
 
-int64_t sparse_bitmap_avx2(const SparseBitmapProblem& p) { return sb_run<SbAvx2Tile, &sb_count_bits_avx2>(p); }
+int64_t sparse_bitmap_avx2(const SparseBitmapProblem& p) {
+  if (p.by_index) {
+    si_run<SiAvx2Tile>(p);
+    return -1;
+  }
+  return sb_run<SbAvx2Tile, &sb_count_bits_avx2>(p);
+}
 }  // namespace llmaccel

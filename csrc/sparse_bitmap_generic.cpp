@@ -3,5 +3,11 @@
 #include "sparse_bitmap_kernel.h"
 
 namespace llmaccel {
-int64_t sparse_bitmap_generic(const SparseBitmapProblem& p) { return sb_run<SbScalarTile, &sb_count_bits>(p); }
+int64_t sparse_bitmap_generic(const SparseBitmapProblem& p) {
+  if (p.by_index) {
+    si_run<SiScalarTile>(p);
+    return -1;
+  }
+  return sb_run<SbScalarTile, &sb_count_bits>(p);
+}
 }  // namespace llmaccel

@@ -104,7 +104,7 @@ struct SbScalarTile {
 };
 
 // The loop nest (file comment) over the tiles of `Tile<R, 1>`, R = 1 .. kSbMR x rows; returns the first row
-// whose bitmap disagrees with row_offsets, or -1.
+// whose bitmap disagrees with row_offsets, or -1.  Count = nullptr: no bitmap to check (the column-index form).
 template <template <int, int> class Tile, int64_t (*Count)(const uint8_t*, int64_t)>
 int64_t sb_run(const SparseBitmapProblem& p) {
   static constexpr TileTable<kSbMR, 1, Tile> table;
@@ -115,11 +115,13 @@ int64_t sb_run(const SparseBitmapProblem& p) {
     int64_t n0, n1;
     sparse_row_block(p.N, t, T, &n0, &n1);
     for (int64_t row = n0; row < n1; ++row) {
-      if (!sb_row_ok<Count>(p, row)) {  // skip it (no read past its values); the entry raises
-        int64_t seen = first_bad.load();
-        while (row < seen && !first_bad.compare_exchange_weak(seen, row)) {
+      if constexpr (Count != nullptr) {
+        if (!sb_row_ok<Count>(p, row)) {  // skip it (no read past its values); the entry raises
+          int64_t seen = first_bad.load();
+          while (row < seen && !first_bad.compare_exchange_weak(seen, row)) {
+          }
+          continue;
         }
-        continue;
       }
       for (int64_t m0 = 0; m0 < p.M; m0 += kSbMR) {
         const int R = static_cast<int>(std::min<int64_t>(kSbMR, p.M - m0));
@@ -129,6 +131,46 @@ int64_t sb_run(const SparseBitmapProblem& p) {
   }
   const int64_t bad = first_bad.load();
   return bad < p.N ? bad : -1;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The column-index form (p.by_index, sparse_bitmap.h): no bitmap, one index per kept value.
+
+// acc[r][t & 3] += x[m0 + r][min(cols[t], K - 1)] * value for kept values t in [t0, t1) of one weight row: the
+// portable kernel and the tail of the vector one.
+template <class T, int R>
+inline void si_scalar(const SparseBitmapProblem& p, int64_t m0, int64_t t0, int64_t t1, float (&acc)[R][4]) {
+  const T* v = sb_values<T>(p);
+  const float* xr[R];
+  for (int r = 0; r < R; ++r) xr[r] = p.x + (m0 + r) * p.x_sm;
+  const int64_t kmax = p.K - 1;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t col = std::min<int64_t>(p.cols[t], kmax);
+    const float w = static_cast<float>(v[t]);
+    for (int r = 0; r < R; ++r) acc[r][t & 3] += xr[r][col] * w;
+  }
+}
+
+template <int R, int C>
+struct SiScalarTile {
+  template <class T>
+  static void run_t(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
+    float acc[R][4] = {};
+    si_scalar<T, R>(p, m0, p.row_offsets[row], p.row_offsets[row + 1], acc);
+    for (int r = 0; r < R; ++r) sparse_store(p, row, m0 + r, sparse_sum4<R>(acc, r));
+  }
+  static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
+    if (p.values_i8)
+      run_t<int8_t>(p, row, m0);
+    else
+      run_t<float>(p, row, m0);
+  }
+};
+
+// The loop nest of sb_run without the bitmap check (the indices are clamped instead).
+template <template <int, int> class Tile>
+void si_run(const SparseBitmapProblem& p) {
+  sb_run<Tile, nullptr>(p);
 }
 
 }  // namespace

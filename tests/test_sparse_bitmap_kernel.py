@@ -15,6 +15,7 @@ from llmaccel import backends
 from llmaccel._ext import ext
 from llmaccel.ops import sparse_linear_routes
 from llmaccel.sparsity import BitmapWeight, prune, sparse_linear_reference
+from llmaccel.sparsity.cpu_bitmap_index import bitmap_index_linear_raw, column_indices
 from llmaccel.sparsity.cpu_bitmap import bitmap_linear_cpp
 
 ALL_VARIANTS = [r["variant"] for r in ext().variant_table() if r["family"] == "sparse_bitmap"]
@@ -292,22 +293,33 @@ def _route(x, fields, bias=None):
 
 @pytest.mark.parametrize("quantize", QUANTIZE)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_op_cpp_backend_runs_the_bitmap_route(quantize, dtype, monkeypatch):
+@pytest.mark.parametrize("index", [False, True], ids=["bytes", "index"])
+def test_op_cpp_backend_runs_the_bitmap_route(quantize, dtype, index, monkeypatch):
+    """The byte kernel, or (at most 4 rows at this 10 % density) the column-index form, on the op's path."""
     assert ("bitmap", "avx2") in sparse_linear_routes.CROSSOVER_M  # the measured crossover is recorded
     monkeypatch.setattr(sparse_linear_routes, "CROSSOVER_M", _route_table(17))
+    if not index:
+        monkeypatch.setattr(sparse_linear_routes, "INDEX_MAX_DENSITY", 0.0)
     wt = _weight(17, 113, 0.9, quantize, rows="pd")
     fields = llmaccel.sparse_linear_fields(wt)
     bias = torch.randn(17)
     for lead in ((1,), (3,), (2, 5), (17,)):
         x = torch.randn(*lead, 113).to(dtype)
-        assert _route(x, fields, bias) == "bitmap"
+        rows = x.numel() // 113
+        by_index = index and rows * wt.values.numel() / (17 * 113) <= sparse_linear_routes.INDEX_MAX_WORK
+        assert _route(x, fields, bias) == ("bitmap_index" if by_index else "bitmap")
         with backends.use("cpp"):
             y = llmaccel.sparse_linear(x, *fields, bias)
         assert y.dtype == dtype and y.shape == (*lead, 17)
         if dtype == torch.float32:
             _check(y.reshape(-1, 17), x.reshape(-1, 113), wt, bias)
         else:  # the kernel's fp32 result rounded once to dtype
-            want = bitmap_linear_cpp(x.reshape(-1, 113).float(), wt, bias).to(dtype)
+            x32 = x.reshape(-1, 113).float()
+            if by_index:
+                cols = column_indices(wt.bitmap, wt.row_offsets, 113, wt.values.numel())
+                want = bitmap_index_linear_raw(x32, cols, wt.values, wt.row_offsets, wt.scale, bias).to(dtype)
+            else:
+                want = bitmap_linear_cpp(x32, wt, bias).to(dtype)
             assert torch.equal(y.reshape(-1, 17), want)
 
 
@@ -320,6 +332,9 @@ def test_op_routes_by_rows_and_density(monkeypatch):
     dense = llmaccel.sparse_linear_fields(_weight(8, 160, 0.25))   # density 0.75: int(8 * 0.5 / 0.75) = 5
     assert _route(torch.randn(8, 160), sparse) == "bitmap"
     assert _route(torch.randn(9, 160), sparse) == "expand"
+    # the column-index form: density <= INDEX_MAX_DENSITY and rows x density <= INDEX_MAX_WORK (0.4)
+    assert [_route(torch.randn(m, 160), sparse) for m in (1, 4, 5)] == ["bitmap_index", "bitmap_index", "bitmap"]
+    assert _route(torch.randn(1, 160), dense) == "bitmap"
     assert _route(torch.randn(5, 160), dense) == "bitmap"
     assert _route(torch.randn(6, 160), dense) == "expand"
     w = torch.randn(8, 16)

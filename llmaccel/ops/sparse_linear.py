@@ -71,6 +71,7 @@ from torch import Tensor
 from .._ext import ext
 from ..sparsity._bits import bits_for, packed_bytes
 from ..sparsity.cpu_bitmap import bitmap_linear_raw
+from ..sparsity.cpu_bitmap_index import bitmap_index_linear_raw, cached_column_indices
 from ..sparsity.cpu_expand import bitmap_expand_raw, nm_expand_raw
 from ..sparsity import cpu_bsr
 from ..sparsity.cpu_kernel import nm_i8_linear_raw, nm_linear_raw
@@ -223,7 +224,7 @@ def _cpp_route(a):
         return Route("bsr", "the C++ BSR kernel: only the kept tiles, a dense micro-kernel on each, any M")
     if a.layout == "nm":
         return nm_route(_rows(a), a.meta[0], a.meta[1])
-    return bitmap_route(_rows(a), a.values.numel() / max(1, a.index.shape[0] * a.x.shape[-1]))
+    return bitmap_route(_rows(a), a.values.numel() / max(1, a.index.shape[0] * a.x.shape[-1]), a.x.shape[-1])
 
 
 def _describe_cpp(a) -> str:
@@ -275,6 +276,9 @@ def _sparse_linear_cpp(a) -> Tensor:
         y = nm_large_linear_raw(x2, a.values, a.index, a.scale, bias, a.meta[0], a.meta[1])
     elif route == "bitmap":
         y = bitmap_linear_raw(x2, a.index, a.values, a.offsets, a.scale, bias)
+    elif route == "bitmap_index":
+        cols = cached_column_indices(a.index, a.offsets, K, a.values.numel())
+        y = bitmap_index_linear_raw(x2, cols, a.values, a.offsets, a.scale, bias)
     else:
         y = torch.nn.functional.linear(x2, _expanded_weight(a), bias)
     if x.dtype != torch.float32:

@@ -13,6 +13,9 @@ route       what runs                                                           
             decoded once per call, n/m of dense's FMAs (register-blocked)       crossover, density
                                                                                 <= ``NM_LARGE_MAX_DENSITY``
 ``bitmap``  csrc/sparse_bitmap*.cpp: streams bitmap + values, <= 4 rows a tile  bitmap, M <= crossover
+``bitmap_index`` the same kernels on the column-index form (uint16 column per    bitmap, density <=
+            value, derived once per weight, ``sparsity.cpu_bitmap_index``):      ``INDEX_MAX_DENSITY`` and
+            work per kept value instead of per bitmap byte                      M x density <= ``INDEX_MAX_WORK``
 ``expand``  csrc/sparse_expand.cpp expands the weight to dense fp32 once per      past the crossover
             call (memory-bound, ~1-4 % of an M=512 GEMM), then ``F.linear``     (no kernel wins)
             (MKL sgemm)
@@ -133,8 +136,29 @@ def nm_route(rows: int, n: int, m: int) -> Route:
                            f"sgemm at density {density:.2f}: expand the weight once in C++, then dense sgemm")
 
 
-def bitmap_route(rows: int, density: float) -> Route:
-    """Route for a bitmap weight keeping ``density`` of its entries and ``rows`` rows of x (module docstring)."""
+# The column-index form against the bitmap byte kernel, 8 rotating 4096 x 4096 layers, fp32, 2 threads, AVX2 EPYC
+# (Zen 3), 2026-12-01, first measured with 8 layers (dense time / route time; bench/sparse_crossover.py --routes
+# bitmap50 index50 bitmap70 index70 ... repeats it with 4):
+#   sparsity 50 %: M=1 index 1.17x, bitmap 1.87x;  M=4 1.02 / 4.13x
+#   sparsity 70 %: M=1 1.74 / 1.83x;  M=4 2.38 / 5.18x
+#   sparsity 80 %: M=1 2.57 / 1.92x;  M=4 1.94 / 3.10x;  M=16 1.61 / 2.74x
+#   sparsity 90 %: M=1 5.31 / 2.06x;  M=4 4.71 / 4.60x;  M=16 1.16 / 1.25x
+# The byte kernel's work is fixed per bitmap byte and shared by the <= 4 x rows of a tile, the index kernel's
+# is per kept value and per x row (one gather each): the index form wins at one row below ~25-30 % density
+# and loses as soon as several rows share the bytes, so it runs where density <= INDEX_MAX_DENSITY and
+# rows x density <= INDEX_MAX_WORK (1 row up to 25 %, 2 up to 20 %, 4 at 10 %: the tie measured above).
+INDEX_MAX_DENSITY = 0.25
+INDEX_MAX_WORK = 0.4
+
+
+def bitmap_route(rows: int, density: float, k: int = 0) -> Route:
+    """Route for a bitmap weight keeping ``density`` of its entries, ``rows`` rows of x and K = ``k`` (module
+    docstring)."""
+    if density <= INDEX_MAX_DENSITY and rows * density <= INDEX_MAX_WORK and 0 < k <= 65536 \
+            and hasattr(ext(), "sparse_bitmap_index_linear"):
+        return Route("bitmap_index", f"M={rows} at density {density:.2f}: the column-index form (work per kept "
+                                     f"value; density <= {INDEX_MAX_DENSITY} and M x density <= {INDEX_MAX_WORK}, "
+                                     f"measured against the bitmap byte kernel, {_variant('sparse_bitmap')})")
     found, variant = crossover("bitmap", "sparse_bitmap")
     limit = 0 if not found else found.max_m if density <= found.density else found.limit(density)
     how = f"the measured crossover of the bitmap kernel ({variant}) against dense sgemm at density {density:.2f}"
