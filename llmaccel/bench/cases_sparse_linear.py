@@ -158,6 +158,15 @@ def _builder(M: int, n_layers: int, n_stacks: int, *, k: int = K, n: int = N, dt
                                                                       - p.values.element_size())
                                      for p, _, _ in stacks[0]))
         what = "bitmap weight" if fmt.startswith("unstructured") else f"{fmt} packed weight"
+        if fmt.startswith("unstructured") and device.type == "cpu":
+            from ..ops.sparse_linear_routes import bitmap_route
+
+            p0 = stacks[0][0][0]
+            if bitmap_route(M, p0.values.numel() / (n * k), k).name == "bitmap_index":
+                # That route streams a uint16 column per kept value instead of the bitmap: count what it reads.
+                packed_bytes = float(sum(p.nbytes() - p.bitmap.numel() + 2 * p.values.numel()
+                                         for p, _, _ in stacks[0]))
+                what = "column-index weight (values + uint16 columns)"
         work = Work(ops=2.0 * M * n * k * layers_built, bytes=packed_bytes if M <= 2 else None,
                     bytes_what=what, ops_unit="GFLOP/s")
         bench = Bench(ours, peer, work, args, n_stacks)
