@@ -104,10 +104,23 @@ def crossover(route: str, family: str) -> tuple[Optional[Crossover], str]:
     return found, variant
 
 
-@dataclass(frozen=True)
 class Route:
-    name: str  # "nm" | "nm_large" | "bitmap" | "expand"
-    why: str
+    """A route's name and why it was taken.  ``why`` may be given as a zero-argument function: the op takes a route
+    on every call but only ``explain()`` reads the reason, and formatting it was a fifth of a decode call's
+    Python overhead."""
+
+    __slots__ = ("name", "_why")
+
+    def __init__(self, name: str, why):
+        self.name = name  # "nm" | "nm_large" | "bitmap" | "bitmap_index" | "expand" | "bsr"
+        self._why = why
+
+    @property
+    def why(self) -> str:
+        return self._why() if callable(self._why) else self._why
+
+    def __repr__(self) -> str:
+        return f"Route({self.name!r}, {self.why!r})"
 
 
 # The large-M N:M kernel against dense F.linear (MKL), 4096 x 4096 2:4 fp32 on the shared AVX2 EPYC (contended):
@@ -125,14 +138,15 @@ def nm_route(rows: int, n: int, m: int) -> Route:
     found, variant = crossover("nm", "sparse_nm")
     limit = found.limit(density) if found else 0
     if rows <= limit:
-        return Route("nm", f"M={rows} <= {limit}, the measured crossover of the N:M kernel ({variant}) against "
+        return Route("nm", lambda: f"M={rows} <= {limit}, the measured crossover of the N:M kernel ({variant}) against "
                            f"dense sgemm at density {density:.2f}: the sparse kernel wins")
     if density <= NM_LARGE_MAX_DENSITY and hasattr(ext(), "sparse_nm_large_linear"):
-        return Route("nm_large", f"M={rows} > {limit}, the small-M N:M kernel's crossover; at density "
+        return Route("nm_large", lambda: f"M={rows} > {limit}, the small-M N:M kernel's crossover; at density "
                                  f"{density:.2f} <= {NM_LARGE_MAX_DENSITY} the large-M kernel "
                                  f"({_variant('sparse_nm_large')}) does {density:.2f} of dense's FMAs and beats "
                                  f"dense sgemm (NM_LARGE_MAX_DENSITY)")
-    return Route("expand", f"M={rows} > {limit}, the measured crossover of the N:M kernel ({variant}) against dense "
+    return Route("expand", lambda: f"M={rows} > {limit}, the measured crossover of the N:M kernel ({variant}) against "
+                                   f"dense "
                            f"sgemm at density {density:.2f}: expand the weight once in C++, then dense sgemm")
 
 
@@ -156,12 +170,12 @@ def bitmap_route(rows: int, density: float, k: int = 0) -> Route:
     docstring)."""
     if density <= INDEX_MAX_DENSITY and rows * density <= INDEX_MAX_WORK and 0 < k <= 65536 \
             and hasattr(ext(), "sparse_bitmap_index_linear"):
-        return Route("bitmap_index", f"M={rows} at density {density:.2f}: the column-index form (work per kept "
+        return Route("bitmap_index", lambda: f"M={rows} at density {density:.2f}: the column-index form (work per kept "
                                      f"value; density <= {INDEX_MAX_DENSITY} and M x density <= {INDEX_MAX_WORK}, "
                                      f"measured against the bitmap byte kernel, {_variant('sparse_bitmap')})")
     found, variant = crossover("bitmap", "sparse_bitmap")
     limit = 0 if not found else found.max_m if density <= found.density else found.limit(density)
     how = f"the measured crossover of the bitmap kernel ({variant}) against dense sgemm at density {density:.2f}"
     if rows <= limit:
-        return Route("bitmap", f"M={rows} <= {limit}, {how}: the sparse kernel wins")
-    return Route("expand", f"M={rows} > {limit}, {how}: expand the weight once in C++, then dense sgemm")
+        return Route("bitmap", lambda: f"M={rows} <= {limit}, {how}: the sparse kernel wins")
+    return Route("expand", lambda: f"M={rows} > {limit}, {how}: expand the weight once in C++, then dense sgemm")
