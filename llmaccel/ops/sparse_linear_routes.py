@@ -146,8 +146,8 @@ def nm_route(rows: int, n: int, m: int) -> Route:
                                  f"({_variant('sparse_nm_large')}) does {density:.2f} of dense's FMAs and beats "
                                  f"dense sgemm (NM_LARGE_MAX_DENSITY)")
     return Route("expand", lambda: f"M={rows} > {limit}, the measured crossover of the N:M kernel ({variant}) against "
-                                   f"dense "
-                           f"sgemm at density {density:.2f}: expand the weight once in C++, then dense sgemm")
+                                   f"dense sgemm at density {density:.2f}: expand the weight once in C++, then dense "
+                                   f"sgemm")
 
 
 # The column-index form against the bitmap byte kernel, 8 rotating 4096 x 4096 layers, fp32, 2 threads, AVX2 EPYC
