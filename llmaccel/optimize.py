@@ -8,9 +8,11 @@
 In place (the model is returned for chaining).  What it does, in this order:
 
 1. ``sparsity`` (``"2:4"`` or a :class:`~llmaccel.SparsityConfig`): :func:`~llmaccel.sparsify_`, pruned
-   ``SparseLinear`` layers.  With ``quantize="int8-weight-only"`` too, the sparse values are stored int8
-   (``SparsityConfig(quantize="int8")``): the sparse kernels are weight-only.  ``method="wanda"`` takes its
-   activation norms from ``calibration``.
+   ``SparseLinear`` layers.  With ``quantize`` too, the sparse values are stored int8
+   (``SparsityConfig(quantize="int8")``): ``"int8-weight-only"`` keeps the activations float, ``"int8"``
+   quantizes them per token as well (``act="dynamic"``: the int8 x int8 sparse kernel, W8A8 like the dense
+   ``Int8Linear``; SmoothQuant is not applied to sparse layers).  ``method="wanda"`` takes its activation
+   norms from ``calibration``.
 2. ``quantize`` (``"int8"``: W8A8 dynamic ``Int8Linear``; ``"int8-weight-only"``: int8 weights, float
    activations): :func:`~llmaccel.quantize_`; with ``calibration`` and ``"int8"``, SmoothQuant
    (:func:`~llmaccel.smooth_`) first, its ``alpha`` chosen by measurement (``smooth_alpha="auto"``: each
@@ -48,8 +50,7 @@ original: the relative L2 error and the mean / worst cosine of the output rows (
 where a batch's ``attention_mask`` is 0, left out).
 
 Errors: a model with nothing to swap (no Linear, no attention it knows) raises ``ValueError``; so does an
-unsupported combination (``quantize="int8"`` with ``sparsity``: the sparse kernels are weight-only), an
-unknown option, or calibration batches the model cannot run (the model's own error, with the batch index).
+unsupported combination (``quantize_head`` with ``sparsity``), an unknown option, or calibration batches the model cannot run (the model's own error, with the batch index).
 """
 
 from __future__ import annotations
@@ -243,9 +244,6 @@ def _check_options(model, attention, quantize, sparsity, calibration, filter_fn,
     if sparsity is not None and not isinstance(sparsity, (str, SparsityConfig)):
         raise TypeError(f"{_WHERE}: sparsity must be None, a pattern such as '2:4', or a SparsityConfig, "
                         f"got {type(sparsity).__name__}")
-    if sparsity is not None and quantize == "int8":
-        raise ValueError(f"{_WHERE}: quantize='int8' (W8A8) with sparsity is not supported: the sparse kernels "
-                         f"are weight-only; use quantize='int8-weight-only' for int8 sparse values")
     if calibration is not None and (isinstance(calibration, (torch.Tensor, dict)) or
                                     not isinstance(calibration, Iterable)):
         raise TypeError(f"{_WHERE}: calibration must be a list of model inputs (one per batch), got "
@@ -270,8 +268,8 @@ def _check_options(model, attention, quantize, sparsity, calibration, filter_fn,
 
 def _sparsity_config(sparsity, quantize, calibration) -> SparsityConfig:
     config = SparsityConfig(pattern=sparsity) if isinstance(sparsity, str) else sparsity
-    if quantize == "int8-weight-only" and config.quantize is None:
-        config = dataclasses.replace(config, quantize="int8")
+    if quantize in ("int8", "int8-weight-only") and config.quantize is None:
+        config = dataclasses.replace(config, quantize="int8", act="dynamic" if quantize == "int8" else "none")
     if config.method == "wanda" and config.calibration is None:
         if calibration is None:
             raise ValueError(f"{_WHERE}: sparsity method 'wanda' needs calibration batches (calibration=...)")

@@ -69,6 +69,31 @@ def test_sparsity_alone_and_with_int8_values():
     assert sizes["int8-weight-only"] < 0.5 * sizes[None], sizes
 
 
+def test_sparsity_with_w8a8():
+    """quantize="int8" with sparsity: int8 sparse values and per-token int8 activations (act="dynamic"), the
+    output equal to running every SparseLinear's W8A8 reference in the float model."""
+    model = _encoder(1)
+    dense = _encoder(1)
+    x = torch.randn(2, 5, 64)
+    llmaccel.optimize(model, attention=False, sparsity="2:4", quantize="int8")
+    sparse = {n: m for n, m in model.named_modules() if isinstance(m, llmaccel.SparseLinear)}
+    assert len(sparse) == 4 and all(m.act == "dynamic" and m.extra_repr().count("quantize=int8") for m in
+                                    sparse.values())
+    from llmaccel.sparsity import sparse_linear_reference
+
+    def w8a8(mod):
+        def hook(_, inputs, out):
+            return sparse_linear_reference(inputs[0], mod.weight_format(), mod.bias, act="dynamic").to(out.dtype)
+        return hook
+
+    for name, ref in dense.named_modules():
+        if name in sparse:
+            ref.register_forward_hook(w8a8(sparse[name]))
+    with torch.inference_mode():
+        got, want = model(x), dense(x)
+    assert torch.allclose(got, want, rtol=1e-3, atol=1e-3), float((got - want).abs().max())
+
+
 def test_transformers_bert_gets_our_attention_and_int8():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -122,8 +147,6 @@ def test_bad_options_and_nothing_to_swap_raise_clearly():
         llmaccel.optimize(_encoder(), attention=False)
     with pytest.raises(ValueError, match="quantize must be one of"):
         llmaccel.optimize(_encoder(), quantize="int4")
-    with pytest.raises(ValueError, match="weight-only"):
-        llmaccel.optimize(_encoder(), quantize="int8", sparsity="2:4")
     with pytest.raises(TypeError, match="calibration must be a list"):
         llmaccel.optimize(_encoder(), quantize="int8", calibration=torch.randn(2, 5, 64))
     with pytest.raises(ValueError, match="calibration batch 1 does not run"):
