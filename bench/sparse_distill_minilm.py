@@ -118,6 +118,15 @@ def augmented(sentences, count, seed):
     return out
 
 
+def vocabulary_sentences(tok, count, seed):
+    """``count`` inputs of 3-24 whole words drawn uniformly from the tokenizer's vocabulary (alphabetic
+    entries, no word pieces): nonsense, but the teacher labels it, and it reaches every part of the input
+    space the shipped corpus never does (the held-out topics among them)."""
+    rng = random.Random(seed)
+    words = [w for w in tok.get_vocab() if w.isalpha() and w.isascii() and len(w) > 1]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 24))) for _ in range(count)]
+
+
 def read(name):
     return [s.strip() for s in (DATA / name).read_text().splitlines() if s.strip()]
 
@@ -132,6 +141,9 @@ def main() -> None:
     ap.add_argument("--schedule", default="cosine", choices=["constant", "cosine"])
     ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                     help="fresh altered inputs every step (augmented())")
+    ap.add_argument("--vocab-fraction", type=float, default=0.0,
+                    help="share of the distillation inputs that are random words of the vocabulary "
+                         "(vocabulary_sentences()) instead of (augmented) corpus sentences")
     ap.add_argument("--every-layer", action=argparse.BooleanOptionalAction, default=True,
                     help="also match every encoder layer's token hidden states, not only the last")
     args = ap.parse_args()
@@ -168,9 +180,14 @@ def main() -> None:
 
     t = time.perf_counter()
     distill_batches = train_batches
-    if args.augment:
-        distill_batches = tokenize(tok, augmented(train, args.steps * args.batch, seed=1), args.batch,
-                                   args.max_length)
+    if args.augment or args.vocab_fraction > 0:
+        total = args.steps * args.batch
+        n_vocab = int(round(args.vocab_fraction * total))
+        corpus = augmented(train, total - n_vocab, seed=1) if args.augment else \
+            [train[i % len(train)] for i in range(total - n_vocab)]
+        inputs = corpus + vocabulary_sentences(tok, n_vocab, seed=2)
+        random.Random(3).shuffle(inputs)
+        distill_batches = tokenize(tok, inputs, args.batch, args.max_length)
     report = distill_(TokensAndEmbedding(wanda, args.every_layer), TokensAndEmbedding(dense, args.every_layer),
                       distill_batches, steps=args.steps, lr=args.lr, loss=args.loss, cache_teacher=True, schedule=args.schedule,
                       log_every=max(1, args.steps // 10))
@@ -182,7 +199,9 @@ def main() -> None:
     print(f"\nall-MiniLM-L6-v2, {len(held)} held-out sentences, embedding cosine to the dense model "
           f"(distill_: {args.steps} steps, batch {args.batch}, lr {args.lr} {args.schedule}, AdamW, {args.loss} loss "
           f"on {'every layer' if args.every_layer else 'last layer'} tokens + pooled, "
-          f"{'augmented inputs' if args.augment else 'the corpus as is'}; {torch.get_num_threads()} threads)")
+          f"{'augmented inputs' if args.augment else 'the corpus as is'}"
+          f"{f', {args.vocab_fraction:.0%} random vocabulary words' if args.vocab_fraction else ''}; "
+          f"{torch.get_num_threads()} threads)")
     print("| model | mean cosine | worst cosine | seconds |\n|---|---|---|---|")
     for label, mean, worst, seconds in rows:
         print(f"| {label} | {mean:.4f} | {worst:.4f} | {seconds:.1f} |")

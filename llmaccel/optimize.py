@@ -11,8 +11,8 @@ In place (the model is returned for chaining).  What it does, in this order:
    ``SparseLinear`` layers.  With ``quantize`` too, the sparse values are stored int8
    (``SparsityConfig(quantize="int8")``): ``"int8-weight-only"`` keeps the activations float, ``"int8"``
    quantizes them per token as well (``act="dynamic"``: the int8 x int8 sparse kernel, W8A8 like the dense
-   ``Int8Linear``; SmoothQuant is not applied to sparse layers).  ``method="wanda"`` takes its activation
-   norms from ``calibration``.
+   ``Int8Linear``; SmoothQuant is not applied to sparse layers).  ``method="wanda"`` (activation norms) and
+   ``method="sparsegpt"`` (the inputs' ``X^T X``) take their statistics from ``calibration``.
 2. ``quantize`` (``"int8"``: W8A8 dynamic ``Int8Linear``; ``"int8-weight-only"``: int8 weights, float
    activations): :func:`~llmaccel.quantize_`; with ``calibration`` and ``"int8"``, SmoothQuant
    (:func:`~llmaccel.smooth_`) first, its ``alpha`` chosen by measurement (``smooth_alpha="auto"``: each
@@ -270,9 +270,10 @@ def _sparsity_config(sparsity, quantize, calibration) -> SparsityConfig:
     config = SparsityConfig(pattern=sparsity) if isinstance(sparsity, str) else sparsity
     if quantize in ("int8", "int8-weight-only") and config.quantize is None:
         config = dataclasses.replace(config, quantize="int8", act="dynamic" if quantize == "int8" else "none")
-    if config.method == "wanda" and config.calibration is None:
+    if config.method in ("wanda", "sparsegpt") and config.calibration is None:
         if calibration is None:
-            raise ValueError(f"{_WHERE}: sparsity method 'wanda' needs calibration batches (calibration=...)")
+            raise ValueError(f"{_WHERE}: sparsity method {config.method!r} needs calibration batches "
+                             f"(calibration=...)")
         config = dataclasses.replace(config, calibration=calibration)
     return config
 
@@ -349,7 +350,7 @@ def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str
     head_note = ""
     if sparsity is not None:
         config = _sparsity_config(sparsity, quantize, batches)
-        if config.method == "wanda" and config.forward_fn is None:
+        if config.method in ("wanda", "sparsegpt") and config.forward_fn is None:
             config = dataclasses.replace(config, forward_fn=run)
         sparse_summary = sparsify_(model, config, filter_fn)
         parts.add("sparse")
@@ -386,8 +387,8 @@ def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str
     calib = f"{len(batches)} batches" if batches else "none"
     if smooth_report is not None:
         calib += f" (SmoothQuant alpha {smooth_report.alpha})"
-    if sparse_summary is not None and config.method == "wanda":
-        calib += " (Wanda activation norms)"
+    if sparse_summary is not None and config.method in ("wanda", "sparsegpt"):
+        calib += " (Wanda activation norms)" if config.method == "wanda" else " (SparseGPT: the inputs' X^T X)"
     report = OptimizeReport(attention=done, quantize=quant_summary, sparsify=sparse_summary, smooth=smooth_report,
                             kernels=_kernels(parts), bytes_before=bytes_before, bytes_after=_model_bytes(model),
                             calibration=calib, calibration_error=error, compiled=compile,

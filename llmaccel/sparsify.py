@@ -47,7 +47,9 @@ class SparsityConfig:
 
     pattern:          ``"N:M"`` (``"2:4"``...), ``"unstructured"`` or ``"block"``.
     sparsity:         fraction pruned in (0, 1) for ``"unstructured"`` / ``"block"``; None for N:M.
-    method:           ``"magnitude"`` or ``"wanda"`` (needs ``calibration``).
+    method:           ``"magnitude"``, ``"wanda"`` or ``"sparsegpt"`` (N:M only: the kept weights corrected
+                      for the dropped ones, ``llmaccel.sparsity.sparsegpt_prune``); the last two need
+                      ``calibration``.
     quantize:         None, or ``"int8"`` (int8 values, per-output-channel scales).
     act:              ``"none"`` (x stays float), or ``"dynamic"`` with ``quantize="int8"`` (x quantized per
                       token, int8 x int8: ``SparseLinear``'s W8A8 mode).
@@ -79,8 +81,10 @@ class SparsityConfig:
                 or not 0.0 < float(self.sparsity) < 1.0:
             raise ValueError(f"{where}: pattern {self.pattern!r} needs sparsity, a float in (0, 1); "
                              f"got {self.sparsity!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"{where}: method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in METHODS + ("sparsegpt",):
+            raise ValueError(f"{where}: method must be one of {METHODS + ('sparsegpt',)}, got {self.method!r}")
+        if self.method == "sparsegpt" and self.pattern in ("unstructured", "block"):
+            raise ValueError(f"{where}: method='sparsegpt' takes an N:M pattern, got {self.pattern!r}")
         if self.quantize not in (None, "int8"):
             raise ValueError(f"{where}: quantize must be None or 'int8', got {self.quantize!r}")
         if self.act not in ("none", "dynamic") or (self.act == "dynamic" and self.quantize != "int8"):
@@ -166,10 +170,10 @@ def sparsify_(model: nn.Module, config: SparsityConfig | None = None,
         if config.calibration is not None:
             raise ValueError("sparsify_: calibration is given both as an argument and in the SparsityConfig")
         config = dataclasses.replace(config, calibration=calibration)
-    if config.method == "wanda" and config.calibration is None:
-        raise ValueError("sparsify_: method='wanda' needs calibration batches (calibration=[batch, ...])")
+    if config.method in ("wanda", "sparsegpt") and config.calibration is None:
+        raise ValueError(f"sparsify_: method={config.method!r} needs calibration batches (calibration=[batch, ...])")
     if config.method == "magnitude" and config.calibration is not None:
-        raise ValueError("sparsify_: calibration is only used by method='wanda'")
+        raise ValueError("sparsify_: calibration is only used by method='wanda' and 'sparsegpt'")
     if not isinstance(model, nn.Module):
         raise TypeError(f"sparsify_: model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, nn.Linear):
@@ -181,14 +185,15 @@ def sparsify_(model: nn.Module, config: SparsityConfig | None = None,
     if quantized:
         raise ValueError(f"sparsify_: the model already holds Int8Linear layers ({quantized[:3]}...): run "
                          f"sparsify_ before quantize_, with SparsityConfig(quantize='int8') for sparse int8 layers")
-    norms = {}
-    if config.method == "wanda":
-        norms = calibrate(model, config.calibration, forward_fn=config.forward_fn)
+    norms = {}  # Wanda: per-channel input norms; SparseGPT: the inputs' X^T X
+    if config.method in ("wanda", "sparsegpt"):
+        norms = calibrate(model, config.calibration, forward_fn=config.forward_fn, gram=config.method == "sparsegpt")
+    gram = config.method == "sparsegpt"
 
     def reason_of(fqn, mod):
         reason = _skip_reason(fqn, mod, config, sites.embeddings, sites.mha_out_proj, sites.seq_head)
-        if reason is None and config.method == "wanda" and fqn not in norms:
-            reason = "method='wanda': no calibration batch reached this layer"
+        if reason is None and config.method in ("wanda", "sparsegpt") and fqn not in norms:
+            reason = f"method={config.method!r}: no calibration batch reached this layer"
         return reason
 
     bytes_before = _model_bytes(model)
@@ -196,8 +201,9 @@ def sparsify_(model: nn.Module, config: SparsityConfig | None = None,
         sites, filter_fn, reason_of,
         lambda fqn, mod: SparseLinear.from_linear(mod, config.pattern, sparsity=config.sparsity,
                                                   block_size=config.block_size, method=config.method,
-                                                  quantize=config.quantize, activation_norms=norms.get(fqn),
-                                                  act=config.act))
+                                                  quantize=config.quantize, act=config.act,
+                                                  activation_norms=None if gram else norms.get(fqn),
+                                                  activation_gram=norms.get(fqn) if gram else None))
     swapped = [fqn for fqn, _, _ in replaced]
     new_modules = [s for _, _, s in replaced]
     layers = [SparsifiedLayer(fqn, mod.in_features, mod.out_features, s.sparsity(),

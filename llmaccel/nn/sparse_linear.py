@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..ops.sparse_linear import ACT_MODES, sparse_linear
 from ..ops.sparse_linear_layouts import fields_of
-from ..sparsity import BitmapWeight, BSRWeight, NMPackedWeight, prune
+from ..sparsity import BitmapWeight, BSRWeight, NMPackedWeight, prune, sparsegpt_prune
 
 __all__ = ["SparseLinear"]
 
@@ -80,8 +80,22 @@ def _check_act(act, quantize, where: str) -> None:
 
 
 def pack(weight: Tensor, pattern: str = "2:4", *, sparsity=None, block_size=(32, 32), method="magnitude",
-         quantize=None, activation_norms=None):
-    """``prune`` ``weight`` and pack it in the format its pattern calls for (N:M, bitmap, BSR)."""
+         quantize=None, activation_norms=None, activation_gram=None):
+    """``prune`` ``weight`` and pack it in the format its pattern calls for (N:M, bitmap, BSR).
+    ``method="sparsegpt"`` (N:M only, with ``activation_gram = X^T X``): the mask and the corrected kept
+    weights of ``sparsegpt_prune``."""
+    if method == "sparsegpt":
+        if pattern in ("unstructured", "block"):
+            raise ValueError(f"SparseLinear: method='sparsegpt' takes an N:M pattern, got {pattern!r}")
+        if activation_gram is None:
+            raise ValueError("SparseLinear: method='sparsegpt' needs activation_gram (X^T X of the layer's inputs, "
+                             "from llmaccel.sparsity.calibrate(..., gram=True))")
+        if activation_norms is not None:
+            raise ValueError("SparseLinear: activation_norms is Wanda's; method='sparsegpt' takes activation_gram")
+        corrected, mask = sparsegpt_prune(weight, activation_gram, pattern)
+        return NMPackedWeight.from_dense(corrected, mask, pattern, quantize=quantize)
+    if activation_gram is not None:
+        raise ValueError(f"SparseLinear: activation_gram is only used by method='sparsegpt', got method={method!r}")
     mask = prune(weight, pattern, sparsity=sparsity, block_size=block_size, method=method,
                  activation_norms=activation_norms)
     if pattern == "unstructured":
@@ -141,11 +155,14 @@ class SparseLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, pattern: str = "2:4", *, sparsity: Optional[float] = None,
                     block_size=(32, 32), method: str = "magnitude", quantize: Optional[str] = None,
-                    activation_norms: Optional[Tensor] = None, act: str = "none") -> "SparseLinear":
+                    activation_norms: Optional[Tensor] = None, act: str = "none",
+                    activation_gram: Optional[Tensor] = None) -> "SparseLinear":
         """Prune ``linear.weight`` (``llmaccel.sparsity.prune``: ``pattern`` ``"N:M"``, ``"unstructured"``
         or ``"block"``; ``method`` ``"magnitude"`` or ``"wanda"`` with ``activation_norms``) and pack it
         (N:M packed, bitmap, BSR; ``quantize="int8"``: int8 values with per-output-channel scales;
-        ``act="dynamic"`` with it: x quantized per token too, int8 x int8).
+        ``act="dynamic"`` with it: x quantized per token too, int8 x int8).  ``method="sparsegpt"`` with
+        ``activation_gram`` (``X^T X`` of the layer's calibration inputs): N:M pruning that also corrects the
+        kept weights (``llmaccel.sparsity.sparsegpt_prune``).
 
         N:M with K not a multiple of M pads the last group (documented in ``NMPackedWeight``); block tiles at
         the edges are padded likewise (``BSRWeight``).  The bias is copied with its ``requires_grad``.
@@ -154,7 +171,7 @@ class SparseLinear(nn.Module):
             raise TypeError(f"SparseLinear.from_linear expects an nn.Linear, got {type(linear).__name__}")
         _check_act(act, quantize, "SparseLinear.from_linear")
         weight = pack(linear.weight, pattern, sparsity=sparsity, block_size=block_size, method=method,
-                      quantize=quantize, activation_norms=activation_norms)
+                      quantize=quantize, activation_norms=activation_norms, activation_gram=activation_gram)
         mod = cls.__new__(cls)
         nn.Module.__init__(mod)
         mod.act = act

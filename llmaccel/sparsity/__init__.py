@@ -28,8 +28,9 @@ from .distill import DistillReport, distill_, distill_parameters
 from .int8 import quantize_int8_per_row
 from .nm_packed import NMPackedWeight
 from .prune import prune
+from .sparsegpt import sparsegpt_prune
 from .reference import FORMATS, sparse_linear_reference
 
 __all__ = ["prune", "calibrate", "NMPackedWeight", "BitmapWeight", "BSRWeight", "FORMATS",
            "quantize_int8_per_row", "sparse_linear_reference", "nm_linear_cpp",
-           "bitmap_linear_cpp", "bsr_linear_cpp", "distill_", "distill_parameters", "DistillReport"]
+           "bitmap_linear_cpp", "bsr_linear_cpp", "distill_", "distill_parameters", "DistillReport", "sparsegpt_prune"]

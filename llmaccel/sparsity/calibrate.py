@@ -9,6 +9,11 @@ The sum of squares is accumulated in float64 (each square of an fp32 / fp16 /
 bf16 value is exact there), so the batch order changes the result only in
 float64's last bits.  A Linear called several times per batch (shared
 weights) accumulates every call.
+
+With ``gram=True`` it returns each Linear's ``X^T X`` instead (float64
+``[K, K]``, summed over the same tokens): the Hessian of the layer's squared
+output error that SparseGPT (``sparsegpt_prune``) corrects the kept weights
+with.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ _WHERE = "llmaccel.sparsity.calibrate"
 
 
 def calibrate(model: nn.Module, batches: Iterable, *,
-              forward_fn: Callable[[nn.Module, Any], Any] | None = None) -> dict[str, Tensor]:
-    """Run ``batches`` through ``model``; return ``{linear fqn: a float64 [in_features]}`` (module docstring).
+              forward_fn: Callable[[nn.Module, Any], Any] | None = None, gram: bool = False) -> dict[str, Tensor]:
+    """Run ``batches`` through ``model``; return ``{linear fqn: a float64 [in_features]}``, or with ``gram``
+    ``{linear fqn: X^T X float64 [in_features, in_features]}`` (module docstring).
 
     Each batch runs as ``model(batch)``, or ``forward_fn(model, batch)`` when given
     (tuples, dicts, HF kwargs: ``forward_fn=lambda m, b: m(**b)``), under
@@ -50,7 +56,8 @@ def calibrate(model: nn.Module, batches: Iterable, *,
                 return
             if x.shape[-1] != linear.in_features:
                 return  # the Linear itself raises on this input
-            s = x.detach().reshape(-1, x.shape[-1]).to(torch.float64).square().sum(0)
+            x2 = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+            s = x2.t() @ x2 if gram else x2.square().sum(0)
             prev = sumsq.get(fqn)
             sumsq[fqn] = s if prev is None else prev + s
         return hook
@@ -75,5 +82,5 @@ def calibrate(model: nn.Module, batches: Iterable, *,
     for fqn, s in sumsq.items():
         if not bool(torch.isfinite(s).all()):
             raise ValueError(f"{_WHERE}: the input of {fqn!r} holds NaN or inf (or overflows float64)")
-        norms[fqn] = s.sqrt()
+        norms[fqn] = s if gram else s.sqrt()
     return norms

@@ -54,6 +54,9 @@ def _round_half_up(x: float) -> int:
 
 
 def _scores(weight: Tensor, method: str, activation_norms) -> Tensor:
+    if method == "sparsegpt":
+        raise ValueError(f"{_WHERE}: method='sparsegpt' also updates the weights it keeps, so it is not a mask: use "
+                         f"llmaccel.sparsity.sparsegpt_prune, SparseLinear.from_linear or sparsify_")
     if method not in METHODS:
         raise ValueError(f"{_WHERE}: method must be one of {METHODS}, got {method!r}")
     score = weight.detach().to(torch.float64).abs()
