@@ -9,8 +9,9 @@ does not share), where::
     embedding(s) = normalize( sum_t mask_t h_t / sum_t mask_t )      h = last_hidden_state, mask = attention mask
 
 Rows of the table: magnitude 2:4; Wanda 2:4 (|w| * ||x_k||, activation norms from the training corpus,
-bench/data/distill_corpus.txt, 420 sentences); Wanda 2:4 after ``llmaccel.sparsity.distill_`` from the dense
-model.  Distillation (the defaults, the best of what was tried; bench/RESULTS.md lists the rest): each step
+bench/data/distill_corpus.txt, 420 sentences); SparseGPT 2:4 (``method="sparsegpt"``: the kept weights
+corrected from the same sentences' X^T X); each of the last two after ``llmaccel.sparsity.distill_`` from the
+dense model (``--distill-from``).  Distillation (the defaults, the best of what was tried; bench/RESULTS.md lists the rest): each step
 a fresh batch of 16 inputs drawn from the corpus, three in four altered (``augmented``); the target is every
 encoder layer's hidden state of every real token plus the mean-pooled embedding, as rows of one matrix,
 with the cosine loss (1 - cos per row); AdamW, lr 1e-3 decayed to 0 by a cosine schedule, 200 steps.
@@ -141,6 +142,8 @@ def main() -> None:
     ap.add_argument("--schedule", default="cosine", choices=["constant", "cosine"])
     ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                     help="fresh altered inputs every step (augmented())")
+    ap.add_argument("--distill-from", nargs="*", default=["wanda", "sparsegpt"], choices=["wanda", "sparsegpt"],
+                    help="which one-shot pruned models to distill (each costs the distillation's time)")
     ap.add_argument("--vocab-fraction", type=float, default=0.0,
                     help="share of the distillation inputs that are random words of the vocabulary "
                          "(vocabulary_sentences()) instead of (augmented) corpus sentences")
@@ -179,6 +182,11 @@ def main() -> None:
     record("Wanda 2:4", wanda, time.perf_counter() - t)
 
     t = time.perf_counter()
+    sgpt = copy.deepcopy(dense)
+    llmaccel.sparsify_(sgpt, llmaccel.SparsityConfig(method="sparsegpt", forward_fn=lambda m, b: m(**b)),
+                       encoder_linears, calibration=train_batches)
+    record("SparseGPT 2:4", sgpt, time.perf_counter() - t)
+
     distill_batches = train_batches
     if args.augment or args.vocab_fraction > 0:
         total = args.steps * args.batch
@@ -188,13 +196,16 @@ def main() -> None:
         inputs = corpus + vocabulary_sentences(tok, n_vocab, seed=2)
         random.Random(3).shuffle(inputs)
         distill_batches = tokenize(tok, inputs, args.batch, args.max_length)
-    report = distill_(TokensAndEmbedding(wanda, args.every_layer), TokensAndEmbedding(dense, args.every_layer),
-                      distill_batches, steps=args.steps, lr=args.lr, loss=args.loss, cache_teacher=True, schedule=args.schedule,
-                      log_every=max(1, args.steps // 10))
-    print(report, flush=True)
-    record(f"Wanda 2:4 + distill_ ({args.steps} st)", wanda, time.perf_counter() - t)
-    seen = (embed(wanda, train_batches) * embed(dense, train_batches)).sum(-1)
-    print(f"  (on the training sentences: mean cos {float(seen.mean()):.4f}, worst {float(seen.min()):.4f})")
+    for name in args.distill_from:
+        student, label = (wanda, "Wanda") if name == "wanda" else (sgpt, "SparseGPT")
+        t = time.perf_counter()
+        report = distill_(TokensAndEmbedding(student, args.every_layer), TokensAndEmbedding(dense, args.every_layer),
+                          distill_batches, steps=args.steps, lr=args.lr, loss=args.loss, cache_teacher=True,
+                          schedule=args.schedule, log_every=max(1, args.steps // 10))
+        print(report, flush=True)
+        record(f"{label} 2:4 + distill_ ({args.steps} st)", student, time.perf_counter() - t)
+        seen = (embed(student, train_batches) * embed(dense, train_batches)).sum(-1)
+        print(f"  (on the training sentences: mean cos {float(seen.mean()):.4f}, worst {float(seen.min()):.4f})")
 
     print(f"\nall-MiniLM-L6-v2, {len(held)} held-out sentences, embedding cosine to the dense model "
           f"(distill_: {args.steps} steps, batch {args.batch}, lr {args.lr} {args.schedule}, AdamW, {args.loss} loss "
