@@ -197,8 +197,14 @@ def test_cpp_explains_the_int8_kernel_and_half_precision_x():
     with backends.use("cpp"):
         notes = " ".join(backends.explain("sparse_linear", x, *FIELDS(pw), None, "dynamic").notes)
         assert "sparse_nm_i8_linear" in notes, notes
-        big = " ".join(backends.explain("sparse_linear", torch.randn(300, 256), *FIELDS(pw), None, "dynamic").notes)
+        mid = torch.randn(100, 256)  # past the fp32 kernel's crossover, inside the int8 kernel's (measured: 192)
+        assert "sparse_nm_i8_linear" in " ".join(backends.explain("sparse_linear", mid, *FIELDS(pw), None,
+                                                                  "dynamic").notes)
+        assert "route 'nm_large'" in " ".join(backends.explain("sparse_linear", mid, *FIELDS(pw)).notes)
+        xb = torch.randn(300, 256)
+        big = " ".join(backends.explain("sparse_linear", xb, *FIELDS(pw), None, "dynamic").notes)
         assert "dequantized per-token codes" in big, big
+        _close_to_float64(llmaccel.sparse_linear(xb, *FIELDS(pw), None, "dynamic"), xb, pw, None, "large M")
         for dt in (torch.float16, torch.bfloat16):
             xh = x.to(dt)
             _close_to_float64(llmaccel.sparse_linear(xh, *FIELDS(pw), None, "dynamic"), xh, pw, None, str(dt))

@@ -223,7 +223,7 @@ def _cpp_route(a):
     if a.layout == "bsr":
         return Route("bsr", "the C++ BSR kernel: only the kept tiles, a dense micro-kernel on each, any M")
     if a.layout == "nm":
-        return nm_route(_rows(a), a.meta[0], a.meta[1])
+        return nm_route(_rows(a), a.meta[0], a.meta[1], a.act)
     return bitmap_route(_rows(a), a.values.numel() / max(1, a.index.shape[0] * a.x.shape[-1]), a.x.shape[-1])
 
 

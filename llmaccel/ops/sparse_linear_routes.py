@@ -71,6 +71,14 @@ CROSSOVER_M: dict[tuple[str, str], Crossover] = {
     # 0.87 / 0.41 / 0.27x; against the expand route (0.09 / 0.26 / 0.23 / 0.26x at 1 / 4 / 8 / 16) the kernels
     # win up to 8 (2:4) and 16 (bitmap) rows.
     ("nm", "generic"): Crossover(8, 0.5, "AMD EPYC (Zen 3 class), generic variant, 2 threads, quiet, 2026-11-30"),
+    # act="dynamic" (int8 x int8, sparse_nm_i8_linear) on 2:4 int8 values, 4 rotating 4096 x 4096 layers, 2
+    # threads, 2026-12-01 (dense F.linear time / kernel time; the large-M kernel on the dequantized codes
+    # beside it): 8.1 / 1.4x at M = 8, 4.5 / 1.3x at 16, 2.9 / 1.3x at 32, 2.2 / 1.4x at 64, 1.6 / 1.4x at 128,
+    # 1.43 / 1.51x at 192, 1.38 / 1.33x at 256, 1.10 / 1.26x at 384: the int8 kernel up to 192 rows (it ties
+    # the large-M one from there).
+    ("nm_i8", "avx2"): Crossover(192, 0.5, "AMD EPYC (Zen 3 class, AVX2), 2 threads, 2026-12-01"),
+    # Not measured: the scalar int8 kernel does the per-slot work of the scalar fp32 one, so its crossover.
+    ("nm_i8", "generic"): Crossover(8, 0.5, "taken from ('nm', 'generic'): the same scalar per-slot work"),
     ("bitmap", "generic"): Crossover(16, 0.5, "AMD EPYC (Zen 3 class), generic variant, 2 threads, quiet, 2026-11-30"),
 }
 
@@ -132,10 +140,11 @@ class Route:
 NM_LARGE_MAX_DENSITY = 0.5
 
 
-def nm_route(rows: int, n: int, m: int) -> Route:
-    """Route for an N:M weight and ``rows`` rows of x (module docstring)."""
+def nm_route(rows: int, n: int, m: int, act: str = "none") -> Route:
+    """Route for an N:M weight and ``rows`` rows of x (module docstring); ``act="dynamic"``: the int8-activation
+    kernel's own crossover."""
     density = n / m
-    found, variant = crossover("nm", "sparse_nm")
+    found, variant = crossover("nm_i8" if act == "dynamic" else "nm", "sparse_nm")
     limit = found.limit(density) if found else 0
     if rows <= limit:
         return Route("nm", lambda: f"M={rows} <= {limit}, the measured crossover of the N:M kernel ({variant}) against "
