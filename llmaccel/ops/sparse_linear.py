@@ -32,13 +32,15 @@ Backends:
   (csrc/sparse_nm_large*.cpp: x packed into transposed panels, the weight decoded once per call, n/m of a
   dense GEMM's FMAs); for bitmap, the bitmap kernel (csrc/sparse_bitmap*.cpp: streams the bitmap and the
   values, expands each bitmap byte in registers; raises ``ValueError`` where a row's bitmap popcount
-  disagrees with the offsets) up to its crossover; past them the weight expanded to dense fp32 once in C++
+  disagrees with the offsets) up to its crossover, or at high sparsity and few rows the same weight's
+  column-index form (``sparsity.cpu_bitmap_index``: a uint16 column per kept value, derived once and cached;
+  work per kept value instead of per bitmap byte); past them the weight expanded to dense fp32 once in C++
   (csrc/sparse_expand.cpp) and ``F.linear``.
   ``layout="bsr"``: the block-sparse kernel at any M (csrc/sparse_bsr*.cpp, ``llmaccel.sparsity.bsr_linear_cpp``:
   kept tiles only, a dense fp32 micro-kernel on each; fp32 or int8 tiles).
-  ``act="dynamic"``: the N:M route runs ``sparse_nm_i8_linear`` (x quantized inside, int8 x int8, exact int32
-  sums; csrc/sparse_nm_avx2.cpp); the other routes run on the dequantized codes ``xq * sx`` (same math,
-  fp32 rounding).
+  ``act="dynamic"``: the N:M route runs ``sparse_nm_i8_linear`` up to its own crossover (x quantized inside,
+  int8 x int8, exact int32 sums; csrc/sparse_nm_avx2.cpp); the other routes run on the dequantized codes
+  ``xq * sx`` (same math, fp32 rounding).
 * ``triton``: ``kernels/sparse_nm.py`` for ``layout="nm"`` (float or int8 values): loads the compressed
   values and index bits of a tile, expands them in registers, ``tl.dot`` with fp32 accumulation;
   ``kernels/sparse_bsr.py`` for ``layout="bsr"``: walks only a tile row's stored tiles.
