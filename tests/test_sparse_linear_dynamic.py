@@ -9,6 +9,7 @@ import torch
 
 import llmaccel
 from llmaccel import backends
+from llmaccel.ops import sparse_linear_routes
 from llmaccel._ext import ext
 from llmaccel.nn import SparseLinear
 from llmaccel.ops.quantize import quantize_per_token_reference
@@ -197,10 +198,14 @@ def test_cpp_explains_the_int8_kernel_and_half_precision_x():
     with backends.use("cpp"):
         notes = " ".join(backends.explain("sparse_linear", x, *FIELDS(pw), None, "dynamic").notes)
         assert "sparse_nm_i8_linear" in notes, notes
-        mid = torch.randn(100, 256)  # past the fp32 kernel's crossover, inside the int8 kernel's (measured: 192)
+        # the int8 kernel runs up to its own crossover (avx2: 192 rows, past the fp32 kernel's 16)
+        i8_limit = sparse_linear_routes.crossover("nm_i8", "sparse_nm")[0].max_m
+        fp32_limit = sparse_linear_routes.crossover("nm", "sparse_nm")[0].max_m
+        mid = torch.randn(i8_limit, 256)
         assert "sparse_nm_i8_linear" in " ".join(backends.explain("sparse_linear", mid, *FIELDS(pw), None,
                                                                   "dynamic").notes)
-        assert "route 'nm_large'" in " ".join(backends.explain("sparse_linear", mid, *FIELDS(pw)).notes)
+        if i8_limit > fp32_limit:
+            assert "route 'nm_large'" in " ".join(backends.explain("sparse_linear", mid, *FIELDS(pw)).notes)
         xb = torch.randn(300, 256)
         big = " ".join(backends.explain("sparse_linear", xb, *FIELDS(pw), None, "dynamic").notes)
         assert "dequantized per-token codes" in big, big
