@@ -453,10 +453,13 @@ def test_triton_dynamic_fused_quantization_matches_reference():
     dev = _TRITON_DEVICE
     exact = INTERPRET
     case = 0
+    identity_checked = False
     for M in (1, 3, 17, 113):
         for K in (1, 3, 67, 129):
             for N in ((1, 5, 33) if M < 113 else (5, 33)):
-                for dtype in FLOATS:
+                # In the interpreter (CI's time budget: this test alone took 72 s) every shape runs one of the
+                # dtypes in turn, so each shape and each dtype is still covered; on a GPU every pair runs.
+                for dtype in (FLOATS if not INTERPRET else (FLOATS[(M + K + N) % len(FLOATS)],)):
                     case += 1
                     x = _extreme_x(M, K, dtype, case)
                     with_bias = case % 2 == 0
@@ -483,7 +486,8 @@ def test_triton_dynamic_fused_quantization_matches_reference():
                         y_id = fused(*_to(dev, x, eye, torch.ones(K), None), "dynamic").cpu()
                         q_seen = torch.round(y_id.double() / s_t.double().unsqueeze(1))
                         assert torch.equal(q_seen, q_t.double()), f"identity weight: {where}"
-    assert case > 100
+                        identity_checked = True
+    assert case > (40 if INTERPRET else 100) and identity_checked
 
 
 @pytest.mark.triton
