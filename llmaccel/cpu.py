@@ -27,7 +27,9 @@ OP_FAMILIES = {
     "attention_decode": "attention",
     "attention_backward": "attention",
     "sparse_nm_linear": "sparse_nm",
+    "sparse_nm_i8_linear": "sparse_nm",  # act="dynamic": the same variant's int8-activation tiles
     "sparse_bitmap_linear": "sparse_bitmap",
+    "sparse_bitmap_index_linear": "sparse_bitmap",  # the column-index form: the same variant's gather tiles
     "sparse_nm_large_linear": "sparse_nm_large",
     "sparse_bsr_linear": "sparse_bsr",
 }
