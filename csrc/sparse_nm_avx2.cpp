@@ -215,7 +215,7 @@ void sparse_nm_avx2(const SparseNMProblem& p) {
     if (p.n == 2 && p.m == 4)
       sn_run_i8<SnI8Tile2of4, &sn_arrange_2of4>(p);
     else
-      sn_run_i8<SnScalarI8Tile, &sn_copy_codes>(p);
+      sn_run_i8<SnScalarI8Tile>(p);
     return;
   }
   if (p.n == 2 && p.m == 4)

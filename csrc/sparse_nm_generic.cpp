@@ -5,7 +5,7 @@
 namespace llmaccel {
 void sparse_nm_generic(const SparseNMProblem& p) {
   if (p.act_int8)
-    sn_run_i8<SnScalarI8Tile, &sn_copy_codes>(p);
+    sn_run_i8<SnScalarI8Tile>(p);
   else
     sn_run<SnScalarTile>(p);
 }

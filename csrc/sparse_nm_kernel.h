@@ -148,27 +148,30 @@ struct SnScalarI8Tile {
   }
 };
 
-// Natural column order (the portable tiles').
-inline void sn_copy_codes(const int8_t* q, int64_t K, int8_t* dst) { std::memcpy(dst, q, static_cast<size_t>(K)); }
-
 // act_int8: quantizes every x row per token into scratch taken before any parallel region (its
 // std::bad_alloc reaches Python as MemoryError), lays each row out in the tile's column order (Arrange:
-// codes of one row, K, destination), then runs the loop nest on the codes.
-template <template <int, int> class Tile, void (*Arrange)(const int8_t*, int64_t, int8_t*)>
+// codes of one row, K, destination; nullptr: natural order, quantized straight into place), then runs the
+// loop nest on the codes.
+template <template <int, int> class Tile, void (*Arrange)(const int8_t*, int64_t, int8_t*) = nullptr>
 void sn_run_i8(const SparseNMProblem& p) {
   const int64_t row_bytes = llmaccel::round_up(p.K, 64);
+  const int64_t tmp_rows = Arrange ? p.nthreads : 0;  // one natural-order row per thread to arrange from
   struct Free {
     void operator()(void* q) const { std::free(q); }
   };
-  std::unique_ptr<void, Free> buf(llmaccel::scratch_alloc((p.M + p.nthreads) * row_bytes + 4 * p.M));
+  std::unique_ptr<void, Free> buf(llmaccel::scratch_alloc((p.M + tmp_rows) * row_bytes + 4 * p.M));
   int8_t* codes = static_cast<int8_t*>(buf.get());
-  int8_t* tmp = codes + p.M * row_bytes;  // one natural-order row per thread
-  float* sx = reinterpret_cast<float*>(tmp + p.nthreads * row_bytes);
+  int8_t* tmp = codes + p.M * row_bytes;
+  float* sx = reinterpret_cast<float*>(tmp + tmp_rows * row_bytes);
 #pragma omp parallel for num_threads(p.nthreads) schedule(static)
   for (int64_t m = 0; m < p.M; ++m) {
-    int8_t* t = tmp + omp_get_thread_num() * row_bytes;
-    sx[m] = quantize_row(p.x + m * p.x_sm, p.K, t);
-    Arrange(t, p.K, codes + m * row_bytes);
+    if constexpr (Arrange == nullptr) {
+      sx[m] = quantize_row(p.x + m * p.x_sm, p.K, codes + m * row_bytes);
+    } else {
+      int8_t* t = tmp + omp_get_thread_num() * row_bytes;
+      sx[m] = quantize_row(p.x + m * p.x_sm, p.K, t);
+      Arrange(t, p.K, codes + m * row_bytes);
+    }
   }
   SparseNMProblem q = p;
   q.xq = codes, q.xq_sm = row_bytes, q.x_scale = sx;

@@ -97,3 +97,18 @@ def strided_x_cases(K: int, rows: int = 9) -> dict:
         "expanded (stride 0)": torch.randn(1, K).expand(4, K),
         "4-D": torch.randn(2, 1, 3, K),
     }
+
+
+def variant_params(family):
+    """pytest params for every C++ variant of ``family`` the build has (whether or not this CPU runs it)."""
+    from llmaccel._ext import ext
+
+    return [pytest.param(r["variant"], id=r["variant"]) for r in ext().variant_table() if r["family"] == family]
+
+
+def require_variant(family, variant):
+    """``variant`` if this CPU (and the LLMACCEL_CPU_ISA cap) runs it; else the test is skipped."""
+    available = llmaccel.cpu_info()["available_variants"][family]
+    if variant not in available:
+        pytest.skip(f"variant {variant} does not run here (the CPU or LLMACCEL_CPU_ISA; available: {available})")
+    return variant

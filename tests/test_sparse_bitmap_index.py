@@ -8,20 +8,17 @@ import pytest
 import torch
 
 import llmaccel
+from helpers import require_variant, variant_params
 from llmaccel._ext import ext
 from llmaccel.sparsity import BitmapWeight, prune, sparse_linear_reference
 from llmaccel.sparsity.cpu_bitmap_index import (MAX_K, _cache, bitmap_index_linear_raw, cached_column_indices,
                                                 column_indices)
 
-ALL_VARIANTS = [r["variant"] for r in ext().variant_table() if r["family"] == "sparse_bitmap"]
-AVAILABLE = llmaccel.cpu_info()["available_variants"]["sparse_bitmap"]
-VARIANTS = [pytest.param(v, id=v) for v in ALL_VARIANTS]
+VARIANTS = variant_params("sparse_bitmap")
 
 
 def _variant(v):
-    if v not in AVAILABLE:
-        pytest.skip(f"variant {v} does not run here (available: {AVAILABLE})")
-    return v
+    return require_variant("sparse_bitmap", v)
 
 
 def _weight(N, K, sparsity, quantize=None, seed=0):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import llmaccel
+from helpers import require_variant, variant_params
 from llmaccel import backends
 from llmaccel.ops import sparse_linear_routes
 from llmaccel._ext import ext
@@ -16,15 +17,11 @@ from llmaccel.ops.quantize import quantize_per_token_reference
 from llmaccel.sparsity import BitmapWeight, BSRWeight, NMPackedWeight, prune, sparse_linear_reference
 
 FIELDS = llmaccel.sparse_linear_fields
-ALL_VARIANTS = [r["variant"] for r in ext().variant_table() if r["family"] == "sparse_nm"]
-AVAILABLE = llmaccel.cpu_info()["available_variants"]["sparse_nm"]
-VARIANTS = [pytest.param(v, id=v) for v in ALL_VARIANTS]
+VARIANTS = variant_params("sparse_nm")
 
 
 def _variant(v):
-    if v not in AVAILABLE:
-        pytest.skip(f"variant {v} does not run here (available: {AVAILABLE})")
-    return v
+    return require_variant("sparse_nm", v)
 
 
 def _nm(N, K, pattern, seed=0):

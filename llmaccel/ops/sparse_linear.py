@@ -239,7 +239,8 @@ def _describe_cpp(a) -> str:
 
 
 def _dequantized_codes(x2: Tensor) -> Tensor:
-    """``xq * sx`` (fp32): what act='dynamic' multiplies, for the routes without an int8-activation kernel.
+    """``xq * sx`` (fp32, x2 ``[..., K]``): what act='dynamic' multiplies, for the routes and backends without an
+    int8-activation kernel.
     The C++ quantizer (the codes int8_linear and the N:M int8 kernel use) where the extension has it."""
     q, sx = quantize_per_token(x2)
     return q.to(torch.float32) * sx.unsqueeze(-1)
@@ -298,10 +299,8 @@ def _triton_check(a) -> Optional[str]:
 def _sparse_linear_triton(a) -> Tensor:
     """kernels/sparse_nm.py (N:M: compressed tiles expanded in registers) or kernels/sparse_bsr.py (BSR: only
     the stored tiles), ``tl.dot`` with fp32 accumulation."""
-    x = a.x
-    if a.act == "dynamic":  # the same kernels on the dequantized per-token codes (fp32 products of integers)
-        q, sx = quantize_per_token(x)
-        x = q.to(torch.float32) * sx.unsqueeze(-1)
+    # act="dynamic": the same kernels on the dequantized per-token codes (fp32 products of integers)
+    x = _dequantized_codes(a.x) if a.act == "dynamic" else a.x
     if a.layout == "bsr":
         from ..kernels.sparse_bsr import sparse_bsr_linear
 
