@@ -4,14 +4,16 @@ For every configuration it reports, measured in one run on this machine:
 
 * accuracy: the cosine of each sentence embedding (attention-mask mean pooling, L2-normalized) to the
   original fp32 model's, mean and worst, over :data:`SENTENCES` (varied lengths, padded batch);
-* speed: milliseconds per batch of ``batch x seq`` tokens (every sequence padded to ``seq``), the median of
+* speed: milliseconds per batch of ``batch x seq`` tokens (every sequence padded to ``seq``; with ``full``,
+  every sequence ``seq`` real tokens, no padding), the median of
   ``reps`` timed passes taken round-robin over the configurations (so drift hits all alike), and
   sentences per second; the ratio to the fp32 model;
 * weight bytes (parameters and buffers).
 
 Configurations: ``fp32`` (transformers, SDPA attention: the baseline), ``llmaccel attention``,
 ``llmaccel attention + int8`` (W8A8, SmoothQuant calibrated on :data:`CALIBRATION`, disjoint from the
-evaluation sentences), ``llmaccel attention + 2:4`` (magnitude pruning, no recovery: the honest one-shot
+evaluation sentences), both again with ``unpad=True`` (padded tokens skipped: the win on a padded batch,
+none on a ``full`` one), ``llmaccel attention + 2:4`` (magnitude pruning, no recovery: the honest one-shot
 cost; ``bench/sparse_distill_minilm.py`` shows distillation), and, when ``onnxruntime`` and ``onnx`` are
 installed, ONNX Runtime fp32 and int8 (``quantize_dynamic``, QInt8), what people deploy such models with.
 
@@ -122,6 +124,20 @@ def load_model(path: Optional[str]):
                          "the real model; accuracy figures here only show the kernels agree)")
 
 
+def encode_full(tok, sentences: list[str], seq: int) -> dict[str, torch.Tensor]:
+    """One batch row per sentence of ``sentences``, each exactly ``seq`` real tokens (no padding): the text
+    from that sentence on, cycling through all of them, cut to length.  What unpadding cannot help."""
+    if tok is None:
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(1000, 30000, (len(sentences), seq), generator=g)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    rows = [" ".join((sentences[i:] + sentences[:i]) * (seq // 4 + 1)) for i in range(len(sentences))]
+    out = dict(tok(rows, padding="max_length", truncation=True, max_length=seq, return_tensors="pt"))
+    if not bool(out["attention_mask"].all()):
+        raise ValueError(f"llmaccel demo: a --full row came out shorter than --seq {seq} tokens")
+    return out
+
+
 def encode(tok, sentences: list[str], seq: Optional[int] = None) -> dict[str, torch.Tensor]:
     if tok is None:  # the built-in model: deterministic pseudo-tokens, lengths from the sentences
         g = torch.Generator().manual_seed(1)
@@ -159,10 +175,14 @@ def torch_configs(model, tok, compile: bool = False) -> list[tuple[str, Callable
     configs = [("llmaccel attention", {}), ("llmaccel attention + int8", int8)]
     if compile:
         configs.append(("llmaccel attention + int8, compiled", {**int8, "compile": True}))
+    configs += [("llmaccel attention + unpad", {"unpad": True}),
+                ("llmaccel attention + int8 + unpad", {**int8, "unpad": True})]
     configs.append(("llmaccel attention + 2:4", {"sparsity": "2:4"}))
     for name, kw in configs:
         m = llmaccel.optimize(copy.deepcopy(model), **kw)
         note = "one-shot magnitude pruning, no recovery" if "2:4" in name else ""
+        if kw.get("unpad"):
+            note = "padded tokens skipped (optimize(unpad=True))"
         if kw.get("compile"):
             note = "torch.compile(fullgraph=True); compiled in the warm-up pass"
         out.append((name, runner(m), _model_bytes(m), note))
@@ -239,14 +259,17 @@ def onnx_configs(model, batch: dict, workdir: str) -> list[tuple[str, Callable[[
 
 def run_demo(model_path: Optional[str] = None, batch: int = 32, seq: int = 128, reps: int = 3,
              onnx: bool = True, progress: bool = True, compile: bool = False,
-             profile: bool = False) -> tuple[str, list[Row], dict]:
+             profile: bool = False, full: bool = False) -> tuple[str, list[Row], dict]:
     """Builds every configuration, checks accuracy, times them round-robin; returns (model description, rows,
     profiles): ``profiles`` maps each torch-side configuration to :func:`profile_split` of one pass of the
     timed batch when ``profile`` is set (else it is empty)."""
     model, tok, desc = load_model(model_path)
     acc_batch = encode(tok, SENTENCES)
     speed_sents = (SENTENCES * (batch // len(SENTENCES) + 1))[:batch]
-    speed_batch = encode(tok, speed_sents, seq)
+    speed_batch = encode_full(tok, speed_sents, seq) if full else encode(tok, speed_sents, seq)
+    real = int(speed_batch["attention_mask"].sum())
+    desc = (f"{desc}\ntimed batch: {real} real tokens of {batch * seq} "
+            f"({'--full: no padding' if full else 'the sentences padded to --seq; --full: no padding'})")
     with tempfile.TemporaryDirectory() as workdir:
         configs = torch_configs(model, tok, compile)
         n_torch = len(configs)
@@ -344,7 +367,7 @@ def plot(rows: list[Row], path: str) -> None:
 def main(args) -> int:
     desc, rows, profiles = run_demo(args.model, args.batch, args.seq, args.reps, onnx=not args.no_onnx,
                                     progress=not args.json, compile=getattr(args, "compile", False),
-                                    profile=getattr(args, "profile", False))
+                                    profile=getattr(args, "profile", False), full=getattr(args, "full", False))
     if args.json:
         print(json.dumps({"model": desc, "batch": args.batch, "seq": args.seq, "threads": torch.get_num_threads(),
                           "rows": [asdict(r) for r in rows], "profiles": profiles}, indent=2))

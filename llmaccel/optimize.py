@@ -40,6 +40,10 @@ In place (the model is returned for chaining).  What it does, in this order:
    ``attn_implementation="llmaccel"`` (:mod:`llmaccel.integrations.transformers`); every plain
    ``nn.MultiheadAttention`` becomes :class:`llmaccel.nn.MultiheadAttention` in place (same parameters and
    state_dict keys; torch's fused encoder fast path is kept off the layers that hold one).
+   With ``unpad=True`` (needs ``attention``), BERT-style encoders then run their Linears, GELU and LayerNorm
+   on the real tokens only, and attention per sequence (:mod:`llmaccel.integrations.unpad`): a padded batch
+   costs what its real tokens cost; outputs at padded positions become zero (the real tokens' are the
+   padded model's).  Off by default for that reason.
 4. ``compile=True``: ``model.compile(fullgraph=True)`` (``nn.Module.compile``, in place).
 
 ``filter_fn(module, fqn) -> bool`` (False keeps a Linear as it is) applies to steps 1 and 2.
@@ -94,10 +98,13 @@ class OptimizeReport:
     smooth_choice: str = ""   # how SmoothQuant's alpha was chosen (int8 with calibration), with the measured errors
     fused: list[str] = field(default_factory=list)  # activations moved into Int8Linear epilogues
     head: str = ""  # what was done with the output head(s), and why (quantize_head)
+    unpadded: list[str] = field(default_factory=list)  # encoders that skip padded tokens (unpad=True)
 
     def __str__(self) -> str:
         lines = ["llmaccel.optimize report"]
         lines.append(f"  attention : {'; '.join(self.attention) if self.attention else 'unchanged'}")
+        if self.unpadded:
+            lines.append(f"  unpadded  : {'; '.join(self.unpadded)} (padded tokens skipped; their outputs are 0)")
         if self.sparsify is not None:
             lines.append(f"  sparsity  : {len(self.sparsify.swapped)} Linear -> SparseLinear "
                          f"({self.sparsify.pattern}, {100 * self.sparsify.sparsity:.1f}% pruned), "
@@ -234,7 +241,7 @@ def _swap_attention(model: nn.Module) -> list[str]:
 # --------------------------------------------------------------------------
 
 def _check_options(model, attention, quantize, sparsity, calibration, filter_fn, compile, quantize_head=None,
-                   smooth_alpha="auto"):
+                   smooth_alpha="auto", unpad=False):
     if not isinstance(model, nn.Module):
         raise TypeError(f"{_WHERE}: model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(attention, bool):
@@ -252,6 +259,14 @@ def _check_options(model, attention, quantize, sparsity, calibration, filter_fn,
         raise TypeError(f"{_WHERE}: filter_fn must be callable (module, fqn) -> bool")
     if not isinstance(compile, bool):
         raise TypeError(f"{_WHERE}: compile must be True or False, got {compile!r}")
+    if not isinstance(unpad, bool):
+        raise TypeError(f"{_WHERE}: unpad must be True or False, got {unpad!r}")
+    if unpad and not attention:
+        raise ValueError(f"{_WHERE}: unpad=True needs attention=True (llmaccel's attention function reads the "
+                         f"packed sequences)")
+    if unpad and compile:
+        raise ValueError(f"{_WHERE}: unpad=True with compile=True is not supported (the number of real tokens "
+                         f"is data-dependent: fullgraph compilation cannot trace it)")
     if not (smooth_alpha is None or smooth_alpha == "auto" or
             (isinstance(smooth_alpha, (int, float)) and not isinstance(smooth_alpha, bool)
              and 0.0 <= float(smooth_alpha) <= 1.0)):
@@ -328,11 +343,11 @@ def _quantize_with_head_policy(model: nn.Module, act: str, quantize_head: Option
 def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str] = None,
              sparsity=None, calibration: Optional[Iterable] = None,
              filter_fn: Optional[Callable[[nn.Module, str], bool]] = None, compile: bool = False,
-             quantize_head: Optional[bool] = None, smooth_alpha="auto") -> nn.Module:
+             quantize_head: Optional[bool] = None, smooth_alpha="auto", unpad: bool = False) -> nn.Module:
     """Swap llmaccel's attention, int8 and sparse layers into ``model`` in place (module docstring); returns
     ``model``, with the :class:`OptimizeReport` at ``model.llmaccel_report``."""
     _check_options(model, attention, quantize, sparsity, calibration, filter_fn, compile, quantize_head,
-                   smooth_alpha)
+                   smooth_alpha, unpad)
     batches = list(calibration) if calibration is not None else None
     run = _runner(model)
     bytes_before = _model_bytes(model)
@@ -378,6 +393,17 @@ def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str
         done = _swap_attention(model)
         if done:
             parts.add("attention")
+    unpadded = []
+    if unpad:
+        from .integrations.unpad import enable_unpadding
+
+        hf = _hf_models(model)
+        if not hf:
+            raise ValueError(f"{_WHERE}: unpad=True needs a transformers encoder model inside this "
+                             f"{type(model).__name__}; there is none")
+        for fqn, mod in hf:
+            enable_unpadding(mod)  # ValueError naming why, for a model it cannot unpad
+            unpadded.append(f"{fqn or '<model>'} ({type(mod).__name__})")
     if not parts:
         raise ValueError(f"{_WHERE}: nothing to swap in this {type(model).__name__}: no transformers model, no "
                          f"nn.MultiheadAttention, and no quantize/sparsity asked for its Linears")
@@ -392,6 +418,6 @@ def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str
     report = OptimizeReport(attention=done, quantize=quant_summary, sparsify=sparse_summary, smooth=smooth_report,
                             kernels=_kernels(parts), bytes_before=bytes_before, bytes_after=_model_bytes(model),
                             calibration=calib, calibration_error=error, compiled=compile,
-                            smooth_choice=smooth_choice, fused=fused, head=head_note)
+                            smooth_choice=smooth_choice, fused=fused, head=head_note, unpadded=unpadded)
     model.llmaccel_report = report
     return model

@@ -77,6 +77,15 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
         raise ValueError(f"llmaccel attention: {query.shape[1]} query heads over {key.shape[1]} key/value heads "
                          f"disagrees with module.num_key_value_groups={module.num_key_value_groups}")
 
+    packing = kwargs.get("llmaccel_packing")  # an unpadded encoder's real tokens (integrations/unpad.py)
+    if packing is not None:
+        def masked(q, k, v, m):
+            if q.dtype in FLOAT_DTYPES:
+                return attention(q, k, v, m, dropout, False, scaling, enable_gqa)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout, scale=scaling,
+                                                  enable_gqa=enable_gqa)
+        return packing.attend(query, key, value, masked), None
+
     mask = attention_mask
     if mask is not None and mask.dim() == 4:
         mask = mask[:, :, :, :kv_len]
