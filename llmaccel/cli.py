@@ -2,7 +2,7 @@
 
 ::
 
-    llmaccel demo [--model PATH] [--batch 32] [--seq 128] [--reps 3] [--full] [--plot out.png] [--json] [--no-onnx]
+    llmaccel demo [--model PATH] [--batch 32] [--seq 128] [--reps 3] [--padding max_length|longest|none] [--plot out.png] [--json] [--no-onnx]
                   [--compile] [--profile]
     llmaccel bench [llmaccel-bench's options]      # the kernel micro-benchmarks (python -m llmaccel.bench)
     llmaccel info [--json]                         # version, backends, CPU features, the variant each op runs
@@ -57,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--plot", metavar="PNG", help="draw the speed/accuracy chart (matplotlib)")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime even where it is installed")
-    d.add_argument("--full", action="store_true", help="every timed sequence is --seq real tokens (no padding; "
-                                                       "by default short sentences are padded to --seq)")
+    d.add_argument("--padding", choices=("max_length", "longest", "none"), default="max_length",
+                   help="the timed batch: the sentences padded to --seq (max_length, default), to the longest of "
+                        "them (longest, as sentence-transformers does), or rows of --seq real tokens (none)")
     d.add_argument("--compile", action="store_true", help="add the int8 model under torch.compile(fullgraph=True)")
     d.add_argument("--profile", action="store_true", help="profile one pass of each torch configuration: "
                                                           "llmaccel kernels vs the rest")

@@ -4,8 +4,8 @@ For every configuration it reports, measured in one run on this machine:
 
 * accuracy: the cosine of each sentence embedding (attention-mask mean pooling, L2-normalized) to the
   original fp32 model's, mean and worst, over :data:`SENTENCES` (varied lengths, padded batch);
-* speed: milliseconds per batch of ``batch x seq`` tokens (every sequence padded to ``seq``; with ``full``,
-  every sequence ``seq`` real tokens, no padding), the median of
+* speed: milliseconds per batch of ``batch`` sentences (``padding``: ``"max_length"``, every one padded to
+  ``seq`` tokens; ``"longest"``, padded to the longest; ``"none"``, every row ``seq`` real tokens), the median of
   ``reps`` timed passes taken round-robin over the configurations (so drift hits all alike), and
   sentences per second; the ratio to the fp32 model;
 * weight bytes (parameters and buffers).
@@ -13,7 +13,7 @@ For every configuration it reports, measured in one run on this machine:
 Configurations: ``fp32`` (transformers, SDPA attention: the baseline), ``llmaccel attention``,
 ``llmaccel attention + int8`` (W8A8, SmoothQuant calibrated on :data:`CALIBRATION`, disjoint from the
 evaluation sentences), both again with ``unpad=True`` (padded tokens skipped: the win on a padded batch,
-none on a ``full`` one), ``llmaccel attention + 2:4`` (magnitude pruning, no recovery: the honest one-shot
+none on an unpadded one), ``llmaccel attention + 2:4`` (magnitude pruning, no recovery: the honest one-shot
 cost; ``bench/sparse_distill_minilm.py`` shows distillation), and, when ``onnxruntime`` and ``onnx`` are
 installed, ONNX Runtime fp32 and int8 (``quantize_dynamic``, QInt8), what people deploy such models with.
 
@@ -124,9 +124,14 @@ def load_model(path: Optional[str]):
                          "the real model; accuracy figures here only show the kernels agree)")
 
 
+PADDINGS = ("max_length", "longest", "none")
+
+
 def encode_full(tok, sentences: list[str], seq: int) -> dict[str, torch.Tensor]:
     """One batch row per sentence of ``sentences``, each exactly ``seq`` real tokens (no padding): the text
-    from that sentence on, cycling through all of them, cut to length.  What unpadding cannot help."""
+    from that sentence on, cycling through all of them, cut to length.  What unpadding cannot help
+    (``--padding none``; ``max_length``: the sentences padded to ``seq``; ``longest``: padded to the longest
+    of them, as sentence-transformers batches them)."""
     if tok is None:
         g = torch.Generator().manual_seed(1)
         ids = torch.randint(1000, 30000, (len(sentences), seq), generator=g)
@@ -134,7 +139,7 @@ def encode_full(tok, sentences: list[str], seq: int) -> dict[str, torch.Tensor]:
     rows = [" ".join((sentences[i:] + sentences[:i]) * (seq // 4 + 1)) for i in range(len(sentences))]
     out = dict(tok(rows, padding="max_length", truncation=True, max_length=seq, return_tensors="pt"))
     if not bool(out["attention_mask"].all()):
-        raise ValueError(f"llmaccel demo: a --full row came out shorter than --seq {seq} tokens")
+        raise ValueError(f"llmaccel demo: a --padding none row came out shorter than --seq {seq} tokens")
     return out
 
 
@@ -259,17 +264,20 @@ def onnx_configs(model, batch: dict, workdir: str) -> list[tuple[str, Callable[[
 
 def run_demo(model_path: Optional[str] = None, batch: int = 32, seq: int = 128, reps: int = 3,
              onnx: bool = True, progress: bool = True, compile: bool = False,
-             profile: bool = False, full: bool = False) -> tuple[str, list[Row], dict]:
+             profile: bool = False, padding: str = "max_length") -> tuple[str, list[Row], dict]:
     """Builds every configuration, checks accuracy, times them round-robin; returns (model description, rows,
     profiles): ``profiles`` maps each torch-side configuration to :func:`profile_split` of one pass of the
     timed batch when ``profile`` is set (else it is empty)."""
     model, tok, desc = load_model(model_path)
     acc_batch = encode(tok, SENTENCES)
     speed_sents = (SENTENCES * (batch // len(SENTENCES) + 1))[:batch]
-    speed_batch = encode_full(tok, speed_sents, seq) if full else encode(tok, speed_sents, seq)
+    if padding not in PADDINGS:
+        raise ValueError(f"llmaccel demo: padding must be one of {PADDINGS}, got {padding!r}")
+    speed_batch = (encode_full(tok, speed_sents, seq) if padding == "none" else
+                   encode(tok, speed_sents, None if padding == "longest" else seq))
     real = int(speed_batch["attention_mask"].sum())
-    desc = (f"{desc}\ntimed batch: {real} real tokens of {batch * seq} "
-            f"({'--full: no padding' if full else 'the sentences padded to --seq; --full: no padding'})")
+    shape = tuple(speed_batch["attention_mask"].shape)
+    desc = f"{desc}\ntimed batch: {shape[0]} x {shape[1]} tokens, {real} of them real (--padding {padding})"
     with tempfile.TemporaryDirectory() as workdir:
         configs = torch_configs(model, tok, compile)
         n_torch = len(configs)
@@ -333,7 +341,7 @@ def table(desc: str, rows: list[Row], batch: int, seq: int) -> str:
 
     info = llmaccel.cpu_info()
     lines = [f"model: {desc}",
-             f"batch {batch} x {seq} tokens, {torch.get_num_threads()} threads, CPU variants "
+             f"{torch.get_num_threads()} threads, CPU variants "
              f"{info.get('variants', {})}, torch {torch.__version__}",
              "",
              f"{'configuration':<38} {'ms/batch':>9} {'sent/s':>8} {'vs fp32':>8} {'cos mean':>9} {'cos worst':>9} "
@@ -367,7 +375,8 @@ def plot(rows: list[Row], path: str) -> None:
 def main(args) -> int:
     desc, rows, profiles = run_demo(args.model, args.batch, args.seq, args.reps, onnx=not args.no_onnx,
                                     progress=not args.json, compile=getattr(args, "compile", False),
-                                    profile=getattr(args, "profile", False), full=getattr(args, "full", False))
+                                    profile=getattr(args, "profile", False),
+                                    padding=getattr(args, "padding", "max_length"))
     if args.json:
         print(json.dumps({"model": desc, "batch": args.batch, "seq": args.seq, "threads": torch.get_num_threads(),
                           "rows": [asdict(r) for r in rows], "profiles": profiles}, indent=2))

@@ -27,7 +27,11 @@ def test_demo_json_small_run(capsys):
     out = json.loads(capsys.readouterr().out)
     rows = {r["config"]: r for r in out["rows"]}
     assert set(rows) == {"fp32 (transformers, sdpa)", "llmaccel attention", "llmaccel attention + int8",
-                         "llmaccel attention + 2:4"}
+                         "llmaccel attention + 2:4", "llmaccel attention + unpad",
+                         "llmaccel attention + int8 + unpad"}
+    # unpadding changes no embedding (only padded positions, which pooling never reads)
+    for name in ("llmaccel attention", "llmaccel attention + int8"):
+        assert abs(rows[name + " + unpad"]["cosine_mean"] - rows[name]["cosine_mean"]) < 1e-5
     assert rows["fp32 (transformers, sdpa)"]["cosine_worst"] > 0.99999  # the baseline against itself
     assert rows["llmaccel attention"]["cosine_worst"] > 0.9999
     assert rows["llmaccel attention + int8"]["cosine_mean"] > 0.99
@@ -37,6 +41,19 @@ def test_demo_json_small_run(capsys):
     assert set(prof) == set(rows)  # every torch-side configuration (no ONNX here)
     assert prof["fp32 (transformers, sdpa)"]["kernels_ms"] == 0  # no llmaccel op in the original model
     assert prof["llmaccel attention + int8"]["kernels_ms"] > 0 and prof["llmaccel attention"]["kernels_ms"] > 0
+
+
+@pytest.mark.parametrize("padding", ["longest", "none"])
+def test_demo_padding_modes(capsys, padding):
+    pytest.importorskip("transformers")
+    assert cli.main(["demo", "--batch", "3", "--seq", "12", "--reps", "1", "--no-onnx", "--json",
+                     "--padding", padding]) == 0
+    out = json.loads(capsys.readouterr().out)
+    tokens = out["model"].split("timed batch: ")[1]
+    if padding == "none":
+        assert tokens.startswith("3 x 12 tokens, 36 of them real")
+    else:
+        assert tokens.startswith("3 x ") and "x 12 tokens" not in tokens
 
 
 def test_bad_demo_option_exits_with_a_message():
