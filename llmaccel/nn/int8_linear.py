@@ -55,7 +55,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..ops.int8_linear import ACTIVATIONS, dequantize_weight, int8_linear
+from ..ops.int8_linear import ACTIVATIONS, dequantize_weight, int8_linear, prepared_int8_linear
 
 __all__ = ["Int8Linear", "quantize_weight_per_channel"]
 
@@ -211,6 +211,11 @@ class Int8Linear(nn.Module):
             raise ValueError(f"Int8Linear(in_features={self.in_features}, out_features={self.out_features}): "
                              f"the input's last dimension must be in_features={self.in_features}, "
                              f"got input of shape {tuple(x.shape)}")
+        # Decode-sized calls: the same kernel without re-validating the weights and re-dispatching on every
+        # call (llmaccel/ops/prepared.py says when it applies; None: take the public road).
+        y = prepared_int8_linear(self, x)
+        if y is not None:
+            return y
         return int8_linear(x, self.weight, self.weight_scale, self.bias, act=self.act, smooth=self.smooth_scale,
                            activation=self.activation)
 

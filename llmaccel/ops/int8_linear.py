@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -63,6 +64,7 @@ from .._ext import ext
 from ._checks import check_same_device, check_tensor, fail
 from .int8_mm import MAX_K
 from .quantize import FLOAT_DTYPES, quantize_per_token_reference
+from .prepared import PreparedCall
 from .spec import OpSpec, define
 
 __all__ = ["int8_linear", "int8_linear_reference"]
@@ -225,6 +227,25 @@ _op.autograd(_backward, _setup_context)
 _op.implement("torch")(lambda args: int8_linear_reference(*args))
 
 
+_prepared: "weakref.WeakKeyDictionary[torch.nn.Module, PreparedCall]" = weakref.WeakKeyDictionary()
+
+
+def prepared_int8_linear(layer, x: Tensor) -> Tensor | None:
+    """``int8_linear(x, layer.weight, layer.weight_scale, layer.bias, act=layer.act, smooth=layer.smooth_scale,
+    activation=layer.activation)`` through the layer's :class:`~llmaccel.ops.prepared.PreparedCall` (kept per
+    layer in a weak map: never in the module's state or pickle), or None where the public road must run it."""
+    fixed = (layer.weight, layer.weight_scale, layer.bias, layer.act, layer.smooth_scale, layer.activation)
+    call = _prepared.get(layer)
+    if call is None or not call.matches(fixed):
+        if type(x) is not Tensor or x.device.type != "cpu":
+            return None
+        call = PreparedCall.build(_op, fixed, layer.in_features, x.device, max_rows=CPP_WEIGHT_ONLY_MAX_M)
+        if call is None:
+            return None
+        _prepared[layer] = call
+    return call(x)
+
+
 @_op.public
 def int8_linear(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None = None, *,
                 act: str = "dynamic", smooth: Tensor | None = None, activation: str | None = None) -> Tensor:
@@ -308,39 +329,62 @@ def _int8_linear_cpp(args) -> Tensor:
     the fp32 result is rounded to x's dtype (two cheap passes over M x K and
     M x N next to the M x N x K product).
     """
-    x, w_int8, w_scale, bias, act, smooth, activation = args
-    K = x.shape[-1]
-    N = w_int8.shape[0]
-    x2 = x.reshape(x.shape[:-1].numel(), K)
-    if x2.dtype != torch.float32:
-        x2 = x2.to(torch.float32)
-    if smooth is not None and act != "dynamic":
-        x2 = x2 * torch.reciprocal(smooth)  # the weight-only kernel has no prologue: unfused
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    M = x2.shape[0]
+    return _cpp_runner(*args[1:])(args.x)
+
+
+def _cpp_runner(w_int8: Tensor, w_scale: Tensor, bias, act: str, smooth, activation) -> Callable[[Tensor], Tensor]:
+    """The C++ call with the weight-side arguments bound: ``run(x)`` for any valid x of this layer.  Built
+    per call on the public road; a :class:`~llmaccel.ops.prepared.PreparedCall` builds it once per layer
+    (``_int8_linear_cpp.prepare``).  The closure holds every tensor whose pointer it passes."""
+    N, K = w_int8.shape
     ws = w_scale if w_scale.is_contiguous() else w_scale.contiguous()
     b = 0
     if bias is not None:
         bias = bias if bias.dtype == torch.float32 and bias.is_contiguous() else bias.to(torch.float32).contiguous()
         b = bias.data_ptr()
-    y = torch.empty((M, N), dtype=torch.float32)
     if act == "dynamic":
         packed = packed_weight_cpp(w_int8)
-        sm = 0
-        if smooth is not None:
-            sm = (smooth if smooth.is_contiguous() else smooth.contiguous()).data_ptr()
-        ext().int8_linear_dynamic(M, N, K, x2.data_ptr(), x2.stride(0), w_int8.data_ptr(), w_int8.stride(0),
-                                  packed.data_ptr(), ws.data_ptr(), b, y.data_ptr(), N, torch.get_num_threads(),
-                                  "", sm, activation or "")
+        sm_t = None if smooth is None else (smooth if smooth.is_contiguous() else smooth.contiguous())
+        sm = 0 if sm_t is None else sm_t.data_ptr()
+        kernel, act_name = ext().int8_linear_dynamic, activation or ""
+        w_ptr, w_stride, p_ptr, s_ptr = w_int8.data_ptr(), w_int8.stride(0), packed.data_ptr(), ws.data_ptr()
+
+        def gemm(x2: Tensor, M: int, keep=(w_int8, packed, ws, bias, sm_t)) -> Tensor:
+            y = torch.empty((M, N), dtype=torch.float32)
+            kernel(M, N, K, x2.data_ptr(), x2.stride(0), w_ptr, w_stride, p_ptr, s_ptr, b, y.data_ptr(), N,
+                   torch.get_num_threads(), "", sm, act_name)
+            return y
+        unfused_smooth = None
     else:
         w = w_int8 if w_int8.stride(1) == 1 or K <= 1 else w_int8.contiguous()
-        ext().int8_linear_weight_only(M, N, K, x2.data_ptr(), x2.stride(0), w.data_ptr(), w.stride(0) if N > 1 else K,
-                                      ws.data_ptr(), b, y.data_ptr(), N, torch.get_num_threads())
-        y = apply_activation(y, activation)  # no epilogue hook in the weight-only kernel: unfused
-    if x.dtype != torch.float32:
-        y = y.to(x.dtype)
-    return y.reshape(*x.shape[:-1], N)
+        kernel = ext().int8_linear_weight_only
+        w_ptr, w_stride, s_ptr = w.data_ptr(), (w.stride(0) if N > 1 else K), ws.data_ptr()
+        # the weight-only kernel has no prologue or epilogue hook: smooth and the activation run unfused
+        unfused_smooth = None if smooth is None else torch.reciprocal(smooth)
+
+        def gemm(x2: Tensor, M: int, keep=(w, ws, bias)) -> Tensor:
+            y = torch.empty((M, N), dtype=torch.float32)
+            kernel(M, N, K, x2.data_ptr(), x2.stride(0), w_ptr, w_stride, s_ptr, b, y.data_ptr(), N,
+                   torch.get_num_threads())
+            return apply_activation(y, activation)
+
+    def run(x: Tensor) -> Tensor:
+        x2 = x.reshape(x.shape[:-1].numel(), K)
+        if x2.dtype != torch.float32:
+            x2 = x2.to(torch.float32)
+        if unfused_smooth is not None:
+            x2 = x2 * unfused_smooth
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        y = gemm(x2, x2.shape[0])
+        if x.dtype != torch.float32:
+            y = y.to(x.dtype)
+        return y.reshape(*x.shape[:-1], N)
+
+    return run
+
+
+_int8_linear_cpp.prepare = _cpp_runner
 
 
 @_op.implement("triton", check=lambda args: backends.int8_dot_problem(args.x.device))
