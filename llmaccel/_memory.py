@@ -51,22 +51,3 @@ def streamed_buffer(nbytes: int) -> torch.Tensor:
     _ext.ext().advise_huge_pages(view.data_ptr(), nbytes // page * page)
     return view
 
-
-def advise_huge_pages_inside(t: torch.Tensor) -> bool:
-    """Ask for huge pages on the whole huge pages inside ``t``'s storage, before it is first written.
-
-    For a tensor that must keep an ordinary storage of its own (a module's weight buffer, which
-    ``state_dict`` saves as it is): no copy and no extra memory, unlike :func:`streamed_buffer`.  Only the
-    2 MiB-aligned interior can be backed by huge pages (an 11 MiB weight: 9-10 MiB of it); pages already
-    touched stay as they are.  Returns whether anything was advised.
-    """
-    page = huge_page_bytes()
-    if page == 0 or t.device.type != "cpu" or not t.is_contiguous():
-        return False
-    start = t.data_ptr()
-    end = start + t.numel() * t.element_size()
-    lo = -(-start // page) * page
-    hi = end // page * page
-    if hi <= lo:
-        return False
-    return bool(_ext.ext().advise_huge_pages(lo, hi - lo))
