@@ -10,6 +10,7 @@ import torch
 import llmaccel
 from llmaccel import backends
 from llmaccel.nn import Int8Linear
+from llmaccel.ops import prepared
 from llmaccel.ops.prepared import PreparedCall
 
 il = importlib.import_module("llmaccel.ops.int8_linear")
@@ -42,7 +43,7 @@ def test_prepared_equals_the_public_road(act, smooth, activation, rows):
     x = torch.randn(rows, 113) * 3
     with torch.inference_mode():
         got = layer(x)
-        assert il._prepared.get(layer) is not None  # the prepared call ran
+        assert prepared._calls.get(layer) is not None  # the prepared call ran
         want = _public(layer, x)
         ref = _reference(layer, x)
     assert torch.equal(got, want)
@@ -55,7 +56,7 @@ def test_strided_and_batched_inputs():
     x = base[..., ::2]  # a strided view, [2, 3, 113]
     with torch.inference_mode():
         got = layer(x)
-    assert il._prepared.get(layer) is not None and got.shape == (2, 3, 67)
+    assert prepared._calls.get(layer) is not None and got.shape == (2, 3, 67)
     assert torch.equal(got, _public(layer, x.contiguous()))
 
 
@@ -64,12 +65,12 @@ def test_weight_changes_are_seen():
     x = torch.randn(1, 113)
     with torch.inference_mode():
         first = layer(x)
-        call = il._prepared.get(layer)
+        call = prepared._calls.get(layer)
     with torch.no_grad():
         layer.weight.copy_(torch.flip(layer.weight, [0]))  # in place: the version counter moves
     with torch.inference_mode():
         second = layer(x)
-    assert il._prepared.get(layer) is not call
+    assert prepared._calls.get(layer) is not call
     assert torch.equal(second, _public(layer, x)) and not torch.equal(first, second)
     other = _layer("dynamic", seed=5)
     layer.load_state_dict(other.state_dict())
@@ -105,9 +106,12 @@ def test_it_stands_aside_for_what_the_public_road_decides():
         xg = x.clone().requires_grad_(True)
         layer(xg).sum().backward()  # autograd needs the op boundary
         assert xg.grad is not None and xg.grad.abs().sum() > 0
+        layer.bias.grad = None
+        layer(x).sum().backward()  # x needs no gradient, the trainable bias does
+        assert layer.bias.grad is not None and torch.equal(layer.bias.grad, torch.ones(67))
     finally:
         PreparedCall.__call__ = real_run
-    assert calls == [True, False, False, False, False], calls
+    assert calls == [True, False, False, False, False, False], calls
 
 
 def test_bad_weights_after_preparation_raise_on_the_public_road():
@@ -127,7 +131,7 @@ def test_auto_mode_is_never_prepared():
     x = torch.randn(1, 113)
     with torch.inference_mode():
         got = layer(x)
-    assert il._prepared.get(layer) is None
+    assert prepared._calls.get(layer) is None
     assert torch.equal(got, _public(layer, x))
 
 
@@ -143,3 +147,21 @@ def test_the_prepared_map_does_not_keep_layers_alive_or_enter_state():
     del layer
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("pattern, kw", [("2:4", {}), ("2:4", {"quantize": "int8", "act": "dynamic"}),
+                                         ("unstructured", {"sparsity": 0.9}), ("unstructured", {"sparsity": 0.5}),
+                                         ("block", {"sparsity": 0.5, "block_size": (4, 4)})])
+@pytest.mark.parametrize("rows", [1, 3, 17])
+def test_sparse_linear_prepared_equals_the_public_road(pattern, kw, rows):
+    from llmaccel.nn import SparseLinear
+    from llmaccel.ops.sparse_linear import sparse_linear
+
+    torch.manual_seed(0)
+    layer = SparseLinear.from_linear(torch.nn.Linear(116, 68), pattern, **kw)
+    x = torch.randn(rows, 116)
+    with torch.inference_mode():
+        got = layer(x)
+        assert prepared._calls.get(layer) is not None
+        want = sparse_linear(x, *layer._fields(), layer.bias, layer.act)
+    assert torch.equal(got, want)

@@ -35,7 +35,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..ops.prepared import call_prepared
 from ..ops.sparse_linear import ACT_MODES, sparse_linear
+from ..ops.sparse_linear import _op as _sparse_op
 from ..ops.sparse_linear_layouts import fields_of
 from ..sparsity import BitmapWeight, BSRWeight, NMPackedWeight, prune, sparsegpt_prune
 
@@ -217,7 +219,10 @@ class SparseLinear(nn.Module):
             raise ValueError(f"SparseLinear(in_features={self.in_features}, out_features={self.out_features}): "
                              f"the input's last dimension must be in_features={self.in_features}, "
                              f"got input of shape {tuple(x.shape)}")
-        return sparse_linear(x, *self._fields(), self.bias, self.act)
+        fixed = (*self._fields(), self.bias, self.act)
+        # Decode-sized calls skip re-validating the weight and re-dispatching (llmaccel/ops/prepared.py).
+        y = call_prepared(self, _sparse_op, fixed, self.in_features, x)
+        return y if y is not None else sparse_linear(x, *fixed)
 
     def extra_repr(self) -> str:
         quant = "int8" if "scale" in self._field_names else "none"

@@ -64,7 +64,7 @@ from .._ext import ext
 from ._checks import check_same_device, check_tensor, fail
 from .int8_mm import MAX_K
 from .quantize import FLOAT_DTYPES, quantize_per_token_reference
-from .prepared import PreparedCall
+from .prepared import call_prepared
 from .spec import OpSpec, define
 
 __all__ = ["int8_linear", "int8_linear_reference"]
@@ -227,23 +227,12 @@ _op.autograd(_backward, _setup_context)
 _op.implement("torch")(lambda args: int8_linear_reference(*args))
 
 
-_prepared: "weakref.WeakKeyDictionary[torch.nn.Module, PreparedCall]" = weakref.WeakKeyDictionary()
-
-
 def prepared_int8_linear(layer, x: Tensor) -> Tensor | None:
     """``int8_linear(x, layer.weight, layer.weight_scale, layer.bias, act=layer.act, smooth=layer.smooth_scale,
-    activation=layer.activation)`` through the layer's :class:`~llmaccel.ops.prepared.PreparedCall` (kept per
-    layer in a weak map: never in the module's state or pickle), or None where the public road must run it."""
+    activation=layer.activation)`` through the layer's :class:`~llmaccel.ops.prepared.PreparedCall`, or None
+    where the public road must run it."""
     fixed = (layer.weight, layer.weight_scale, layer.bias, layer.act, layer.smooth_scale, layer.activation)
-    call = _prepared.get(layer)
-    if call is None or not call.matches(fixed):
-        if type(x) is not Tensor or x.device.type != "cpu":
-            return None
-        call = PreparedCall.build(_op, fixed, layer.in_features, x.device, max_rows=CPP_WEIGHT_ONLY_MAX_M)
-        if call is None:
-            return None
-        _prepared[layer] = call
-    return call(x)
+    return call_prepared(layer, _op, fixed, layer.in_features, x, max_rows=CPP_WEIGHT_ONLY_MAX_M)
 
 
 @_op.public

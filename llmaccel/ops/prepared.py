@@ -16,12 +16,14 @@ takes the public road:
   validated them; ``load_state_dict`` / ``copy_`` bump the version);
 * the backend request is still ``"auto"`` and the choice was made for this device;
 * ``x`` is a plain CPU float32 tensor with the prepared ``K`` and ``1 <= M <= max_rows`` rows (the
-  selection was checked at both ends of that range), and nothing needs the custom-op boundary (autograd,
-  ``torch.compile`` / tracing, the profiler, dispatch or function modes: ``_op_boundary_needed``).
+  selection was checked at both ends of that range), and nothing needs the custom-op boundary (autograd
+  for ``x`` or for any weight-side tensor, such as a trainable bias,
+  ``torch.compile`` / tracing, the profiler, dispatch or function modes, tensor subclasses: ``_op_boundary_needed``).
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -29,18 +31,19 @@ from torch import Tensor
 
 from .. import backends
 
-__all__ = ["PreparedCall"]
+__all__ = ["PreparedCall", "call_prepared"]
 
 
 class PreparedCall:
     """``op(x, *fixed)`` for one layer's fixed arguments ``fixed`` (the op's arguments after ``x``)."""
 
-    __slots__ = ("_op", "_fixed", "_versions", "_impl", "_run", "_finish", "_K", "_max_rows", "_device")
+    __slots__ = ("_op", "_fixed", "_tensors", "_versions", "_impl", "_run", "_finish", "_K", "_max_rows", "_device")
 
     def __init__(self, op, fixed: tuple, K: int, device: torch.device, impl, max_rows: int):
         self._op = op
         self._fixed = fixed
         self._versions = tuple(t._version if isinstance(t, Tensor) else None for t in fixed)
+        self._tensors = tuple(t for t in fixed if isinstance(t, Tensor))  # for the boundary test (grad, types)
         self._impl = impl
         # An implementation may bind its weight-side work once (``impl.prepare(*fixed) -> run(x)``): the
         # C++ one resolves pointers, packed weights and contiguity there.
@@ -92,8 +95,27 @@ class PreparedCall:
                 or x.shape[-1] != self._K):
             return None
         rows = x.numel() // max(self._K, 1)
-        if not 1 <= rows <= self._max_rows or backends.current() != "auto" or backends._op_boundary_needed((x,)):
+        if (not 1 <= rows <= self._max_rows or backends.current() != "auto"
+                or backends._op_boundary_needed((x, *self._tensors))):
             return None
         run = self._run
         out = run(x) if run is not None else self._impl(self._op.pack((x, *self._fixed)))
         return out if self._finish is None else self._finish(out)
+
+
+# One prepared call per layer, in a weak map: never in the module's state, pickle or deep copies.
+_calls: "weakref.WeakKeyDictionary[torch.nn.Module, PreparedCall]" = weakref.WeakKeyDictionary()
+
+
+def call_prepared(layer: torch.nn.Module, op, fixed: tuple, K: int, x: Any, max_rows: int = 64) -> Optional[Tensor]:
+    """``op(x, *fixed)`` through ``layer``'s prepared call (built, or rebuilt when ``fixed`` changed), or None
+    where the public road must run it."""
+    call = _calls.get(layer)
+    if call is None or call._op is not op or not call.matches(fixed):
+        if type(x) is not Tensor or x.device.type != "cpu":
+            return None
+        call = PreparedCall.build(op, fixed, K, x.device, max_rows=max_rows)
+        if call is None:
+            return None
+        _calls[layer] = call
+    return call(x)
