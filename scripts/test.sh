@@ -110,7 +110,7 @@ run_pass "default: every backend that runs on this machine (each C++ ISA variant
 # (an AVX-512 machine: avx2, then generic), so the public ops, packed weights and dispatch run each
 # variant end to end, not only through the raw per-variant bindings.  opcheck / torch.compile check the
 # op registration, not the kernels, and ran in the default pass.
-CPP_TESTS=(tests/test_int8_mm.py tests/test_int8_linear_ops.py tests/test_attention.py tests/test_isa.py tests/test_sparsity_cpu_kernel.py tests/test_sparse_linear.py tests/test_sparse_bitmap_kernel.py tests/test_sparse_nm_large_kernel.py tests/test_sparse_bsr_kernel.py tests/test_sparse_linear_dynamic.py tests/test_sparse_bitmap_index.py)
+CPP_TESTS=(tests/test_int8_mm.py tests/test_int8_linear_ops.py tests/test_attention.py tests/test_isa.py tests/test_sparsity_cpu_kernel.py tests/test_sparse_linear.py tests/test_sparse_bitmap_kernel.py tests/test_sparse_nm_large_kernel.py tests/test_sparse_bsr_kernel.py tests/test_sparse_linear_dynamic.py tests/test_sparse_bitmap_index.py tests/test_prepared_call.py)
 for isa in $("$PY" -c "
 from llmaccel._ext import ext
 have = set(ext().cpu_features())
