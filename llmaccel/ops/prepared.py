@@ -110,6 +110,8 @@ _calls: "weakref.WeakKeyDictionary[torch.nn.Module, PreparedCall]" = weakref.Wea
 def call_prepared(layer: torch.nn.Module, op, fixed: tuple, K: int, x: Any, max_rows: int = 64) -> Optional[Tensor]:
     """``op(x, *fixed)`` through ``layer``'s prepared call (built, or rebuilt when ``fixed`` changed), or None
     where the public road must run it."""
+    if torch.compiler.is_compiling():  # traced code takes the op road (dynamo cannot trace the weak map)
+        return None
     call = _calls.get(layer)
     if call is None or call._op is not op or not call.matches(fixed):
         if type(x) is not Tensor or x.device.type != "cpu":
