@@ -7,7 +7,7 @@ One token (M = 1) through ``--layers`` chained ``dim x dim`` layers, three ways 
 weights: ``SparseLinear.from_linear(pattern="2:4", quantize="int8", act="dynamic")``, ``Int8Linear`` (W8A8,
 ``act="dynamic"``) on the pruned weight stored dense, and fp32 ``nn.Linear`` on it.  The modules' whole
 call path is timed (what a model pays per layer), not the bare kernels (``python -m llmaccel.bench --op
-sparse_linear`` times the ops).  Rounds are interleaved and the median of all but the first 3 is reported,
+sparse_linear`` times the ops).  Rounds are interleaved (the order rotating) and the median of all but the first 3 is reported,
 with the ratios; at the default size the weights (84 / 134 / 512 MB) are far beyond the last-level cache.
 """
 
@@ -44,8 +44,12 @@ def main() -> None:
     x = torch.randn(1, args.dim)
     times = {k: [] for k in stacks}
     with torch.inference_mode():
-        for _ in range(args.rounds):
-            for name, mods in stacks.items():
+        names = list(stacks)
+        for r in range(args.rounds):
+            # The order rotates each round: the stack timed right after the 512 MB fp32 one finds the memory
+            # system still busy, so no stack may always follow it.
+            for name in names[r % 3:] + names[:r % 3]:
+                mods = stacks[name]
                 t = time.perf_counter()
                 y = x
                 for m in mods:

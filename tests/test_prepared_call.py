@@ -152,7 +152,7 @@ def test_the_prepared_map_does_not_keep_layers_alive_or_enter_state():
 @pytest.mark.parametrize("pattern, kw", [("2:4", {}), ("2:4", {"quantize": "int8", "act": "dynamic"}),
                                          ("unstructured", {"sparsity": 0.9}), ("unstructured", {"sparsity": 0.5}),
                                          ("block", {"sparsity": 0.5, "block_size": (4, 4)})])
-@pytest.mark.parametrize("rows", [1, 3, 17])
+@pytest.mark.parametrize("rows", [1, 3, 17, 64])  # 64: past the fp32 N:M kernel's crossover (another route)
 def test_sparse_linear_prepared_equals_the_public_road(pattern, kw, rows):
     from llmaccel.nn import SparseLinear
     from llmaccel.ops.sparse_linear import sparse_linear

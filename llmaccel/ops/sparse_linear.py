@@ -76,7 +76,7 @@ from ..sparsity.cpu_bitmap import bitmap_linear_raw
 from ..sparsity.cpu_bitmap_index import bitmap_index_linear_raw, cached_column_indices
 from ..sparsity.cpu_expand import bitmap_expand_raw, nm_expand_raw
 from ..sparsity import cpu_bsr
-from ..sparsity.cpu_kernel import nm_i8_linear_raw, nm_linear_raw
+from ..sparsity.cpu_kernel import nm_i8_linear_bound, nm_i8_linear_raw, nm_linear_bound, nm_linear_raw
 from ..sparsity.cpu_nm_large import nm_large_linear_raw
 from ..sparsity.reference import sparse_linear_reference
 from ._checks import check_same_device, check_tensor, fail
@@ -287,6 +287,35 @@ def _sparse_linear_cpp(a) -> Tensor:
     if x.dtype != torch.float32:
         y = y.to(x.dtype)
     return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def _sparse_cpp_prepare(values, index, offsets, scale, layout, meta, bias, act):
+    """``_sparse_linear_cpp`` with the weight side bound once, for a layer's prepared decode call
+    (``ops/prepared.py``): the N:M layout on its ``nm`` route (the decode route) calls the bound kernel
+    directly; every other route, and other layouts, run ``_sparse_linear_cpp`` itself."""
+    if layout != "nm":
+        return None
+    fixed = (values, index, offsets, scale, layout, meta, bias, act)
+    n, m, N = meta[0], meta[1], values.shape[0]
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+        bias = bias.to(torch.float32).contiguous()
+    bound = {}  # K -> kernel call (one K per layer in practice)
+
+    def run(x: Tensor) -> Tensor:
+        K = x.shape[-1]
+        x2 = x.reshape(-1, K)
+        if nm_route(x2.shape[0], n, m, act).name != "nm":
+            return _sparse_linear_cpp(_op.pack((x, *fixed)))
+        kernel = bound.get(K)
+        if kernel is None:
+            kernel = bound[K] = (nm_i8_linear_bound(values, index, scale, bias, n, m, K) if act == "dynamic" else
+                                 nm_linear_bound(values, index, scale, bias, n, m, K))
+        return kernel(x2).reshape(*x.shape[:-1], N)
+
+    return run
+
+
+_sparse_linear_cpp.prepare = _sparse_cpp_prepare
 
 
 def _triton_check(a) -> Optional[str]:

@@ -56,17 +56,31 @@ def nm_linear_raw(x2: Tensor, values: Tensor, indices: Tensor, scale: Tensor | N
     backend, so the pointer / stride set-up exists once (the C++ entry still validates what it is handed).
     ``binding``: the ``llmaccel._C`` function with these arguments (``"sparse_nm_large_linear"``: the large-M
     kernel, ``sparsity.cpu_nm_large``)."""
-    K = x2.shape[1]
-    x2, values, indices = row_major(x2), row_major(values), row_major(indices)
+    return nm_linear_bound(values, indices, scale, bias, n, m, x2.shape[1], variant, binding)(x2)
+
+
+def nm_linear_bound(values: Tensor, indices: Tensor, scale: Tensor | None, bias: Tensor | None, n: int, m: int,
+                    K: int, variant: str = "", binding: str = "sparse_nm_linear"):
+    """:func:`nm_linear_raw` with the weight side bound once: ``run(x2)`` for fp32 ``x2 [rows, K]``.  The
+    closure holds every tensor whose pointer it passes (the prepared decode call keeps one per layer)."""
+    values, indices = row_major(values), row_major(indices)
     scale = scale.contiguous() if scale is not None else None
-    rows, N = x2.shape[0], values.shape[0]
-    y = torch.empty((rows, N), dtype=torch.float32)
-    getattr(ext(), binding)(rows, N, K, n, m, x2.data_ptr(), x2.stride(0) if rows > 1 else K,
-                           values.data_ptr(), scale is not None, values.stride(0) if N > 1 else values.shape[1],
-                           indices.data_ptr(), indices.stride(0) if N > 1 else indices.shape[1],
-                           scale.data_ptr() if scale is not None else 0, bias.data_ptr() if bias is not None else 0,
-                           y.data_ptr(), N, torch.get_num_threads(), variant)
-    return y
+    N = values.shape[0]
+    fn = getattr(ext(), binding)
+    v_ptr, v_ld = values.data_ptr(), values.stride(0) if N > 1 else values.shape[1]
+    i_ptr, i_ld = indices.data_ptr(), indices.stride(0) if N > 1 else indices.shape[1]
+    s_ptr = scale.data_ptr() if scale is not None else 0
+    b_ptr = bias.data_ptr() if bias is not None else 0
+
+    def run(x2: Tensor, keep=(values, indices, scale, bias)) -> Tensor:
+        x2 = row_major(x2)
+        rows = x2.shape[0]
+        y = torch.empty((rows, N), dtype=torch.float32)
+        fn(rows, N, K, n, m, x2.data_ptr(), x2.stride(0) if rows > 1 else K, v_ptr, scale is not None, v_ld,
+           i_ptr, i_ld, s_ptr, b_ptr, y.data_ptr(), N, torch.get_num_threads(), variant)
+        return y
+
+    return run
 
 
 def nm_i8_linear_raw(x2: Tensor, values: Tensor, indices: Tensor, scale: Tensor, bias: Tensor | None, n: int, m: int,
@@ -74,13 +88,25 @@ def nm_i8_linear_raw(x2: Tensor, values: Tensor, indices: Tensor, scale: Tensor,
     """The int8-activation binding (``llmaccel._C.sparse_nm_i8_linear``, csrc/sparse_nm.h) on already checked
     fields: fp32 ``x2 [rows, K]`` quantized per token inside, int8 ``values`` in [-127, 127] with fp32
     ``scale [N]``; returns fp32 ``y = float(xq @ q.T) * sx * scale + bias``."""
-    K = x2.shape[1]
-    x2, values, indices, scale = row_major(x2), row_major(values), row_major(indices), scale.contiguous()
-    rows, N = x2.shape[0], values.shape[0]
-    y = torch.empty((rows, N), dtype=torch.float32)
-    ext().sparse_nm_i8_linear(rows, N, K, n, m, x2.data_ptr(), x2.stride(0) if rows > 1 else K, values.data_ptr(),
-                              values.stride(0) if N > 1 else values.shape[1], indices.data_ptr(),
-                              indices.stride(0) if N > 1 else indices.shape[1], scale.data_ptr(),
-                              bias.data_ptr() if bias is not None else 0, y.data_ptr(), N, torch.get_num_threads(),
-                              variant)
-    return y
+    return nm_i8_linear_bound(values, indices, scale, bias, n, m, x2.shape[1], variant)(x2)
+
+
+def nm_i8_linear_bound(values: Tensor, indices: Tensor, scale: Tensor, bias: Tensor | None, n: int, m: int, K: int,
+                       variant: str = ""):
+    """:func:`nm_i8_linear_raw` with the weight side bound once: ``run(x2)`` for fp32 ``x2 [rows, K]``."""
+    values, indices, scale = row_major(values), row_major(indices), scale.contiguous()
+    N = values.shape[0]
+    fn = ext().sparse_nm_i8_linear
+    v_ptr, v_ld = values.data_ptr(), values.stride(0) if N > 1 else values.shape[1]
+    i_ptr, i_ld = indices.data_ptr(), indices.stride(0) if N > 1 else indices.shape[1]
+    s_ptr, b_ptr = scale.data_ptr(), bias.data_ptr() if bias is not None else 0
+
+    def run(x2: Tensor, keep=(values, indices, scale, bias)) -> Tensor:
+        x2 = row_major(x2)
+        rows = x2.shape[0]
+        y = torch.empty((rows, N), dtype=torch.float32)
+        fn(rows, N, K, n, m, x2.data_ptr(), x2.stride(0) if rows > 1 else K, v_ptr, v_ld, i_ptr, i_ld, s_ptr, b_ptr,
+           y.data_ptr(), N, torch.get_num_threads(), variant)
+        return y
+
+    return run
