@@ -165,3 +165,20 @@ def test_sparse_linear_prepared_equals_the_public_road(pattern, kw, rows):
         assert prepared._calls.get(layer) is not None
         want = sparse_linear(x, *layer._fields(), layer.bias, layer.act)
     assert torch.equal(got, want)
+
+
+def test_smooth_is_revalidated_after_an_in_place_change():
+    """int8_linear checks a smooth tensor once per version (not per call): an in-place change is seen."""
+    layer = _layer("dynamic", smooth=True)
+    x = torch.randn(100, 113)  # M > 64: the public road, every call
+    with torch.inference_mode():
+        layer(x)
+        layer(x)
+    with torch.no_grad():
+        layer.smooth_scale[7] = -1.0
+    with torch.inference_mode(), pytest.raises(ValueError, match="int8_linear: smooth must be finite and > 0"):
+        layer(x)
+    fresh = torch.rand(113) + 0.5
+    fresh[0] = float("inf")
+    with pytest.raises(ValueError, match="smooth must be finite"):
+        il.int8_linear(x, layer.weight, layer.weight_scale, None, act="dynamic", smooth=fresh)
