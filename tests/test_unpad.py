@@ -229,3 +229,26 @@ def test_sentence_transformers_minilm_unpadded_keeps_embeddings():
         got = model.encode(demo.SENTENCES, convert_to_tensor=True, normalize_embeddings=True)
     cos = (got.double() * ref.double()).sum(-1)
     assert float(cos.min()) >= 0.99999, float(cos.min())
+
+
+@pytest.mark.parametrize("kind", ["roberta", "xlm-roberta", "camembert", "electra"])
+def test_every_supported_model_type_unpads_exactly(kind):
+    """The other encoders of SUPPORTED_MODEL_TYPES (RoBERTa's position ids come from the padding, before the
+    encoder): float64, real tokens equal to the padded model's, padded positions zero."""
+    names = {"roberta": "Roberta", "xlm-roberta": "XLMRoberta", "camembert": "Camembert", "electra": "Electra"}
+    cfg_cls = getattr(transformers, names[kind] + "Config")
+    model_cls = getattr(transformers, names[kind] + "Model")
+    kw = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+              max_position_embeddings=140)
+    if kind == "electra":
+        kw["embedding_size"] = 32
+    torch.manual_seed(0)
+    model = model_cls(cfg_cls(**kw)).eval().double()
+    assert model.config.model_type == kind
+    batch = _batch(LENGTHS, 29)
+    batch["input_ids"] = batch["input_ids"] + (1 - batch["attention_mask"])  # pad id 1 (RoBERTa's padding_idx)
+    ref = _hidden(model, batch)
+    got = _hidden(llmaccel.optimize(copy.deepcopy(model), unpad=True), batch)
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[real], ref[real], rtol=1e-12, atol=1e-12)
+    assert not got[~real].any()
