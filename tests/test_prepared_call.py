@@ -43,7 +43,7 @@ def test_prepared_equals_the_public_road(act, smooth, activation, rows):
     x = torch.randn(rows, 113) * 3
     with torch.inference_mode():
         got = layer(x)
-        assert prepared._calls.get(layer) is not None  # the prepared call ran
+        assert prepared._calls.get(layer)._impl is not None  # the prepared call ran
         want = _public(layer, x)
         ref = _reference(layer, x)
     assert torch.equal(got, want)
@@ -56,7 +56,7 @@ def test_strided_and_batched_inputs():
     x = base[..., ::2]  # a strided view, [2, 3, 113]
     with torch.inference_mode():
         got = layer(x)
-    assert prepared._calls.get(layer) is not None and got.shape == (2, 3, 67)
+    assert prepared._calls.get(layer)._impl is not None and got.shape == (2, 3, 67)
     assert torch.equal(got, _public(layer, x.contiguous()))
 
 
@@ -131,8 +131,16 @@ def test_auto_mode_is_never_prepared():
     x = torch.randn(1, 113)
     with torch.inference_mode():
         got = layer(x)
-    assert prepared._calls.get(layer) is None
+    refusal = prepared._calls.get(layer)
+    assert refusal is not None and refusal(x) is None  # refused once, kept: not rebuilt on every call
+    with torch.inference_mode():
+        layer(x)
+    assert prepared._calls.get(layer) is refusal
     assert torch.equal(got, _public(layer, x))
+    layer.act = "dynamic"  # the arguments changed: prepared again
+    with torch.inference_mode():
+        layer(x)
+    assert prepared._calls.get(layer)._impl is not None
 
 
 def test_the_prepared_map_does_not_keep_layers_alive_or_enter_state():
@@ -162,7 +170,7 @@ def test_sparse_linear_prepared_equals_the_public_road(pattern, kw, rows):
     x = torch.randn(rows, 116)
     with torch.inference_mode():
         got = layer(x)
-        assert prepared._calls.get(layer) is not None
+        assert prepared._calls.get(layer)._impl is not None
         want = sparse_linear(x, *layer._fields(), layer.bias, layer.act)
     assert torch.equal(got, want)
 

@@ -48,7 +48,7 @@ class PreparedCall:
         # An implementation may bind its weight-side work once (``impl.prepare(*fixed) -> run(x)``): the
         # C++ one resolves pointers, packed weights and contiguity there.
         prepare = getattr(impl, "prepare", None)
-        self._run = prepare(*fixed) if prepare is not None else None
+        self._run = prepare(*fixed) if prepare is not None else None  # impl None: a refusal (see build)
         self._finish = op.spec.finish
         self._K = K
         self._max_rows = max_rows
@@ -57,9 +57,11 @@ class PreparedCall:
     @staticmethod
     def build(op, fixed: tuple, K: int, device: torch.device, max_rows: int = 64) -> Optional["PreparedCall"]:
         """Validate ``fixed`` with the op's own check (on probe inputs of 1 and ``max_rows`` float32 rows)
-        and pick the backend; None where the op's prepare step would change the arguments (a per-call
-        choice such as ``act="auto"``), the choice differs between the probes, the request is not
-        ``"auto"``, or the check raises (the public road then raises the same error for the real call)."""
+        and pick the backend.  A *refusal* (a call that always returns None, kept until ``fixed`` changes, so
+        that such a layer does not pay for this on every call) where the op's prepare step would change the
+        arguments (a per-call choice such as ``act="auto"``), the choice differs between the probes, or the
+        check raises (the public road then raises the same error for the real call).  None, kept nowhere,
+        while the backend request is not ``"auto"`` (a passing state)."""
         if device.type != "cpu" or backends.current() != "auto":
             return None
         impl = None
@@ -67,13 +69,15 @@ class PreparedCall:
             for m in (1, max_rows):
                 args = op.spec.check(torch.empty((m, K), dtype=torch.float32, device=device), *fixed)
                 if op.spec.prepare is not None and op.spec.prepare(args)[0] is not args:
-                    return None
+                    impl = None
+                    break
                 chosen = op.dispatch.select(args)
                 if impl is not None and chosen is not impl:
-                    return None
+                    impl = None
+                    break
                 impl = chosen
         except Exception:  # bad weights: the public road raises it, with the real x
-            return None
+            impl = None
         return PreparedCall(op, fixed, K, device, impl, max_rows)
 
     def matches(self, fixed: tuple) -> bool:
@@ -91,6 +95,8 @@ class PreparedCall:
 
     def __call__(self, x: Any) -> Optional[Tensor]:
         """The op's result for ``x``, or None when ``x`` or the process state needs the public road."""
+        if self._impl is None:  # a refusal
+            return None
         if (type(x) is not Tensor or x.dtype is not torch.float32 or x.device != self._device or x.dim() == 0
                 or x.shape[-1] != self._K):
             return None
