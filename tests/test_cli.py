@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from llmaccel import cli
 
@@ -43,17 +44,26 @@ def test_demo_json_small_run(capsys):
     assert prof["llmaccel attention + int8"]["kernels_ms"] > 0 and prof["llmaccel attention"]["kernels_ms"] > 0
 
 
-@pytest.mark.parametrize("padding", ["longest", "none"])
-def test_demo_padding_modes(capsys, padding):
+def test_demo_padding_modes_build_the_batch_they_name():
+    """--padding: the timed batch padded to --seq, to the longest sentence, or rows of --seq real tokens
+    (the batch builder itself; the end-to-end demo run above takes the default)."""
     pytest.importorskip("transformers")
-    assert cli.main(["demo", "--batch", "3", "--seq", "12", "--reps", "1", "--no-onnx", "--json",
-                     "--padding", padding]) == 0
-    out = json.loads(capsys.readouterr().out)
-    tokens = out["model"].split("timed batch: ")[1]
-    if padding == "none":
-        assert tokens.startswith("3 x 12 tokens, 36 of them real")
-    else:
-        assert tokens.startswith("3 x ") and "x 12 tokens" not in tokens
+    from llmaccel import demo
+
+    _, tok, _ = demo.load_model(None)
+    sents = demo.SENTENCES[:5]
+    full = demo.timed_batch(tok, sents, 12, "none")
+    assert full["attention_mask"].shape == (5, 12) and bool(full["attention_mask"].all())
+    padded = demo.timed_batch(tok, sents, 64, "max_length")
+    longest = demo.timed_batch(tok, sents, 64, "longest")
+    lengths = padded["attention_mask"].sum(1)
+    assert padded["attention_mask"].shape == (5, 64) and int(lengths.max()) < 64
+    assert longest["attention_mask"].shape == (5, int(lengths.max()))
+    assert torch.equal(longest["attention_mask"].sum(1), lengths)
+    with pytest.raises(ValueError, match="padding must be one of"):
+        demo.timed_batch(tok, sents, 12, "left")
+    args = cli._parser().parse_args(["demo", "--padding", "longest"])
+    assert args.padding == "longest"
 
 
 def test_bad_demo_option_exits_with_a_message():
