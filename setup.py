@@ -5,7 +5,7 @@ and strides, so it builds in seconds against any torch version.
 
 CPU features are chosen at run time, never at build time.  The extension is
 compiled for baseline x86-64; each hot kernel has extra translation units
-named ``*_avx2.cpp`` / ``*_avx512.cpp`` / ``*_avx512vnni.cpp`` that get their own ``-m`` flags
+named ``*_avx2.cpp`` / ``*_avx512.cpp`` / ``*_avx512vnni.cpp`` / ``*_amx.cpp`` that get their own ``-m`` flags
 here (ISA_FLAGS) and are only entered when the CPU reports every feature
 those flags use (csrc/variants.h).
 
@@ -41,6 +41,9 @@ ISA_FLAGS = {
     # attention_avx512.cpp uses no VNNI but shares the level (one gate per level).
     "avx512": (("_avx512.cpp", "_avx512vnni.cpp"), ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
                                    "-mavx512dq", "-mavx512vnni"]),
+    # AMX-INT8 (Sapphire Rapids and later): the AVX-512 level plus the tile unit.
+    "amx": ("_amx.cpp", ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+                         "-mavx512vnni", "-mamx-tile", "-mamx-int8"]),
 }
 BASELINE_CAPABILITY = "generic"
 

@@ -68,15 +68,21 @@ using Int8MMVariant = void (*)(const Int8MMProblem&);
 struct Int8MMLayout {
   int nr;
   int kalign;
+  // AMX B tiles: within each kalign-byte chunk of a group, the columns are
+  // stored as TDPBSSD's B operand, 16 columns per tile, tile row t holding
+  // each column's 4 bytes k = 4t .. 4t + 3 (int8_packed.cpp: pack_panels).
+  bool amx_tiles = false;
 };
 Int8MMLayout int8_mm_layout_generic();
 Int8MMLayout int8_mm_layout_avx2();
 Int8MMLayout int8_mm_layout_avx512vnni();
+Int8MMLayout int8_mm_layout_amx();
 
 // The variants, one translation unit each, compiled with their own target flags.
 void int8_mm_generic(const Int8MMProblem& p);
 void int8_mm_avx2(const Int8MMProblem& p);
 void int8_mm_avx512vnni(const Int8MMProblem& p);
+void int8_mm_amx(const Int8MMProblem& p);
 
 // Largest K for which every exact result fits in int32: |sum| <= K * 128 * 128.
 constexpr int64_t kInt8MMMaxK = (int64_t(1) << 31) / (128 * 128) - 1;  // 131071

@@ -31,7 +31,7 @@ struct PackedHeader {
   char magic[8];  // kPackedMagic
   uint32_t version;
   uint32_t nr, kalign;
-  uint32_t reserved;
+  uint32_t flags;  // 1: AMX B tiles (Int8MMLayout::amx_tiles)
   int64_t n, k;
   char variant[24];  // NUL terminated
 };
@@ -46,6 +46,7 @@ PackedHeader make_header(const Variant& v, int64_t N, int64_t K) {
   h.version = kPackedVersion;
   h.nr = static_cast<uint32_t>(L.nr);
   h.kalign = static_cast<uint32_t>(L.kalign);
+  h.flags = L.amx_tiles ? 1u : 0u;
   h.n = N;
   h.k = K;
   std::strncpy(h.variant, v.name, sizeof(h.variant) - 1);
@@ -54,7 +55,7 @@ PackedHeader make_header(const Variant& v, int64_t N, int64_t K) {
 
 std::string describe(const PackedHeader& h) {
   return "variant '" + std::string(h.variant, strnlen(h.variant, sizeof(h.variant))) + "' (layout " +
-         std::to_string(h.nr) + " x " + std::to_string(h.kalign) + ", format " + std::to_string(h.version) +
+         std::to_string(h.nr) + " x " + std::to_string(h.kalign) + (h.flags & 1 ? ", AMX tiles" : "") + ", format " + std::to_string(h.version) +
          "), N = " + std::to_string(h.n) + ", K = " + std::to_string(h.k);
 }
 
@@ -78,13 +79,22 @@ void pack_panels(const Int8MMLayout& L, int64_t N, int64_t K, const int8_t* w, i
   const int64_t NR = L.nr, KA = L.kalign, Kp = round_up(K, KA), ngroups = ceil_div(N, NR);
   // Layout: group g = n / NR, chunk j = k / KA, column c = n % NR ->
   //   out[g * NR * Kp + j * NR * KA + c * KA + k % KA]; padding is zero.
+  // With L.amx_tiles (KA = 64, NR a multiple of 16) the chunk's columns form
+  // AMX B tiles instead:
+  //   out[g * NR * Kp + j * NR * KA + (c / 16) * 1024 + ((k % KA) / 4) * 64 + (c % 16) * 4 + k % 4].
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t g = 0; g < ngroups; ++g) {
     for (int64_t j = 0; j < Kp / KA; ++j) {
       for (int64_t c = 0; c < NR; ++c) {
         const int64_t n = g * NR + c;
-        int8_t* d = out + g * NR * Kp + j * NR * KA + c * KA;
         const int64_t len = n < N ? std::min<int64_t>(KA, std::max<int64_t>(K - j * KA, 0)) : 0;
+        if (L.amx_tiles) {
+          // Column c of the chunk: tile c / 16, byte k of the chunk at row k / 4, lane (c % 16) * 4 + k % 4.
+          int8_t* d = out + g * NR * Kp + j * NR * KA + (c / 16) * 16 * KA + (c % 16) * 4;
+          for (int64_t k = 0; k < KA; ++k) d[(k / 4) * 64 + k % 4] = k < len ? w[n * ldw + j * KA + k] : 0;
+          continue;
+        }
+        int8_t* d = out + g * NR * Kp + j * NR * KA + c * KA;
         if (len > 0) std::memcpy(d, w + n * ldw + j * KA, len);
         std::memset(d + len, 0, KA - len);
       }

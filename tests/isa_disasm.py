@@ -37,6 +37,8 @@ _BRANCH = re.compile(r"^(call|jmp|j[a-z]{1,3})\s+([0-9a-f]+) <")
 _RIP_REF = re.compile(r"#\s*([0-9a-f]+) <")
 _AVX512_REG = re.compile(r"%zmm\d|%k[0-7]\b")
 _AVX_REG = re.compile(r"%ymm\d|%zmm\d")
+# AMX: the tile instructions (VEX-encoded, so they also count as AVX) and the tile registers.
+_AMX_INSN = re.compile(r"^(?:tile\w*|tdp\w*|ldtilecfg|sttilecfg)\b|%tmm\d")
 
 
 def objdump_available() -> bool:
@@ -52,6 +54,8 @@ class Function:
     avx512: bool = False
     first_avx: str = ""     # an example instruction, for messages
     first_avx512: str = ""
+    amx: bool = False
+    first_amx: str = ""
     edges: set = field(default_factory=set)
 
 
@@ -124,6 +128,8 @@ class Library:
             if kind == "evex" or _AVX512_REG.search(insn):
                 if not cur.avx512:
                     cur.avx512, cur.first_avx512 = True, insn
+            if _AMX_INSN.search(insn) and not cur.amx:
+                cur.amx, cur.first_amx = True, insn
             if kind or _AVX_REG.search(insn):
                 if not cur.avx:
                     cur.avx, cur.first_avx = True, insn

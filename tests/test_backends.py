@@ -88,7 +88,9 @@ def test_cpu_info_reports_features_and_variants():
     variants = info["available_variants"]["int8_mm"]
     assert variants[-1] == "generic"
     assert info["variants"]["int8_mm"] == variants[0]
-    if "avx512vnni" in info["features"] and "avx512bw" in info["features"]:
+    if {"amx_tile", "amx_int8", "avx512vnni", "avx512bw"} <= set(info["features"]):
+        assert variants[0] == "amx"
+    elif "avx512vnni" in info["features"] and "avx512bw" in info["features"]:
         assert variants[0] == "avx512vnni"
     assert info["num_threads"] == torch.get_num_threads()
 

@@ -70,7 +70,7 @@ def test_every_level_gate_covers_its_compile_flags():
     table, flag_feature = setup_isa_table()
     assert flag_feature("-mavx512vnni") == "avx512vnni" and flag_feature("-mamx-tile") == "amx_tile"
     levels = ext().isa_levels()
-    assert list(levels) == ["generic", "avx2", "avx512"] and levels["generic"] == []
+    assert list(levels) == ["generic", "avx2", "avx512", "amx"] and levels["generic"] == []
     assert set(table) == set(levels) - {"generic"}
     known = set(ext().known_cpu_features())
     for level, (suffix, flags) in table.items():
@@ -82,7 +82,7 @@ def test_every_level_gate_covers_its_compile_flags():
 def test_variant_table_gates_and_order():
     table, flag_feature = setup_isa_table()
     rows = ext().variant_table()
-    order = ["generic", "avx2", "avx512"]
+    order = ["generic", "avx2", "avx512", "amx"]
     fams = {}
     for r in rows:
         fams.setdefault(r["family"], []).append(r)
@@ -166,6 +166,14 @@ def test_no_wider_isa_reachable(library):
     # The check must see the kernels it guards: the AVX2 set does use AVX, and AVX-512 code exists.
     assert any(lib.functions[n].avx for n in avx2)
     assert any(f.avx512 for f in lib.functions.values())
+    # AVX-512 code never reaches the tile unit (AMX runs only behind its own gate).
+    avx512_roots = [sym for (_, _, level, _), sym, _ in points if level == "avx512"]
+    avx512 = lib.reachable(avx512_roots)
+    bad = [n for n in avx512 | avx2 | generic if lib.functions[n].amx]
+    names = demangle(bad)
+    assert not bad, "code below the amx level reaches AMX:\n" + "\n".join(
+        f"  {names[n][:160]}: {lib.functions[n].first_amx}" for n in bad)
+    assert any(f.amx for f in lib.functions.values()) == ("amx" in ext().isa_levels())
     print(f"\n{len(lib.functions)} functions; reachable: generic {len(generic)}, avx2 {len(avx2)}")
 
 
@@ -175,9 +183,9 @@ def test_capability_namespaces_hold_only_their_isa(library):
     from isa_disasm import demangle
 
     names = demangle(library.functions)
-    seen = {"generic": 0, "avx2": 0, "avx512": 0}
+    seen = {"generic": 0, "avx2": 0, "avx512": 0, "amx": 0}
     for sym, f in library.functions.items():
-        m = re.match(r"^(?:\S+ )?(?:\w+\s+)*llmaccel::(generic|avx2|avx512)::", names[sym])
+        m = re.match(r"^(?:\S+ )?(?:\w+\s+)*llmaccel::(generic|avx2|avx512|amx)::", names[sym])
         if not m:
             continue
         seen[m.group(1)] += 1
@@ -185,6 +193,8 @@ def test_capability_namespaces_hold_only_their_isa(library):
             assert not f.avx, (names[sym], f.first_avx)
         elif m.group(1) == "avx2":
             assert not f.avx512, (names[sym], f.first_avx512)
+        if m.group(1) != "amx":
+            assert not f.amx, (names[sym], f.first_amx)
     assert all(seen.values()), seen
 
 
@@ -217,7 +227,7 @@ def test_cpu_info_lists_every_op_with_variant_and_reason():
 
 def test_unknown_and_unsupported_variants_are_named():
     a, b = randint8(2, 8), randint8(8, 3)
-    with pytest.raises(ValueError, match=r"llmaccel::int8_mm: unknown variant 'sse9' \(known: avx512vnni, avx2, generic\)"):
+    with pytest.raises(ValueError, match=r"llmaccel::int8_mm: unknown variant 'sse9' \(known: amx, avx512vnni, avx2, generic\)"):
         int8_mm_cpp(a, b, "sse9")
     missing_level = [r for r in ext().variant_table() if r["family"] == "int8_mm" and
                      not set(r["features"]) <= set(ext().cpu_features())]
