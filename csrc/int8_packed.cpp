@@ -89,9 +89,18 @@ void pack_panels(const Int8MMLayout& L, int64_t N, int64_t K, const int8_t* w, i
         const int64_t n = g * NR + c;
         const int64_t len = n < N ? std::min<int64_t>(KA, std::max<int64_t>(K - j * KA, 0)) : 0;
         if (L.amx_tiles) {
-          // Column c of the chunk: tile c / 16, byte k of the chunk at row k / 4, lane (c % 16) * 4 + k % 4.
+          // Column c of the chunk: tile c / 16, bytes k .. k + 3 of the chunk (k % 4 == 0) at tile row k / 4,
+          // lanes (c % 16) * 4 .. + 3: one 4-byte move per tile row.
           int8_t* d = out + g * NR * Kp + j * NR * KA + (c / 16) * 16 * KA + (c % 16) * 4;
-          for (int64_t k = 0; k < KA; ++k) d[(k / 4) * 64 + k % 4] = k < len ? w[n * ldw + j * KA + k] : 0;
+          const int8_t* src = w + n * ldw + j * KA;
+          for (int64_t k = 0; k < KA; k += 4) {
+            int8_t quad[4] = {0, 0, 0, 0};
+            if (k + 4 <= len)
+              std::memcpy(quad, src + k, 4);
+            else
+              for (int64_t i = k; i < len; ++i) quad[i - k] = src[i];
+            std::memcpy(d + (k / 4) * 64, quad, 4);
+          }
           continue;
         }
         int8_t* d = out + g * NR * Kp + j * NR * KA + c * KA;

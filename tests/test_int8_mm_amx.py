@@ -34,11 +34,16 @@ def test_exact_across_tile_and_block_edges(K):
             a = torch.randint(-128, 128, (M, K), dtype=torch.int8)
             b = torch.randint(-128, 128, (K, N), dtype=torch.int8)
             assert torch.equal(int8_mm_cpp(a, b, "amx").long(), _ref(a, b)), (M, K, N)
+    for M in (256, 257, 289):  # the per-call tile repack of a plain B
+        a = torch.randint(-128, 128, (M, K), dtype=torch.int8)
+        b = torch.randint(-128, 128, (K, 33), dtype=torch.int8)
+        assert torch.equal(int8_mm_cpp(a, b, "amx").long(), _ref(a, b)), (M, K)
 
 
 def test_exact_at_the_extremes_and_for_strided_views():
     # -128 * -128 summed over K = 4099 is 67 M: wraps nothing in int32, and every product pair is extreme.
-    M, K, N = 37, 4099, 45
+    # M >= 256: a plain B is repacked into tiles per call (below that the VNNI kernel reads it directly).
+    M, K, N = 300, 4099, 45
     for fill_a, fill_b in [(-128, -128), (127, -128), (-128, 127), (127, 127)]:
         a = torch.full((M, K), fill_a, dtype=torch.int8)
         b = torch.full((K, N), fill_b, dtype=torch.int8)

@@ -75,11 +75,14 @@ def test_cpp_routes_follow_the_measured_crossover_and_refusals_give_reasons():
     small_m = cross.limit(0.5)
     ex = backends.explain("sparse_linear", torch.randn(max(small_m, 1), 16), *FIELDS(pw))
     assert ex.backend == "cpp" and "route 'nm'" in " ".join(ex.notes), (ex, limit)
+    # Past the crossover: the large-M kernel, unless it was measured to lose to this machine's dense sgemm.
+    large = f"{sparse_linear_routes._variant('sparse_nm_large')}@{sparse_linear_routes.dense_isa()}"
+    want = "expand" if large in sparse_linear_routes.NM_LARGE_LOSES_TO_DENSE else "nm_large"
     big = backends.explain("sparse_linear", torch.randn(small_m + 1, 16), *FIELDS(pw))
-    assert big.backend == "cpp" and "route 'nm_large'" in " ".join(big.notes) and f"M={small_m + 1}" in str(big), big
-    dense_nm = _weight("4:8", w)  # density 0.5: still the large-M kernel
-    assert "route 'nm_large'" in str(backends.explain("sparse_linear", torch.randn(small_m * 2 + 1, 16),
-                                                       *FIELDS(dense_nm)))
+    assert big.backend == "cpp" and f"route '{want}'" in " ".join(big.notes) and f"M={small_m + 1}" in str(big), big
+    dense_nm = _weight("4:8", w)  # density 0.5: the same route
+    assert f"route '{want}'" in str(backends.explain("sparse_linear", torch.randn(small_m * 2 + 1, 16),
+                                                      *FIELDS(dense_nm)))
     bm = backends.explain("sparse_linear", torch.randn(1, 16), *FIELDS(_weight("bitmap", w)))
     assert bm.backend == "cpp", bm
     bsr = backends.explain("sparse_linear", torch.randn(1, 16), *FIELDS(_weight("bsr", w)))
@@ -105,6 +108,7 @@ def test_both_cpp_routes_match_float64(kind, quantize, monkeypatch):
                  for key, c in sparse_linear_routes.CROSSOVER_M.items()}
         monkeypatch.setattr(sparse_linear_routes, "CROSSOVER_M", table)
         monkeypatch.setattr(sparse_linear_routes, "NM_LARGE_MAX_DENSITY", large_density)
+        monkeypatch.setattr(sparse_linear_routes, "NM_LARGE_LOSES_TO_DENSE", frozenset())
         with backends.use("cpp"):
             notes = " ".join(backends.explain("sparse_linear", x, *FIELDS(pw), bias).notes)
             seen.add(notes.split("route ")[1].split(":")[0])

@@ -178,9 +178,11 @@ def test_raw_binding_valid_call():
     _check(y, x, packed, b)
 
 
-def test_op_runs_it_for_large_m_on_cpp():
-    """The sparse_linear op: past the small-M kernel's crossover the cpp backend takes route 'nm_large', and
-    its result, backend forced, is the large kernel's."""
+def test_op_runs_it_for_large_m_on_cpp(monkeypatch):
+    """The sparse_linear op: past the small-M kernel's crossover the cpp backend takes route 'nm_large' (where
+    it was not measured to lose to dense: NM_LARGE_LOSES_TO_DENSE, emptied here), and its result, backend
+    forced, is the large kernel's."""
+    monkeypatch.setattr(sparse_linear_routes, "NM_LARGE_LOSES_TO_DENSE", frozenset())
     N, K = 40, 200
     packed = _packed(N, K, "2:4")
     bias = torch.randn(N)

@@ -80,7 +80,31 @@ CROSSOVER_M: dict[tuple[str, str], Crossover] = {
     # Not measured: the scalar int8 kernel does the per-slot work of the scalar fp32 one, so its crossover.
     ("nm_i8", "generic"): Crossover(8, 0.5, "taken from ('nm', 'generic'): the same scalar per-slot work"),
     ("bitmap", "generic"): Crossover(16, 0.5, "AMD EPYC (Zen 3 class), generic variant, 2 threads, quiet, 2026-11-30"),
+    # The AVX2 kernels on an AVX-512 CPU, where the dense peer (MKL sgemm) runs AVX-512 and is about twice as
+    # fast as on the AVX2 EPYC: 2-core Intel Xeon VM (Sapphire Rapids class: AVX-512, AMX, 105 MiB L3), 2 threads,
+    # 2026-12-01, bench/sparse_crossover.py --routes nm nm_large bitmap50 index90 (dense time / route time).
+    # 2:4 fp32: 1.23 / 2.09 / 1.85 / 0.83 / 0.54x at M = 1 / 4 / 8 / 16 / 32.  bitmap 50 %: 1.07 / 1.97 / 1.59 /
+    # 0.64 / 0.42x.  (The large-M N:M kernel never beat dense there: 0.50-0.74x from M = 16 to 512; see
+    # NM_LARGE_LOSES_TO_DENSE.)
+    ("nm", "avx2@avx512"): Crossover(8, 0.5, "Intel Xeon (Sapphire Rapids class, AVX-512 MKL), 2 threads, 2026-12-01"),
+    ("bitmap", "avx2@avx512"): Crossover(8, 0.5, "Intel Xeon (Sapphire Rapids class, AVX-512 MKL), 2 threads, "
+                                                 "2026-12-01"),
 }
+
+
+def dense_isa() -> str:
+    """The ISA the dense peer (MKL / oneDNN sgemm through ``F.linear``) runs here: "avx512" where torch reports an
+    AVX-512 CPU capability and MKL is not capped below it (``MKL_ENABLE_INSTRUCTIONS``), else "avx2".  A sparse
+    kernel's crossover depends on it as much as on its own variant."""
+    import os
+
+    import torch
+
+    cap = (torch.backends.cpu.get_cpu_capability() or "").upper()
+    mkl_cap = os.environ.get("MKL_ENABLE_INSTRUCTIONS", "").upper()
+    if "AVX512" in cap and mkl_cap in ("", "AVX512", "AVX512_E1", "AVX512_E2", "AVX512_E3", "AVX512_E4"):
+        return "avx512"
+    return "avx2"
 
 
 # The route is taken on every call, and asking the extension for the variant table costs ~10 us (a quarter
@@ -90,8 +114,9 @@ _VARIANTS: dict[str, str] = {}
 
 
 def reset() -> None:
-    """Forget the cached variants (the ISA cap changed)."""
+    """Forget the cached variants and dense ISA (the ISA cap changed)."""
     _VARIANTS.clear()
+    _DENSE_ISA.clear()
 
 
 def _variant(family: str) -> str:
@@ -105,10 +130,22 @@ def _variant(family: str) -> str:
     return found
 
 
+_DENSE_ISA: list[str] = []
+
+
+def _dense() -> str:
+    if not _DENSE_ISA:
+        _DENSE_ISA.append(dense_isa())
+    return _DENSE_ISA[0]
+
+
 def crossover(route: str, family: str) -> tuple[Optional[Crossover], str]:
-    """The crossover for ``route`` on the variant ``family`` runs now, and that variant's name."""
+    """The crossover for ``route`` on the variant ``family`` runs now, and that variant's name: the row measured for
+    this variant against this machine's dense ISA ("avx2@avx512"), else the variant's own row (measured where the
+    dense peer ran the same ISA), else the avx2 row."""
     variant = _variant(family)
-    found = CROSSOVER_M.get((route, variant)) or CROSSOVER_M.get((route, "avx2"))
+    found = (CROSSOVER_M.get((route, f"{variant}@{_dense()}")) or CROSSOVER_M.get((route, variant))
+             or CROSSOVER_M.get((route, "avx2")))
     return found, variant
 
 
@@ -138,6 +175,10 @@ class Route:
 # work is density x dense's at a lower per-FMA rate than MKL (loads bound it), so a denser pattern (3:4)
 # would lose to expand + sgemm.
 NM_LARGE_MAX_DENSITY = 0.5
+# Variants of the large-M kernel measured to lose to dense sgemm at every M, as "<variant>@<dense ISA>": the AVX2
+# kernel against AVX-512 MKL (Sapphire Rapids class Xeon, 2026-12-01: 0.50 / 0.58 / 0.66 / 0.74 / 0.73x at M = 16
+# / 32 / 64 / 128 / 512).  There the expand route (the weight expanded once, then sgemm) runs instead.
+NM_LARGE_LOSES_TO_DENSE = frozenset({"avx2@avx512"})
 
 
 def nm_route(rows: int, n: int, m: int, act: str = "none") -> Route:
@@ -149,14 +190,18 @@ def nm_route(rows: int, n: int, m: int, act: str = "none") -> Route:
     if rows <= limit:
         return Route("nm", lambda: f"M={rows} <= {limit}, the measured crossover of the N:M kernel ({variant}) against "
                            f"dense sgemm at density {density:.2f}: the sparse kernel wins")
-    if density <= NM_LARGE_MAX_DENSITY and hasattr(ext(), "sparse_nm_large_linear"):
+    large = f"{_variant('sparse_nm_large')}@{_dense()}"
+    if density <= NM_LARGE_MAX_DENSITY and hasattr(ext(), "sparse_nm_large_linear") and \
+            large not in NM_LARGE_LOSES_TO_DENSE:
         return Route("nm_large", lambda: f"M={rows} > {limit}, the small-M N:M kernel's crossover; at density "
                                  f"{density:.2f} <= {NM_LARGE_MAX_DENSITY} the large-M kernel "
                                  f"({_variant('sparse_nm_large')}) does {density:.2f} of dense's FMAs and beats "
                                  f"dense sgemm (NM_LARGE_MAX_DENSITY)")
     return Route("expand", lambda: f"M={rows} > {limit}, the measured crossover of the N:M kernel ({variant}) against "
-                                   f"dense sgemm at density {density:.2f}: expand the weight once in C++, then dense "
-                                   f"sgemm")
+                                   f"dense sgemm at density {density:.2f}"
+                                   + (f" (the large-M kernel, {large}, loses to dense sgemm here: "
+                                      "NM_LARGE_LOSES_TO_DENSE)" if large in NM_LARGE_LOSES_TO_DENSE else "")
+                                   + ": expand the weight once in C++, then dense sgemm")
 
 
 # The column-index form against the bitmap byte kernel, 8 rotating 4096 x 4096 layers, fp32, 2 threads, AVX2 EPYC
