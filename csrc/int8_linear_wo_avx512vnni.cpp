@@ -1,8 +1,40 @@
-// Weight-only int8_linear for AVX-512 CPUs (the same source as the generic
-// unit, vectorized by the compiler with 512-bit registers; VNNI is not used,
-// the arithmetic is fp32 FMA).
+// Weight-only int8_linear for AVX-512 CPUs (fp32 FMA; VNNI is not used, the
+// unit only shares the AVX-512 level).
+//
+// M >= 3: the shared register-tile kernel (int8_linear_wo_kernel.h),
+// vectorized by the compiler with 512-bit registers.
+// M <= 2 (decode): the streaming GEMV of int8_linear_wo_gemv.h over 16-lane
+// traits: per 16 weight bytes one vpmovsxbd, one vcvtdq2ps and one FMA per row.
+#include <immintrin.h>
+
+#include "int8_linear_wo_gemv.h"
 #include "int8_linear_wo_kernel.h"
 
 namespace llmaccel {
-void int8_linear_wo_avx512vnni(const Int8LinearWOProblem& p) { run_int8_linear_wo(p); }
+inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
+namespace {
+
+// 16 fp32 lanes for the GEMV.
+struct Avx512WoF32 {
+  using T = __m512;
+  static constexpr int64_t L = 16;
+  static __m512 zero() { return _mm512_setzero_ps(); }
+  static __m512 load_i8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static __m512 loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static __m512 fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
+  static __m512 add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+  static float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+};
+
+}  // namespace
+}  // namespace LLMACCEL_CPU_CAPABILITY
+
+void int8_linear_wo_avx512vnni(const Int8LinearWOProblem& p) {
+  if (p.M <= 2)
+    wo_gemv<Avx512WoF32>(p);
+  else
+    run_int8_linear_wo(p);
+}
 }  // namespace llmaccel
