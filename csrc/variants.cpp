@@ -82,6 +82,7 @@ constexpr Variant kVariants[] = {
     {Family::attention, "generic", IsaLevel::generic,
      attention_kernels(&attention_run_generic, &attention_bwd_generic, &attention_exp2_generic)},
 
+    {Family::sparse_nm, "avx512", IsaLevel::avx512, sparse_nm_kernels(&sparse_nm_avx512)},
     {Family::sparse_nm, "avx2", IsaLevel::avx2, sparse_nm_kernels(&sparse_nm_avx2)},
     {Family::sparse_nm, "generic", IsaLevel::generic, sparse_nm_kernels(&sparse_nm_generic)},
 
