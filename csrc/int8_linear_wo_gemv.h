@@ -13,7 +13,8 @@
 // unit took this path.
 //
 // Traits V: T (a vector of V::L floats), zero(), load_i8(p) (V::L int8 ->
-// float), loadu(p), fma(a, b, c) = a * b + c, add, hsum.
+// float), loadu(p), fma(a, b, c) = a * b + c, add, hsum; kPrefetchBytes, how far ahead in the
+// weight row the software prefetch reaches.
 #pragma once
 
 #include <omp.h>
@@ -26,9 +27,6 @@
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
-
-// Bytes ahead of the current position that the software prefetch asks for.
-constexpr int64_t kWoGemvPrefetchBytes = 1024;
 
 // J independent accumulator chains per row of x: one FMA chain has a 4-cycle latency, so 4 chains for one
 // row (M = 1) were latency-bound (12-13 GB/s of cache-resident weight per core on Zen 3, against 20 for the
@@ -46,7 +44,7 @@ void wo_gemv_rows(const Int8LinearWOProblem& p, int64_t n_begin, int64_t n_end) 
     for (int64_t k = 0; k < kfull; k += kStep) {
 #pragma GCC unroll 4
       for (int64_t b = 0; b < kStep; b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(w + k + b + kWoGemvPrefetchBytes), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(w + k + b + V::kPrefetchBytes), _MM_HINT_T0);
       typename V::T wf[J];
       for (int j = 0; j < J; ++j) wf[j] = V::load_i8(w + k + L * j);
       for (int r = 0; r < R; ++r) {
