@@ -3,6 +3,10 @@
 #include "int8_packed.h"
 
 #include <omp.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>  // SSE2 (baseline x86-64): the AMX tile transpose
+#include <xmmintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstring>
@@ -74,6 +78,30 @@ PackedPanels open_packed(const char* op, const int8_t* w_packed, const Variant& 
   return {panels, reinterpret_cast<const int32_t*>(panels + packed_panel_bytes(v.kernels.int8_mm_layout(), N, K))};
 }
 
+namespace {
+
+#if defined(__SSE2__)
+// dst word [t][c] = src word [c][t] for a 16 x 16 matrix of 4-byte words: src row c at src + c * lds bytes,
+// dst rows 64 bytes apart (one AMX B tile).
+void transpose_words_16x16(const int8_t* src, int64_t lds, int8_t* dst) {
+  for (int cb = 0; cb < 16; cb += 4) {
+    for (int tb = 0; tb < 16; tb += 4) {
+      __m128 r0 = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (cb + 0) * lds + 4 * tb)));
+      __m128 r1 = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (cb + 1) * lds + 4 * tb)));
+      __m128 r2 = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (cb + 2) * lds + 4 * tb)));
+      __m128 r3 = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (cb + 3) * lds + 4 * tb)));
+      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (tb + 0) * 64 + 4 * cb), _mm_castps_si128(r0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (tb + 1) * 64 + 4 * cb), _mm_castps_si128(r1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (tb + 2) * 64 + 4 * cb), _mm_castps_si128(r2));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (tb + 3) * 64 + 4 * cb), _mm_castps_si128(r3));
+    }
+  }
+}
+#endif
+
+}  // namespace
+
 void pack_panels(const Int8MMLayout& L, int64_t N, int64_t K, const int8_t* w, int64_t ldw, int8_t* out,
                  int nthreads) {
   const int64_t NR = L.nr, KA = L.kalign, Kp = round_up(K, KA), ngroups = ceil_div(N, NR);
@@ -88,6 +116,16 @@ void pack_panels(const Int8MMLayout& L, int64_t N, int64_t K, const int8_t* w, i
       for (int64_t c = 0; c < NR; ++c) {
         const int64_t n = g * NR + c;
         const int64_t len = n < N ? std::min<int64_t>(KA, std::max<int64_t>(K - j * KA, 0)) : 0;
+#if defined(__SSE2__)
+        if (L.amx_tiles && c % 16 == 0 && len == KA && n + 15 < N) {
+          // A whole tile (16 columns, all 64 bytes in K): a 16 x 16 transpose of 4-byte words, in 4 x 4
+          // blocks of SSE2 shuffles (baseline x86-64), instead of 256 single-word moves.
+          int8_t* d = out + g * NR * Kp + j * NR * KA + (c / 16) * 16 * KA;
+          transpose_words_16x16(w + n * ldw + j * KA, ldw, d);
+          c += 15;  // the loop's ++c moves to the next tile
+          continue;
+        }
+#endif
         if (L.amx_tiles) {
           // Column c of the chunk: tile c / 16, bytes k .. k + 3 of the chunk (k % 4 == 0) at tile row k / 4,
           // lanes (c % 16) * 4 .. + 3: one 4-byte move per tile row.
