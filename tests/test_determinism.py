@@ -18,6 +18,7 @@ from cpp_calls import attention_bwd_cpp, attention_fwd_cpp, int8_linear_dynamic_
 
 INFO = llmaccel.cpu_info()
 MM_VARIANTS = INFO["available_variants"].get("int8_mm", [])
+WO_VARIANTS = INFO["available_variants"].get("int8_linear_weight_only", [])
 ATTN_VARIANTS = INFO["available_variants"].get("attention", [])
 THREADS = (1, 2, 3, 7)
 
@@ -48,7 +49,7 @@ def test_int8_linear_dynamic_threads(variant, M, K, N):
     _same_for_every_thread_count(lambda n: (int8_linear_dynamic_cpp(x, w, s, b, variant, n),))
 
 
-@pytest.mark.parametrize("variant", ["generic"] + [v for v in ("avx2", "avx512vnni") if v in MM_VARIANTS])
+@pytest.mark.parametrize("variant", ["generic"] + [v for v in ("avx2", "avx512vnni") if v in WO_VARIANTS])
 @pytest.mark.parametrize("M,K,N", [(1, 4099, 300), (5, 1000, 130), (33, 257, 64)])
 def test_int8_linear_weight_only_threads(variant, M, K, N):
     x = torch.randn(M, K)
