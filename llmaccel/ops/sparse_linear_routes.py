@@ -87,6 +87,10 @@ CROSSOVER_M: dict[tuple[str, str], Crossover] = {
     # 0.64 / 0.42x.  (The large-M N:M kernel never beat dense there: 0.50-0.74x from M = 16 to 512; see
     # NM_LARGE_LOSES_TO_DENSE.)
     ("nm", "avx2@avx512"): Crossover(8, 0.5, "Intel Xeon (Sapphire Rapids class, AVX-512 MKL), 2 threads, 2026-12-01"),
+    # The AVX-512 N:M unit on the same machine (bench/sparse_crossover.py --routes nm): 1.44 / 2.18 / 1.94 / 0.88
+    # / 0.63x at M = 1 / 4 / 8 / 16 / 24.  (Its int8-activation path is the AVX2 kernel: ("nm_i8", "avx2").)
+    ("nm", "avx512@avx512"): Crossover(8, 0.5, "Intel Xeon (Sapphire Rapids class, AVX-512 MKL), 2 threads, "
+                                               "2026-12-01"),
     ("bitmap", "avx2@avx512"): Crossover(8, 0.5, "Intel Xeon (Sapphire Rapids class, AVX-512 MKL), 2 threads, "
                                                  "2026-12-01"),
 }
@@ -142,10 +146,10 @@ def _dense() -> str:
 def crossover(route: str, family: str) -> tuple[Optional[Crossover], str]:
     """The crossover for ``route`` on the variant ``family`` runs now, and that variant's name: the row measured for
     this variant against this machine's dense ISA ("avx2@avx512"), else the variant's own row (measured where the
-    dense peer ran the same ISA), else the avx2 row."""
+    dense peer ran the same ISA), else the avx2 rows (against this dense ISA, then the plain one)."""
     variant = _variant(family)
     found = (CROSSOVER_M.get((route, f"{variant}@{_dense()}")) or CROSSOVER_M.get((route, variant))
-             or CROSSOVER_M.get((route, "avx2")))
+             or CROSSOVER_M.get((route, f"avx2@{_dense()}")) or CROSSOVER_M.get((route, "avx2")))
     return found, variant
 
 
