@@ -25,40 +25,49 @@
 // scalar loop.  Fixed summation order: lane sums, the tail, then the scale
 // (int8) and the bias.
 //
-// 4:8 and 1:2 take the same path (HalfPattern: 8 slots always span two
-// 8-float windows; 4 and 1 index bits per slot).  Other N:M patterns run the
-// portable kernel of sparse_nm_kernel.h compiled with this unit's flags.
+// 4:8 and 1:2 take the same path (8 slots always span two 8-float windows; 4
+// and 1 index bits per slot).  The tile itself is sparse_nm_half_tile.h, shared
+// with the AVX-512 unit; this file gives it its traits (SnAvx2).  Other N:M
+// patterns run the portable kernel of sparse_nm_kernel.h compiled with this
+// unit's flags.
 #include <immintrin.h>
 
 #include <cstring>
 
-#include "sparse_nm_kernel.h"
+#include "sparse_nm_half_tile.h"
 
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {
 namespace {
 
-// Values ahead of the current position that the software prefetch asks for (2 KiB of fp32).
+// Values ahead of the current position that the int8-activation tile's software prefetch asks for (2 KiB).
 constexpr int64_t kSnPrefetchFloats = 512;
 
-inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// The vector path covers the half-density patterns whose groups tile an 8-float x window: 1:2, 2:4, 4:8
-// (B = 1, 2, 4 index bits).  Each vector of 8 slots then spans 16 columns, its first 4 slots in the window
-// x[0..7] and the last 4 in x[8..15], and one 64-column block holds 32 slots and 4 * B index bytes.
-template <int NN, int MM>
-struct HalfPattern {
-  static_assert(2 * NN == MM && (MM == 2 || MM == 4 || MM == 8), "1:2, 2:4 or 4:8");
-  static constexpr int B = MM == 2 ? 1 : MM == 4 ? 2 : 4;  // index bits (bits_for(MM))
-
+// The vector traits of the half-density tile (sparse_nm_half_tile.h): 8 slots a vector, each vector's
+// first 4 slots in the window x[0..7] and the last 4 in x[8..15].
+struct SnAvx2 {
+  using T = __m256;
+  using I = __m256i;
+  static constexpr int W = 8;
+  static constexpr int accs(int R) { return R == 1 ? 4 : R == 2 ? 2 : 1; }
+  static T zero() { return _mm256_setzero_ps(); }
+  static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static float hsum(T v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static T load_values(const float* v) { return _mm256_loadu_ps(v); }
+  static T load_values(const int8_t* v) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(v))));
+  }
   // Lane numbers of vector j's 8 slots in their windows: slot s reads lane field(s) + ((s / NN) * MM) % 8,
   // field(s) = the B bits at bit 8 * B * j + s * B of the block's index bytes (little-endian).
-  static __m256i lanes(const uint8_t* block_idx, int j) {
+  template <int NN, int MM>
+  static I lanes(const uint8_t* block_idx, int j) {
+    constexpr int B = MM == 2 ? 1 : MM == 4 ? 2 : 4;
     const int bitpos = 8 * B * j;
     int32_t d;
     std::memcpy(&d, block_idx + (bitpos / 32) * 4, 4);
@@ -69,63 +78,11 @@ struct HalfPattern {
                                                 (4 / NN) * MM % 8, (5 / NN) * MM % 8, (6 / NN) * MM % 8,
                                                 (7 / NN) * MM % 8));
   }
-};
-
-// 8 kept values at v + i as floats: fp32 loaded, int8 sign-extended and converted.
-inline __m256 load_values(const float* v) { return _mm256_loadu_ps(v); }
-inline __m256 load_values(const int8_t* v) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(v))));
-}
-
-// The tile for pattern P (HalfPattern<n, m>): R x rows of one weight row.
-template <class P>
-struct SnHalf {
-  template <int R, int C>
-  struct Tile {
-    static constexpr int A = R == 1 ? 4 : R == 2 ? 2 : 1;  // accumulators per x row
-
-    template <class T>
-    static void run_t(const SparseNMProblem& p, int64_t row, int64_t m0) {
-      const T* v = sn_values<T>(p, row);
-      const uint8_t* ix = p.idx + row * p.idx_sn;
-      const float* xr[R];
-      for (int r = 0; r < R; ++r) xr[r] = p.x + (m0 + r) * p.x_sm;
-      const int64_t nblocks = p.K / 64;  // 64-column blocks: whole groups, every column < K
-      __m256 acc[R][A];
-      for (int r = 0; r < R; ++r)
-        for (int a = 0; a < A; ++a) acc[r][a] = _mm256_setzero_ps();
-      for (int64_t blk = 0; blk < nblocks; ++blk) {
-        const T* vb = v + blk * 32;
-        // The block's values: 2 cache lines (fp32) or half of one (int8).
-        _mm_prefetch(reinterpret_cast<const char*>(vb + kSnPrefetchFloats), _MM_HINT_T0);
-        if constexpr (sizeof(T) == 4)
-          _mm_prefetch(reinterpret_cast<const char*>(vb + kSnPrefetchFloats + 16), _MM_HINT_T0);
-        for (int j = 0; j < 4; ++j) {
-          const __m256i lanes = P::lanes(ix + blk * 4 * P::B, j);
-          const __m256 vals = load_values(vb + 8 * j);
-          for (int r = 0; r < R; ++r) {
-            const float* xw = xr[r] + blk * 64 + 16 * j;
-            const __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xw), lanes);
-            const __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xw + 8), lanes);
-            acc[r][j % A] = _mm256_fmadd_ps(_mm256_blend_ps(lo, hi, 0xF0), vals, acc[r][j % A]);
-          }
-        }
-      }
-      float tail[R][4] = {};
-      sn_scalar_groups<T, R>(p, row, m0, nblocks * (64 / p.m), tail);
-      for (int r = 0; r < R; ++r) {
-        __m256 s = acc[r][0];
-        for (int a = 1; a < A; ++a) s = _mm256_add_ps(s, acc[r][a]);
-        sparse_store(p, row, m0 + r, hsum8(s) + sparse_sum4<R>(tail, r));
-      }
-    }
-    static void run(const SparseNMProblem& p, int64_t row, int64_t m0) {
-      if (p.values_i8)
-        run_t<int8_t>(p, row, m0);
-      else
-        run_t<float>(p, row, m0);
-    }
-  };
+  static T gather(const float* xw, I lanes) {
+    const __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xw), lanes);
+    const __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xw + 8), lanes);
+    return _mm256_blend_ps(lo, hi, 0xF0);
+  }
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -218,12 +175,8 @@ void sparse_nm_avx2(const SparseNMProblem& p) {
       sn_run_i8<SnScalarI8Tile>(p);
     return;
   }
-  if (p.n == 2 && p.m == 4)
-    sn_run<SnHalf<HalfPattern<2, 4>>::Tile>(p);
-  else if (p.n == 4 && p.m == 8)
-    sn_run<SnHalf<HalfPattern<4, 8>>::Tile>(p);
-  else if (p.n == 1 && p.m == 2)
-    sn_run<SnHalf<HalfPattern<1, 2>>::Tile>(p);
+  if (sn_is_half_pattern(p.n, p.m))
+    sn_run_half<SnAvx2>(p);
   else
     sn_run<SnScalarTile>(p);
 }

@@ -1,0 +1,113 @@
+// The half-density N:M tile (1:2, 2:4, 4:8 with fp32 activations), written
+// once over vector traits and compiled per ISA unit (sparse_nm_avx2.cpp,
+// sparse_nm_avx512.cpp):
+//     y[m][row] = sum over kept slots s of x[m][col(s)] * value[s]
+// where col(s) = (s / n) * m + idx(s) and idx(s) is slot s's B-bit index
+// (B = 1, 2, 4 for m = 2, 4, 8; nm_packed.py: slot s at bit B * s of its row).
+//
+// A 64-column block of x holds 32 kept slots.  They are cut into vectors of
+// V::W slots; the slots of vector j always lie in the 2 * V::W columns
+// xw = x + 64 * blk + 2 * V::W * j (W / n groups of m = 2n columns), so the
+// x value of each slot is a permute across the two V::W-float windows
+// xw[0 .. W-1] and xw[W .. 2W-1]:
+//     lanes = V::lanes<n, m>(block index bytes, j)   once per weight row, all x rows
+//     xs    = V::gather(xw, lanes)                    per x row
+//     acc   = fma(xs, values, acc)
+// AVX2 (W = 8): 2 vpermps + 1 vblendps per gather; AVX-512 (W = 16): 1
+// vpermt2ps.  The kernel streams only the compressed bytes (values and index
+// bits) and expands in registers; x (a few rows of K floats) stays in L1/L2.
+//
+// Accumulators: V::accs(R) chains per x row (enough independent FMA chains
+// without spilling), slot vector number f = blk * (32 / W) + j goes to chain
+// f mod accs(R).  The columns past the last full 64-column block (and a padded
+// tail group) run the portable scalar loop.  Fixed summation order: the chains
+// in order, the horizontal sum, the scalar tail, then scale and bias
+// (sparse_store).
+//
+// Traits V: T (V::W floats), I (V::W lane numbers), zero(), add, fma(a, b, c) =
+// a * b + c, hsum, load_values(const float* | const int8_t*) (int8 sign-extended
+// and converted), lanes<n, m>(block_idx, j), gather(xw, lanes), accs(R).
+#pragma once
+
+#include <immintrin.h>
+
+#include "sparse_nm_kernel.h"
+
+namespace llmaccel {
+inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
+namespace {
+
+// Kept values ahead of the current position that the software prefetch asks for (2 KiB of fp32).
+constexpr int64_t kSnHalfPrefetchFloats = 512;
+
+template <class V, int NN, int MM>
+struct SnHalfTile {
+  static_assert(2 * NN == MM && (MM == 2 || MM == 4 || MM == 8), "1:2, 2:4 or 4:8");
+  static constexpr int B = MM == 2 ? 1 : MM == 4 ? 2 : 4;  // index bits per slot
+  static constexpr int W = V::W;
+  static constexpr int kVecs = 32 / W;  // slot vectors per 64-column block
+
+  template <int R, int C>
+  struct Tile {
+    static constexpr int A = V::accs(R);  // accumulator chains per x row
+
+    template <class T>
+    static void run_t(const SparseNMProblem& p, int64_t row, int64_t m0) {
+      const T* v = sn_values<T>(p, row);
+      const uint8_t* ix = p.idx + row * p.idx_sn;
+      const float* xr[R];
+      for (int r = 0; r < R; ++r) xr[r] = p.x + (m0 + r) * p.x_sm;
+      const int64_t nblocks = p.K / 64;  // whole groups, every column < K
+      typename V::T acc[R][A];
+      for (int r = 0; r < R; ++r)
+        for (int a = 0; a < A; ++a) acc[r][a] = V::zero();
+      for (int64_t blk = 0; blk < nblocks; ++blk) {
+        const T* vb = v + blk * 32;
+        // The block's values: 2 cache lines (fp32) or half of one (int8).
+        _mm_prefetch(reinterpret_cast<const char*>(vb + kSnHalfPrefetchFloats), _MM_HINT_T0);
+        if constexpr (sizeof(T) == 4)
+          _mm_prefetch(reinterpret_cast<const char*>(vb + kSnHalfPrefetchFloats + 16), _MM_HINT_T0);
+        const uint8_t* bidx = ix + blk * 4 * B;  // 32 slots x B bits
+        for (int j = 0; j < kVecs; ++j) {
+          const typename V::I lanes = V::template lanes<NN, MM>(bidx, j);
+          const typename V::T vals = V::load_values(vb + W * j);
+          const int a = static_cast<int>((blk * kVecs + j) % A);
+          for (int r = 0; r < R; ++r) {
+            const float* xw = xr[r] + blk * 64 + 2 * W * j;
+            acc[r][a] = V::fma(V::gather(xw, lanes), vals, acc[r][a]);
+          }
+        }
+      }
+      float tail[R][4] = {};
+      sn_scalar_groups<T, R>(p, row, m0, nblocks * (64 / p.m), tail);
+      for (int r = 0; r < R; ++r) {
+        typename V::T s = acc[r][0];
+        for (int a = 1; a < A; ++a) s = V::add(s, acc[r][a]);
+        sparse_store(p, row, m0 + r, V::hsum(s) + sparse_sum4<R>(tail, r));
+      }
+    }
+    static void run(const SparseNMProblem& p, int64_t row, int64_t m0) {
+      if (p.values_i8)
+        run_t<int8_t>(p, row, m0);
+      else
+        run_t<float>(p, row, m0);
+    }
+  };
+};
+
+// The kernel for the half-density patterns (the caller checks (n, m) is one of them).
+template <class V>
+void sn_run_half(const SparseNMProblem& p) {
+  if (p.n == 2 && p.m == 4)
+    sn_run<SnHalfTile<V, 2, 4>::template Tile>(p);
+  else if (p.n == 4 && p.m == 8)
+    sn_run<SnHalfTile<V, 4, 8>::template Tile>(p);
+  else
+    sn_run<SnHalfTile<V, 1, 2>::template Tile>(p);
+}
+
+inline bool sn_is_half_pattern(int64_t n, int64_t m) { return 2 * n == m && (m == 2 || m == 4 || m == 8); }
+
+}  // namespace
+}  // namespace LLMACCEL_CPU_CAPABILITY
+}  // namespace llmaccel
