@@ -15,7 +15,7 @@ Environment:
   LLMACCEL_DEBUG=1    -O0 -g
   LLMACCEL_SANITIZE=address,undefined
                       AddressSanitizer and/or UndefinedBehaviorSanitizer
-                      (comma list: address, undefined); -O1 -g, reports are
+                      (comma list: address, undefined); -O1 -g1, reports are
                       fatal. Python is not instrumented: run under
                       LD_PRELOAD=libasan.so (scripts/sanitize.sh does it all)
 """
@@ -135,7 +135,9 @@ if sanitize:
     if unknown:
         raise RuntimeError(f"LLMACCEL_SANITIZE: unknown sanitizer(s) {sorted(unknown)}; use address, undefined")
     san = [f"-fsanitize={','.join(sanitize)}", "-fno-sanitize-recover=all"]
-    cflags = [f for f in cflags if not f.startswith("-O")] + san + ["-fno-omit-frame-pointer", "-O1", "-g"]
+    # -g1: line tables and function names, all a report's stack trace needs; full -g made the build (a CI
+    # pass) ~25 % slower.
+    cflags = [f for f in cflags if not f.startswith("-O")] + san + ["-fno-omit-frame-pointer", "-O1", "-g1"]
     link_san = san
 else:
     link_san = []

@@ -11,6 +11,13 @@ import llmaccel
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def rotate_in_interpreter(options, i):
+    """All of ``options`` on real hardware; in Triton's interpreter (CI's slowest pass) only ``options[i % n]``:
+    a loop over cases that passes its case number still covers every option, once every n cases."""
+    options = tuple(options)
+    return options if not INTERPRET else (options[i % len(options)],)
+
+
 def randint8(*shape, device="cpu"):
     """Uniform int8 in [-128, 127]: every bit pattern, never all zeros."""
     return torch.randint(-128, 128, shape, dtype=torch.int8, device=device)

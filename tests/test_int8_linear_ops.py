@@ -454,8 +454,10 @@ def test_triton_dynamic_fused_quantization_matches_reference():
     exact = INTERPRET
     case = 0
     identity_checked = False
-    for M in (1, 3, 17, 113):
-        for K in (1, 3, 67, 129):
+    for iM, M in enumerate((1, 3, 17, 113)):
+        for iK, K in enumerate((1, 3, 67, 129)):
+            if INTERPRET and (iM + iK) % 2 == 0:
+                continue  # the interpreter (25 s for all): half the (M, K) pairs, each M with two Ks and each K with two Ms
             for N in ((1, 5, 33) if M < 113 else (5, 33)):
                 # In the interpreter (CI's time budget: this test alone took 72 s) every shape runs one of the
                 # dtypes in turn, so each shape and each dtype is still covered; on a GPU every pair runs.
@@ -487,7 +489,8 @@ def test_triton_dynamic_fused_quantization_matches_reference():
                         q_seen = torch.round(y_id.double() / s_t.double().unsqueeze(1))
                         assert torch.equal(q_seen, q_t.double()), f"identity weight: {where}"
                         identity_checked = True
-    assert case > (40 if INTERPRET else 100) and identity_checked
+    assert case > (20 if INTERPRET else 100), case
+    assert identity_checked
 
 
 @pytest.mark.triton
