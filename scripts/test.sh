@@ -23,6 +23,12 @@ t_all=$SECONDS
 
 bash scripts/install.sh
 
+# OpenMP threads that wait at a barrier sleep instead of spinning.  Two lanes on 2 cores means 3-4 threads per
+# 2 cores; with libgomp's default spin-wait a pass whose worker is descheduled burns its core spinning: two
+# copies of tests/test_sparse_bsr_kernel.py at once took 73 s each against 31 alone, and 27-29 s each with
+# PASSIVE (which does not change any result).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+
 PASSES=()      # filled by the run_pass lines below, run by run_all
 PASS_LANES=()  # the lane of each pass (1 foreground, 2 background)
 LANE=1         # the lane run_pass puts the next passes in ("lane 2" switches)
