@@ -19,6 +19,8 @@ struct Avx2WoF32 {
   using T = __m256;
   static constexpr int64_t L = 8;
   // 1 KiB: 2 and 4 KiB were no better on the AVX2 EPYC (Zen 3).
+  // One row stream per thread: the two-stream walk (int8_linear_wo_gemv.h) was measured only on AVX-512.
+  static constexpr int kStreams = 1;
   static constexpr int64_t kPrefetchBytes = 1024;
   static __m256 zero() { return _mm256_setzero_ps(); }
   static __m256 load_i8(const int8_t* p) {

@@ -19,6 +19,8 @@ struct Avx512WoF32 {
   using T = __m512;
   static constexpr int64_t L = 16;
   // 4 KiB: wo-decode-vs-read 0.72 (1 KiB), 0.83-0.85 (4 KiB), 0.85-0.87 (8 KiB) on a Sapphire Rapids class Xeon.
+  // Two interleaved row streams per thread (int8_linear_wo_gemv.h, wo_gemv_rows).
+  static constexpr int kStreams = 2;
   static constexpr int64_t kPrefetchBytes = 4096;
   static __m512 zero() { return _mm512_setzero_ps(); }
   static __m512 load_i8(const int8_t* p) {
