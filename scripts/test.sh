@@ -12,7 +12,7 @@
 # LLMACCEL_TEST_PASSES=default,bench-smoke runs only the passes so named (label up to the colon).
 #
 # Two lanes: the passes after "lane 2" run one after another in a background job while lane 1's run in the
-# foreground; lane 2's output is printed when both are done.  Why: almost every pass is one Python process
+# foreground; lane 2's output is printed when both are done (the summary lists every pass in order).  Why: almost every pass is one Python process
 # that keeps one core busy (the Triton interpreter is pure Python; the C++ tests are small shapes), so on
 # CI's 2 cores the passes run sequentially left one core idle, and the run took 1218 s here and 1504 s on
 # CI.  LLMACCEL_TEST_LANES=1 runs everything in the foreground, in order.
@@ -156,8 +156,20 @@ run_all() {
 }
 
 # ---------------------------------------------------------------- the passes
+# Lane 1 (foreground): the default pass and the Triton interpreter; lane 2 (background): the sanitizer, the
+# ISA-capped and the benchmark passes.  The split balances the two (measured alone on a 2-core Sapphire
+# Rapids class VM: 246 + 273 s against 328 + 71 + 50 + 78 s).
 run_pass "default: every backend that runs on this machine (each C++ ISA variant, torch reference)" \
   -- tests
+# One OpenMP / torch thread: the interpreter is single-threaded Python, and the other lane needs the other core.
+run_pass "triton-interpreter: the Triton kernels on CPU in Triton's interpreter, small shapes (slowest, ~3 min)" \
+  TRITON_INTERPRET=1 LLMACCEL_BACKEND=triton OMP_NUM_THREADS=1 -- tests -m "triton and not slow" -p no:cacheprovider
+
+lane 2
+# The C++ kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (scripts/sanitize.sh: a
+# throwaway copy of the tree, its own build); any report aborts the run.
+run_pass "sanitize: the C++-path tests against an ASan/UBSan build of llmaccel._C" \
+  LLMACCEL_PASS_RUNNER=scripts/sanitize.sh --
 # The C++-path tests again with the variants capped at each ISA level this CPU supports below its best
 # (an AVX-512 machine: avx2, then generic), so the public ops, packed weights and dispatch run each
 # variant end to end, not only through the raw per-variant bindings.  opcheck / torch.compile check the
@@ -175,21 +187,11 @@ if levels[-1] == 'amx':
     below = [lv for lv in below if lv != 'avx512']
 print(' '.join(reversed(below)))"); do
   run_pass "isa-$isa: the C++-path tests with LLMACCEL_CPU_ISA=$isa (the variants a smaller CPU runs)" \
-    LLMACCEL_CPU_ISA=$isa -- "${CPP_TESTS[@]}" -m "not slow" -k "not opcheck and not torch_compile"
+    LLMACCEL_CPU_ISA=$isa -- "${CPP_TESTS[@]}" -m "not slow" -k "not opcheck and not torch_compile" -p no:cacheprovider
 done
-# Lane 2 (background, next to lane 1's passes): the two longest passes, each about one core's work.
-lane 2
-# The C++ kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (scripts/sanitize.sh: a
-# throwaway copy of the tree, its own build); any report aborts the run.
-run_pass "sanitize: the C++-path tests against an ASan/UBSan build of llmaccel._C" \
-  LLMACCEL_PASS_RUNNER=scripts/sanitize.sh --
-# One OpenMP / torch thread: the interpreter is single-threaded Python, and the other lane needs the other core.
-run_pass "triton-interpreter: the Triton kernels on CPU in Triton's interpreter, small shapes (slowest, ~3 min)" \
-  TRITON_INTERPRET=1 LLMACCEL_BACKEND=triton OMP_NUM_THREADS=1 -- tests -m "triton and not slow" -p no:cacheprovider
-lane 1
 # Benchmarks stay out of the timed tests; this only checks that every case runs and verifies
 # (LLMACCEL_BENCH_SMOKE=1: chained-layer cases build 2 layers instead of 8, llmaccel/bench/case.py smoke_layers).
 run_pass "bench-smoke: every benchmark case once, untimed (checks the suites, not speed)" \
-  LLMACCEL_BENCH_SMOKE=1 -- bench --benchmark-disable
+  LLMACCEL_BENCH_SMOKE=1 -- bench --benchmark-disable -p no:cacheprovider
 
 run_all
