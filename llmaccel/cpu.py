@@ -35,6 +35,19 @@ OP_FAMILIES = {
 }
 
 
+# (op, variant) -> the lower variant whose kernel that variant's unit runs for the op, where the unit has no
+# tile of its own for it (csrc/sparse_nm_avx512.cpp hands int8 activations to the AVX2 tiles): cpu_info()
+# reports the variant chosen and, as "kernel", the code that runs.
+DELEGATED = {("sparse_nm_i8_linear", "avx512"): "avx2"}
+
+
+def _op_entry(op: str, fam: str, d: dict) -> dict:
+    variant = d["variant"]
+    kernel = DELEGATED.get((op, variant), variant)
+    why = d["why"] if kernel == variant else f"{d['why']}; the {variant} unit runs the {kernel} kernel for this op"
+    return {"family": fam, "variant": variant, "kernel": kernel, "why": why}
+
+
 def cpu_info() -> dict:
     """Detected CPU features (CPUID + XGETBV, at run time) and the C++ variant each op uses, with the reason.
 
@@ -43,7 +56,7 @@ def cpu_info() -> dict:
         {'features': ['avx', 'avx2', 'fma', 'f16c'],
          'isa_levels': {'generic': [], 'avx2': ['avx2', 'fma', 'f16c'], 'avx512': [...]},
          'cpu_isa': '',                       # LLMACCEL_CPU_ISA in force ('' = best the CPU supports)
-         'ops': {'int8_mm': {'family': 'int8_mm', 'variant': 'avx2',
+         'ops': {'int8_mm': {'family': 'int8_mm', 'variant': 'avx2', 'kernel': 'avx2',
                              'why': 'avx2: avx512vnni needs avx2, ..., avx512vnni (missing: avx512f, ...)'}, ...},
          'variants': {'int8_mm': 'avx2', 'attention': 'avx2', ...},          # per kernel family
          'available_variants': {'int8_mm': ['avx2', 'generic'], ...},
@@ -69,8 +82,7 @@ def cpu_info() -> dict:
         features=list(c.cpu_features()),
         isa_levels={k: list(v) for k, v in c.isa_levels().items()},
         cpu_isa=c.cpu_isa(),
-        ops={op: {"family": fam, "variant": choice[fam]["variant"], "why": choice[fam]["why"]}
-             for op, fam in op_families.items()},
+        ops={op: _op_entry(op, fam, choice[fam]) for op, fam in op_families.items()},
         variants={fam: d["variant"] for fam, d in choice.items()},
         available_variants={fam: list(d["available"]) for fam, d in choice.items()},
         transparent_huge_pages=c.transparent_huge_pages_mode(),

@@ -212,6 +212,12 @@ def test_cpu_info_lists_every_op_with_variant_and_reason():
         fam = d["family"]
         assert d["variant"] == info["variants"][fam] == info["available_variants"][fam][0]
         assert d["why"].startswith(d["variant"] + ":")
+        # "kernel": the code that runs; a variant that hands the op to a lower unit says so
+        assert d["kernel"] in info["available_variants"][fam], d
+        if d["kernel"] != d["variant"]:
+            assert f"runs the {d['kernel']} kernel" in d["why"], d
+    if info["ops"]["sparse_nm_i8_linear"]["variant"] == "avx512":
+        assert info["ops"]["sparse_nm_i8_linear"]["kernel"] == "avx2"  # csrc/sparse_nm_avx512.cpp delegates
         for r in rows:
             if r["family"] != fam:
                 continue
