@@ -9,6 +9,8 @@ import torch
 import llmaccel
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# The ASan/UBSan pass (scripts/sanitize.sh): the C++ kernels run several times slower there.
+SANITIZED = os.environ.get("LLMACCEL_SANITIZED") == "1"
 
 
 def rotate_in_interpreter(options, i):
@@ -16,6 +18,13 @@ def rotate_in_interpreter(options, i):
     a loop over cases that passes its case number still covers every option, once every n cases."""
     options = tuple(options)
     return options if not INTERPRET else (options[i % len(options)],)
+
+
+def rotate_in_slow_pass(options, i):
+    """All of ``options`` in the default pass; in the Triton-interpreter and sanitizer passes only
+    ``options[i % n]`` (the same covering rotation as :func:`rotate_in_interpreter`)."""
+    options = tuple(options)
+    return options if not (INTERPRET or SANITIZED) else (options[i % len(options)],)
 
 
 def randint8(*shape, device="cpu"):
