@@ -30,6 +30,7 @@
 #include <immintrin.h>
 
 #include "attention_bwd_driver.h"
+#include "simd_avx2.h"
 
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
@@ -43,13 +44,6 @@ constexpr int64_t kPvPrefillChunk = 64;  // prefill pv: keys per L1 chunk of V (
 inline __m256i tail_mask(int64_t n) {
   const int m = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(n, 8)));
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 inline float hmax(__m256 v) {
@@ -391,7 +385,7 @@ struct Avx2 {
       _mm256_maskstore_ps(x + j, mk, y);
       s1 = _mm256_add_ps(s1, _mm256_and_ps(_mm256_castsi256_ps(mk), y));  // masked lanes hold 2^(-m log2 e)
     }
-    return hsum(_mm256_add_ps(s0, s1));
+    return hsum_ps(_mm256_add_ps(s0, s1));
   }
 
   static void pv(int64_t M, int64_t n, int64_t Dv, const float* p, int64_t ldp, const float* v, int64_t ldv,

@@ -9,6 +9,7 @@
 
 #include "int8_linear_wo_gemv.h"
 #include "int8_linear_wo_kernel.h"
+#include "simd_avx2.h"
 
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
@@ -29,12 +30,7 @@ struct Avx2WoF32 {
   static __m256 loadu(const float* p) { return _mm256_loadu_ps(p); }
   static __m256 fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
   static __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
-  static float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-  }
+  static float hsum(__m256 v) { return hsum_ps(v); }
 };
 
 }  // namespace

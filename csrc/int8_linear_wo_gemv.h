@@ -37,36 +37,34 @@ inline void wo_gemv_row(const Int8LinearWOProblem& p, int64_t n) {
   constexpr int J = R == 1 ? 8 : 4;
   constexpr int64_t L = V::L, kStep = L * J;
   const int64_t K = p.K, kfull = K / kStep * kStep, kvec = K / L * L;
-  {
-    const int8_t* w = p.w + n * p.ldw;
-    typename V::T acc[R][J];
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < J; ++j) acc[r][j] = V::zero();
-    for (int64_t k = 0; k < kfull; k += kStep) {
+  const int8_t* w = p.w + n * p.ldw;
+  typename V::T acc[R][J];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) acc[r][j] = V::zero();
+  for (int64_t k = 0; k < kfull; k += kStep) {
 #pragma GCC unroll 4
-      for (int64_t b = 0; b < kStep; b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(w + k + b + V::kPrefetchBytes), _MM_HINT_T0);
-      typename V::T wf[J];
-      for (int j = 0; j < J; ++j) wf[j] = V::load_i8(w + k + L * j);
-      for (int r = 0; r < R; ++r) {
-        const float* x = p.x + r * p.x_sm + k;
-        for (int j = 0; j < J; ++j) acc[r][j] = V::fma(V::loadu(x + L * j), wf[j], acc[r][j]);
-      }
-    }
-    for (int64_t k = kfull; k < kvec; k += L) {  // vector tail
-      const typename V::T wf = V::load_i8(w + k);
-      for (int r = 0; r < R; ++r) acc[r][0] = V::fma(V::loadu(p.x + r * p.x_sm + k), wf, acc[r][0]);
-    }
-    const float scale = p.w_scale[n], bias = p.bias ? p.bias[n] : 0.0f;
+    for (int64_t b = 0; b < kStep; b += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(w + k + b + V::kPrefetchBytes), _MM_HINT_T0);
+    typename V::T wf[J];
+    for (int j = 0; j < J; ++j) wf[j] = V::load_i8(w + k + L * j);
     for (int r = 0; r < R; ++r) {
-      for (int j = 2 * (J / 2) - 1; j >= 1; j -= 2) acc[r][j - 1] = V::add(acc[r][j - 1], acc[r][j]);
-      typename V::T t = acc[r][0];
-      for (int j = 2; j < J; j += 2) t = V::add(t, acc[r][j]);
-      float s = V::hsum(t);
-      const float* x = p.x + r * p.x_sm;
-      for (int64_t k = kvec; k < K; ++k) s += x[k] * static_cast<float>(w[k]);
-      p.y[r * p.y_sm + n] = s * scale + bias;
+      const float* x = p.x + r * p.x_sm + k;
+      for (int j = 0; j < J; ++j) acc[r][j] = V::fma(V::loadu(x + L * j), wf[j], acc[r][j]);
     }
+  }
+  for (int64_t k = kfull; k < kvec; k += L) {  // vector tail
+    const typename V::T wf = V::load_i8(w + k);
+    for (int r = 0; r < R; ++r) acc[r][0] = V::fma(V::loadu(p.x + r * p.x_sm + k), wf, acc[r][0]);
+  }
+  const float scale = p.w_scale[n], bias = p.bias ? p.bias[n] : 0.0f;
+  for (int r = 0; r < R; ++r) {
+    for (int j = 2 * (J / 2) - 1; j >= 1; j -= 2) acc[r][j - 1] = V::add(acc[r][j - 1], acc[r][j]);
+    typename V::T t = acc[r][0];
+    for (int j = 2; j < J; j += 2) t = V::add(t, acc[r][j]);
+    float s = V::hsum(t);
+    const float* x = p.x + r * p.x_sm;
+    for (int64_t k = kvec; k < K; ++k) s += x[k] * static_cast<float>(w[k]);
+    p.y[r * p.y_sm + n] = s * scale + bias;
   }
 }
 

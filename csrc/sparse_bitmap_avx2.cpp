@@ -24,6 +24,7 @@
 #include <immintrin.h>
 
 #include "sparse_bitmap_kernel.h"
+#include "simd_avx2.h"
 
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {
@@ -63,13 +64,6 @@ constexpr SbTables sb_make_tables() {
 }
 
 constexpr SbTables kSbTables = sb_make_tables();
-
-inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 // Set bits of n bytes, 32 at a time: per nibble from a 16-entry table (pshufb), summed by psadbw.
 int64_t sb_count_bits_avx2(const uint8_t* b, int64_t n) {
@@ -161,7 +155,7 @@ struct SbAvx2Tile {
     for (int r = 0; r < R; ++r) {
       __m256 s = acc[r][0];
       for (int a = 1; a < A; ++a) s = _mm256_add_ps(s, acc[r][a]);
-      sparse_store(p, row, m0 + r, hsum8(s) + sparse_sum4<R>(tail, r));
+      sparse_store(p, row, m0 + r, hsum_ps(s) + sparse_sum4<R>(tail, r));
     }
   }
 
@@ -224,7 +218,7 @@ struct SiAvx2Tile {
     for (int r = 0; r < R; ++r) {
       __m256 s = acc[r][0];
       for (int b = 1; b < A; ++b) s = _mm256_add_ps(s, acc[r][b]);
-      sparse_store(p, row, m0 + r, hsum8(s) + sparse_sum4<R>(tail, r));
+      sparse_store(p, row, m0 + r, hsum_ps(s) + sparse_sum4<R>(tail, r));
     }
   }
   static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) {

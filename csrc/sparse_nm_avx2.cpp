@@ -35,6 +35,7 @@
 #include <cstring>
 
 #include "sparse_nm_half_tile.h"
+#include "simd_avx2.h"
 
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {
@@ -53,12 +54,7 @@ struct SnAvx2 {
   static T zero() { return _mm256_setzero_ps(); }
   static T add(T a, T b) { return _mm256_add_ps(a, b); }
   static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
-  static float hsum(T v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-  }
+  static float hsum(T v) { return hsum_ps(v); }
   static T load_values(const float* v) { return _mm256_loadu_ps(v); }
   static T load_values(const int8_t* v) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(v))));
@@ -67,7 +63,7 @@ struct SnAvx2 {
   // field(s) = the B bits at bit 8 * B * j + s * B of the block's index bytes (little-endian).
   template <int NN, int MM>
   static I lanes(const uint8_t* block_idx, int j) {
-    constexpr int B = MM == 2 ? 1 : MM == 4 ? 2 : 4;
+    constexpr int B = sn_half_index_bits(MM);
     const int bitpos = 8 * B * j;
     int32_t d;
     std::memcpy(&d, block_idx + (bitpos / 32) * 4, 4);

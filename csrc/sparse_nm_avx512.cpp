@@ -49,7 +49,7 @@ struct SnAvx512 {
   // vector's 16 * B index bits start at bit 16 * B * j of the block's index bytes (a whole byte).
   template <int NN, int MM>
   static I lanes(const uint8_t* block_idx, int j) {
-    constexpr int B = MM == 2 ? 1 : MM == 4 ? 2 : 4;
+    constexpr int B = sn_half_index_bits(MM);
     uint64_t q = 0;
     std::memcpy(&q, block_idx + 2 * B * j, 2 * B);  // 16 * B bits
     // Lane s needs dword (B * s) / 32 of q, shifted right by (B * s) % 32.

@@ -40,10 +40,13 @@ namespace {
 // Kept values ahead of the current position that the software prefetch asks for (2 KiB of fp32).
 constexpr int64_t kSnHalfPrefetchFloats = 512;
 
+// Index bits per kept slot of the half-density pattern with group size m (2, 4, 8): 1, 2, 4.
+constexpr int sn_half_index_bits(int m) { return m == 2 ? 1 : m == 4 ? 2 : 4; }
+
 template <class V, int NN, int MM>
 struct SnHalfTile {
   static_assert(2 * NN == MM && (MM == 2 || MM == 4 || MM == 8), "1:2, 2:4 or 4:8");
-  static constexpr int B = MM == 2 ? 1 : MM == 4 ? 2 : 4;  // index bits per slot
+  static constexpr int B = sn_half_index_bits(MM);
   static constexpr int W = V::W;
   static constexpr int kVecs = 32 / W;  // slot vectors per 64-column block
 
