@@ -55,6 +55,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._tensor_version import own_normal_tensors_
 from ..ops.int8_linear import ACTIVATIONS, dequantize_weight, int8_linear, prepared_int8_linear
 
 __all__ = ["Int8Linear", "quantize_weight_per_channel"]
@@ -196,7 +197,9 @@ class Int8Linear(nn.Module):
                 mod.bias.requires_grad_(bias.requires_grad)
         if smooth_scale is not None:
             mod.smooth_scale = smooth_scale.detach().to(device=w.device, dtype=torch.float32).clone()
-        return mod
+        # Built under torch.inference_mode, the tensors above would have no version counter, and every call
+        # would repack the weight (llmaccel._tensor_version): keep normal tensors.
+        return own_normal_tensors_(mod)
 
     # ------------------------------------------------------------------ compute
 

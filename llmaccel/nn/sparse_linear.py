@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from .._tensor_version import own_normal_tensors_
 from ..ops.prepared import call_prepared
 from ..ops.sparse_linear import ACT_MODES, sparse_linear
 from ..ops.sparse_linear import _op as _sparse_op
@@ -135,6 +136,7 @@ class SparseLinear(nn.Module):
         self._set_weight(weight, trainable)
         if bias is not None:
             self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+            own_normal_tensors_(self)
         else:
             self.register_parameter("bias", None)
 
@@ -148,6 +150,7 @@ class SparseLinear(nn.Module):
             else:
                 self.register_buffer(name, t.detach().clone())
         self._field_names = list(state)
+        own_normal_tensors_(self)  # built under torch.inference_mode: keep tensors with version counters
         self.layout = _layout_of(weight)
         self._meta = fields_of(weight)[5]
         self._description = _describe(weight)

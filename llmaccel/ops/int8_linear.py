@@ -60,6 +60,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from .. import backends
 from .._memory import streamed_buffer
+from .._tensor_version import version
 from .._ext import ext
 from ._checks import check_same_device, check_tensor, fail
 from .int8_mm import MAX_K
@@ -86,13 +87,15 @@ def _check_smooth(smooth, K: int, device) -> None:
     # when it runs (and the C++ kernel checks them again).
     if smooth.device.type == "meta" or is_fake(smooth):
         return
+    v = version(smooth)  # None: an inference tensor, checked on every call (llmaccel._tensor_version)
     hit = _smooth_checked.get(id(smooth))
-    if hit is not None and hit[0]() is smooth and hit[1] == smooth._version:
+    if v is not None and hit is not None and hit[0]() is smooth and hit[1] == v:
         return
     if not bool((torch.isfinite(smooth) & (smooth > 0)).all()):
         fail(OP, "smooth must be finite and > 0 everywhere (found NaN, inf, zero or a negative value)")
-    key = id(smooth)
-    _smooth_checked[key] = (weakref.ref(smooth, lambda _, key=key: _smooth_checked.pop(key, None)), smooth._version)
+    if v is not None:
+        key = id(smooth)
+        _smooth_checked[key] = (weakref.ref(smooth, lambda _, key=key: _smooth_checked.pop(key, None)), v)
 
 
 # smooth tensors found valid: id -> (weak reference, version counter); an entry leaves with its tensor.
@@ -274,8 +277,9 @@ _pack_lock = threading.Lock()
 
 
 def _cached_pack(w_int8: Tensor):
+    v = version(w_int8)
     hit = _packed_cache.get(id(w_int8))
-    if hit is not None and hit[0]() is w_int8 and hit[1] == w_int8._version:
+    if v is not None and hit is not None and hit[0]() is w_int8 and hit[1] == v:
         return hit[2]
     return None
 
@@ -298,8 +302,10 @@ def _pack(w_int8: Tensor) -> Tensor:
     packed = streamed_buffer(ext().int8_mm_packed_size("", N, K))
     ext().int8_mm_pack_b("", N, K, w.data_ptr(), w.stride(0) if N > 1 else K, packed.data_ptr(),
                          torch.get_num_threads())
-    ref = weakref.ref(w_int8, lambda _, key=key: _packed_cache.pop(key, None))
-    _packed_cache[key] = (ref, w_int8._version, packed)
+    v = version(w_int8)
+    if v is not None:  # an inference tensor (no version counter) is packed again on every call
+        ref = weakref.ref(w_int8, lambda _, key=key: _packed_cache.pop(key, None))
+        _packed_cache[key] = (ref, v, packed)
     return packed
 
 

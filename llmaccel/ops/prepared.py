@@ -13,7 +13,8 @@ nothing could change their outcome; otherwise :meth:`PreparedCall.__call__` retu
 takes the public road:
 
 * the weight-side tensors are the same objects at the same version counters as when prepared (the check
-  validated them; ``load_state_dict`` / ``copy_`` bump the version);
+  validated them; ``load_state_dict`` / ``copy_`` bump the version); a layer holding an inference tensor
+  (no version counter: ``llmaccel._tensor_version``) always takes the public road;
 * the backend request is still ``"auto"`` and the choice was made for this device;
 * ``x`` is a plain CPU float32 tensor with the prepared ``K`` and ``1 <= M <= max_rows`` rows (the
   selection was checked at both ends of that range), and nothing needs the custom-op boundary (autograd
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
+from .._tensor_version import version
 
 __all__ = ["PreparedCall", "call_prepared"]
 
@@ -42,8 +44,12 @@ class PreparedCall:
     def __init__(self, op, fixed: tuple, K: int, device: torch.device, impl, max_rows: int):
         self._op = op
         self._fixed = fixed
-        self._versions = tuple(t._version if isinstance(t, Tensor) else None for t in fixed)
+        self._versions = tuple(version(t) if isinstance(t, Tensor) else None for t in fixed)
         self._tensors = tuple(t for t in fixed if isinstance(t, Tensor))  # for the boundary test (grad, types)
+        # An inference tensor (made under torch.inference_mode) has no version counter, so an in-place change
+        # to it could not be seen: such a layer is refused and takes the public road, which re-checks it.
+        if any(isinstance(t, Tensor) and v is None for t, v in zip(fixed, self._versions)):
+            impl = None
         self._impl = impl
         # An implementation may bind its weight-side work once (``impl.prepare(*fixed) -> run(x)``): the
         # C++ one resolves pointers, packed weights and contiguity there.
@@ -89,7 +95,7 @@ class PreparedCall:
             if a is not b:
                 if isinstance(a, Tensor) or isinstance(b, Tensor) or a != b:
                     return False
-            elif v is not None and a._version != v:
+            elif v is not None and version(a) != v:
                 return False
         return True
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .._ext import ext
+from .._tensor_version import version
 from ._cpu_args import row_major
 
 __all__ = ["column_indices", "cached_column_indices", "bitmap_index_linear_raw", "MAX_K"]
@@ -64,14 +65,16 @@ _lock = threading.Lock()
 def cached_column_indices(bitmap: Tensor, row_offsets: Tensor, K: int, nnz: int) -> Tensor:
     """:func:`column_indices`, built once per bitmap tensor (module docstring)."""
     key = id(bitmap)
+    vb, vr = version(bitmap), version(row_offsets)
+    if vb is None or vr is None:  # an inference tensor: no version counter, so no entry can be trusted
+        return column_indices(bitmap, row_offsets, K, nnz)
     hit = _cache.get(key)
-    if hit is not None and hit[0]() is bitmap and hit[1] == bitmap._version and hit[2] == row_offsets._version \
-            and hit[3].numel() == nnz:
+    if hit is not None and hit[0]() is bitmap and hit[1] == vb and hit[2] == vr and hit[3].numel() == nnz:
         return hit[3]
     with _lock:
         cols = column_indices(bitmap, row_offsets, K, nnz)
         ref = weakref.ref(bitmap, lambda _, key=key: _cache.pop(key, None))
-        _cache[key] = (ref, bitmap._version, row_offsets._version, cols)
+        _cache[key] = (ref, vb, vr, cols)
         return cols
 
 
