@@ -74,7 +74,8 @@ from torch import Tensor
 
 from .._ext import ext
 from ._checks import fail
-from .attention_args import OP, mask4, resolve_scale, validate
+from .. import backends
+from .attention_args import OP, _broadcasts_to, mask4, resolve_scale, validate
 from .attention_reference import attention_reference  # noqa: F401  (public: llmaccel.attention_reference)
 from .attention_reference import default_chunk, draw_seed, reference_backward, reference_forward
 from .spec import OpSpec, define
@@ -320,6 +321,62 @@ def _backward(ctx, grad_out, grad_lse):
 _forward.autograd(_backward, _setup_context)
 
 
+# --------------------------------------------------------------------------
+# the direct CPU road (decode-sized calls)
+# --------------------------------------------------------------------------
+
+def _direct_cpu(query, key, value, attn_mask, is_causal, scale, enable_gqa, causal_bottom_right):
+    """``(out, lse)`` from the C++ kernel without the op road's full check and backend selection, or None
+    when the call must take the op road.
+
+    Why: at decode a call computes little (one query row per head over the cache) and the op road's Python
+    (the full argument check, the custom-op boundary test, the dispatcher's walk over the backends, ~50 us
+    with warm caches on the 2-core SPR VM) cost more than the kernel; a decode step of an 8-layer model pays
+    it cold, where transformers' SDPA path paid about half.  What runs is unchanged: exactly where the
+    dispatcher would pick ``cpp`` (backend request "auto", CPU tensors, the extension loaded, no dropout;
+    tests/test_attention_direct.py checks ``explain()`` agrees), for plain fp32 tensors whose shapes pass
+    the checks below, which imply everything :func:`~llmaccel.ops.attention_args.validate` checks.  Anything
+    else (another dtype, a shape the op would reject, autograd, tracing, the profiler, a tensor subclass)
+    returns None and the op road runs (and raises its usual error)."""
+    if torch.compiler.is_compiling():  # traced code takes the op road (one node in the graph)
+        return None
+    T = Tensor
+    if type(query) is not T or type(key) is not T or type(value) is not T:
+        return None
+    f32 = torch.float32
+    if query.dtype is not f32 or key.dtype is not f32 or value.dtype is not f32:
+        return None
+    if not (query.is_cpu and key.is_cpu and value.is_cpu) or query.is_nested or key.is_nested or value.is_nested:
+        return None
+    if query.layout is not torch.strided or key.layout is not torch.strided or value.layout is not torch.strided:
+        return None
+    if query.dim() != 4 or key.dim() != 4 or value.dim() != 4:
+        return None
+    B, Hq, Lq, D = query.shape
+    Bk, Hkv, Lk, Dk = key.shape
+    Bv, Hv, Lv, _ = value.shape
+    if Bk != B or Dk != D or Bv != B or Hv != Hkv or Lv != Lk:
+        return None
+    if Hq != Hkv and (not enable_gqa or Hkv == 0 or Hq % Hkv != 0):
+        return None
+    if causal_bottom_right and not is_causal:
+        return None
+    tensors = (query, key, value)
+    if attn_mask is not None:
+        if (type(attn_mask) is not T or attn_mask.dtype not in (torch.bool, f32) or not attn_mask.is_cpu
+                or attn_mask.is_nested or attn_mask.layout is not torch.strided or is_causal
+                or not _broadcasts_to(tuple(attn_mask.shape), (B, Hq, Lq, Lk))):
+            return None
+        tensors = (query, key, value, attn_mask)
+    if backends.current() != "auto" or backends.cpp_device_problem(query.device) is not None:
+        return None
+    if backends._op_boundary_needed(tensors):
+        return None
+    a = _pack_forward((query, key, value, attn_mask, 0.0, bool(is_causal), resolve_scale(scale, D),
+                       bool(enable_gqa), bool(causal_bottom_right), None))
+    return _attention_cpp(a)
+
+
 @_forward.public
 def attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
               is_causal: bool = False, scale: Optional[float] = None, enable_gqa: bool = False, *,
@@ -338,6 +395,10 @@ def attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Optional[Ten
         fail(OP, f"dropout_p must be a float in [0, 1), got {dropout_p!r}", TypeError)
     if scale is not None and (not isinstance(scale, (int, float)) or isinstance(scale, bool)):
         fail(OP, f"scale must be a float or None, got {scale!r}", TypeError)
+    if dropout_p == 0:
+        direct = _direct_cpu(query, key, value, attn_mask, is_causal, scale, enable_gqa, causal_bottom_right)
+        if direct is not None:
+            return direct if return_lse else direct[0]
     if dropout_p > 0 and dropout_seed is None and not torch.compiler.is_compiling():
         dropout_seed = draw_seed()  # an argument of the op, so its backward replays the mask on any thread
     out, lse = _forward.call(query, key, value, attn_mask, float(dropout_p), bool(is_causal),
