@@ -1,8 +1,8 @@
 // Weight-only int8_linear for AVX2 + FMA CPUs (Haswell and later, Zen 1-3);
 // chosen only when CPUID reports both.
 //
-// M >= 3: the shared register-tile kernel (int8_linear_wo_kernel.h),
-// vectorized by the compiler with 256-bit registers and FMA.
+// M >= 3: the register tile of int8_linear_wo_kernel.h (wo_tile_v) over the
+// same traits, with 256-bit registers and FMA.
 // M <= 2 (decode): the streaming GEMV of int8_linear_wo_gemv.h over 8-lane
 // traits: per 8 weight bytes one vpmovsxbd, one vcvtdq2ps and one FMA per row.
 #include <immintrin.h>
@@ -21,6 +21,8 @@ struct Avx2WoF32 {
   static constexpr int64_t L = 8;
   // 1 KiB: 2 and 4 KiB were no better on the AVX2 EPYC (Zen 3).
   // One row stream per thread: the two-stream walk (int8_linear_wo_gemv.h) was measured only on AVX-512.
+  // The M >= 3 register tile (int8_linear_wo_kernel.h, wo_tile_v): 4 x 3 tile: 12 accumulators + 3 weight vectors + 1 x vector = 16 ymm registers.
+  static constexpr int kMR = 4, kNR = 3;
   static constexpr int kStreams = 1;
   static constexpr int64_t kPrefetchBytes = 1024;
   static __m256 zero() { return _mm256_setzero_ps(); }
@@ -40,6 +42,6 @@ void int8_linear_wo_avx2(const Int8LinearWOProblem& p) {
   if (p.M <= 2)
     wo_gemv<Avx2WoF32>(p);
   else
-    run_int8_linear_wo(p);
+    run_int8_linear_wo_v<Avx2WoF32>(p);
 }
 }  // namespace llmaccel

@@ -1,8 +1,8 @@
 // Weight-only int8_linear for AVX-512 CPUs (fp32 FMA; VNNI is not used, the
 // unit only shares the AVX-512 level).
 //
-// M >= 3: the shared register-tile kernel (int8_linear_wo_kernel.h),
-// vectorized by the compiler with 512-bit registers.
+// M >= 3: the register tile of int8_linear_wo_kernel.h (wo_tile_v) over the
+// same traits, with 512-bit registers.
 // M <= 2 (decode): the streaming GEMV of int8_linear_wo_gemv.h over 16-lane
 // traits: per 16 weight bytes one vpmovsxbd, one vcvtdq2ps and one FMA per row.
 #include <immintrin.h>
@@ -20,6 +20,8 @@ struct Avx512WoF32 {
   static constexpr int64_t L = 16;
   // 4 KiB: wo-decode-vs-read 0.72 (1 KiB), 0.83-0.85 (4 KiB), 0.85-0.87 (8 KiB) on a Sapphire Rapids class Xeon.
   // Two interleaved row streams per thread (int8_linear_wo_gemv.h, wo_gemv_rows).
+  // The M >= 3 register tile (int8_linear_wo_kernel.h, wo_tile_v): 8 x 3 tile: 24 accumulators + 3 weight vectors + 1 x vector of 32 zmm; per 16-k step 24 FMAs against 6 conversion uops on the same two ports.
+  static constexpr int kMR = 8, kNR = 3;
   static constexpr int kStreams = 2;
   static constexpr int64_t kPrefetchBytes = 4096;
   static __m512 zero() { return _mm512_setzero_ps(); }
@@ -39,6 +41,6 @@ void int8_linear_wo_avx512vnni(const Int8LinearWOProblem& p) {
   if (p.M <= 2)
     wo_gemv<Avx512WoF32>(p);
   else
-    run_int8_linear_wo(p);
+    run_int8_linear_wo_v<Avx512WoF32>(p);
 }
 }  // namespace llmaccel

@@ -100,14 +100,19 @@ def test_bad_variant_and_arguments():
 
 
 @pytest.mark.parametrize("variant", ["generic"] + [v for v in ("avx2", "avx512vnni") if v in VARIANTS])
-@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 67, 13), (2, 67, 13), (2, 4099, 11), (3, 130, 7), (17, 64, 33), (5, 4099, 11)])
-def test_weight_only_every_variant(variant, M, K, N):
-    x = torch.randn(M, K) * 3
+# M >= 3 runs the register tile (8 x 3 rows x weight rows on AVX-512, 4 x 3 on AVX2): shapes that leave every
+# ragged edge (rows, weight rows, K below / at / past one vector), and x rows with padding between them.
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 67, 13), (2, 67, 13), (2, 4099, 11), (3, 130, 7), (17, 64, 33),
+                                   (5, 4099, 11), (9, 15, 4), (13, 113, 7), (64, 200, 1), (8, 16, 3), (24, 17, 6),
+                                   (37, 1000, 10)])
+@pytest.mark.parametrize("x_pad", [0, 5])
+def test_weight_only_every_variant(variant, M, K, N, x_pad):
+    x = (torch.randn(M, K + x_pad) * 3)[:, :K]
     w = torch.randint(-127, 128, (N, K), dtype=torch.int8)
     s = torch.rand(N) * 0.02 + 1e-3
     b = torch.randn(N)
     y = torch.empty(M, N)
-    ext().int8_linear_weight_only(M, N, K, x.data_ptr(), K, w.data_ptr(), K, s.data_ptr(), b.data_ptr(),
+    ext().int8_linear_weight_only(M, N, K, x.data_ptr(), K + x_pad, w.data_ptr(), K, s.data_ptr(), b.data_ptr(),
                                   y.data_ptr(), N, 2, variant)
     ref = x.double() @ (w.double() * s.double()[:, None]).t() + b.double()
     # fp32 accumulation of K products: error grows like sqrt(K) ulps of the partial sums.

@@ -645,3 +645,20 @@ def test_bad_inputs_raise_clear_errors():
     ]:
         with pytest.raises(exc, match=pattern):
             llmaccel.quantize_per_token(bad)
+
+
+def test_weight_only_reference_dequantizes_in_blocks_of_output_channels():
+    """The torch path of act='weight_only' (what runs above the C++ kernel's M limit) dequantizes ~4 MiB of
+    weight at a time: a layer wider than one block (K = 4096: 256 channels a block, N = 600 -> 3 blocks, the
+    last ragged) must give the same result as one dequantized matrix, against a float64 reference."""
+    torch.manual_seed(7)
+    M, K, N = 70, 4096, 600
+    x = torch.randn(M, K)
+    w = randint8(N, K)
+    s = torch.rand(N) * 0.01 + 1e-3
+    b = torch.randn(N)
+    with backends.use("torch"):
+        y = llmaccel.int8_linear(x, w, s, b, act="weight_only", activation="gelu")
+    ref = torch.nn.functional.gelu(x.double() @ (w.double() * s.double()[:, None]).t() + b.double())
+    torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4)
+    assert y.shape == (M, N)
