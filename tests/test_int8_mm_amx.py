@@ -108,3 +108,21 @@ def test_packed_header_names_the_amx_layout():
     with pytest.raises(ValueError, match=r"holds variant 'amx' \(layout 32 x 64, AMX tiles.*runs variant 'avx512vnni'"):
         ext().int8_linear_dynamic(2, 33, 70, x.data_ptr(), 70, w.data_ptr(), 70, packed.data_ptr(), s.data_ptr(), 0,
                                   y.data_ptr(), 33, 1, "avx512vnni", 0, "")
+
+
+@pytest.mark.parametrize("activation", ["", "gelu"])
+def test_both_loop_orders_equal_the_scalar_epilogue(activation):
+    """M >= 128 * threads with a packed B under 1 MiB runs rows outside (a thread walks every column group
+    of one 32-row block before the next); a larger B keeps the row-block order.  Both, with ragged last
+    row blocks (a 12-row block takes the one-A-tile path) and ragged column groups, for 1-3 threads, must
+    equal the generic variant bit for bit."""
+    torch.manual_seed(2)
+    for M, K, N in [(300, 200, 70), (256, 384, 1536), (289, 4099, 300)]:  # the last: B ~1.3 MiB
+        x = torch.randn(M, K) * 2
+        w = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+        s = torch.rand(N) * 0.01 + 1e-4
+        b = torch.randn(N)
+        want = _linear(x, w, s, b, "generic", activation)
+        for n in (1, 2, 3):
+            got = _linear(x, w, s, b, "amx", activation, nthreads=n)
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32)), (M, K, N, n)
