@@ -187,13 +187,16 @@ PYBIND11_MODULE(_C, m) {
       py::arg("nthreads"), "Writes W [N, K] in the packed panel layout of `variant`.");
   m.def(
       "quantize_per_token",
-      [](int64_t M, int64_t K, uintptr_t x, int64_t x_sm, uintptr_t q, int64_t q_sm, uintptr_t scale, int nthreads) {
+      [](int64_t M, int64_t K, uintptr_t x, int64_t x_sm, uintptr_t q, int64_t q_sm, uintptr_t scale, int nthreads,
+         const std::string& variant) {
         py::gil_scoped_release release;
         llmaccel::quantize_per_token(M, K, ptr<const float>(x), x_sm, ptr<int8_t>(q), q_sm, ptr<float>(scale),
-                                     nthreads);
+                                     nthreads, variant);
       },
       py::arg("M"), py::arg("K"), py::arg("x"), py::arg("x_sm"), py::arg("q"), py::arg("q_sm"), py::arg("scale"),
-      py::arg("nthreads"), "Per-row symmetric absmax int8 quantization of fp32 x (rows contiguous in k).");
+      py::arg("nthreads"), py::arg("variant") = "",
+      "Per-row symmetric absmax int8 quantization of fp32 x (rows contiguous in k). variant: '' = best, "
+      "'avx512', 'avx2', 'generic'.");
   m.def(
       "int8_linear_weight_only",
       [](int64_t M, int64_t N, int64_t K, uintptr_t x, int64_t x_sm, uintptr_t w, int64_t ldw, uintptr_t w_scale,

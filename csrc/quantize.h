@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
 #include "common.h"
 
@@ -92,14 +93,31 @@ inline float quantize_row(const float* __restrict x, int64_t K, int8_t* __restri
   return rs.scale;
 }
 
+// Every row of x [M, K] (row stride x_sm) quantized into q (row stride q_sm), scales to scale[M].  Rows are
+// independent; each is read twice (absmax, then codes) while it is still in cache.  Compiled once per ISA unit
+// (quantize.cpp, quantize_avx2.cpp, quantize_avx512.cpp): the same source, vectorized by each unit's flags
+// (SSE2 has no unsigned max or round-to-int, so the generic build's absmax and codes run scalar; AVX2 and
+// AVX-512 get vpmaxud and vroundps / vrndscaleps).  Same arithmetic everywhere: identical q and scale.
+inline void quantize_rows(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm, float* scale,
+                          int nthreads) {
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    scale[m] = quantize_row(x + m * x_sm, K, q + m * q_sm);
+  }
+}
+
 }  // namespace LLMACCEL_CPU_CAPABILITY
 
-// Validated entry point (variant picked by variants.h; one generic kernel today).
+// Validated entry point: `variant` "" picks the best this CPU runs (variants.h), else that one.
 void quantize_per_token(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm, float* scale,
-                        int nthreads);
+                        int nthreads, const std::string& variant = "");
 
 // The generic kernel (arguments already validated).
 void quantize_per_token_generic(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm,
                                 float* scale, int nthreads);
+void quantize_per_token_avx2(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm,
+                             float* scale, int nthreads);
+void quantize_per_token_avx512(int64_t M, int64_t K, const float* x, int64_t x_sm, int8_t* q, int64_t q_sm,
+                               float* scale, int nthreads);
 
 }  // namespace llmaccel

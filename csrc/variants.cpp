@@ -73,6 +73,8 @@ constexpr Variant kVariants[] = {
     {Family::int8_linear_weight_only, "avx2", IsaLevel::avx2, wo_kernels(&int8_linear_wo_avx2)},
     {Family::int8_linear_weight_only, "generic", IsaLevel::generic, wo_kernels(&int8_linear_wo_generic)},
 
+    {Family::quantize_per_token, "avx512", IsaLevel::avx512, quantize_kernels(&quantize_per_token_avx512)},
+    {Family::quantize_per_token, "avx2", IsaLevel::avx2, quantize_kernels(&quantize_per_token_avx2)},
     {Family::quantize_per_token, "generic", IsaLevel::generic, quantize_kernels(&quantize_per_token_generic)},
 
     {Family::attention, "avx512", IsaLevel::avx512,
