@@ -253,7 +253,12 @@ def prepared_int8_linear(layer, x: Tensor) -> Tensor | None:
     """``int8_linear(x, layer.weight, layer.weight_scale, layer.bias, act=layer.act, smooth=layer.smooth_scale,
     activation=layer.activation)`` through the layer's :class:`~llmaccel.ops.prepared.PreparedCall`, or None
     where the public road must run it."""
-    fixed = (layer.weight, layer.weight_scale, layer.bias, layer.act, layer.smooth_scale, layer.activation)
+    # The module's own dicts: each nn.Module.__getattr__ (buffers and parameters) cost ~1 us, 6 per call.
+    b, p = layer._buffers, layer._parameters
+    try:
+        fixed = (b["weight"], b["weight_scale"], p["bias"], layer.act, b["smooth_scale"], layer.activation)
+    except KeyError:  # a tensor re-registered as the other kind: the attribute lookup finds it either way
+        fixed = (layer.weight, layer.weight_scale, layer.bias, layer.act, layer.smooth_scale, layer.activation)
     return call_prepared(layer, _op, fixed, layer.in_features, x, max_rows=CPP_WEIGHT_ONLY_MAX_M)
 
 
