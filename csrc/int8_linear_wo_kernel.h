@@ -1,15 +1,17 @@
-// The weight-only kernel body, compiled once per ISA translation unit
-// (int8_linear_wo_generic.cpp, int8_linear_wo_avx512vnni.cpp) with that
+// The weight-only kernel bodies for M >= 3, compiled once per ISA translation
+// unit (int8_linear_wo_generic.cpp, _avx2.cpp, _avx512vnni.cpp) with that
 // unit's target flags; everything is in an anonymous namespace inside the
 // unit's capability namespace (common.h), so no AVX-512 instantiation can
 // leak into the generic build.
 //
-// Dot-product formulation, like int8_mm: a 4 x 4 register tile of outputs,
-// each kept as 16 fp32 lane partial sums.  Per 16-k step it converts 4 x 16
-// weight bytes to float once and reuses them for 4 rows of x.  The loops
-// have compile-time bounds so the compiler vectorizes them (each lane is an
-// independent sum, so no -ffast-math reassociation is needed): with
-// AVX-512 that is 16 accumulators + 4 weight + 1 x zmm registers.
+// Dot-product formulation, like int8_mm: a register tile of outputs, each
+// kept as one vector of lane partial sums, reduced at the end.  Per vector of
+// k it converts the tile's weight bytes to float once and reuses them for
+// every row of x in the tile.
+//   run_int8_linear_wo    the generic unit: a 4 x 4 tile of 16-lane sums as
+//                         plain loops the compiler may vectorize;
+//   run_int8_linear_wo_v  the SIMD units: the same tile over the GEMV's vector
+//                         traits, so every partial sum is a register (below).
 #pragma once
 
 #include <omp.h>
