@@ -1,12 +1,16 @@
 // pybind11 module llmaccel._C.  Python validates tensors and passes raw
 // addresses, sizes and strides (in elements); the C++ layer validates again
-// and runs with the GIL released.
+// and runs with the GIL released.  Attention's entry points take each tensor
+// as one view (address, dtype, sizes, strides: tensor_view.h) and derive the
+// problem's sizes from them; the int8 and sparse entry points still take
+// positional sizes and strides.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <dlfcn.h>
 
 #include <cstdint>
+#include <optional>
 
 #include "attention.h"
 #include "cpu_features.h"
@@ -19,6 +23,7 @@
 #include "sparse_bitmap.h"
 #include "sparse_bsr.h"
 #include "sparse_nm.h"
+#include "tensor_view.h"
 #include "variants.h"
 
 namespace py = pybind11;
@@ -39,6 +44,70 @@ py::object library_offset(Fn fn) {
   void* addr = reinterpret_cast<void*>(fn);
   if (dladdr(addr, &info) == 0 || info.dli_fbase == nullptr) return py::none();
   return py::int_(reinterpret_cast<uintptr_t>(addr) - reinterpret_cast<uintptr_t>(info.dli_fbase));
+}
+
+using llmaccel::TensorView;
+using llmaccel::TensorViewTuple;
+using llmaccel::expect_sizes;
+using llmaccel::tensor_view;
+
+// Row-major with no gaps (an empty tensor is, whatever its strides).
+void expect_contiguous(const char* op, const char* name, const TensorView& v) {
+  for (int64_t s : v.sizes)
+    if (s == 0) return;
+  int64_t want = 1;
+  for (size_t i = v.sizes.size(); i-- > 0;) {
+    if (v.sizes[i] > 1 && v.strides[i] != want) llmaccel::fail(op, std::string(name) + " must be contiguous");
+    want *= v.sizes[i];
+  }
+}
+
+// The forward problem from its views: sizes come from q, k and v, and every other tensor must agree with
+// them (ValueError naming the argument).  attention_fwd / attention_bwd check strides, reach and the rest.
+llmaccel::AttentionProblem attention_problem(const TensorViewTuple& q_, const TensorViewTuple& k_,
+                                             const TensorViewTuple& v_, const std::optional<TensorViewTuple>& mask_,
+                                             bool is_causal, bool causal_bottom_right, double scale,
+                                             const TensorViewTuple& out_, const std::optional<TensorViewTuple>& lse_,
+                                             int nthreads) {
+  const char* op = "attention";
+  const TensorView q = tensor_view(op, "q", q_, 4, {"float32"});
+  const TensorView k = tensor_view(op, "k", k_, 4, {"float32"});
+  const TensorView v = tensor_view(op, "v", v_, 4, {"float32"});
+  const int64_t B = q.size(0), Hq = q.size(1), Lq = q.size(2), D = q.size(3);
+  const int64_t Hkv = k.size(1), Lk = k.size(2), Dv = v.size(3);
+  expect_sizes(op, "k", k, {B, Hkv, Lk, D});
+  expect_sizes(op, "v", v, {B, Hkv, Lk, Dv});
+  llmaccel::AttentionProblem p{};
+  p.B = B, p.Hq = Hq, p.Hkv = Hkv, p.Lq = Lq, p.Lk = Lk, p.D = D, p.Dv = Dv;
+  p.q = q.data<const float>();
+  p.q_sb = q.stride(0), p.q_sh = q.stride(1), p.q_sl = q.stride(2), p.q_sd = q.stride(3);
+  p.k = k.data<const float>();
+  p.k_sb = k.stride(0), p.k_sh = k.stride(1), p.k_sl = k.stride(2), p.k_sd = k.stride(3);
+  p.v = v.data<const float>();
+  p.v_sb = v.stride(0), p.v_sh = v.stride(1), p.v_sl = v.stride(2), p.v_sd = v.stride(3);
+  p.mask_kind = llmaccel::kMaskNone;
+  if (mask_) {
+    const TensorView m = tensor_view(op, "mask", *mask_, 4, {"bool", "uint8", "float32"});
+    expect_sizes(op, "mask", m, {B, Hq, Lq, Lk});
+    p.mask = m.data<const void>();
+    p.mask_kind = m.dtype == "float32" ? llmaccel::kMaskFloat : llmaccel::kMaskBool;
+    p.m_sb = m.stride(0), p.m_sh = m.stride(1), p.m_sq = m.stride(2), p.m_sk = m.stride(3);
+  }
+  p.causal = is_causal;
+  p.bottom_right = causal_bottom_right;
+  p.scale = static_cast<float>(scale);
+  const TensorView out = tensor_view(op, "out", out_, 4, {"float32"});
+  expect_sizes(op, "out", out, {B, Hq, Lq, Dv});
+  p.out = out.data<float>();
+  p.o_sb = out.stride(0), p.o_sh = out.stride(1), p.o_sl = out.stride(2), p.o_sd = out.stride(3);
+  if (lse_) {
+    const TensorView lse = tensor_view(op, "lse", *lse_, 3, {"float32"});
+    expect_sizes(op, "lse", lse, {B, Hq, Lq});
+    expect_contiguous(op, "lse", lse);
+    p.lse = lse.data<float>();
+  }
+  p.nthreads = nthreads;
+  return p;
 }
 
 void bind_isa(py::module_& m) {
@@ -215,74 +284,66 @@ PYBIND11_MODULE(_C, m) {
   m.def("attention_variants", &llmaccel::attention_variants, "attention_fwd variants this CPU can run, best first.");
   m.def(
       "attention_fwd",
-      [](int64_t B, int64_t Hq, int64_t Hkv, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv, uintptr_t q, int64_t q_sb,
-         int64_t q_sh, int64_t q_sl, int64_t q_sd, uintptr_t k, int64_t k_sb, int64_t k_sh, int64_t k_sl, int64_t k_sd,
-         uintptr_t v, int64_t v_sb, int64_t v_sh, int64_t v_sl, int64_t v_sd, uintptr_t mask, int mask_kind,
-         int64_t m_sb, int64_t m_sh, int64_t m_sq, int64_t m_sk, bool is_causal, bool causal_bottom_right,
-         double scale, uintptr_t out, int64_t o_sb, int64_t o_sh, int64_t o_sl, int64_t o_sd, uintptr_t lse,
-         int nthreads, const std::string& variant) {
-        llmaccel::AttentionProblem p{B, Hq, Hkv, Lq, Lk, D, Dv,
-                                     ptr<const float>(q), q_sb, q_sh, q_sl, q_sd,
-                                     ptr<const float>(k), k_sb, k_sh, k_sl, k_sd,
-                                     ptr<const float>(v), v_sb, v_sh, v_sl, v_sd,
-                                     ptr<const void>(mask), mask_kind, m_sb, m_sh, m_sq, m_sk,
-                                     is_causal, causal_bottom_right, static_cast<float>(scale),
-                                     ptr<float>(out), o_sb, o_sh, o_sl, o_sd,
-                                     ptr<float>(lse), nthreads};
+      [](const TensorViewTuple& q, const TensorViewTuple& k, const TensorViewTuple& v,
+         const std::optional<TensorViewTuple>& mask, bool is_causal, bool causal_bottom_right, double scale,
+         const TensorViewTuple& out, const std::optional<TensorViewTuple>& lse, int nthreads,
+         const std::string& variant) {
+        const llmaccel::AttentionProblem p =
+            attention_problem(q, k, v, mask, is_causal, causal_bottom_right, scale, out, lse, nthreads);
         py::gil_scoped_release release;
         llmaccel::attention_fwd(p, variant);
       },
-      py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("Lq"), py::arg("Lk"), py::arg("D"), py::arg("Dv"),
-      py::arg("q"), py::arg("q_sb"), py::arg("q_sh"), py::arg("q_sl"), py::arg("q_sd"), py::arg("k"), py::arg("k_sb"),
-      py::arg("k_sh"), py::arg("k_sl"), py::arg("k_sd"), py::arg("v"), py::arg("v_sb"), py::arg("v_sh"),
-      py::arg("v_sl"), py::arg("v_sd"), py::arg("mask"), py::arg("mask_kind"), py::arg("m_sb"), py::arg("m_sh"),
-      py::arg("m_sq"), py::arg("m_sk"), py::arg("is_causal"), py::arg("causal_bottom_right"), py::arg("scale"),
-      py::arg("out"), py::arg("o_sb"), py::arg("o_sh"), py::arg("o_sl"), py::arg("o_sd"), py::arg("lse"),
-      py::arg("nthreads"), py::arg("variant") = "",
-      "Fused SDPA forward, fp32, [B, H, L, D] via strides (elements); GQA when Hkv < Hq. mask_kind 0 none, "
-      "1 bool (uint8, nonzero = attend), 2 float additive, a 4-D [B, Hq, Lq, Lk] view (stride 0 broadcasts). "
-      "lse: fp32 [B, Hq, Lq] contiguous (natural log) or 0. variant: '' = best, 'avx512', 'generic'.");
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("is_causal"),
+      py::arg("causal_bottom_right"), py::arg("scale"), py::arg("out"), py::arg("lse"), py::arg("nthreads"),
+      py::arg("variant") = "",
+      "Fused SDPA forward, fp32.  Every tensor is a view (data_ptr, dtype name, sizes, strides in elements; "
+      "csrc/tensor_view.h): q [B, Hq, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv] float32 (GQA when Hkv < Hq); "
+      "mask None or [B, Hq, Lq, Lk] (stride 0 on broadcast dims) bool / uint8 (nonzero = attend) or float32 "
+      "(added to the scores); out [B, Hq, Lq, Dv] float32; lse None or float32 [B, Hq, Lq] contiguous (natural "
+      "log).  variant: '' = best, 'avx512', 'avx2', 'generic'.");
   m.def(
       "attention_bwd",
-      [](int64_t B, int64_t Hq, int64_t Hkv, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv, uintptr_t q, int64_t q_sb,
-         int64_t q_sh, int64_t q_sl, int64_t q_sd, uintptr_t k, int64_t k_sb, int64_t k_sh, int64_t k_sl, int64_t k_sd,
-         uintptr_t v, int64_t v_sb, int64_t v_sh, int64_t v_sl, int64_t v_sd, uintptr_t mask, int mask_kind,
-         int64_t m_sb, int64_t m_sh, int64_t m_sq, int64_t m_sk, bool is_causal, bool causal_bottom_right,
-         double scale, uintptr_t out, int64_t o_sb, int64_t o_sh, int64_t o_sl, int64_t o_sd, uintptr_t lse,
-         uintptr_t dout, int64_t do_sb, int64_t do_sh, int64_t do_sl, int64_t do_sd, uintptr_t dlse, uintptr_t dq,
-         int64_t dq_sb, int64_t dq_sh, int64_t dq_sl, int64_t dq_sd, uintptr_t dk, int64_t dk_sb, int64_t dk_sh,
-         int64_t dk_sl, int64_t dk_sd, uintptr_t dv, int64_t dv_sb, int64_t dv_sh, int64_t dv_sl, int64_t dv_sd,
-         int nthreads, const std::string& variant) {
-        llmaccel::AttentionBwdProblem p{{B, Hq, Hkv, Lq, Lk, D, Dv,
-                                         ptr<const float>(q), q_sb, q_sh, q_sl, q_sd,
-                                         ptr<const float>(k), k_sb, k_sh, k_sl, k_sd,
-                                         ptr<const float>(v), v_sb, v_sh, v_sl, v_sd,
-                                         ptr<const void>(mask), mask_kind, m_sb, m_sh, m_sq, m_sk,
-                                         is_causal, causal_bottom_right, static_cast<float>(scale),
-                                         ptr<float>(out), o_sb, o_sh, o_sl, o_sd,
-                                         ptr<float>(lse), nthreads},
-                                        ptr<const float>(dout), do_sb, do_sh, do_sl, do_sd,
-                                        ptr<const float>(dlse),
-                                        ptr<float>(dq), dq_sb, dq_sh, dq_sl, dq_sd,
-                                        ptr<float>(dk), dk_sb, dk_sh, dk_sl, dk_sd,
-                                        ptr<float>(dv), dv_sb, dv_sh, dv_sl, dv_sd};
+      [](const TensorViewTuple& q, const TensorViewTuple& k, const TensorViewTuple& v,
+         const std::optional<TensorViewTuple>& mask, bool is_causal, bool causal_bottom_right, double scale,
+         const TensorViewTuple& out, const TensorViewTuple& lse, const TensorViewTuple& dout,
+         const std::optional<TensorViewTuple>& dlse, const TensorViewTuple& dq, const TensorViewTuple& dk,
+         const TensorViewTuple& dv, int nthreads, const std::string& variant) {
+        const char* op = "attention";
+        llmaccel::AttentionBwdProblem p{};
+        p.f = attention_problem(q, k, v, mask, is_causal, causal_bottom_right, scale, out, lse, nthreads);
+        const int64_t B = p.f.B, Hq = p.f.Hq, Hkv = p.f.Hkv, Lq = p.f.Lq, Lk = p.f.Lk, D = p.f.D, Dv = p.f.Dv;
+        const TensorView go = tensor_view(op, "dout", dout, 4, {"float32"});
+        expect_sizes(op, "dout", go, {B, Hq, Lq, Dv});
+        p.dout = go.data<const float>();
+        p.do_sb = go.stride(0), p.do_sh = go.stride(1), p.do_sl = go.stride(2), p.do_sd = go.stride(3);
+        if (dlse) {
+          const TensorView gl = tensor_view(op, "dlse", *dlse, 3, {"float32"});
+          expect_sizes(op, "dlse", gl, {B, Hq, Lq});
+          expect_contiguous(op, "dlse", gl);
+          p.dlse = gl.data<const float>();
+        }
+        const TensorView gq = tensor_view(op, "dq", dq, 4, {"float32"});
+        const TensorView gk = tensor_view(op, "dk", dk, 4, {"float32"});
+        const TensorView gv = tensor_view(op, "dv", dv, 4, {"float32"});
+        expect_sizes(op, "dq", gq, {B, Hq, Lq, D});
+        expect_sizes(op, "dk", gk, {B, Hkv, Lk, D});
+        expect_sizes(op, "dv", gv, {B, Hkv, Lk, Dv});
+        p.dq = gq.data<float>();
+        p.dq_sb = gq.stride(0), p.dq_sh = gq.stride(1), p.dq_sl = gq.stride(2), p.dq_sd = gq.stride(3);
+        p.dk = gk.data<float>();
+        p.dk_sb = gk.stride(0), p.dk_sh = gk.stride(1), p.dk_sl = gk.stride(2), p.dk_sd = gk.stride(3);
+        p.dv = gv.data<float>();
+        p.dv_sb = gv.stride(0), p.dv_sh = gv.stride(1), p.dv_sl = gv.stride(2), p.dv_sd = gv.stride(3);
         py::gil_scoped_release release;
         llmaccel::attention_bwd(p, variant);
       },
-      py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("Lq"), py::arg("Lk"), py::arg("D"), py::arg("Dv"),
-      py::arg("q"), py::arg("q_sb"), py::arg("q_sh"), py::arg("q_sl"), py::arg("q_sd"), py::arg("k"), py::arg("k_sb"),
-      py::arg("k_sh"), py::arg("k_sl"), py::arg("k_sd"), py::arg("v"), py::arg("v_sb"), py::arg("v_sh"),
-      py::arg("v_sl"), py::arg("v_sd"), py::arg("mask"), py::arg("mask_kind"), py::arg("m_sb"), py::arg("m_sh"),
-      py::arg("m_sq"), py::arg("m_sk"), py::arg("is_causal"), py::arg("causal_bottom_right"), py::arg("scale"),
-      py::arg("out"), py::arg("o_sb"), py::arg("o_sh"), py::arg("o_sl"), py::arg("o_sd"), py::arg("lse"),
-      py::arg("dout"), py::arg("do_sb"), py::arg("do_sh"), py::arg("do_sl"), py::arg("do_sd"), py::arg("dlse"),
-      py::arg("dq"), py::arg("dq_sb"), py::arg("dq_sh"), py::arg("dq_sl"), py::arg("dq_sd"),
-      py::arg("dk"), py::arg("dk_sb"), py::arg("dk_sh"), py::arg("dk_sl"), py::arg("dk_sd"),
-      py::arg("dv"), py::arg("dv_sb"), py::arg("dv_sh"), py::arg("dv_sl"), py::arg("dv_sd"),
-      py::arg("nthreads"), py::arg("variant") = "",
-      "Fused SDPA backward (FlashAttention-2, fp32, no dropout): attention_fwd's arguments (out = the forward "
-      "output, lse required) plus dout (strides), dlse (fp32 [B, Hq, Lq] contiguous, or 0) and the outputs dq, dk, "
-      "dv (fp32, strides). A float mask is added to the scores; its gradient is not computed.");
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("is_causal"),
+      py::arg("causal_bottom_right"), py::arg("scale"), py::arg("out"), py::arg("lse"), py::arg("dout"),
+      py::arg("dlse"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("nthreads"), py::arg("variant") = "",
+      "Fused SDPA backward (FlashAttention-2, fp32, no dropout): attention_fwd's views (out = the forward output, "
+      "lse required) plus dout [B, Hq, Lq, Dv], dlse None or float32 [B, Hq, Lq] contiguous, and the outputs dq, "
+      "dk, dv (float32, shaped like q, k, v; any strides).  A float mask is added to the scores; its gradient is "
+      "not computed.");
   m.def(
       "attention_exp2",
       [](int64_t n, uintptr_t x, uintptr_t y, const std::string& variant) {

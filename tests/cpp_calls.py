@@ -11,6 +11,7 @@ import math
 import torch
 
 from llmaccel._ext import ext
+from llmaccel.ops._cpp_views import view
 
 
 def packed_weight(w, variant, nthreads=2):
@@ -42,28 +43,45 @@ def weight_only_cpp(x, w, s, b, variant, nthreads):
 def attention_fwd_cpp(q, k, v, causal, variant, nthreads):
     """(out, lse) of the C++ forward; q [B,Hq,Lq,D], k/v [B,Hkv,Lk,D*] (any strides), no mask."""
     B, Hq, Lq, D = q.shape
-    _, Hkv, Lk, Dv = v.shape
+    Dv = v.shape[3]
     out = torch.full((B, Hq, Lq, Dv), float("nan"))
     lse = torch.full((B, Hq, Lq), float("nan"))
-    ext().attention_fwd(B, Hq, Hkv, Lq, Lk, D, Dv, q.data_ptr(), *q.stride(), k.data_ptr(), *k.stride(),
-                        v.data_ptr(), *v.stride(), 0, 0, 0, 0, 0, 0, causal, False, 1.0 / math.sqrt(D),
-                        out.data_ptr(), *out.stride(), lse.data_ptr(), nthreads, variant)
+    ext().attention_fwd(view(q), view(k), view(v), None, causal, False, 1.0 / math.sqrt(D), view(out), view(lse),
+                        nthreads, variant)
     return out, lse
 
 
 def attention_bwd_cpp(q, k, v, out, lse, dout, causal, variant, nthreads):
     """(dq, dk, dv) of the C++ backward (no mask, no dlse)."""
-    B, Hq, Lq, D = q.shape
-    _, Hkv, Lk, Dv = v.shape
-    dq = torch.full(q.shape, float("nan"))
-    dk = torch.full(k.shape, float("nan"))
-    dv = torch.full(v.shape, float("nan"))
-    ext().attention_bwd(B, Hq, Hkv, Lq, Lk, D, Dv, q.data_ptr(), *q.stride(), k.data_ptr(), *k.stride(),
-                        v.data_ptr(), *v.stride(), 0, 0, 0, 0, 0, 0, causal, False, 1.0 / math.sqrt(D),
-                        out.data_ptr(), *out.stride(), lse.data_ptr(), dout.data_ptr(), *dout.stride(), 0,
-                        dq.data_ptr(), *dq.stride(), dk.data_ptr(), *dk.stride(), dv.data_ptr(), *dv.stride(),
-                        nthreads, variant)
+    dq, dk, dv = (torch.full(t.shape, float("nan")) for t in (q, k, v))
+    ext().attention_bwd(view(q), view(k), view(v), None, causal, False, 1.0 / math.sqrt(q.shape[3]), view(out),
+                        view(lse), view(dout), None, view(dq), view(dk), view(dv), nthreads, variant)
     return dq, dk, dv
+
+
+def attention_fwd_kwargs(**over):
+    """Arguments of ``_C.attention_fwd`` for a small valid problem (q 1x4x3x8, k/v 1x2x5x8, no mask), each view
+    a mutable list ``[address, dtype, sizes, strides]``, with ``over`` applied: ``"q.sizes"`` / ``"v.strides"``
+    / ``"mask.dtype"`` ... replace one part of one view (``"name.addr"`` too), other keys replace an argument.
+    Returns (kwargs, tensors to keep alive, out)."""
+    q, k, v = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    out = torch.zeros(1, 4, 3, 8)
+    mask = torch.ones(1, 4, 3, 5, dtype=torch.bool)
+    kw = dict(q=list(view(q)), k=list(view(k)), v=list(view(v)), mask=None, is_causal=False,
+              causal_bottom_right=False, scale=0.3, out=list(view(out)), lse=None, nthreads=1, variant="")
+    parts = {"addr": 0, "dtype": 1, "sizes": 2, "strides": 3}
+    for key, value in over.items():
+        if "." in key:
+            name, part = key.split(".")
+            if kw.get(name) is None:  # the mask: a valid all-True one first
+                kw[name] = list(view(mask))
+            kw[name][parts[part]] = value
+        else:
+            kw[key] = value
+    for name in ("q", "k", "v", "mask", "out", "lse"):
+        if kw[name] is not None:
+            kw[name] = tuple(kw[name])
+    return kw, (q, k, v, mask, out), out
 
 
 def sparse_nm_cpp(x, packed, b, variant, nthreads, binding="sparse_nm_linear"):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from llmaccel import _C
+from llmaccel.ops._cpp_views import view
 
 VARIANTS = _C.attention_variants()
 NTHREADS = max(1, torch.get_num_threads())
@@ -30,21 +31,12 @@ def run_kernel(q, k, v, mask=None, is_causal=False, bottom_right=False, scale=No
     else:
         out = torch.full((B, Hq, Lq, Dv), float("nan"))
     lse = torch.full((B, Hq, Lq), float("nan")) if with_lse else None
-    if mask is None:
-        m, kind, ms = 0, 0, (0, 0, 0, 0)
-    else:
+    if mask is not None:
         mask = mask.expand(B, Hq, Lq, Lk)
-        if mask.dtype == torch.bool:
-            mask = mask.view(torch.uint8)
-            kind = 1
-        else:
-            assert mask.dtype == torch.float32
-            kind = 2
-        m, ms = mask.data_ptr(), mask.stride()
-    _C.attention_fwd(B, Hq, Hkv, Lq, Lk, D, Dv,
-                     q.data_ptr(), *q.stride(), k.data_ptr(), *k.stride(), v.data_ptr(), *v.stride(),
-                     m, kind, *ms, is_causal, bottom_right, 1.0 / math.sqrt(D) if scale is None else scale,
-                     out.data_ptr(), *out.stride(), lse.data_ptr() if with_lse else 0, nthreads, variant)
+        assert mask.dtype in (torch.bool, torch.float32)
+    _C.attention_fwd(view(q), view(k), view(v), None if mask is None else view(mask), is_causal, bottom_right,
+                     1.0 / math.sqrt(D) if scale is None else scale, view(out),
+                     view(lse) if with_lse else None, nthreads, variant)
     return out, lse
 
 
@@ -359,46 +351,62 @@ def test_exp2_accuracy(variant):
 
 
 def _args(**over):
+    """A valid call (q 1x4x8x16, k/v 1x2x8x16, GQA) as views (tests/cpp_calls.py's convention: "q.sizes",
+    "mask.dtype", ... replace one part of one view; other keys replace an argument)."""
     q = torch.randn(1, 4, 8, 16)
     k = torch.randn(1, 2, 8, 16)
     v = torch.randn(1, 2, 8, 16)
     out = torch.empty(1, 4, 8, 16)
-    a = dict(B=1, Hq=4, Hkv=2, Lq=8, Lk=8, D=16, Dv=16,
-             q=q.data_ptr(), q_sb=512, q_sh=128, q_sl=16, q_sd=1,
-             k=k.data_ptr(), k_sb=256, k_sh=128, k_sl=16, k_sd=1,
-             v=v.data_ptr(), v_sb=256, v_sh=128, v_sl=16, v_sd=1,
-             mask=0, mask_kind=0, m_sb=0, m_sh=0, m_sq=0, m_sk=0,
-             is_causal=False, causal_bottom_right=False, scale=0.25,
-             out=out.data_ptr(), o_sb=512, o_sh=128, o_sl=16, o_sd=1, lse=0, nthreads=2)
-    a.update(over)
-    return a, (q, k, v, out)
+    mask = torch.ones(1, 4, 8, 8)
+    a = dict(q=list(view(q)), k=list(view(k)), v=list(view(v)), mask=None, is_causal=False,
+             causal_bottom_right=False, scale=0.25, out=list(view(out)), lse=None, nthreads=2)
+    parts = {"addr": 0, "dtype": 1, "sizes": 2, "strides": 3}
+    for key, value in over.items():
+        if "." in key:
+            name, part = key.split(".")
+            if a.get(name) is None:
+                a[name] = list(view(mask))  # a valid float mask first
+            a[name][parts[part]] = value
+        else:
+            a[key] = value
+    for name in ("q", "k", "v", "mask", "out", "lse"):
+        if a[name] is not None:
+            a[name] = tuple(a[name])
+    return a, (q, k, v, out, mask)
 
 
 def test_valid_args_run():
     a, keep = _args()
     _C.attention_fwd(**a)
-    q, k, v, out = keep
+    q, k, v, out, _ = keep
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.25, enable_gqa=True))
 
 
 @pytest.mark.parametrize("over,exc,msg", [
-    (dict(B=-1), ValueError, "negative"),
-    (dict(Lk=-3), ValueError, "negative"),
-    (dict(Hq=3), ValueError, "multiple of Hkv"),
-    (dict(Hkv=0), ValueError, "Hkv"),
-    (dict(q=0), ValueError, "null"),
-    (dict(v=0), ValueError, "null"),
-    (dict(out=0), ValueError, "null"),
-    (dict(mask_kind=3), ValueError, "mask_kind"),
-    (dict(mask_kind=-1), ValueError, "mask_kind"),
-    (dict(mask_kind=1, mask=0), ValueError, "null"),
-    (dict(mask_kind=2, mask=1 << 20, is_causal=True), ValueError, "causal"),
-    (dict(causal_bottom_right=True), ValueError, "causal_bottom_right"),
-    (dict(nthreads=0), ValueError, "nthreads"),
-    (dict(q_sl=-16), ValueError, "stride"),
-    (dict(k_sl=1 << 62), OverflowError, "overflow"),
-    (dict(Lq=1 << 40, q_sl=1 << 30), OverflowError, "overflow"),
-    (dict(variant="nope"), ValueError, "variant"),
+    ({"q.sizes": [-1, 4, 8, 16]}, ValueError, "q has a negative size"),
+    ({"k.sizes": [1, 2, -3, 16]}, ValueError, "k has a negative size"),
+    ({"q.sizes": [1, 3, 8, 16], "out.sizes": [1, 3, 8, 16]}, ValueError, "multiple of Hkv"),
+    ({"k.sizes": [1, 0, 8, 16], "v.sizes": [1, 0, 8, 16]}, ValueError, "Hkv"),
+    ({"k.sizes": [1, 2, 8, 12]}, ValueError, r"k must have shape \[1, 2, 8, 16\]"),
+    ({"v.sizes": [1, 2, 7, 16]}, ValueError, r"v must have shape \[1, 2, 8, 16\]"),
+    ({"out.sizes": [1, 4, 8, 15]}, ValueError, r"out must have shape \[1, 4, 8, 16\]"),
+    ({"mask.sizes": [1, 4, 8, 9]}, ValueError, r"mask must have shape \[1, 4, 8, 8\]"),
+    ({"lse.sizes": [1, 4, 9], "lse.strides": [36, 9, 1], "lse.dtype": "float32"}, ValueError, "lse must have shape"),
+    ({"q.sizes": [1, 4, 8]}, ValueError, "q must be 4-D"),
+    ({"q.dtype": "float16"}, ValueError, "q must be float32, got float16"),
+    ({"q.addr": 0}, ValueError, "null"),
+    ({"v.addr": 0}, ValueError, "null"),
+    ({"out.addr": 0}, ValueError, "null"),
+    ({"mask.dtype": "int32"}, ValueError, "mask must be bool or uint8 or float32"),
+    ({"mask.dtype": "bool", "mask.addr": 0}, ValueError, "null"),
+    ({"mask.dtype": "float32", "is_causal": True}, ValueError, "causal"),
+    ({"causal_bottom_right": True}, ValueError, "causal_bottom_right"),
+    ({"nthreads": 0}, ValueError, "nthreads"),
+    ({"q.strides": [512, 128, -16, 1]}, ValueError, "stride"),
+    ({"k.strides": [256, 128, 1 << 62, 1]}, OverflowError, "overflow"),
+    ({"q.sizes": [1, 4, 1 << 40, 16], "q.strides": [512, 128, 1 << 30, 1], "out.sizes": [1, 4, 1 << 40, 16]},
+     OverflowError, "overflow"),
+    ({"variant": "nope"}, ValueError, "variant"),
 ])
 def test_bad_inputs_raise(over, exc, msg):
     a, keep = _args(**over)
@@ -425,23 +433,12 @@ def run_bwd(q, k, v, dout, mask=None, is_causal=False, bottom_right=False, scale
         dq = torch.full((B, Hq, Lq, D), float("nan"))
         dk = torch.full((B, Hkv, Lk, D), float("nan"))
         dv = torch.full((B, Hkv, Lk, Dv), float("nan"))
-    if mask is None:
-        m, kind, ms = 0, 0, (0, 0, 0, 0)
-    else:
+    if mask is not None:
         mask = mask.expand(B, Hq, Lq, Lk)
-        if mask.dtype == torch.bool:
-            mask, kind = mask.view(torch.uint8), 1
-        else:
-            kind = 2
-        m, ms = mask.data_ptr(), mask.stride()
     dl = dlse.contiguous() if dlse is not None else None
-    _C.attention_bwd(B, Hq, Hkv, Lq, Lk, D, Dv,
-                     q.data_ptr(), *q.stride(), k.data_ptr(), *k.stride(), v.data_ptr(), *v.stride(),
-                     m, kind, *ms, is_causal, bottom_right, 1.0 / math.sqrt(D) if scale is None else scale,
-                     out.data_ptr(), *out.stride(), lse.data_ptr(),
-                     dout.data_ptr(), *dout.stride(), dl.data_ptr() if dl is not None else 0,
-                     dq.data_ptr(), *dq.stride(), dk.data_ptr(), *dk.stride(), dv.data_ptr(), *dv.stride(),
-                     nthreads, variant)
+    _C.attention_bwd(view(q), view(k), view(v), None if mask is None else view(mask), is_causal, bottom_right,
+                     1.0 / math.sqrt(D) if scale is None else scale, view(out), view(lse), view(dout),
+                     None if dl is None else view(dl), view(dq), view(dk), view(dv), nthreads, variant)
     return dq, dk, dv
 
 

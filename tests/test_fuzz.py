@@ -27,6 +27,8 @@ from hypothesis import strategies as st  # noqa: E402
 import llmaccel  # noqa: E402
 from llmaccel._ext import ext  # noqa: E402
 
+import cpp_calls  # noqa: E402
+
 INT8_LINEAR_OPS = importlib.import_module("llmaccel.ops.int8_linear")
 
 EXAMPLES = int(os.environ.get("LLMACCEL_FUZZ_EXAMPLES", "25"))
@@ -409,28 +411,27 @@ def test_cpp_int8_mm_rejects_inconsistent_arguments(arg, bad, nthreads):
 
 
 @FUZZ
-@given(field=st.sampled_from(["B", "Hq", "Hkv", "Lq", "Lk", "D", "Dv", "q_sl", "k_sd", "v_sh", "o_sl", "mask_kind",
-                              "Hq%Hkv", "nthreads"]),
-       bad=st.sampled_from([-1, -(2 ** 40), 2 ** 62]))
-def test_cpp_attention_rejects_inconsistent_arguments(field, bad):
-    B, Hq, Hkv, Lq, Lk, D = 1, 4, 2, 3, 5, 8
-    q, k, v = torch.randn(B, Hq, Lq, D), torch.randn(B, Hkv, Lk, D), torch.randn(B, Hkv, Lk, D)
-    out = torch.zeros(B, Hq, Lq, D)
-    kw = dict(B=B, Hq=Hq, Hkv=Hkv, Lq=Lq, Lk=Lk, D=D, Dv=D, q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(),
-              mask=0, mask_kind=0, m_sb=0, m_sh=0, m_sq=0, m_sk=0, is_causal=False, causal_bottom_right=False,
-              scale=0.3, out=out.data_ptr(), lse=0, nthreads=1, variant="")
-    for name, t in (("q", q), ("k", k), ("v", v), ("o", out)):
-        pre = {"q": "q", "k": "k", "v": "v", "o": "o"}[name]
-        kw.update({f"{pre}_sb": t.stride(0), f"{pre}_sh": t.stride(1), f"{pre}_sl": t.stride(2),
-                   f"{pre}_sd": t.stride(3)})
+@given(field=st.sampled_from(["q.sizes", "k.sizes", "v.sizes", "out.sizes", "q.strides", "k.strides", "v.strides",
+                              "out.strides", "mask.dtype", "Hq%Hkv", "nthreads"]),
+       dim=st.integers(1, 3), bad=st.sampled_from([-1, -(2 ** 40), 2 ** 62]))
+def test_cpp_attention_rejects_inconsistent_arguments(field, dim, bad):
+    """Every tensor reaches attention_fwd as a view (csrc/tensor_view.h); one size or stride of one view made
+    negative, huge or inconsistent with the others must raise a ValueError / OverflowError naming the op,
+    and write nothing.  (Dims 1-3: the batch is 1, so a batch stride is never used and any value is valid.)"""
+    over = {}
     if field == "Hq%Hkv":
-        kw["Hkv"] = 3
-    elif field == "mask_kind":
-        kw["mask_kind"] = 7
+        over = {"k.sizes": [1, 3, 5, 8], "v.sizes": [1, 3, 5, 8]}
+    elif field == "mask.dtype":
+        over = {"mask.dtype": "int32"}
     elif field == "nthreads":
-        kw["nthreads"] = 0
+        over = {"nthreads": 0}
     else:
-        kw[field] = bad
+        base, _, _ = cpp_calls.attention_fwd_kwargs()
+        name, part = field.split(".")
+        values = list(base[name][2 if part == "sizes" else 3])
+        values[dim] = bad
+        over = {field: values}
+    kw, _keep, out = cpp_calls.attention_fwd_kwargs(**over)
     with pytest.raises((ValueError, OverflowError), match="llmaccel::attention"):
         ext().attention_fwd(**kw)
     assert (out == 0).all()
@@ -438,15 +439,8 @@ def test_cpp_attention_rejects_inconsistent_arguments(field, bad):
 
 def test_cpp_rejects_views_beyond_any_buffer():
     """Regression (found by the random fuzz run): a stride whose element offsets fit int64 but whose byte
-    offsets do not (v_sh = 2^62 floats) was accepted; now any view reaching 2^48 elements raises."""
-    q, k, v = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
-    out = torch.zeros(1, 4, 3, 8)
-    kw = dict(B=1, Hq=4, Hkv=2, Lq=3, Lk=5, D=8, Dv=8, q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), mask=0,
-              mask_kind=0, m_sb=0, m_sh=0, m_sq=0, m_sk=0, is_causal=False, causal_bottom_right=False, scale=0.3,
-              out=out.data_ptr(), lse=0, nthreads=1, variant="")
-    for pre, t in (("q", q), ("k", k), ("v", v), ("o", out)):
-        kw.update(zip((f"{pre}_sb", f"{pre}_sh", f"{pre}_sl", f"{pre}_sd"), t.stride()))
-    kw["v_sh"] = 2 ** 62
+    offsets do not (v's head stride = 2^62 floats) was accepted; now any view reaching 2^48 elements raises."""
+    kw, _keep, out = cpp_calls.attention_fwd_kwargs(**{"v.strides": [80, 2 ** 62, 8, 1]})
     with pytest.raises(OverflowError, match="llmaccel::attention: v: .*beyond any addressable buffer"):
         ext().attention_fwd(**kw)
     a = torch.zeros(2, 3, dtype=torch.int8)

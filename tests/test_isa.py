@@ -17,6 +17,7 @@ import torch
 import llmaccel
 from llmaccel import cpu
 from llmaccel._ext import ext
+from llmaccel.ops._cpp_views import view
 from llmaccel.ops.int8_mm import int8_mm_cpp
 
 from helpers import int8_mm_exact, randint8
@@ -326,11 +327,8 @@ def _attention_bwd(q, k, v, out, lse, dout, variant, nthreads):
     import math
 
     grads = [torch.empty_like(t) for t in (q, k, v)]
-    ext().attention_bwd(*q.shape[:2], k.shape[1], q.shape[2], k.shape[2], q.shape[3], v.shape[3],
-                        q.data_ptr(), *q.stride(), k.data_ptr(), *k.stride(), v.data_ptr(), *v.stride(),
-                        0, 0, 0, 0, 0, 0, True, False, 1.0 / math.sqrt(q.shape[3]),
-                        out.data_ptr(), *out.stride(), lse.data_ptr(), dout.data_ptr(), *dout.stride(), 0,
-                        *[x for g in grads for x in (g.data_ptr(), *g.stride())], nthreads, variant)
+    ext().attention_bwd(view(q), view(k), view(v), None, True, False, 1.0 / math.sqrt(q.shape[3]), view(out),
+                        view(lse), view(dout), None, *[view(g) for g in grads], nthreads, variant)
     return grads
 
 

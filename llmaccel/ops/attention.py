@@ -74,6 +74,7 @@ from torch import Tensor
 
 from .._ext import ext
 from ._checks import fail
+from ._cpp_views import view, view_or_none
 from .. import backends
 from .attention_args import OP, _broadcasts_to, mask4, resolve_scale, validate
 from .attention_reference import attention_reference  # noqa: F401  (public: llmaccel.attention_reference)
@@ -136,29 +137,24 @@ def _degenerate(query, key, value):
     return None
 
 
-def _cpp_mask(attn_mask: Optional[Tensor], shape) -> tuple[Optional[Tensor], int]:
+def _cpp_mask(attn_mask: Optional[Tensor], shape) -> Optional[Tensor]:
     """The mask as the C++ kernels read it: expanded to [B, Hq, Lq, Lk] (stride 0 on broadcast dims, no copy),
-    bool viewed as uint8 (kind 1) or fp32 added to the scores (kind 2); (None, 0) without a mask."""
+    bool (nonzero = attend) or fp32 (added to the scores); None without a mask."""
     if attn_mask is None:
-        return None, 0
+        return None
     m = attn_mask if attn_mask.dtype in (torch.bool, torch.float32) else attn_mask.to(torch.float32)
-    m = mask4(m).expand(*shape)
-    return (m.view(torch.uint8), 1) if m.dtype == torch.bool else (m, 2)
+    return mask4(m).expand(*shape)
 
 
 def _cpp_leading_args(a) -> tuple[tuple, tuple]:
-    """The arguments every C++ attention entry (forward, backward) starts with, in its order: the sizes; q, k, v
-    as fp32 (no copy for fp32), each a pointer and 4 strides; the mask (pointer, kind, 4 strides); the causal
-    flags and the scale.  Also the tensors those pointers point into, which the caller keeps alive."""
-    B, Hq, Lq, D = a.query.shape
-    Hkv, Lk, Dv = a.key.shape[1], a.key.shape[2], a.value.shape[3]
+    """The arguments every C++ attention entry (forward, backward) starts with, in its order: q, k, v as fp32
+    views (no copy for fp32; llmaccel/ops/_cpp_views.py), the mask's view or None, the causal flags and the
+    scale.  Also the tensors those views point into, which the caller keeps alive."""
+    B, Hq, Lq, _ = a.query.shape
     # fp32 as is (a no-op .to still costs ~3 us of Python each: a decode step's attention call is ~40 us)
     q, k, v = (t if t.dtype == torch.float32 else t.to(torch.float32) for t in (a.query, a.key, a.value))
-    m, mask_kind = _cpp_mask(a.attn_mask, (B, Hq, Lq, Lk))
-    args = (B, Hq, Hkv, Lq, Lk, D, Dv,
-            q.data_ptr(), *q.stride(), k.data_ptr(), *k.stride(), v.data_ptr(), *v.stride(),
-            m.data_ptr() if m is not None else 0, mask_kind, *(m.stride() if m is not None else (0, 0, 0, 0)),
-            bool(a.is_causal), bool(a.causal_bottom_right), a.scale)
+    m = _cpp_mask(a.attn_mask, (B, Hq, Lq, a.key.shape[2]))
+    args = (view(q), view(k), view(v), view_or_none(m), bool(a.is_causal), bool(a.causal_bottom_right), a.scale)
     return args, (q, k, v, m)
 
 
@@ -172,7 +168,7 @@ def _attention_cpp(a):
     lead, _alive = _cpp_leading_args(a)
     out = torch.empty((B, Hq, Lq, a.value.shape[3]), dtype=torch.float32, device=a.query.device)
     lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=a.query.device)
-    ext().attention_fwd(*lead, out.data_ptr(), *out.stride(), lse.data_ptr(), torch.get_num_threads())
+    ext().attention_fwd(*lead, view(out), view(lse), torch.get_num_threads())
     return (out if a.query.dtype == torch.float32 else out.to(a.query.dtype)), lse
 
 
@@ -271,16 +267,8 @@ def _attention_backward_cpp(a):
     lsef = a.lse.to(torch.float32).contiguous()
     dl = a.grad_lse.to(torch.float32).contiguous() if a.grad_lse is not None else None
     dq, dk, dv = (torch.empty(t.shape, dtype=torch.float32, device=t.device) for t in (a.query, a.key, a.value))
-    ext().attention_bwd(
-        *lead,
-        of.data_ptr(), *of.stride(),
-        lsef.data_ptr(),
-        gf.data_ptr(), *gf.stride(),
-        dl.data_ptr() if dl is not None else 0,
-        dq.data_ptr(), *dq.stride(),
-        dk.data_ptr(), *dk.stride(),
-        dv.data_ptr(), *dv.stride(),
-        torch.get_num_threads())
+    ext().attention_bwd(*lead, view(of), view(lsef), view(gf), view_or_none(dl), view(dq), view(dk), view(dv),
+                        torch.get_num_threads())
     return _grads(a, dq, dk, dv)
 
 
