@@ -51,6 +51,11 @@ using llmaccel::TensorViewTuple;
 using llmaccel::expect_sizes;
 using llmaccel::tensor_view;
 
+// The four strides of a 4-D view into a problem struct's four stride fields.
+void strides4(const TensorView& v, int64_t& s0, int64_t& s1, int64_t& s2, int64_t& s3) {
+  s0 = v.stride(0), s1 = v.stride(1), s2 = v.stride(2), s3 = v.stride(3);
+}
+
 // Row-major with no gaps (an empty tensor is, whatever its strides).
 void expect_contiguous(const char* op, const char* name, const TensorView& v) {
   for (int64_t s : v.sizes)
@@ -80,18 +85,18 @@ llmaccel::AttentionProblem attention_problem(const TensorViewTuple& q_, const Te
   llmaccel::AttentionProblem p{};
   p.B = B, p.Hq = Hq, p.Hkv = Hkv, p.Lq = Lq, p.Lk = Lk, p.D = D, p.Dv = Dv;
   p.q = q.data<const float>();
-  p.q_sb = q.stride(0), p.q_sh = q.stride(1), p.q_sl = q.stride(2), p.q_sd = q.stride(3);
+  strides4(q, p.q_sb, p.q_sh, p.q_sl, p.q_sd);
   p.k = k.data<const float>();
-  p.k_sb = k.stride(0), p.k_sh = k.stride(1), p.k_sl = k.stride(2), p.k_sd = k.stride(3);
+  strides4(k, p.k_sb, p.k_sh, p.k_sl, p.k_sd);
   p.v = v.data<const float>();
-  p.v_sb = v.stride(0), p.v_sh = v.stride(1), p.v_sl = v.stride(2), p.v_sd = v.stride(3);
+  strides4(v, p.v_sb, p.v_sh, p.v_sl, p.v_sd);
   p.mask_kind = llmaccel::kMaskNone;
   if (mask_) {
     const TensorView m = tensor_view(op, "mask", *mask_, 4, {"bool", "uint8", "float32"});
     expect_sizes(op, "mask", m, {B, Hq, Lq, Lk});
     p.mask = m.data<const void>();
     p.mask_kind = m.dtype == "float32" ? llmaccel::kMaskFloat : llmaccel::kMaskBool;
-    p.m_sb = m.stride(0), p.m_sh = m.stride(1), p.m_sq = m.stride(2), p.m_sk = m.stride(3);
+    strides4(m, p.m_sb, p.m_sh, p.m_sq, p.m_sk);
   }
   p.causal = is_causal;
   p.bottom_right = causal_bottom_right;
@@ -99,7 +104,7 @@ llmaccel::AttentionProblem attention_problem(const TensorViewTuple& q_, const Te
   const TensorView out = tensor_view(op, "out", out_, 4, {"float32"});
   expect_sizes(op, "out", out, {B, Hq, Lq, Dv});
   p.out = out.data<float>();
-  p.o_sb = out.stride(0), p.o_sh = out.stride(1), p.o_sl = out.stride(2), p.o_sd = out.stride(3);
+  strides4(out, p.o_sb, p.o_sh, p.o_sl, p.o_sd);
   if (lse_) {
     const TensorView lse = tensor_view(op, "lse", *lse_, 3, {"float32"});
     expect_sizes(op, "lse", lse, {B, Hq, Lq});
@@ -315,7 +320,7 @@ PYBIND11_MODULE(_C, m) {
         const TensorView go = tensor_view(op, "dout", dout, 4, {"float32"});
         expect_sizes(op, "dout", go, {B, Hq, Lq, Dv});
         p.dout = go.data<const float>();
-        p.do_sb = go.stride(0), p.do_sh = go.stride(1), p.do_sl = go.stride(2), p.do_sd = go.stride(3);
+        strides4(go, p.do_sb, p.do_sh, p.do_sl, p.do_sd);
         if (dlse) {
           const TensorView gl = tensor_view(op, "dlse", *dlse, 3, {"float32"});
           expect_sizes(op, "dlse", gl, {B, Hq, Lq});
@@ -329,11 +334,11 @@ PYBIND11_MODULE(_C, m) {
         expect_sizes(op, "dk", gk, {B, Hkv, Lk, D});
         expect_sizes(op, "dv", gv, {B, Hkv, Lk, Dv});
         p.dq = gq.data<float>();
-        p.dq_sb = gq.stride(0), p.dq_sh = gq.stride(1), p.dq_sl = gq.stride(2), p.dq_sd = gq.stride(3);
+        strides4(gq, p.dq_sb, p.dq_sh, p.dq_sl, p.dq_sd);
         p.dk = gk.data<float>();
-        p.dk_sb = gk.stride(0), p.dk_sh = gk.stride(1), p.dk_sl = gk.stride(2), p.dk_sd = gk.stride(3);
+        strides4(gk, p.dk_sb, p.dk_sh, p.dk_sl, p.dk_sd);
         p.dv = gv.data<float>();
-        p.dv_sb = gv.stride(0), p.dv_sh = gv.stride(1), p.dv_sl = gv.stride(2), p.dv_sd = gv.stride(3);
+        strides4(gv, p.dv_sb, p.dv_sh, p.dv_sl, p.dv_sd);
         py::gil_scoped_release release;
         llmaccel::attention_bwd(p, variant);
       },

@@ -59,21 +59,23 @@ def attention_bwd_cpp(q, k, v, out, lse, dout, causal, variant, nthreads):
     return dq, dk, dv
 
 
-def attention_fwd_kwargs(**over):
-    """Arguments of ``_C.attention_fwd`` for a small valid problem (q 1x4x3x8, k/v 1x2x5x8, no mask), each view
-    a mutable list ``[address, dtype, sizes, strides]``, with ``over`` applied: ``"q.sizes"`` / ``"v.strides"``
-    / ``"mask.dtype"`` ... replace one part of one view (``"name.addr"`` too), other keys replace an argument.
-    Returns (kwargs, tensors to keep alive, out)."""
-    q, k, v = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
-    out = torch.zeros(1, 4, 3, 8)
-    mask = torch.ones(1, 4, 3, 5, dtype=torch.bool)
+def attention_fwd_kwargs(q_shape=(1, 4, 3, 8), kv_shape=(1, 2, 5, 8), mask_dtype=torch.bool, scale=0.3,
+                         nthreads=1, **over):
+    """Arguments of ``_C.attention_fwd`` for a small valid problem (q ``q_shape``, k/v ``kv_shape``, no mask),
+    each view a mutable list ``[address, dtype, sizes, strides]``, with ``over`` applied: ``"q.sizes"`` /
+    ``"v.strides"`` / ``"mask.dtype"`` ... replace one part of one view (``"name.addr"`` too; a mask part first
+    puts in a valid all-attend mask of ``mask_dtype``), other keys replace an argument.
+    Returns (kwargs, tensors to keep alive (q, k, v, mask, out), out)."""
+    q, k, v = torch.randn(*q_shape), torch.randn(*kv_shape), torch.randn(*kv_shape)
+    out = torch.zeros(*q_shape)
+    mask = torch.ones(q_shape[0], q_shape[1], q_shape[2], kv_shape[2], dtype=mask_dtype)
     kw = dict(q=list(view(q)), k=list(view(k)), v=list(view(v)), mask=None, is_causal=False,
-              causal_bottom_right=False, scale=0.3, out=list(view(out)), lse=None, nthreads=1, variant="")
+              causal_bottom_right=False, scale=scale, out=list(view(out)), lse=None, nthreads=nthreads, variant="")
     parts = {"addr": 0, "dtype": 1, "sizes": 2, "strides": 3}
     for key, value in over.items():
         if "." in key:
             name, part = key.split(".")
-            if kw.get(name) is None:  # the mask: a valid all-True one first
+            if kw.get(name) is None:  # the mask: a valid one first
                 kw[name] = list(view(mask))
             kw[name][parts[part]] = value
         else:

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from llmaccel import _C
 from llmaccel.ops._cpp_views import view
 
+from cpp_calls import attention_fwd_kwargs
+
 VARIANTS = _C.attention_variants()
 NTHREADS = max(1, torch.get_num_threads())
 
@@ -351,34 +353,17 @@ def test_exp2_accuracy(variant):
 
 
 def _args(**over):
-    """A valid call (q 1x4x8x16, k/v 1x2x8x16, GQA) as views (tests/cpp_calls.py's convention: "q.sizes",
-    "mask.dtype", ... replace one part of one view; other keys replace an argument)."""
-    q = torch.randn(1, 4, 8, 16)
-    k = torch.randn(1, 2, 8, 16)
-    v = torch.randn(1, 2, 8, 16)
-    out = torch.empty(1, 4, 8, 16)
-    mask = torch.ones(1, 4, 8, 8)
-    a = dict(q=list(view(q)), k=list(view(k)), v=list(view(v)), mask=None, is_causal=False,
-             causal_bottom_right=False, scale=0.25, out=list(view(out)), lse=None, nthreads=2)
-    parts = {"addr": 0, "dtype": 1, "sizes": 2, "strides": 3}
-    for key, value in over.items():
-        if "." in key:
-            name, part = key.split(".")
-            if a.get(name) is None:
-                a[name] = list(view(mask))  # a valid float mask first
-            a[name][parts[part]] = value
-        else:
-            a[key] = value
-    for name in ("q", "k", "v", "mask", "out", "lse"):
-        if a[name] is not None:
-            a[name] = tuple(a[name])
-    return a, (q, k, v, out, mask)
+    """A valid call (q 1x4x8x16, k/v 1x2x8x16, GQA, a float mask when one is asked for) as views, with
+    ``over`` applied (tests/cpp_calls.py, ``attention_fwd_kwargs``)."""
+    kw, keep, _ = attention_fwd_kwargs((1, 4, 8, 16), (1, 2, 8, 16), torch.float32, **{"scale": 0.25, "nthreads": 2,
+                                                                                        **over})
+    return kw, keep
 
 
 def test_valid_args_run():
     a, keep = _args()
     _C.attention_fwd(**a)
-    q, k, v, out, _ = keep
+    q, k, v, _, out = keep
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.25, enable_gqa=True))
 
 
