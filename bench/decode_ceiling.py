@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import random
 import statistics
-import time
 import warnings
 
 import torch
 
 import llmaccel
+from llmaccel.bench.timing import shuffled_rounds
 from llmaccel._ext import ext
 from llmaccel.bench.cases_int8_linear import K, N, _stack
 
@@ -82,17 +81,7 @@ def main() -> None:
 
     assert torch.equal(ours(), kernel()), "the op and the direct kernel call disagree"
     fns = {"llmaccel": ours, "kernel": kernel, "torch.ao": peer_ao, "read": read}
-    times = {k: [] for k in fns}
-    for _ in range(3):
-        for f in fns.values():
-            f()
-    for _ in range(args.rounds):
-        order = list(fns)
-        random.shuffle(order)
-        for k in order:
-            t0 = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t0)
+    times = shuffled_rounds(fns, args.rounds, warmup=3)
 
     nbytes = 8 * N * K
     print(f"8 x {N}x{K} int8 layers ({nbytes / 2**20:.0f} MiB), M=1, {nthreads} threads, {args.rounds} rounds")

@@ -49,6 +49,7 @@ struct SparseBitmapProblem {
 // With p.by_index set they run the column-index form (and return -1: nothing to cross-check).
 int64_t sparse_bitmap_generic(const SparseBitmapProblem& p);
 int64_t sparse_bitmap_avx2(const SparseBitmapProblem& p);
+int64_t sparse_bitmap_avx512(const SparseBitmapProblem& p);
 
 // The column-index form of the same weight (for sparse weights: at 10 % density the bitmap costs 10 bits per
 // kept value and, worse, a fixed amount of work per bitmap byte, while a column index costs 16 bits and work

@@ -233,10 +233,6 @@ struct SiAvx2Tile {
 }  // namespace LLMACCEL_CPU_CAPABILITY
 
 int64_t sparse_bitmap_avx2(const SparseBitmapProblem& p) {
-  if (p.by_index) {
-    si_run<SiAvx2Tile>(p);
-    return -1;
-  }
-  return sb_run<SbAvx2Tile, &sb_count_bits_avx2>(p);
+  return sb_entry<SbAvx2Tile, SiAvx2Tile, &sb_count_bits_avx2>(p);
 }
 }  // namespace llmaccel

@@ -4,10 +4,6 @@
 
 namespace llmaccel {
 int64_t sparse_bitmap_generic(const SparseBitmapProblem& p) {
-  if (p.by_index) {
-    si_run<SiScalarTile>(p);
-    return -1;
-  }
-  return sb_run<SbScalarTile, &sb_count_bits>(p);
+  return sb_entry<SbScalarTile, SiScalarTile, &sb_count_bits>(p);
 }
 }  // namespace llmaccel

@@ -173,6 +173,18 @@ void si_run(const SparseBitmapProblem& p) {
   sb_run<Tile, nullptr>(p);
 }
 
+// A unit's entry (sparse_bitmap.h): the column-index form on IndexTile, else the bitmap form on ByteTile with
+// the row check Count; returns the first row whose bitmap disagrees with row_offsets, or -1.
+template <template <int, int> class ByteTile, template <int, int> class IndexTile,
+          int64_t (*Count)(const uint8_t*, int64_t)>
+int64_t sb_entry(const SparseBitmapProblem& p) {
+  if (p.by_index) {
+    si_run<IndexTile>(p);
+    return -1;
+  }
+  return sb_run<ByteTile, Count>(p);
+}
+
 }  // namespace
 }  // namespace LLMACCEL_CPU_CAPABILITY
 }  // namespace llmaccel

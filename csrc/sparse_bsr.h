@@ -43,6 +43,7 @@ struct SparseBSRProblem {
 
 void sparse_bsr_generic(const SparseBSRProblem& p);
 void sparse_bsr_avx2(const SparseBSRProblem& p);
+void sparse_bsr_avx512(const SparseBSRProblem& p);
 
 // Validated entry point; variant "" picks the best for this CPU.
 // values_int8: `values` points at int8 tiles and `scale` at N fp32 per-row

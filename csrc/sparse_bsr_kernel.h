@@ -1,6 +1,6 @@
 // The sparse_bsr_linear loop nest and its register-blocked micro-kernel, written once over a small
 // vector-traits layer V and compiled per ISA translation unit (sparse_bsr_generic.cpp: 4-float plain
-// arrays the compiler maps to SSE; sparse_bsr_avx2.cpp: __m256 with FMA).  Everything is in the unit's
+// arrays the compiler maps to SSE; sparse_bsr_avx2.cpp: __m256 with FMA; sparse_bsr_avx512.cpp: __m512).  Everything is in the unit's
 // capability namespace (common.h) and an anonymous namespace, so no AVX2 copy can reach generic code.
 //
 // V provides: reg, W (floats per reg), zero(), load(p), store(p, v), set1(f), fma(a, b, c) = a * b + c,
@@ -121,7 +121,8 @@ struct BsrKernel {
   };
 
   // Packs tile row `row` into buf (file comment); returns its description.  buf holds
-  // round_up(bh, 8) * max_row_tiles * bw + 2 * round_up(bh, 8) floats (>= what one row needs, for W <= 8).
+  // round_up(bh, W) * max_row_tiles * bw + 2 * (round_up(bh, W) + NR) floats (>= what one row needs: the
+  // panels round_up(valid, W) * kk, the bias and scale copies round_up(valid, NR) each).
   template <class T>
   static BsrRow pack(const SparseBSRProblem& p, const T* values, int64_t row, float* buf) {
     BsrRow c{};
@@ -208,7 +209,7 @@ struct BsrKernel {
   static void run(const SparseBSRProblem& p) {
     static constexpr TileTable<kBsrMR, 2, Tile> table;
     // Scratch per thread, allocated here (bad_alloc -> MemoryError) since no exception may leave the region.
-    const int64_t bhp = round_up(p.bh, 8);
+    const int64_t bhp = round_up(p.bh, W);
     const int64_t floats = bhp * p.max_row_tiles * p.bw + 2 * bhp + 2 * NR;
     struct Free {
       void operator()(float* f) const { std::free(f); }

@@ -88,12 +88,14 @@ constexpr Variant kVariants[] = {
     {Family::sparse_nm, "avx2", IsaLevel::avx2, sparse_nm_kernels(&sparse_nm_avx2)},
     {Family::sparse_nm, "generic", IsaLevel::generic, sparse_nm_kernels(&sparse_nm_generic)},
 
+    {Family::sparse_bitmap, "avx512", IsaLevel::avx512, sparse_bitmap_kernels(&sparse_bitmap_avx512)},
     {Family::sparse_bitmap, "avx2", IsaLevel::avx2, sparse_bitmap_kernels(&sparse_bitmap_avx2)},
     {Family::sparse_bitmap, "generic", IsaLevel::generic, sparse_bitmap_kernels(&sparse_bitmap_generic)},
 
     {Family::sparse_nm_large, "avx2", IsaLevel::avx2, sparse_nm_large_kernels(&sparse_nm_large_avx2)},
     {Family::sparse_nm_large, "generic", IsaLevel::generic, sparse_nm_large_kernels(&sparse_nm_large_generic)},
 
+    {Family::sparse_bsr, "avx512", IsaLevel::avx512, sparse_bsr_kernels(&sparse_bsr_avx512)},
     {Family::sparse_bsr, "avx2", IsaLevel::avx2, sparse_bsr_kernels(&sparse_bsr_avx2)},
     {Family::sparse_bsr, "generic", IsaLevel::generic, sparse_bsr_kernels(&sparse_bsr_generic)},
 };

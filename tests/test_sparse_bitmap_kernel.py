@@ -222,7 +222,7 @@ def test_corrupt_fields_through_the_op_raise(variant):
 
 
 @pytest.mark.parametrize("over,msg", [
-    (dict(variant="sse9"), r"unknown variant 'sse9' \(known: avx2, generic\)"),
+    (dict(variant="sse9"), r"unknown variant 'sse9' \(known: avx512, avx2, generic\)"),
     (dict(M=-1), r"M must be >= 0, got -1"),
     (dict(N=-2), r"N must be >= 0, got -2"),
     (dict(K=-3), r"K must be >= 0, got -3"),
@@ -276,7 +276,7 @@ def test_wrapper_rejects_bad_arguments():
 def test_cpu_info_lists_the_op():
     d = llmaccel.cpu_info()["ops"]["sparse_bitmap_linear"]
     assert d["family"] == "sparse_bitmap" and d["variant"] == AVAILABLE[0] and d["why"].startswith(d["variant"] + ":")
-    assert ALL_VARIANTS == ["avx2", "generic"]
+    assert ALL_VARIANTS == ["avx512", "avx2", "generic"]
 
 
 def _route_table(max_m):
@@ -306,7 +306,7 @@ def test_op_cpp_backend_runs_the_bitmap_route(quantize, dtype, index, monkeypatc
     for lead in ((1,), (3,), (2, 5), (17,)):
         x = torch.randn(*lead, 113).to(dtype)
         rows = x.numel() // 113
-        by_index = index and rows * wt.values.numel() / (17 * 113) <= sparse_linear_routes.INDEX_MAX_WORK
+        by_index = index and rows * wt.values.numel() / (17 * 113) <= sparse_linear_routes.index_max_work()
         assert _route(x, fields, bias) == ("bitmap_index" if by_index else "bitmap")
         with backends.use("cpp"):
             y = llmaccel.sparse_linear(x, *fields, bias)
@@ -328,6 +328,9 @@ def test_op_routes_by_rows_and_density(monkeypatch):
     a proportionally smaller one (sparse_linear_routes.bitmap_route); non-fp32 float values are refused."""
     monkeypatch.setattr(sparse_linear_routes, "CROSSOVER_M", {
         ("bitmap", "avx2"): sparse_linear_routes.Crossover(8, 0.5, "test")})
+    # The AVX-512 unit's own limit (its gathers keep the index form ahead up to 8 rows at 10 %), then the default.
+    assert sparse_linear_routes.index_max_work() == (0.8 if AVAILABLE[0] == "avx512" else 0.4)
+    monkeypatch.setattr(sparse_linear_routes, "INDEX_MAX_WORK_BY_VARIANT", {})
     sparse = llmaccel.sparse_linear_fields(_weight(8, 160, 0.9))   # density 0.1: the crossover as measured
     dense = llmaccel.sparse_linear_fields(_weight(8, 160, 0.25))   # density 0.75: int(8 * 0.5 / 0.75) = 5
     assert _route(torch.randn(8, 160), sparse) == "bitmap"

@@ -207,7 +207,7 @@ def test_cpu_info_lists_the_op_and_the_cap_applies():
 
     d = llmaccel.cpu_info()["ops"]["sparse_bsr_linear"]
     assert d["family"] == "sparse_bsr" and d["variant"] == AVAILABLE[0] and d["why"].startswith(d["variant"] + ":")
-    assert ALL_VARIANTS == ["avx2", "generic"]
+    assert ALL_VARIANTS == ["avx512", "avx2", "generic"]
     if "avx2" in AVAILABLE:  # capped at generic: the wrapper runs generic, avx2 is refused by name
         bsr, x = _bsr(17, 113, (8, 4), 0.5), torch.randn(3, 113)
         with cpu.cpu_isa("generic"):
@@ -250,7 +250,7 @@ def _corrupt(field, i, value):
 
 
 @pytest.mark.parametrize("over,msg", [
-    (dict(variant="sse9"), r"unknown variant 'sse9' \(known: avx2, generic\)"),
+    (dict(variant="sse9"), r"unknown variant 'sse9' \(known: avx512, avx2, generic\)"),
     (dict(M=-1), r"M must be >= 0, got -1"),
     (dict(N=-2), r"N must be >= 0, got -2"),
     (dict(K=-3), r"K must be >= 0, got -3"),
@@ -307,7 +307,7 @@ def _half_weight():
 
 
 @pytest.mark.parametrize("call,exc,msg", [
-    (lambda x, w: bsr_linear_cpp(x, w, None, "sse9"), ValueError, r"unknown variant .sse9. \(known: avx2, generic\)"),
+    (lambda x, w: bsr_linear_cpp(x, w, None, "sse9"), ValueError, r"unknown variant .sse9. \(known: avx512, avx2, generic\)"),
     (lambda x, w: bsr_linear_cpp(x.double(), w), ValueError, r"x must be float32"),
     (lambda x, w: bsr_linear_cpp(torch.randn(2, 13), w), ValueError, r"x's last dimension must be in_features = 12"),
     (lambda x, w: bsr_linear_cpp(x, w, torch.randn(4)), ValueError, r"bias must be a float32 CPU tensor of shape"),

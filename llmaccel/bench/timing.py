@@ -244,3 +244,23 @@ class ForeignCpu:
             return
         other = (b1 - self._b0) - (s1 - self._s0)
         self.share = max(0.0, other / (wall * (os.cpu_count() or 1)))
+
+
+def shuffled_rounds(fns: dict, rounds: int, warmup: int = 1) -> dict:
+    """``{name: [seconds per round]}``: every function of ``fns`` once per round, in a fresh random order each
+    round (machine drift hits all of them alike), after ``warmup`` untimed rounds.  For the ceiling scripts in
+    ``bench/`` that compare a kernel with a plain read of its bytes and with its peer."""
+    import random
+
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times: dict = {k: [] for k in fns}
+    for _ in range(rounds):
+        order = list(fns)
+        random.shuffle(order)
+        for k in order:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    return times

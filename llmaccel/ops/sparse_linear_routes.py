@@ -91,6 +91,11 @@ CROSSOVER_M: dict[tuple[str, str], Crossover] = {
     # / 0.63x at M = 1 / 4 / 8 / 16 / 24.  (Its int8-activation path is the AVX2 kernel: ("nm_i8", "avx2").)
     ("nm", "avx512@avx512"): Crossover(8, 0.5, "Intel Xeon (Sapphire Rapids class, AVX-512 MKL), 2 threads, "
                                                "2026-12-01"),
+    # The AVX-512 bitmap unit (vexpandps per 16 columns) on the same machine, bench/sparse_crossover.py --routes
+    # bitmap50 bitmap90: 50 % 1.34 / 1.42 / 2.19 / 1.95 / 0.80x at M = 1 / 2 / 4 / 8 / 16; 90 % 1.14 / 1.15 / 2.14
+    # / 1.82 / 1.44 / 0.91x at M = 1 / 2 / 4 / 8 / 16 / 32.
+    ("bitmap", "avx512@avx512"): Crossover(8, 0.5, "Intel Xeon (Sapphire Rapids class, AVX-512 MKL), 2 threads, "
+                                                   "2026-12-01"),
     ("bitmap", "avx2@avx512"): Crossover(8, 0.5, "Intel Xeon (Sapphire Rapids class, AVX-512 MKL), 2 threads, "
                                                  "2026-12-01"),
 }
@@ -219,17 +224,29 @@ def nm_route(rows: int, n: int, m: int, act: str = "none") -> Route:
 # is per kept value and per x row (one gather each): the index form wins at one row below ~25-30 % density
 # and loses as soon as several rows share the bytes, so it runs where density <= INDEX_MAX_DENSITY and
 # rows x density <= INDEX_MAX_WORK (1 row up to 25 %, 2 up to 20 %, 4 at 10 %: the tie measured above).
+# The AVX-512 unit gathers x with vgatherdps (16 values a step) where the AVX2 one inserts 8 scalars, so its
+# index form stays ahead further: 2-core Sapphire Rapids class Xeon, 2026-12-01, bench/sparse_crossover.py
+# --routes bitmap90 index90 (dense time / route time, both AVX-512): 90 % at M = 1 / 2 / 4 / 8 / 16, index
+# 4.39 / 3.55 / 2.92 / 2.10 / 0.88x, bitmap 1.14 / 1.15 / 2.14 / 1.82 / 1.44x: the index form up to 8 rows at
+# 10 % density (INDEX_MAX_WORK_BY_VARIANT).
 INDEX_MAX_DENSITY = 0.25
 INDEX_MAX_WORK = 0.4
+INDEX_MAX_WORK_BY_VARIANT = {"avx512": 0.8}
+
+
+def index_max_work() -> float:
+    """The rows x density limit of the column-index form for the bitmap variant that runs here."""
+    return INDEX_MAX_WORK_BY_VARIANT.get(_variant("sparse_bitmap"), INDEX_MAX_WORK)
 
 
 def bitmap_route(rows: int, density: float, k: int = 0) -> Route:
     """Route for a bitmap weight keeping ``density`` of its entries, ``rows`` rows of x and K = ``k`` (module
     docstring)."""
-    if density <= INDEX_MAX_DENSITY and rows * density <= INDEX_MAX_WORK and 0 < k <= 65536 \
+    work = index_max_work()
+    if density <= INDEX_MAX_DENSITY and rows * density <= work and 0 < k <= 65536 \
             and hasattr(ext(), "sparse_bitmap_index_linear"):
         return Route("bitmap_index", lambda: f"M={rows} at density {density:.2f}: the column-index form (work per kept "
-                                     f"value; density <= {INDEX_MAX_DENSITY} and M x density <= {INDEX_MAX_WORK}, "
+                                     f"value; density <= {INDEX_MAX_DENSITY} and M x density <= {work}, "
                                      f"measured against the bitmap byte kernel, {_variant('sparse_bitmap')})")
     found, variant = crossover("bitmap", "sparse_bitmap")
     limit = 0 if not found else found.max_m if density <= found.density else found.limit(density)
