@@ -41,8 +41,9 @@ namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {
 namespace {
 
-// Values ahead of the current position that the int8-activation tile's software prefetch asks for (2 KiB).
-constexpr int64_t kSnPrefetchFloats = 512;
+// How far ahead the int8-activation tile's software prefetch asks for the values (bytes), and for the index
+// bits (a quarter of that: they stream at a quarter of the values' rate).
+constexpr int64_t kSnI8PrefetchBytes = 4096;
 
 // The vector traits of the half-density tile (sparse_nm_half_tile.h): 8 slots a vector, each vector's
 // first 4 slots in the window x[0..7] and the last 4 in x[8..15].
@@ -137,7 +138,8 @@ struct SnI8Tile2of4 {
     __m256i acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_si256();
     for (int64_t blk = 0; blk < nblocks; ++blk) {
-      _mm_prefetch(reinterpret_cast<const char*>(v + blk * 32 + 4 * kSnPrefetchFloats), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(v + blk * 32) + kSnI8PrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(ix + blk * 8) + kSnI8PrefetchBytes / 4, _MM_HINT_T0);
       const __m256i ctl = sn_controls_2of4(ix + blk * 8);
       const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + blk * 32));
       for (int r = 0; r < R; ++r) {

@@ -50,15 +50,25 @@ struct SnAvx512 {
   template <int NN, int MM>
   static I lanes(const uint8_t* block_idx, int j) {
     constexpr int B = sn_half_index_bits(MM);
+    __m512i dw;
+    if constexpr (B == 2) {
+      // 2:4: the vector's 32 index bits are one dword, broadcast straight from memory (a load-port
+      // vpbroadcastd; the general path below spends a GPR broadcast and a vpermd, both on the shuffle port
+      // that vpermt2ps needs).
+      int32_t d;
+      std::memcpy(&d, block_idx + 4 * j, 4);
+      dw = _mm512_set1_epi32(d);
+    } else {
     uint64_t q = 0;
     std::memcpy(&q, block_idx + 2 * B * j, 2 * B);  // 16 * B bits
     // Lane s needs dword (B * s) / 32 of q, shifted right by (B * s) % 32.
     const __m512i qv = _mm512_set1_epi64(static_cast<long long>(q));
-    const __m512i dw = _mm512_permutexvar_epi32(
+    dw = _mm512_permutexvar_epi32(
         _mm512_setr_epi32((0 * B) / 32, (1 * B) / 32, (2 * B) / 32, (3 * B) / 32, (4 * B) / 32, (5 * B) / 32,
                           (6 * B) / 32, (7 * B) / 32, (8 * B) / 32, (9 * B) / 32, (10 * B) / 32, (11 * B) / 32,
                           (12 * B) / 32, (13 * B) / 32, (14 * B) / 32, (15 * B) / 32),
         qv);
+    }
     const __m512i sh = _mm512_setr_epi32((0 * B) % 32, (1 * B) % 32, (2 * B) % 32, (3 * B) % 32, (4 * B) % 32,
                                          (5 * B) % 32, (6 * B) % 32, (7 * B) % 32, (8 * B) % 32, (9 * B) % 32,
                                          (10 * B) % 32, (11 * B) % 32, (12 * B) % 32, (13 * B) % 32,

@@ -31,14 +31,29 @@
 
 #include <immintrin.h>
 
+#include <type_traits>
+#include <utility>
+
 #include "sparse_nm_kernel.h"
 
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
-// Kept values ahead of the current position that the software prefetch asks for (2 KiB of fp32).
-constexpr int64_t kSnHalfPrefetchFloats = 512;
+// How far ahead of the current block the software prefetch asks for the values and the index bits, in bytes
+// (the same distance for int8 values: at 512 values, 512 bytes, the int8 stream ran 0.6-0.7 of a plain read).
+constexpr int64_t kSnHalfPrefetchBytes = 4096;
+
+// f(std::integral_constant<int, 0>{}), .., f(std::integral_constant<int, G - 1>{}): a loop over g with g a
+// compile-time constant in the body.
+template <int G, class F, int... I>
+inline void sn_for_each_impl(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int G, class F>
+inline void sn_for_each(F&& f) {
+  sn_for_each_impl<G>(f, std::make_integer_sequence<int, G>{});
+}
 
 // Index bits per kept slot of the half-density pattern with group size m (2, 4, 8): 1, 2, 4.
 constexpr int sn_half_index_bits(int m) { return m == 2 ? 1 : m == 4 ? 2 : 4; }
@@ -64,23 +79,36 @@ struct SnHalfTile {
       typename V::T acc[R][A];
       for (int r = 0; r < R; ++r)
         for (int a = 0; a < A; ++a) acc[r][a] = V::zero();
-      for (int64_t blk = 0; blk < nblocks; ++blk) {
+      // Block blk, its slot vectors into chains (g * kVecs + j) % A, g = blk % G: a compile-time chain in the
+      // unrolled loops below, so the accumulators stay in registers (a chain index computed at run time, as
+      // with the AVX-512 unit's 2 vectors a block and 4 chains, puts them in memory: ~1.3x slower).
+      constexpr int G = A > kVecs ? A / kVecs : 1;  // blocks per turn of the chains
+      static_assert(A % kVecs == 0 || kVecs % A == 0, "chains and vectors per block must nest");
+      const auto block = [&](int64_t blk, auto g) {
         const T* vb = v + blk * 32;
         // The block's values: 2 cache lines (fp32) or half of one (int8).
-        _mm_prefetch(reinterpret_cast<const char*>(vb + kSnHalfPrefetchFloats), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(vb) + kSnHalfPrefetchBytes, _MM_HINT_T0);
         if constexpr (sizeof(T) == 4)
-          _mm_prefetch(reinterpret_cast<const char*>(vb + kSnHalfPrefetchFloats + 16), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(vb + 16) + kSnHalfPrefetchBytes, _MM_HINT_T0);
         const uint8_t* bidx = ix + blk * 4 * B;  // 32 slots x B bits
+        _mm_prefetch(reinterpret_cast<const char*>(bidx) + kSnHalfPrefetchBytes / 2, _MM_HINT_T0);
+#pragma GCC unroll 4
         for (int j = 0; j < kVecs; ++j) {
           const typename V::I lanes = V::template lanes<NN, MM>(bidx, j);
           const typename V::T vals = V::load_values(vb + W * j);
-          const int a = static_cast<int>((blk * kVecs + j) % A);
+          const int a = (decltype(g)::value * kVecs + j) % A;
           for (int r = 0; r < R; ++r) {
             const float* xw = xr[r] + blk * 64 + 2 * W * j;
             acc[r][a] = V::fma(V::gather(xw, lanes), vals, acc[r][a]);
           }
         }
-      }
+      };
+      int64_t blk = 0;
+      for (; blk + G <= nblocks; blk += G)
+        sn_for_each<G>([&](auto g) { block(blk + decltype(g)::value, g); });
+      sn_for_each<G>([&](auto g) {  // the last nblocks % G blocks
+        if (blk + decltype(g)::value < nblocks) block(blk + decltype(g)::value, g);
+      });
       float tail[R][4] = {};
       sn_scalar_groups<T, R>(p, row, m0, nblocks * (64 / p.m), tail);
       for (int r = 0; r < R; ++r) {
