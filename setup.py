@@ -41,6 +41,10 @@ ISA_FLAGS = {
     # attention_avx512.cpp uses no VNNI but shares the level (one gate per level).
     "avx512": (("_avx512.cpp", "_avx512vnni.cpp"), ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
                                    "-mavx512dq", "-mavx512vnni"]),
+    # AVX512-VBMI (Ice Lake, Sapphire Rapids, Zen 4; not Skylake-SP / Cascade Lake): the AVX-512 level plus the
+    # byte permutes (vpermt2b, vpmultishiftqb) of the sparse int8 gather.
+    "avx512vbmi": ("_avx512vbmi.cpp", ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                                       "-mavx512dq", "-mavx512vnni", "-mavx512vbmi"]),
     # AMX-INT8 (Sapphire Rapids and later): the AVX-512 level plus the tile unit.
     "amx": ("_amx.cpp", ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
                          "-mavx512vnni", "-mamx-tile", "-mamx-int8"]),

@@ -17,7 +17,7 @@ namespace {
 constexpr int kCount = static_cast<int>(CpuFeature::kCount);
 
 const char* const kNames[kCount] = {"avx",        "avx2",    "fma",        "f16c",     "avx512f",
-                                    "avx512bw",   "avx512vl", "avx512dq",  "avx512vnni", "avxvnni",
+                                    "avx512bw",   "avx512vl", "avx512dq",  "avx512vnni", "avx512vbmi", "avxvnni",
                                     "avx512bf16", "amx_tile", "amx_int8",  "amx_bf16"};
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -84,6 +84,7 @@ Detected detect() {
   set(CpuFeature::avx512bw, avx512f && bit(l7.b, 30));
   set(CpuFeature::avx512vl, avx512f && bit(l7.b, 31));
   set(CpuFeature::avx512vnni, avx512f && bit(l7.c, 11));
+  set(CpuFeature::avx512vbmi, avx512f && bit(l7.c, 1));
   set(CpuFeature::avx512bf16, avx512f && bit(l7s1.a, 5));
   const bool amx_tile = os_amx && bit(l7.d, 24) && amx_permitted();
   set(CpuFeature::amx_tile, amx_tile);

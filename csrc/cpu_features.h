@@ -25,6 +25,7 @@ enum class CpuFeature : int {
   avx512vl,
   avx512dq,
   avx512vnni,
+  avx512vbmi,
   avxvnni,
   avx512bf16,
   amx_tile,

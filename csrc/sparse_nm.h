@@ -50,6 +50,7 @@ struct SparseNMProblem {
 void sparse_nm_generic(const SparseNMProblem& p);
 void sparse_nm_avx2(const SparseNMProblem& p);
 void sparse_nm_avx512(const SparseNMProblem& p);  // int8 activations and other patterns: sparse_nm_avx2
+void sparse_nm_avx512vbmi(const SparseNMProblem& p);  // 2:4 int8 activations; the rest: sparse_nm_avx512
 
 // Index field width for m columns per group: the smallest of 1, 2, 4, 8 bits that holds m - 1.
 constexpr int sparse_nm_index_bits(int64_t m) { return m <= 2 ? 1 : m <= 4 ? 2 : m <= 16 ? 4 : 8; }

@@ -61,7 +61,7 @@ constexpr Kernels sparse_bsr_kernels(void (*run)(const SparseBSRProblem&)) {
 }
 
 // Best first within a family.  The level must be the one setup.py compiles
-// the defining unit for: *_amx.cpp -> amx, *_avx512vnni.cpp -> avx512, *_avx2.cpp -> avx2,
+// the defining unit for: *_amx.cpp -> amx, *_avx512vbmi.cpp -> avx512vbmi, *_avx512vnni.cpp -> avx512, *_avx2.cpp -> avx2,
 // everything else generic.
 constexpr Variant kVariants[] = {
     {Family::int8_mm, "amx", IsaLevel::amx, int8_mm_kernels(&int8_mm_amx, &int8_mm_layout_amx)},
@@ -84,6 +84,7 @@ constexpr Variant kVariants[] = {
     {Family::attention, "generic", IsaLevel::generic,
      attention_kernels(&attention_run_generic, &attention_bwd_generic, &attention_exp2_generic)},
 
+    {Family::sparse_nm, "avx512vbmi", IsaLevel::avx512vbmi, sparse_nm_kernels(&sparse_nm_avx512vbmi)},
     {Family::sparse_nm, "avx512", IsaLevel::avx512, sparse_nm_kernels(&sparse_nm_avx512)},
     {Family::sparse_nm, "avx2", IsaLevel::avx2, sparse_nm_kernels(&sparse_nm_avx2)},
     {Family::sparse_nm, "generic", IsaLevel::generic, sparse_nm_kernels(&sparse_nm_generic)},

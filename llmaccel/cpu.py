@@ -36,9 +36,10 @@ OP_FAMILIES = {
 
 
 # (op, variant) -> the lower variant whose kernel that variant's unit runs for the op, where the unit has no
-# tile of its own for it (csrc/sparse_nm_avx512.cpp hands int8 activations to the AVX2 tiles): cpu_info()
-# reports the variant chosen and, as "kernel", the code that runs.
-DELEGATED = {("sparse_nm_i8_linear", "avx512"): "avx2"}
+# tile of its own for it (csrc/sparse_nm_avx512.cpp hands int8 activations to the AVX2 tiles, and
+# csrc/sparse_nm_avx512vbmi.cpp fp32 activations to the AVX-512 ones): cpu_info() reports the variant chosen and,
+# as "kernel", the code that runs.
+DELEGATED = {("sparse_nm_i8_linear", "avx512"): "avx2", ("sparse_nm_linear", "avx512vbmi"): "avx512"}
 
 
 def _op_entry(op: str, fam: str, d: dict) -> dict:
@@ -91,7 +92,7 @@ def cpu_info() -> dict:
 
 
 def set_cpu_isa(level: str) -> None:
-    """Caps the C++ variants at ``level`` ("generic", "avx2", "avx512", "amx"; "" = the best the CPU supports)
+    """Caps the C++ variants at ``level`` ("generic", "avx2", "avx512", "avx512vbmi", "amx"; "" = the best the CPU supports)
     for this process, as ``LLMACCEL_CPU_ISA`` does at load.  Cached packed weights are dropped (their
     layout belongs to the variant that packed them).  ValueError for an unknown level, RuntimeError
     naming the missing features for a level this CPU lacks."""

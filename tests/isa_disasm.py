@@ -39,6 +39,8 @@ _AVX512_REG = re.compile(r"%zmm\d|%k[0-7]\b")
 _AVX_REG = re.compile(r"%ymm\d|%zmm\d")
 # AMX: the tile instructions (VEX-encoded, so they also count as AVX) and the tile registers.
 _AMX_INSN = re.compile(r"^(?:tile\w*|tdp\w*|ldtilecfg|sttilecfg)\b|%tmm\d")
+# AVX512-VBMI: the byte permutes and the multishift (the avx512vbmi level's only additions).
+_VBMI_INSN = re.compile(r"^(?:vpermb|vpermi2b|vpermt2b|vpmultishiftqb)\b")
 
 
 def objdump_available() -> bool:
@@ -56,6 +58,8 @@ class Function:
     first_avx512: str = ""
     amx: bool = False
     first_amx: str = ""
+    vbmi: bool = False
+    first_vbmi: str = ""
     edges: set = field(default_factory=set)
 
 
@@ -130,6 +134,8 @@ class Library:
                     cur.avx512, cur.first_avx512 = True, insn
             if _AMX_INSN.search(insn) and not cur.amx:
                 cur.amx, cur.first_amx = True, insn
+            if _VBMI_INSN.search(insn) and not cur.vbmi:
+                cur.vbmi, cur.first_vbmi = True, insn
             if kind or _AVX_REG.search(insn):
                 if not cur.avx:
                     cur.avx, cur.first_avx = True, insn

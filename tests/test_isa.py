@@ -28,7 +28,8 @@ X86 = platform.machine() in ("x86_64", "AMD64", "i686")
 # Our feature names -> the Linux kernel's /proc/cpuinfo flag names.
 PROC_CPUINFO_NAMES = {
     "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512f", "avx512bw": "avx512bw",
-    "avx512vl": "avx512vl", "avx512dq": "avx512dq", "avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni",
+    "avx512vl": "avx512vl", "avx512dq": "avx512dq", "avx512vnni": "avx512_vnni", "avx512vbmi": "avx512vbmi",
+    "avxvnni": "avx_vnni",
     "avx512bf16": "avx512_bf16", "amx_tile": "amx_tile", "amx_int8": "amx_int8", "amx_bf16": "amx_bf16",
 }
 
@@ -71,7 +72,7 @@ def test_every_level_gate_covers_its_compile_flags():
     table, flag_feature = setup_isa_table()
     assert flag_feature("-mavx512vnni") == "avx512vnni" and flag_feature("-mamx-tile") == "amx_tile"
     levels = ext().isa_levels()
-    assert list(levels) == ["generic", "avx2", "avx512", "amx"] and levels["generic"] == []
+    assert list(levels) == ["generic", "avx2", "avx512", "avx512vbmi", "amx"] and levels["generic"] == []
     assert set(table) == set(levels) - {"generic"}
     known = set(ext().known_cpu_features())
     for level, (suffix, flags) in table.items():
@@ -83,7 +84,7 @@ def test_every_level_gate_covers_its_compile_flags():
 def test_variant_table_gates_and_order():
     table, flag_feature = setup_isa_table()
     rows = ext().variant_table()
-    order = ["generic", "avx2", "avx512", "amx"]
+    order = ["generic", "avx2", "avx512", "avx512vbmi", "amx"]
     fams = {}
     for r in rows:
         fams.setdefault(r["family"], []).append(r)
@@ -170,6 +171,14 @@ def test_no_wider_isa_reachable(library):
     # AVX-512 code never reaches the tile unit (AMX runs only behind its own gate).
     avx512_roots = [sym for (_, _, level, _), sym, _ in points if level == "avx512"]
     avx512 = lib.reachable(avx512_roots)
+    # Nor VBMI (the avx512vbmi level's byte permutes: Skylake-SP / Cascade Lake have AVX-512 without them).
+    bad = [n for n in avx512 | avx2 | generic if lib.functions[n].vbmi]
+    names = demangle(bad)
+    assert not bad, "code below the avx512vbmi level reaches VBMI:\n" + "\n".join(
+        f"  {names[n][:160]}: {lib.functions[n].first_vbmi}" for n in bad)
+    assert any(f.vbmi for f in lib.functions.values()) == ("avx512vbmi" in ext().isa_levels())
+    vbmi_roots = [sym for (_, _, level, _), sym, _ in points if level == "avx512vbmi"]
+    avx512 |= lib.reachable(vbmi_roots)
     bad = [n for n in avx512 | avx2 | generic if lib.functions[n].amx]
     names = demangle(bad)
     assert not bad, "code below the amx level reaches AMX:\n" + "\n".join(
@@ -184,9 +193,9 @@ def test_capability_namespaces_hold_only_their_isa(library):
     from isa_disasm import demangle
 
     names = demangle(library.functions)
-    seen = {"generic": 0, "avx2": 0, "avx512": 0, "amx": 0}
+    seen = {"generic": 0, "avx2": 0, "avx512": 0, "avx512vbmi": 0, "amx": 0}
     for sym, f in library.functions.items():
-        m = re.match(r"^(?:\S+ )?(?:\w+\s+)*llmaccel::(generic|avx2|avx512|amx)::", names[sym])
+        m = re.match(r"^(?:\S+ )?(?:\w+\s+)*llmaccel::(generic|avx2|avx512|avx512vbmi|amx)::", names[sym])
         if not m:
             continue
         seen[m.group(1)] += 1
@@ -196,6 +205,8 @@ def test_capability_namespaces_hold_only_their_isa(library):
             assert not f.avx512, (names[sym], f.first_avx512)
         if m.group(1) != "amx":
             assert not f.amx, (names[sym], f.first_amx)
+        if m.group(1) in ("generic", "avx2", "avx512"):
+            assert not f.vbmi, (names[sym], f.first_vbmi)
     assert all(seen.values()), seen
 
 

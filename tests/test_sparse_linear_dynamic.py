@@ -96,6 +96,22 @@ def test_kernel_int32_core_is_exact(variant, pattern):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_kernel_exact_at_the_largest_k(variant):
+    """K = 133000 (the limit) with every code +127 in x and in the kept weights: the true dot, 127 * 127 * K / 2,
+    fits int32, but a kernel that biases the codes to unsigned (the avx512vbmi unit's (x + 128) * q, less
+    128 * sum q) passes 2^31 on the way, and must come back to the exact sum (modulo-2^32 arithmetic)."""
+    variant = _variant(variant)
+    K = 133000
+    w = torch.ones(2, K)
+    w[1, 1::2] = -1.0  # the second row: kept codes alternate in sign per group, the dot stays small
+    pw = NMPackedWeight.from_dense(w, prune(w, "2:4"), "2:4", quantize="int8")
+    x = torch.ones(1, K)
+    acc, _ = _integer_reference(x, pw)
+    assert int(acc[0, 0]) == 127 * 127 * K // 2 and 255 * 127 * (K // 2) > 2 ** 31
+    _expect_exact(_i8_raw(x, pw, None, variant), x, pw, f"{variant} K={K}")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_kernel_strides_bias_threads(variant):
     """Strided x rows and y rows (nothing written past N), bias within an fp32 rounding or a fused
     multiply-add of the exact core, and bit-identical results for 1, 2 and 3 threads."""

@@ -202,14 +202,14 @@ def test_cpu_info_lists_the_op():
     info = llmaccel.cpu_info()
     d = info["ops"]["sparse_nm_linear"]
     assert d["family"] == "sparse_nm" and d["variant"] == AVAILABLE[0] and d["why"].startswith(d["variant"] + ":")
-    assert ALL_VARIANTS == ["avx512", "avx2", "generic"]
+    assert ALL_VARIANTS == ["avx512vbmi", "avx512", "avx2", "generic"]
 
 
 def test_wrapper_rejects_bad_arguments():
     packed = _packed(5, 12, "2:4")
     x = torch.randn(2, 12)
     with pytest.raises(ValueError,
-                       match=r"llmaccel::sparse_nm_linear: unknown variant 'sse9' \(known: avx512, avx2, generic\)"):
+                       match=r"llmaccel::sparse_nm_linear: unknown variant 'sse9' \(known: avx512vbmi, avx512, avx2, generic\)"):
         nm_linear_cpp(x, packed, None, "sse9")
     with pytest.raises(ValueError, match="nm_linear_cpp: x must be float32"):
         nm_linear_cpp(x.double(), packed)
@@ -235,7 +235,7 @@ def _raw(**over):
 
 
 @pytest.mark.parametrize("over,msg", [
-    (dict(variant="sse9"), r"unknown variant 'sse9' \(known: avx512, avx2, generic\)"),
+    (dict(variant="sse9"), r"unknown variant 'sse9' \(known: avx512vbmi, avx512, avx2, generic\)"),
     (dict(M=-1), r"M must be >= 0, got -1"),
     (dict(N=-2), r"N must be >= 0, got -2"),
     (dict(K=-3), r"K must be >= 0, got -3"),

@@ -1,0 +1,98 @@
+// sparse_nm_linear for AVX-512 CPUs with VBMI (Ice Lake, Sapphire Rapids, Zen 4); chosen only when CPUID
+// reports every feature of the avx512vbmi level.
+//
+// 2:4 with int8 activations (act_int8): 64 slots (128 columns of x, 32 groups) a step, the x codes of the
+// slots gathered by one two-table byte permute and multiplied by VNNI:
+//     ctl[s] = 4 * (s / 2) + idx(s)                 s = 0 .. 63, idx(s) the slot's 2-bit field (0 .. 127)
+//     g      = vpermt2b(x[128 b .. 128 b + 63], ctl, x[128 b + 64 .. 128 b + 127])      int8 codes
+//     acc   += vpdpbusd(g ^ 0x80, q)                 (g + 128) as u8 times q as s8, 4 products a lane
+//     wsum  += vpdpbusd(1, q)                        once per weight row, for all x rows
+//     dot    = acc - 128 * wsum = sum_s g[s] * q[s]  exact: int32 arithmetic modulo 2^32, and the true
+//                                                    |dot| <= 127 * 127 * K / 2 < 2^31 (sparse_nm.h)
+// The controls come from the block's 16 index bytes: a qword permute puts the qword holding lane q's 16 bits
+// in lane q, vpmultishiftqb extracts each slot's 2 bits into its byte, an AND and an ADD place it.  Per 64
+// slots: 3 shuffle-port ops (vpermq, vpmultishiftqb, vpermt2b per x row) and 2 VNNI ops, against the AVX2
+// tile's ~21 integer ops per 32 slots (csrc/sparse_nm_avx2.cpp), whose instruction count, not the 0.625 bytes
+// per weight, bounded int8 decode.  The columns past the last whole 128-column block run the portable scalar
+// loop (sn_scalar_groups_i8), in natural column order like the blocks (no arranged copy of x).
+//
+// Everything else (fp32 activations, other patterns) runs the avx512 unit's kernels: this level includes
+// every feature of that one.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "sparse_nm_kernel.h"
+
+namespace llmaccel {
+inline namespace LLMACCEL_CPU_CAPABILITY {
+namespace {
+
+// How far ahead the software prefetch asks for the values (bytes) and the index bits (a quarter of that).
+constexpr int64_t kSvPrefetchBytes = 4096;
+
+// The 64 gather controls of one 128-column block from its 16 index bytes (slot s at bits 2s .. 2s+1).
+inline __m512i sv_controls_2of4(const uint8_t* ix) {
+  const __m512i bits = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 0, 0, 0, 1, 1, 1, 1),
+                                                _mm512_castsi128_si512(_mm_loadu_si128(
+                                                    reinterpret_cast<const __m128i*>(ix))));
+  // Byte j of qword lane q (slot 8q + j): its bits start at 16 * (q % 4) + 2 * j of the lane's qword.
+  alignas(64) static constexpr uint8_t kShift[64] = {
+      0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42,
+      44, 46, 48, 50, 52, 54, 56, 58, 60, 62, 0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20, 22,
+      24, 26, 28, 30, 32, 34, 36, 38, 40, 42, 44, 46, 48, 50, 52, 54, 56, 58, 60, 62};
+  alignas(64) static constexpr uint8_t kBase[64] = {
+      0,   0,   4,   4,   8,   8,   12,  12,  16,  16,  20,  20,  24,  24,  28,  28,  32,  32,  36,  36,  40,  40,
+      44,  44,  48,  48,  52,  52,  56,  56,  60,  60,  64,  64,  68,  68,  72,  72,  76,  76,  80,  80,  84,  84,
+      88,  88,  92,  92,  96,  96,  100, 100, 104, 104, 108, 108, 112, 112, 116, 116, 120, 120, 124, 124};
+  const __m512i f = _mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_load_si512(kShift), bits),
+                                     _mm512_set1_epi8(3));
+  return _mm512_add_epi8(f, _mm512_load_si512(kBase));
+}
+
+template <int R, int C>
+struct SvI8Tile2of4 {
+  static void run(const SparseNMProblem& p, int64_t row, int64_t m0) {
+    const int8_t* v = p.values_i8 + row * p.values_sn;
+    const uint8_t* ix = p.idx + row * p.idx_sn;
+    const int8_t* xr[R];
+    for (int r = 0; r < R; ++r) xr[r] = p.xq + (m0 + r) * p.xq_sm;
+    const int64_t nblocks = p.K / 128;
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80)), ones = _mm512_set1_epi8(1);
+    __m512i acc[R], wsum = _mm512_setzero_si512();
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+      _mm_prefetch(reinterpret_cast<const char*>(v + blk * 64) + kSvPrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(ix + blk * 16) + kSvPrefetchBytes / 4, _MM_HINT_T0);
+      const __m512i ctl = sv_controls_2of4(ix + blk * 16);
+      const __m512i q = _mm512_loadu_si512(v + blk * 64);
+      wsum = _mm512_dpbusd_epi32(wsum, ones, q);
+      for (int r = 0; r < R; ++r) {
+        const int8_t* xb = xr[r] + blk * 128;
+        const __m512i g = _mm512_permutex2var_epi8(_mm512_loadu_si512(xb), ctl, _mm512_loadu_si512(xb + 64));
+        acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_xor_si512(g, flip), q);
+      }
+    }
+    int32_t tail[R] = {};
+    sn_scalar_groups_i8<R>(p, row, m0, nblocks * 32, tail);
+    const uint32_t w = static_cast<uint32_t>(_mm512_reduce_add_epi32(wsum));
+    for (int r = 0; r < R; ++r) {
+      // Modulo 2^32 (unsigned): the biased sum may pass 2^31 where the true dot cannot.
+      const uint32_t biased = static_cast<uint32_t>(_mm512_reduce_add_epi32(acc[r]));
+      const int32_t dot = static_cast<int32_t>(biased - 128u * w);
+      sparse_store_i8(p, row, m0 + r, dot + tail[r]);
+    }
+  }
+};
+
+}  // namespace
+}  // namespace LLMACCEL_CPU_CAPABILITY
+
+void sparse_nm_avx512vbmi(const SparseNMProblem& p) {
+  if (p.act_int8 && p.n == 2 && p.m == 4) {
+    sn_run_i8<SvI8Tile2of4>(p);
+    return;
+  }
+  sparse_nm_avx512(p);  // the avx512vbmi level includes every avx512 feature
+}
+}  // namespace llmaccel
