@@ -12,5 +12,6 @@ namespace llmaccel {
 
 void sparse_nm_large_generic(const SparseNMProblem& p);
 void sparse_nm_large_avx2(const SparseNMProblem& p);
+void sparse_nm_large_avx512(const SparseNMProblem& p);
 
 }  // namespace llmaccel

@@ -19,6 +19,7 @@ namespace {
 
 struct NlVecAvx2 {
   using reg = __m256;
+  static constexpr int W = 8;
   static reg zero() { return _mm256_setzero_ps(); }
   static reg load(const float* q) { return _mm256_loadu_ps(q); }
   static void store(float* q, reg v) { _mm256_storeu_ps(q, v); }

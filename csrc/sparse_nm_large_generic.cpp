@@ -12,6 +12,7 @@ struct NlVecGeneric {
   struct reg {
     float f[8];
   };
+  static constexpr int W = 8;
   static reg zero() { return reg{}; }
   static reg load(const float* q) {
     reg v;

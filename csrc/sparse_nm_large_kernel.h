@@ -1,6 +1,6 @@
 // The large-M N:M kernel (sparse_nm_large_linear): "N:M as n/m of the FMAs on a transposed activation
-// panel".  One body, compiled per ISA unit (sparse_nm_large_generic.cpp, sparse_nm_large_avx2.cpp) over a
-// small vector-traits type V (8 floats: load, store, broadcast, fma) that the unit supplies; everything is in
+// panel".  One body, compiled per ISA unit (sparse_nm_large_generic.cpp, _avx2.cpp, _avx512.cpp) over a
+// small vector-traits type V (W = 8 or 16 floats: load, store, broadcast, fma) that the unit supplies; everything is in
 // the unit's capability namespace (common.h) and an anonymous namespace.
 //
 // Math: y[i][o] = sum over the kept slots s of weight row o of  x[i][col(o, s)] * value(o, s),
@@ -15,7 +15,7 @@
 //     value (int8 converted here; the scale is applied per output at the end) and the slot's row offset
 //     in the panel, so the inner loop does no bit unpacking.  Entries are interleaved by micro-tile:
 //     w[tile][slot][c] for the kNlNR channels c of the tile.
-//   * Micro-kernel: kNlNR channels x kNlMR rows in NR x MV accumulators (MV = MR / 8 vectors).  Per kept
+//   * Micro-kernel: kNlNR channels x kNlMR rows in NR x MV accumulators (MV = MR / W vectors).  Per kept
 //     weight: 1 scalar load (offset), 1 broadcast of its value, MV loads of xt[k][...], MV FMAs: n/m of
 //     dense's FMAs, at MV + 2 loads per MV FMAs (the blocking choice, sparse_nm_large_avx2.cpp).
 //     The xt panel's K block (kNlKC x MR floats) stays in L1 while the item's tiles stream their
@@ -45,8 +45,7 @@ namespace {
 // what must stay in L1 (32 KiB on Zen 3); an item's entries for one K block (kNlNB x kNlKC/2 x 8 B =
 // 32 KiB for 2:4) in L2.
 constexpr int kNlNR = 2;            // output channels per micro-tile
-constexpr int kNlMV = 6;            // 8-float vectors of x rows per micro-tile
-constexpr int kNlMR = 8 * kNlMV;    // x rows per panel (48)
+constexpr int kNlMR = 48;           // x rows per panel: 6 vectors of 8 floats (AVX2), 3 of 16 (AVX-512)
 constexpr int64_t kNlKC = 128;      // columns per K block (rounded down to whole groups, at least one)
 constexpr int64_t kNlNB = 64;       // output channels per work item (a multiple of kNlNR)
 constexpr int64_t kNlMaxPanels = 16;  // panels per work item: the weight is decoded once per 768 x rows
@@ -183,33 +182,34 @@ inline void nl_decode(const SparseNMProblem& p, const NlByteTable& tab, const T*
   }
 }
 
-// c[r][i] (+)= sum over slots s of w[s][r].v * xt[w[s][r].off + i], r < NR, i < 8 * MV: one micro-tile, one K
-// block.  MV = kNlMV for full panels; the last panel of x runs only the vectors its rows reach.
+// c[r][i] (+)= sum over slots s of w[s][r].v * xt[w[s][r].off + i], r < NR, i < V::W * MV: one micro-tile, one
+// K block.  MV = kNlMR / V::W for full panels; the last panel of x runs only the vectors its rows reach.
 template <class V, int MV>
 inline void nl_micro(const float* xt, const NlEntry* w, int64_t S, float* c, bool first) {
+  constexpr int W = V::W;
   typename V::reg acc[kNlNR][MV];
   for (int r = 0; r < kNlNR; ++r)
-    for (int j = 0; j < MV; ++j) acc[r][j] = first ? V::zero() : V::load(c + r * kNlMR + 8 * j);
+    for (int j = 0; j < MV; ++j) acc[r][j] = first ? V::zero() : V::load(c + r * kNlMR + W * j);
   for (int64_t s = 0; s < S; ++s, w += kNlNR)
     for (int r = 0; r < kNlNR; ++r) {
       const typename V::reg v = V::bcast(w[r].v);
       const float* px = xt + w[r].off;
-      for (int j = 0; j < MV; ++j) acc[r][j] = V::fma(v, V::load(px + 8 * j), acc[r][j]);
+      for (int j = 0; j < MV; ++j) acc[r][j] = V::fma(v, V::load(px + W * j), acc[r][j]);
     }
   for (int r = 0; r < kNlNR; ++r)
-    for (int j = 0; j < MV; ++j) V::store(c + r * kNlMR + 8 * j, acc[r][j]);
+    for (int j = 0; j < MV; ++j) V::store(c + r * kNlMR + W * j, acc[r][j]);
 }
 
 template <class V>
 inline void nl_micro_vectors(int mv, const float* xt, const NlEntry* w, int64_t S, float* c, bool first) {
-  static_assert(kNlMV == 6, "one case per vector count");
+  static_assert(kNlMR % V::W == 0 && kNlMR / V::W <= 6, "one case per vector count");
   switch (mv) {
     case 1: return nl_micro<V, 1>(xt, w, S, c, first);
-    case 2: return nl_micro<V, 2>(xt, w, S, c, first);
-    case 3: return nl_micro<V, 3>(xt, w, S, c, first);
-    case 4: return nl_micro<V, 4>(xt, w, S, c, first);
-    case 5: return nl_micro<V, 5>(xt, w, S, c, first);
-    default: return nl_micro<V, 6>(xt, w, S, c, first);
+    case 2: return nl_micro<V, std::min(2, kNlMR / V::W)>(xt, w, S, c, first);
+    case 3: return nl_micro<V, std::min(3, kNlMR / V::W)>(xt, w, S, c, first);
+    case 4: return nl_micro<V, std::min(4, kNlMR / V::W)>(xt, w, S, c, first);
+    case 5: return nl_micro<V, std::min(5, kNlMR / V::W)>(xt, w, S, c, first);
+    default: return nl_micro<V, kNlMR / V::W>(xt, w, S, c, first);
   }
 }
 
@@ -229,7 +229,7 @@ void nl_item(const SparseNMProblem& p, const NlPlan& q, const NlByteTable& tab, 
     // way) when that panel starts.
     const int64_t lines = ceil_div((g1 - g0) * p.m * kNlMR, 16), per_tile = ceil_div(lines, tiles);
     for (int64_t pi = p0; pi < p1; ++pi) {
-      const int mv = static_cast<int>(ceil_div(std::min<int64_t>(kNlMR, p.M - pi * kNlMR), 8));
+      const int mv = static_cast<int>(ceil_div(std::min<int64_t>(kNlMR, p.M - pi * kNlMR), V::W));
       const float* xk = xt + pi * q.rows * kNlMR + g0 * p.m * kNlMR;
       const float* next = xk + q.rows * kNlMR;
       for (int64_t t = 0; t < tiles; ++t) {

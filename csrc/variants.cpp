@@ -93,6 +93,7 @@ constexpr Variant kVariants[] = {
     {Family::sparse_bitmap, "avx2", IsaLevel::avx2, sparse_bitmap_kernels(&sparse_bitmap_avx2)},
     {Family::sparse_bitmap, "generic", IsaLevel::generic, sparse_bitmap_kernels(&sparse_bitmap_generic)},
 
+    {Family::sparse_nm_large, "avx512", IsaLevel::avx512, sparse_nm_large_kernels(&sparse_nm_large_avx512)},
     {Family::sparse_nm_large, "avx2", IsaLevel::avx2, sparse_nm_large_kernels(&sparse_nm_large_avx2)},
     {Family::sparse_nm_large, "generic", IsaLevel::generic, sparse_nm_large_kernels(&sparse_nm_large_generic)},
 

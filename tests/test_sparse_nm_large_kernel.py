@@ -145,7 +145,7 @@ def test_bit_identical_for_any_thread_count(variant, quantize, pattern, M, K, N)
 
 
 def test_variants_and_cpu_info():
-    assert ALL_VARIANTS == ["avx2", "generic"]
+    assert ALL_VARIANTS == ["avx512", "avx2", "generic"]
     d = llmaccel.cpu_info()["ops"]["sparse_nm_large_linear"]
     assert d["family"] == "sparse_nm_large" and d["variant"] == AVAILABLE[0]
 
@@ -157,7 +157,7 @@ def _raw(**over):
 
 
 @pytest.mark.parametrize("over,msg", [
-    (dict(variant="sse9"), r"unknown variant 'sse9' \(known: avx2, generic\)"),
+    (dict(variant="sse9"), r"unknown variant 'sse9' \(known: avx512, avx2, generic\)"),
     (dict(M=-1), r"M must be >= 0, got -1"),
     (dict(K=-3), r"K must be >= 0, got -3"),
     (dict(n=4, m=4), r"pattern n:m = 4:4 must have 1 <= n < m <= 256"),

@@ -188,6 +188,12 @@ NM_LARGE_MAX_DENSITY = 0.5
 # kernel against AVX-512 MKL (Sapphire Rapids class Xeon, 2026-12-01: 0.50 / 0.58 / 0.66 / 0.74 / 0.73x at M = 16
 # / 32 / 64 / 128 / 512).  There the expand route (the weight expanded once, then sgemm) runs instead.
 NM_LARGE_LOSES_TO_DENSE = frozenset({"avx2@avx512"})
+# Variants that lose to dense sgemm on the weight stored dense but beat the expand route (the honest alternative
+# for a compressed weight: expansion per call, then sgemm): the AVX-512 kernel against AVX-512 MKL, same machine,
+# 2026-12-01 (bench/sparse_crossover.py --routes nm_large: 0.61 / 0.74 / 0.86x dense at M = 32 / 128 / 512;
+# python -m llmaccel.bench prefill cases: 0.79x at 128, 0.84x at 512, where the expand route ran 0.37-0.55x and
+# 0.66-0.69x).  They run; explain() says they trail dense.
+NM_LARGE_TRAILS_DENSE = frozenset({"avx512@avx512"})
 
 
 def nm_route(rows: int, n: int, m: int, act: str = "none") -> Route:
@@ -202,6 +208,11 @@ def nm_route(rows: int, n: int, m: int, act: str = "none") -> Route:
     large = f"{_variant('sparse_nm_large')}@{_dense()}"
     if density <= NM_LARGE_MAX_DENSITY and hasattr(ext(), "sparse_nm_large_linear") and \
             large not in NM_LARGE_LOSES_TO_DENSE:
+        if large in NM_LARGE_TRAILS_DENSE:
+            return Route("nm_large", lambda: f"M={rows} > {limit}, the small-M N:M kernel's crossover; at density "
+                                     f"{density:.2f} <= {NM_LARGE_MAX_DENSITY} the large-M kernel ({large}) does "
+                                     f"{density:.2f} of dense's FMAs: measured behind dense sgemm on a dense weight "
+                                     f"but ahead of expanding this one per call (NM_LARGE_TRAILS_DENSE)")
         return Route("nm_large", lambda: f"M={rows} > {limit}, the small-M N:M kernel's crossover; at density "
                                  f"{density:.2f} <= {NM_LARGE_MAX_DENSITY} the large-M kernel "
                                  f"({_variant('sparse_nm_large')}) does {density:.2f} of dense's FMAs and beats "
