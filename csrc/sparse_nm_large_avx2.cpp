@@ -8,27 +8,10 @@
 // L1 on the 2-core AVX2 EPYC (thread CPU time, GFLOP/s on the kept weights, same run): 4x3 ~35-45, 3x4
 // ~40-50, 2x6 ~45-58, 1x8 ~45-57; 1x8 has only 8 accumulator chains (one FMA latency of slack) and 64-row
 // panels, so 2x6.  In the whole kernel 2x6 beat 4x3 by ~10-20 % at M = 512.
-#include <immintrin.h>
-
 #include "sparse_nm_large.h"
 #include "sparse_nm_large_kernel.h"
+#include "vec_f32.h"
 
 namespace llmaccel {
-inline namespace LLMACCEL_CPU_CAPABILITY {
-namespace {
-
-struct NlVecAvx2 {
-  using reg = __m256;
-  static constexpr int W = 8;
-  static reg zero() { return _mm256_setzero_ps(); }
-  static reg load(const float* q) { return _mm256_loadu_ps(q); }
-  static void store(float* q, reg v) { _mm256_storeu_ps(q, v); }
-  static reg bcast(float v) { return _mm256_set1_ps(v); }
-  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
-};
-
-}  // namespace
-}  // namespace LLMACCEL_CPU_CAPABILITY
-
-void sparse_nm_large_avx2(const SparseNMProblem& p) { nl_run<NlVecAvx2>(p); }
+void sparse_nm_large_avx2(const SparseNMProblem& p) { nl_run<VecF32x8>(p); }
 }  // namespace llmaccel

@@ -22,7 +22,7 @@ struct NlVecGeneric {
   static void store(float* q, const reg& v) {
     for (int i = 0; i < 8; ++i) q[i] = v.f[i];
   }
-  static reg bcast(float s) {
+  static reg set1(float s) {
     reg v;
     for (int i = 0; i < 8; ++i) v.f[i] = s;
     return v;

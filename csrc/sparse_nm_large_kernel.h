@@ -1,6 +1,6 @@
 // The large-M N:M kernel (sparse_nm_large_linear): "N:M as n/m of the FMAs on a transposed activation
 // panel".  One body, compiled per ISA unit (sparse_nm_large_generic.cpp, _avx2.cpp, _avx512.cpp) over a
-// small vector-traits type V (W = 8 or 16 floats: load, store, broadcast, fma) that the unit supplies; everything is in
+// small vector-traits type V (W = 8 or 16 floats: load, store, set1, fma) that the unit supplies; everything is in
 // the unit's capability namespace (common.h) and an anonymous namespace.
 //
 // Math: y[i][o] = sum over the kept slots s of weight row o of  x[i][col(o, s)] * value(o, s),
@@ -192,7 +192,7 @@ inline void nl_micro(const float* xt, const NlEntry* w, int64_t S, float* c, boo
     for (int j = 0; j < MV; ++j) acc[r][j] = first ? V::zero() : V::load(c + r * kNlMR + W * j);
   for (int64_t s = 0; s < S; ++s, w += kNlNR)
     for (int r = 0; r < kNlNR; ++r) {
-      const typename V::reg v = V::bcast(w[r].v);
+      const typename V::reg v = V::set1(w[r].v);
       const float* px = xt + w[r].off;
       for (int j = 0; j < MV; ++j) acc[r][j] = V::fma(v, V::load(px + W * j), acc[r][j]);
     }
