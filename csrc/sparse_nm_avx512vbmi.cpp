@@ -50,6 +50,14 @@ inline __m512i sv_controls_2of4(const uint8_t* ix) {
   return _mm512_add_epi8(f, _mm512_load_si512(kBase));
 }
 
+// The sum of the 16 int32 lanes modulo 2^32.  (_mm512_reduce_add_epi32 ends in a signed scalar add, undefined
+// when the biased sum passes 2^31, which it may here: UBSan flags it.)  The lanes are widened to int64 first.
+inline uint32_t sv_sum_mod32(__m512i v) {
+  const __m512i lo = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(v));
+  const __m512i hi = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(v, 1));
+  return static_cast<uint32_t>(_mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi)));
+}
+
 template <int R, int C>
 struct SvI8Tile2of4 {
   static void run(const SparseNMProblem& p, int64_t row, int64_t m0) {
@@ -75,10 +83,10 @@ struct SvI8Tile2of4 {
     }
     int32_t tail[R] = {};
     sn_scalar_groups_i8<R>(p, row, m0, nblocks * 32, tail);
-    const uint32_t w = static_cast<uint32_t>(_mm512_reduce_add_epi32(wsum));
+    const uint32_t w = sv_sum_mod32(wsum);
     for (int r = 0; r < R; ++r) {
       // Modulo 2^32 (unsigned): the biased sum may pass 2^31 where the true dot cannot.
-      const uint32_t biased = static_cast<uint32_t>(_mm512_reduce_add_epi32(acc[r]));
+      const uint32_t biased = sv_sum_mod32(acc[r]);
       const int32_t dot = static_cast<int32_t>(biased - 128u * w);
       sparse_store_i8(p, row, m0 + r, dot + tail[r]);
     }
