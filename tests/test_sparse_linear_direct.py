@@ -131,3 +131,18 @@ def test_bad_fields_take_the_op_road_and_raise(bad, match):
     assert sl._direct_cpu(x, values, index, offsets, scale, layout, list(meta), bias, act) is None
     with pytest.raises((ValueError, TypeError), match=match):
         llmaccel.sparse_linear(x, values, index, offsets, scale, layout, meta, bias, act)
+
+
+@pytest.mark.parametrize("n, m, act", [(2, 4, "none"), (2, 4, "dynamic"), (4, 8, "none"), (1, 2, "none"),
+                                       (3, 4, "none"), (1, 16, "none")])
+def test_memoized_small_m_limit_is_nm_routes_test(n, m, act, monkeypatch):
+    """The direct road's memoized limit (``nm_small_limit``) is exactly where ``nm_route`` stops taking "nm", and
+    follows a replaced crossover table."""
+    from llmaccel.ops import sparse_linear_routes as routes
+
+    for _ in range(2):
+        limit = routes.nm_small_limit(n, m, act)
+        assert routes.nm_route(limit, n, m, act).name == "nm" or limit == 0
+        assert routes.nm_route(limit + 1, n, m, act).name != "nm"
+        table = {key: routes.Crossover(3, c.density, c.measured_on) for key, c in routes.CROSSOVER_M.items()}
+        monkeypatch.setattr(routes, "CROSSOVER_M", table)

@@ -82,7 +82,7 @@ from ..sparsity.cpu_nm_large import nm_large_linear_raw
 from ..sparsity.reference import sparse_linear_reference
 from ._checks import check_same_device, check_tensor, fail
 from .quantize import FLOAT_DTYPES, quantize_per_token
-from .sparse_linear_routes import Route, bitmap_route, nm_route
+from .sparse_linear_routes import Route, bitmap_route, nm_route, nm_small_limit
 from .sparse_linear_layouts import LAYOUTS, fields_of, out_features, values_grad, weight_of
 from .spec import OpSpec, define
 
@@ -482,9 +482,9 @@ def _direct_cpu(x, values, index, offsets, scale, layout, meta, bias, act):
         slots = -(-K // m) * n
         if values.shape[1] != slots or index.shape[0] != N or index.shape[1] != packed_bytes(slots, bits_for(m)):
             return None
-        route = nm_route(rows, n, m, act).name
-        if route != "nm":
+        if rows > nm_small_limit(n, m, act):  # nm_route's "nm" test, memoized
             return None
+        route = "nm"
     elif layout == "bitmap":
         if act != "none" or len(meta) != 0 or values.dim() != 1 or not values.is_contiguous():
             return None

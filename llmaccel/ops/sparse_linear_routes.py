@@ -123,9 +123,10 @@ _VARIANTS: dict[str, str] = {}
 
 
 def reset() -> None:
-    """Forget the cached variants and dense ISA (the ISA cap changed)."""
+    """Forget the cached variants, dense ISA and small-M limits (the ISA cap changed)."""
     _VARIANTS.clear()
     _DENSE_ISA.clear()
+    _NM_LIMITS.clear()
 
 
 def _variant(family: str) -> str:
@@ -194,6 +195,22 @@ NM_LARGE_LOSES_TO_DENSE = frozenset({"avx2@avx512"})
 # python -m llmaccel.bench prefill cases: 0.79x at 128, 0.84x at 512, where the expand route ran 0.37-0.55x and
 # 0.66-0.69x).  They run; explain() says they trail dense.
 NM_LARGE_TRAILS_DENSE = frozenset({"avx512@avx512"})
+
+
+_NM_LIMITS: dict[tuple[int, int, str], tuple[dict, int]] = {}
+
+
+def nm_small_limit(n: int, m: int, act: str = "none") -> int:
+    """The most rows of x the small-M N:M kernel takes for pattern n:m (:func:`nm_route`'s test: its measured
+    crossover, scaled to the density), cached per pattern until the ISA cap changes (:func:`reset`) or
+    ``CROSSOVER_M`` is replaced: the direct decode road asks on every call."""
+    hit = _NM_LIMITS.get((n, m, act))
+    if hit is not None and hit[0] is CROSSOVER_M:
+        return hit[1]
+    found, _ = crossover("nm_i8" if act == "dynamic" else "nm", "sparse_nm")
+    limit = found.limit(n / m) if found else 0
+    _NM_LIMITS[(n, m, act)] = (CROSSOVER_M, limit)
+    return limit
 
 
 def nm_route(rows: int, n: int, m: int, act: str = "none") -> Route:
