@@ -159,18 +159,8 @@ struct SbAvx2Tile {
     }
   }
 
-  template <class T>
-  static void run_v(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
-    if (p.row_offsets[row + 1] + 8 <= p.nnz)
-      run_t<T, true>(p, row, m0);
-    else
-      run_t<T, false>(p, row, m0);
-  }
   static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
-    if (p.values_i8)
-      run_v<int8_t>(p, row, m0);
-    else
-      run_v<float>(p, row, m0);
+    sb_on_values_bounded<SbAvx2Tile, 8>(p, row, m0);
   }
 };
 
@@ -221,12 +211,7 @@ struct SiAvx2Tile {
       sparse_store(p, row, m0 + r, hsum_ps(s) + sparse_sum4<R>(tail, r));
     }
   }
-  static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
-    if (p.values_i8)
-      run_t<int8_t>(p, row, m0);
-    else
-      run_t<float>(p, row, m0);
-  }
+  static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) { sb_on_values<SiAvx2Tile>(p, row, m0); }
 };
 
 }  // namespace

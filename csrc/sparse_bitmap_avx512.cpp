@@ -119,18 +119,8 @@ struct SbAvx512Tile {
       sparse_store(p, row, m0 + r, _mm512_reduce_add_ps(s) + sparse_sum4<R>(tail, r));
     }
   }
-  template <class T>
-  static void run_v(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
-    if (p.row_offsets[row + 1] + 16 <= p.nnz)
-      run_t<T, true>(p, row, m0);
-    else
-      run_t<T, false>(p, row, m0);
-  }
   static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
-    if (p.values_i8)
-      run_v<int8_t>(p, row, m0);
-    else
-      run_v<float>(p, row, m0);
+    sb_on_values_bounded<SbAvx512Tile, 16>(p, row, m0);
   }
 };
 
@@ -180,12 +170,7 @@ struct SiAvx512Tile {
       sparse_store(p, row, m0 + r, _mm512_reduce_add_ps(s));
     }
   }
-  static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
-    if (p.values_i8)
-      run_t<int8_t>(p, row, m0);
-    else
-      run_t<float>(p, row, m0);
-  }
+  static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) { sb_on_values<SiAvx512Tile>(p, row, m0); }
 };
 
 }  // namespace

@@ -86,6 +86,27 @@ inline void sb_scalar_bytes(const SparseBitmapProblem& p, int64_t row, int64_t m
   }
 }
 
+// A tile's run(): its run_t<T> for the problem's value type (fp32 or int8).
+template <class Tile>
+inline void sb_on_values(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
+  if (p.values_i8)
+    Tile::template run_t<int8_t>(p, row, m0);
+  else
+    Tile::template run_t<float>(p, row, m0);
+}
+
+// The same for a tile whose plain vector load reads kLoad values from the current one: run_t<T, true> where
+// kLoad values past the row's last one still lie inside the buffer (every row but the last few), else
+// run_t<T, false> (bounded loads).
+template <class Tile, int64_t kLoad>
+inline void sb_on_values_bounded(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
+  const bool safe = p.row_offsets[row + 1] + kLoad <= p.nnz;
+  if (p.values_i8)
+    safe ? Tile::template run_t<int8_t, true>(p, row, m0) : Tile::template run_t<int8_t, false>(p, row, m0);
+  else
+    safe ? Tile::template run_t<float, true>(p, row, m0) : Tile::template run_t<float, false>(p, row, m0);
+}
+
 // The portable tile: scalar, one multiply-add per kept weight, 4 partial sums per x row.
 template <int R, int C>
 struct SbScalarTile {
@@ -95,12 +116,7 @@ struct SbScalarTile {
     sb_scalar_bytes<T, R>(p, row, m0, 0, p.row_offsets[row], acc);
     for (int r = 0; r < R; ++r) sparse_store(p, row, m0 + r, sparse_sum4<R>(acc, r));
   }
-  static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
-    if (p.values_i8)
-      run_t<int8_t>(p, row, m0);
-    else
-      run_t<float>(p, row, m0);
-  }
+  static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) { sb_on_values<SbScalarTile>(p, row, m0); }
 };
 
 // The loop nest (file comment) over the tiles of `Tile<R, 1>`, R = 1 .. kSbMR x rows; returns the first row
@@ -159,12 +175,7 @@ struct SiScalarTile {
     si_scalar<T, R>(p, m0, p.row_offsets[row], p.row_offsets[row + 1], acc);
     for (int r = 0; r < R; ++r) sparse_store(p, row, m0 + r, sparse_sum4<R>(acc, r));
   }
-  static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) {
-    if (p.values_i8)
-      run_t<int8_t>(p, row, m0);
-    else
-      run_t<float>(p, row, m0);
-  }
+  static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) { sb_on_values<SiScalarTile>(p, row, m0); }
 };
 
 // The loop nest of sb_run without the bitmap check (the indices are clamped instead).
