@@ -38,6 +38,10 @@ from setuptools.command.build_ext import build_ext
 # unit is compiled for baseline x86-64 as capability "generic".
 ISA_FLAGS = {
     "avx2": ("_avx2.cpp", ["-mavx2", "-mfma", "-mf16c"]),
+    # AVX-VNNI (Alder Lake and later clients, Sierra Forest, Zen 5): the AVX2 level plus the VEX-encoded
+    # vpdpbusd.  Below avx512 in the cap order: CPUs with AVX-512 VNNI have a better int8 unit, and
+    # Skylake-SP to Ice Lake and Zen 4 lack this one (its gate then excludes it whatever the cap).
+    "avxvnni": ("_avxvnni.cpp", ["-mavx2", "-mfma", "-mf16c", "-mavxvnni"]),
     # attention_avx512.cpp uses no VNNI but shares the level (one gate per level).
     "avx512": (("_avx512.cpp", "_avx512vnni.cpp"), ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl",
                                    "-mavx512dq", "-mavx512vnni"]),

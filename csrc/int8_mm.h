@@ -75,12 +75,14 @@ struct Int8MMLayout {
 };
 Int8MMLayout int8_mm_layout_generic();
 Int8MMLayout int8_mm_layout_avx2();
+Int8MMLayout int8_mm_layout_avxvnni();
 Int8MMLayout int8_mm_layout_avx512vnni();
 Int8MMLayout int8_mm_layout_amx();
 
 // The variants, one translation unit each, compiled with their own target flags.
 void int8_mm_generic(const Int8MMProblem& p);
 void int8_mm_avx2(const Int8MMProblem& p);
+void int8_mm_avxvnni(const Int8MMProblem& p);
 void int8_mm_avx512vnni(const Int8MMProblem& p);
 void int8_mm_amx(const Int8MMProblem& p);
 

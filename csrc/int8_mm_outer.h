@@ -21,13 +21,16 @@
 //     row r, quad j, byte t  ->  ap[tile * MR * Kp + j * MR * 4 + r * 4 + t]
 //   so one quad step reads MR * 4 contiguous bytes of A.
 //
-// An ISA policy provides MR, NR and
+// An ISA policy provides MR, NR, kAFlip and
 //   template <int R, int kStream> static void tile(const int8_t* a,
 //       const int8_t* b, int64_t nq, const OuterOut& o);
 // which multiplies R (<= MR) rows of a packed A tile by one B panel over nq
 // quads and writes the tile through o (fused fp32 epilogue or int32 C).
 // A must hold no -128 when the policy's arithmetic needs that (the AVX2 sign
 // trick); int8_linear's codes are in [-127, 127] by construction.
+// kAFlip = 0x80 packs A as u8 = a + 128 for u8 x s8 products (vpdpbusd), any
+// int8 A: the tile then subtracts 128 * colsum(b), and o.colsum holds the
+// column sums of its panel (NR int32, zero past the last real column).
 //
 // Cache blocking.  Row blocks of MC rows keep their packed A (MC * Kp bytes)
 // in L2; inside a block the threads split the panels (NR * Kp bytes each, in
@@ -62,16 +65,17 @@ struct OuterOut {
   const float* ws;
   const float* bias;
   int act;
+  const int32_t* colsum;  // kAFlip policies: sum_k B[k][n] of the panel's NR columns
 };
 
 // Writes row m of A as quads at dst (stride MR * 4 bytes between quads):
 // the codes go through `codes` (Kp bytes of the thread's scratch) so the
 // quantize loop runs over a contiguous row and vectorizes.
-template <int MR>
+template <int MR, uint8_t kFlip>
 inline void pack_a_quads(const llmaccel::Int8MMProblem& p, int64_t m, int64_t Kp, uint8_t* dst, uint8_t* codes,
                          float* scale_out, float* smoothed) {
   const ARow row = a_row(p, m, scale_out, smoothed);
-  a_row_codes(row, 0, p.K, 0, codes);
+  a_row_codes(row, 0, p.K, kFlip, codes);
   std::memset(codes + p.K, 0, Kp - p.K);
   for (int64_t j = 0; j < Kp / 4; ++j) std::memcpy(dst + j * MR * 4, codes + 4 * j, 4);
 }
@@ -112,10 +116,34 @@ void run_int8_mm_outer(const llmaccel::Int8MMProblem& p) {
     bp = reinterpret_cast<const int8_t*>(b_owner.get());
   }
 
+  // Column sums for kAFlip policies, padded to whole panels: the packed
+  // weight's own (int8_mm_pack_b), or summed here from the plain columns.
+  std::unique_ptr<uint8_t, AlignedFree> colsum_owner;
+  int32_t* colsum = nullptr;
+  if constexpr (Isa::kAFlip != 0) {
+    colsum_owner = alloc_bytes(npanels * NR * 4);
+    colsum = reinterpret_cast<int32_t*>(colsum_owner.get());
+    // A packed weight always carries its sums (int8_packed.h); plain
+    // columns are summed here, N * K bytes beside the 2 * M * N * K product.
+    const bool have = p.b_colsum != nullptr;
+    if (p.b_packed && !have) llmaccel::fail("int8_mm", "internal: a packed B without its column sums");
+#pragma omp parallel for num_threads(p.nthreads) schedule(static)
+    for (int64_t n = 0; n < npanels * NR; ++n) {
+      int32_t s = 0;
+      if (n < N && have) {
+        s = p.b_colsum[n];
+      } else if (n < N) {
+        const int8_t* col = p.b + n * p.ldb;
+        for (int64_t k = 0; k < K; ++k) s += col[k];  // vectorizes (-O3)
+      }
+      colsum[n] = s;
+    }
+  }
+
   auto out_at = [&](int64_t m0, int64_t g, const float* xs) {
     const int64_t n0 = g * NR;
     OuterOut o{static_cast<int>(std::min<int64_t>(NR, N - n0)), nullptr, p.c_sm, p.c_sn, nullptr, p.y_sm, nullptr,
-               nullptr, nullptr, p.activation};
+               nullptr, nullptr, p.activation, colsum ? colsum + n0 : nullptr};
     if (p.y) {
       o.y = p.y + m0 * p.y_sm + n0;
       o.xs = xs;
@@ -156,7 +184,7 @@ void run_int8_mm_outer(const llmaccel::Int8MMProblem& p) {
       std::memset(apack, 0, slice);
       float xs[MR];
       const auto [codes, smoothed] = scratch(t);
-      for (int64_t r = 0; r < M; ++r) pack_a_quads<MR>(p, r, Kp, apack + 4 * r, codes, &xs[r], smoothed);
+      for (int64_t r = 0; r < M; ++r) pack_a_quads<MR, Isa::kAFlip>(p, r, Kp, apack + 4 * r, codes, &xs[r], smoothed);
       if (p.x && t == 0)
         for (int64_t r = 0; r < M; ++r) p.x_scale[r] = xs[r];
       const int64_t g0 = npanels * t / T, g1 = npanels * (t + 1) / T;
@@ -196,7 +224,7 @@ void run_int8_mm_outer(const llmaccel::Int8MMProblem& p) {
         for (int64_t r = 0; r < rows; ++r) {
           uint8_t* dst = apack + (r / MR) * MR * Kp + (r % MR) * 4;
           if (m0 + r < m1) {
-            pack_a_quads<MR>(p, m0 + r, Kp, dst, codes, p.x ? p.x_scale + m0 + r : nullptr, smoothed);
+            pack_a_quads<MR, Isa::kAFlip>(p, m0 + r, Kp, dst, codes, p.x ? p.x_scale + m0 + r : nullptr, smoothed);
           } else {
             for (int64_t j = 0; j < nq; ++j) std::memset(dst + j * MR * 4, 0, 4);
           }
@@ -228,7 +256,7 @@ void run_int8_mm_outer(const llmaccel::Int8MMProblem& p) {
     for (int64_t m = 0; m < ntiles * MR; ++m) {
       uint8_t* dst = apack + (m / MR) * MR * Kp + (m % MR) * 4;
       if (m < M) {
-        pack_a_quads<MR>(p, m, Kp, dst, codes, p.x ? p.x_scale + m : nullptr, smoothed);
+        pack_a_quads<MR, Isa::kAFlip>(p, m, Kp, dst, codes, p.x ? p.x_scale + m : nullptr, smoothed);
       } else {
         for (int64_t j = 0; j < nq; ++j) std::memset(dst + j * MR * 4, 0, 4);
       }

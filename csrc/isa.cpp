@@ -9,7 +9,8 @@
 
 #include "cpu_features.h"
 
-#if !defined(LLMACCEL_ISA_FEATURES_avx2) || !defined(LLMACCEL_ISA_FEATURES_avx512) || \
+#if !defined(LLMACCEL_ISA_FEATURES_avx2) || !defined(LLMACCEL_ISA_FEATURES_avxvnni) || \
+    !defined(LLMACCEL_ISA_FEATURES_avx512) || \
     !defined(LLMACCEL_ISA_FEATURES_avx512vbmi) || !defined(LLMACCEL_ISA_FEATURES_amx)
 #error "setup.py passes LLMACCEL_ISA_FEATURES_<level> for every level in ISA_FLAGS; build through setup.py"
 #endif
@@ -19,8 +20,9 @@ namespace llmaccel {
 namespace {
 
 constexpr const char* kEnv = "LLMACCEL_CPU_ISA";
-const char* const kLevelNames[kNumIsaLevels] = {"generic", "avx2", "avx512", "avx512vbmi", "amx"};
-const char* const kLevelFeatures[kNumIsaLevels] = {"", LLMACCEL_ISA_FEATURES_avx2, LLMACCEL_ISA_FEATURES_avx512,
+const char* const kLevelNames[kNumIsaLevels] = {"generic", "avx2", "avxvnni", "avx512", "avx512vbmi", "amx"};
+const char* const kLevelFeatures[kNumIsaLevels] = {"", LLMACCEL_ISA_FEATURES_avx2, LLMACCEL_ISA_FEATURES_avxvnni,
+                                                    LLMACCEL_ISA_FEATURES_avx512,
                                                     LLMACCEL_ISA_FEATURES_avx512vbmi, LLMACCEL_ISA_FEATURES_amx};
 
 std::vector<std::string> split(const char* csv) {
@@ -104,7 +106,7 @@ Cap parse(const std::string& value, const std::string& source) {
     return c;
   }
   c.bad_value = true;
-  c.error = source + "='" + value + "' is not an ISA level; allowed values: generic, avx2, avx512, avx512vbmi, amx "
+  c.error = source + "='" + value + "' is not an ISA level; allowed values: generic, avx2, avxvnni, avx512, avx512vbmi, amx "
             "(unset = the best this CPU supports)";
   return c;
 }
@@ -116,14 +118,14 @@ const char* isa_level_name(IsaLevel level) { return kLevelNames[static_cast<int>
 const std::vector<std::string>& isa_level_features(IsaLevel level) {  // parsed once
   static const std::vector<std::string> features[kNumIsaLevels] = {
       split(kLevelFeatures[0]), split(kLevelFeatures[1]), split(kLevelFeatures[2]), split(kLevelFeatures[3]),
-      split(kLevelFeatures[4])};
+      split(kLevelFeatures[4]), split(kLevelFeatures[5])};
   return features[static_cast<int>(level)];
 }
 
 const std::vector<std::string>& isa_level_missing(IsaLevel level) {
   static const std::vector<std::string> missing[kNumIsaLevels] = {
-      missing_features(IsaLevel::generic), missing_features(IsaLevel::avx2), missing_features(IsaLevel::avx512),
-      missing_features(IsaLevel::avx512vbmi), missing_features(IsaLevel::amx)};
+      missing_features(IsaLevel::generic), missing_features(IsaLevel::avx2), missing_features(IsaLevel::avxvnni),
+      missing_features(IsaLevel::avx512), missing_features(IsaLevel::avx512vbmi), missing_features(IsaLevel::amx)};
   return missing[static_cast<int>(level)];
 }
 

@@ -2,7 +2,7 @@
 // compiled for, what each needs from the CPU, and the LLMACCEL_CPU_ISA cap.
 //
 // setup.py's ISA_FLAGS is the single source of truth: it compiles every
-// *_avx2.cpp / *_avx512vnni.cpp / *_avx512vbmi.cpp / *_amx.cpp with that level's -m flags and passes every
+// *_avx2.cpp / *_avxvnni.cpp / *_avx512vnni.cpp / *_avx512vbmi.cpp / *_amx.cpp with that level's -m flags and passes every
 // unit the feature list of each level (LLMACCEL_ISA_FEATURES_<level>), so
 // the gate below is derived from the very flags the code was built with.
 #pragma once
@@ -13,8 +13,10 @@
 namespace llmaccel {
 
 // Ascending: a level's units may only run where its features are present.
-enum class IsaLevel : int { generic = 0, avx2 = 1, avx512 = 2, avx512vbmi = 3, amx = 4 };
-constexpr int kNumIsaLevels = 5;
+// avxvnni sits between avx2 and avx512: the AVX-512 CPUs before Sapphire Rapids / Zen 5 lack it, so a
+// variant's own feature gate (not the order) decides where it runs.
+enum class IsaLevel : int { generic = 0, avx2 = 1, avxvnni = 2, avx512 = 3, avx512vbmi = 4, amx = 5 };
+constexpr int kNumIsaLevels = 6;
 
 const char* isa_level_name(IsaLevel level);
 

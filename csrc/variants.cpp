@@ -61,11 +61,13 @@ constexpr Kernels sparse_bsr_kernels(void (*run)(const SparseBSRProblem&)) {
 }
 
 // Best first within a family.  The level must be the one setup.py compiles
-// the defining unit for: *_amx.cpp -> amx, *_avx512vbmi.cpp -> avx512vbmi, *_avx512vnni.cpp -> avx512, *_avx2.cpp -> avx2,
+// the defining unit for: *_amx.cpp -> amx, *_avx512vbmi.cpp -> avx512vbmi, *_avx512vnni.cpp -> avx512, *_avxvnni.cpp -> avxvnni,
+// *_avx2.cpp -> avx2,
 // everything else generic.
 constexpr Variant kVariants[] = {
     {Family::int8_mm, "amx", IsaLevel::amx, int8_mm_kernels(&int8_mm_amx, &int8_mm_layout_amx)},
     {Family::int8_mm, "avx512vnni", IsaLevel::avx512, int8_mm_kernels(&int8_mm_avx512vnni, &int8_mm_layout_avx512vnni)},
+    {Family::int8_mm, "avxvnni", IsaLevel::avxvnni, int8_mm_kernels(&int8_mm_avxvnni, &int8_mm_layout_avxvnni)},
     {Family::int8_mm, "avx2", IsaLevel::avx2, int8_mm_kernels(&int8_mm_avx2, &int8_mm_layout_avx2)},
     {Family::int8_mm, "generic", IsaLevel::generic, int8_mm_kernels(&int8_mm_generic, &int8_mm_layout_generic)},
 

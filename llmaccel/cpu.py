@@ -92,7 +92,7 @@ def cpu_info() -> dict:
 
 
 def set_cpu_isa(level: str) -> None:
-    """Caps the C++ variants at ``level`` ("generic", "avx2", "avx512", "avx512vbmi", "amx"; "" = the best the CPU supports)
+    """Caps the C++ variants at ``level`` ("generic", "avx2", "avxvnni", "avx512", "avx512vbmi", "amx"; "" = the best the CPU supports)
     for this process, as ``LLMACCEL_CPU_ISA`` does at load.  Cached packed weights are dropped (their
     layout belongs to the variant that packed them).  ValueError for an unknown level, RuntimeError
     naming the missing features for a level this CPU lacks."""

@@ -41,6 +41,8 @@ _AVX_REG = re.compile(r"%ymm\d|%zmm\d")
 _AMX_INSN = re.compile(r"^(?:tile\w*|tdp\w*|ldtilecfg|sttilecfg)\b|%tmm\d")
 # AVX512-VBMI: the byte permutes and the multishift (the avx512vbmi level's only additions).
 _VBMI_INSN = re.compile(r"^(?:vpermb|vpermi2b|vpermt2b|vpmultishiftqb)\b")
+# AVX-VNNI: the VEX-encoded dot products (the avxvnni level's only additions; their EVEX forms are AVX-512 VNNI).
+_VNNI_INSN = re.compile(r"^(?:\{vex\}\s*)?vpdp(?:bus|ws)ds?\b")
 
 
 def objdump_available() -> bool:
@@ -60,6 +62,8 @@ class Function:
     first_amx: str = ""
     vbmi: bool = False
     first_vbmi: str = ""
+    avxvnni: bool = False   # a VEX-encoded vpdpbusd / vpdpwssd (AVX-VNNI)
+    first_avxvnni: str = ""
     edges: set = field(default_factory=set)
 
 
@@ -136,6 +140,8 @@ class Library:
                 cur.amx, cur.first_amx = True, insn
             if _VBMI_INSN.search(insn) and not cur.vbmi:
                 cur.vbmi, cur.first_vbmi = True, insn
+            if kind == "vex" and _VNNI_INSN.search(insn) and not cur.avxvnni:
+                cur.avxvnni, cur.first_avxvnni = True, insn
             if kind or _AVX_REG.search(insn):
                 if not cur.avx:
                     cur.avx, cur.first_avx = True, insn

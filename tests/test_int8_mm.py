@@ -85,29 +85,36 @@ def _avx2_operand_pairs():
         yield "mixed 127 / -127 columns", mixed, torch.full((N, K), -128, dtype=torch.int8).t()
 
 
-@pytest.mark.skipif("avx2" not in llmaccel.cpu_info()["available_variants"].get("int8_mm", []),
-                    reason="needs an AVX2 CPU")
-def test_avx2_sign_trick_and_exact_tiles_are_exact():
+# The 256-bit units (int8_mm_ymm.h): AVX2's vpmaddubsw sequence and AVX-VNNI's vpdpbusd, each where the CPU has it.
+YMM_VARIANTS = [v for v in ("avx2", "avxvnni") if v in llmaccel.cpu_info()["available_variants"].get("int8_mm", [])]
+
+
+@pytest.mark.skipif(not YMM_VARIANTS, reason="needs an AVX2 CPU")
+@pytest.mark.parametrize("variant", YMM_VARIANTS)
+def test_ymm_sign_trick_and_exact_tiles_are_exact(variant):
     from llmaccel.ops.int8_mm import int8_mm_cpp
 
     for label, a, b in _avx2_operand_pairs():
         ref = int8_mm_exact(a, b)
-        out = int8_mm_cpp(a, b, "avx2")
-        assert torch.equal(out, ref), f"{label}, M,K,N={a.shape[0]},{a.shape[1]},{b.shape[1]}"
+        out = int8_mm_cpp(a, b, variant)
+        assert torch.equal(out, ref), f"{variant}: {label}, M,K,N={a.shape[0]},{a.shape[1]},{b.shape[1]}"
 
 
 def _outer_tile_cases():
-    """(label, a, b, c_strided) reaching the AVX2 outer-product tile: int8_mm with >= 64 rows and no -128 in A.
+    """(label, a, b, c_strided) reaching the outer-product tiles: int8_mm with >= 64 rows (AVX2: no -128 in A,
+    else its exact 16-bit tile runs; AVX-VNNI: any A, stored as a + 128).
 
-    Every ragged row count of its 4-row tiles (M mod 4), partial 16-column panels, K off the 4-byte quad,
-    the largest pair sums the tile meets (-127 x -128 twice: 32512 of int16's 32767), strided A, B and C.
+    Every ragged row count of the 4-row (AVX2) and 6-row (AVX-VNNI) tiles, partial 16-column panels, K off
+    the 4-byte quad, the largest pair sums the AVX2 tile meets (-127 x -128 twice: 32512 of int16's 32767),
+    A = -128 everywhere (the biased code 0), strided A, B and C.
     """
     # (301, 4099, 33): more rows than 2 threads' L2 blocks at that K, so each thread runs its own rows.
-    for M, K, N in [(64, 1, 1), (65, 3, 15), (66, 5, 16), (67, 63, 17), (68, 385, 33), (129, 130, 47), (301, 4099, 33)]:
+    for M, K, N in [(64, 1, 1), (65, 3, 15), (66, 5, 16), (67, 63, 17), (68, 385, 33), (69, 7, 16), (71, 9, 3),
+                    (129, 130, 47), (301, 4099, 33)]:
         sym = torch.randint(-127, 128, (M, K), dtype=torch.int8)
         w = randint8(N, K)
         yield f"random, M,K,N={M},{K},{N}", sym, w.t(), False
-        for fa, fb in [(-127, -128), (127, -128), (-127, 127)]:
+        for fa, fb in [(-127, -128), (127, -128), (-127, 127), (-128, -128), (-128, 127)]:
             yield (f"fill {fa} x {fb}, M,K,N={M},{K},{N}", torch.full((M, K), fa, dtype=torch.int8),
                    torch.full((K, N), fb, dtype=torch.int8), False)
         big = torch.zeros((M, 2 * K + 1), dtype=torch.int8)
@@ -115,9 +122,9 @@ def _outer_tile_cases():
         yield f"strided a, row-major b, strided out, M,K,N={M},{K},{N}", big[:, 1::2], w.t().contiguous(), True
 
 
-@pytest.mark.skipif("avx2" not in llmaccel.cpu_info()["available_variants"].get("int8_mm", []),
-                    reason="needs an AVX2 CPU")
-def test_avx2_outer_product_tile_is_exact():
+@pytest.mark.skipif(not YMM_VARIANTS, reason="needs an AVX2 CPU")
+@pytest.mark.parametrize("variant", YMM_VARIANTS)
+def test_ymm_outer_product_tile_is_exact(variant):
     for label, a, b, strided_out in _outer_tile_cases():
         M, K, N = a.shape[0], a.shape[1], b.shape[1]
         ref = int8_mm_exact(a, b)
@@ -128,8 +135,26 @@ def test_avx2_outer_product_tile_is_exact():
         for threads in (1, 2, 3):
             out.fill_(7)
             ext().int8_mm(M, N, K, a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
-                          out.data_ptr(), out.stride(0), out.stride(1), threads, "avx2")
-            assert torch.equal(out, ref), (label, threads)
+                          out.data_ptr(), out.stride(0), out.stride(1), threads, variant)
+            assert torch.equal(out, ref), (variant, label, threads)
+
+
+@pytest.mark.skipif("avxvnni" not in YMM_VARIANTS, reason="needs a CPU with AVX-VNNI")
+def test_avxvnni_outer_tile_exact_at_the_largest_k():
+    """The AVX-VNNI outer tile sums (a + 128) * b and takes 128 * colsum(b) off: at K = 131071 (the largest
+    int8_mm takes) with a = 127 against b = -128 the biased sum is 255 * -128 * K, far past int32, and only
+    the wrap-around of both terms modulo 2^32 leaves the exact -127 * 128 * K.  Also a = -128 x b = -128
+    (biased code 0: the whole result is the correction)."""
+    K = 131071
+    for fa, fb in [(127, -128), (-128, -128), (-128, 127)]:
+        a = torch.full((64, K), fa, dtype=torch.int8)
+        a[1::2, ::7] = -fa if fa != -128 else 127
+        b = torch.full((K, 17), fb, dtype=torch.int8)
+        b[::5, 3] = 1
+        out = torch.full((64, 17), 7, dtype=torch.int32)
+        ext().int8_mm(64, 17, K, a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
+                      out.data_ptr(), out.stride(0), out.stride(1), 2, "avxvnni")
+        assert torch.equal(out, int8_mm_exact(a, b)), (fa, fb)
 
 
 @pytest.mark.slow

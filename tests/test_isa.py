@@ -72,7 +72,7 @@ def test_every_level_gate_covers_its_compile_flags():
     table, flag_feature = setup_isa_table()
     assert flag_feature("-mavx512vnni") == "avx512vnni" and flag_feature("-mamx-tile") == "amx_tile"
     levels = ext().isa_levels()
-    assert list(levels) == ["generic", "avx2", "avx512", "avx512vbmi", "amx"] and levels["generic"] == []
+    assert list(levels) == ["generic", "avx2", "avxvnni", "avx512", "avx512vbmi", "amx"] and levels["generic"] == []
     assert set(table) == set(levels) - {"generic"}
     known = set(ext().known_cpu_features())
     for level, (suffix, flags) in table.items():
@@ -84,7 +84,7 @@ def test_every_level_gate_covers_its_compile_flags():
 def test_variant_table_gates_and_order():
     table, flag_feature = setup_isa_table()
     rows = ext().variant_table()
-    order = ["generic", "avx2", "avx512", "avx512vbmi", "amx"]
+    order = ["generic", "avx2", "avxvnni", "avx512", "avx512vbmi", "amx"]
     fams = {}
     for r in rows:
         fams.setdefault(r["family"], []).append(r)
@@ -165,6 +165,24 @@ def test_no_wider_isa_reachable(library):
     names = demangle(bad)
     assert not bad, "AVX2 code reaches AVX-512:\n" + "\n".join(
         f"  {names[n][:160]}: {lib.functions[n].first_avx512}" for n in bad)
+    # The avxvnni level is AVX2 plus the VEX dot products: none of its code may use AVX-512 (the assembler's
+    # default encoding of vpdpbusd on ymm is EVEX), and no other level's code may use the VEX dot products
+    # (Skylake-SP to Ice Lake and Zen 4 have AVX-512 VNNI but not AVX-VNNI).
+    vnni_roots = [sym for (_, _, level, _), sym, _ in points if level == "avxvnni"]
+    avxvnni = lib.reachable(vnni_roots)
+    bad = [n for n in avxvnni if lib.functions[n].avx512]
+    names = demangle(bad)
+    assert not bad, "AVX-VNNI code reaches AVX-512:\n" + "\n".join(
+        f"  {names[n][:160]}: {lib.functions[n].first_avx512}" for n in bad)
+    # (its tiles sit behind constexpr tile tables, which the graph does not follow: the namespace test below
+    # checks them by name)
+    assert any(f.avxvnni for f in lib.functions.values()) == ("avxvnni" in ext().isa_levels())
+    other_roots = [sym for (_, _, level, _), sym, _ in points if level != "avxvnni"]
+    bad = [n for n in lib.reachable(other_roots) | generic if lib.functions[n].avxvnni]
+    names = demangle(bad)
+    assert not bad, "code of another level reaches AVX-VNNI:\n" + "\n".join(
+        f"  {names[n][:160]}: {lib.functions[n].first_avxvnni}" for n in bad)
+    avx2 |= avxvnni
     # The check must see the kernels it guards: the AVX2 set does use AVX, and AVX-512 code exists.
     assert any(lib.functions[n].avx for n in avx2)
     assert any(f.avx512 for f in lib.functions.values())
@@ -193,19 +211,21 @@ def test_capability_namespaces_hold_only_their_isa(library):
     from isa_disasm import demangle
 
     names = demangle(library.functions)
-    seen = {"generic": 0, "avx2": 0, "avx512": 0, "avx512vbmi": 0, "amx": 0}
+    seen = {"generic": 0, "avx2": 0, "avxvnni": 0, "avx512": 0, "avx512vbmi": 0, "amx": 0}
     for sym, f in library.functions.items():
-        m = re.match(r"^(?:\S+ )?(?:\w+\s+)*llmaccel::(generic|avx2|avx512|avx512vbmi|amx)::", names[sym])
+        m = re.match(r"^(?:\S+ )?(?:\w+\s+)*llmaccel::(generic|avx2|avxvnni|avx512|avx512vbmi|amx)::", names[sym])
         if not m:
             continue
         seen[m.group(1)] += 1
         if m.group(1) == "generic":
             assert not f.avx, (names[sym], f.first_avx)
-        elif m.group(1) == "avx2":
+        elif m.group(1) in ("avx2", "avxvnni"):
             assert not f.avx512, (names[sym], f.first_avx512)
+        if m.group(1) != "avxvnni":
+            assert not f.avxvnni, (names[sym], f.first_avxvnni)
         if m.group(1) != "amx":
             assert not f.amx, (names[sym], f.first_amx)
-        if m.group(1) in ("generic", "avx2", "avx512"):
+        if m.group(1) in ("generic", "avx2", "avxvnni", "avx512"):
             assert not f.vbmi, (names[sym], f.first_vbmi)
     assert all(seen.values()), seen
 
@@ -245,7 +265,7 @@ def test_cpu_info_lists_every_op_with_variant_and_reason():
 
 def test_unknown_and_unsupported_variants_are_named():
     a, b = randint8(2, 8), randint8(8, 3)
-    with pytest.raises(ValueError, match=r"llmaccel::int8_mm: unknown variant 'sse9' \(known: amx, avx512vnni, avx2, generic\)"):
+    with pytest.raises(ValueError, match=r"llmaccel::int8_mm: unknown variant 'sse9' \(known: amx, avx512vnni, avxvnni, avx2, generic\)"):
         int8_mm_cpp(a, b, "sse9")
     missing_level = [r for r in ext().variant_table() if r["family"] == "int8_mm" and
                      not set(r["features"]) <= set(ext().cpu_features())]
@@ -289,7 +309,7 @@ def test_env_bad_value_names_variable_and_allowed_values():
     assert len(lines) == 2, r.stdout
     for line in lines:
         assert line.startswith("ValueError") and "LLMACCEL_CPU_ISA='avx1024'" in line
-        assert "allowed values: generic, avx2, avx512" in line
+        assert "allowed values: generic, avx2, avxvnni, avx512" in line
 
 
 def test_env_level_above_the_cpu_names_missing_features():
@@ -323,7 +343,7 @@ def test_in_process_cap_drives_public_ops_and_restores():
                     int8_mm_cpp(a, b, "avx2")
     torch.testing.assert_close(y_gen, y_best, atol=1e-4, rtol=1e-4)
     assert llmaccel.cpu_info()["variants"] == before and ext().cpu_isa() == cap
-    with pytest.raises(ValueError, match="cpu_isa='sse' is not an ISA level; allowed values: generic, avx2, avx512"):
+    with pytest.raises(ValueError, match="cpu_isa='sse' is not an ISA level; allowed values: generic, avx2, avxvnni, avx512"):
         cpu.set_cpu_isa("sse")
     missing = [lv for lv, f in ext().isa_levels().items() if not set(f) <= set(ext().cpu_features())]
     if missing:
