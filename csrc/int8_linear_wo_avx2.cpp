@@ -9,16 +9,14 @@
 
 #include "int8_linear_wo_gemv.h"
 #include "int8_linear_wo_kernel.h"
-#include "simd_avx2.h"
+#include "vec_f32.h"
 
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
-// 8 fp32 lanes for the GEMV.
-struct Avx2WoF32 {
-  using T = __m256;
-  static constexpr int64_t L = 8;
+// The GEMV's and tile's traits: VecF32x8 plus this unit's tuning and int8 load.
+struct Avx2WoF32 : VecF32x8 {
   // 1 KiB: 2 and 4 KiB were no better on the AVX2 EPYC (Zen 3).
   // One row stream per thread: the two-stream walk (int8_linear_wo_gemv.h) was measured only on AVX-512.
   // The M >= 3 register tile (int8_linear_wo_kernel.h, wo_tile_v): 4 x 3 tile: 12 accumulators + 3 weight vectors + 1 x vector = 16 ymm registers.
@@ -27,14 +25,9 @@ struct Avx2WoF32 {
   static constexpr int kMR = 4, kNR = 3;
   static constexpr int kStreams = 1;
   static constexpr int64_t kPrefetchBytes = 1024;
-  static __m256 zero() { return _mm256_setzero_ps(); }
   static __m256 load_i8(const int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
-  static __m256 loadu(const float* p) { return _mm256_loadu_ps(p); }
-  static __m256 fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
-  static __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
-  static float hsum(__m256 v) { return hsum_ps(v); }
 };
 
 }  // namespace

@@ -9,15 +9,14 @@
 
 #include "int8_linear_wo_gemv.h"
 #include "int8_linear_wo_kernel.h"
+#include "vec_f32.h"
 
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
-// 16 fp32 lanes for the GEMV.
-struct Avx512WoF32 {
-  using T = __m512;
-  static constexpr int64_t L = 16;
+// The GEMV's and tile's traits: VecF32x16 plus this unit's tuning and int8 load.
+struct Avx512WoF32 : VecF32x16 {
   // 4 KiB: wo-decode-vs-read 0.72 (1 KiB), 0.83-0.85 (4 KiB), 0.85-0.87 (8 KiB) on a Sapphire Rapids class Xeon.
   // Two interleaved row streams per thread (int8_linear_wo_gemv.h, wo_gemv_rows).
   // The M >= 3 register tile (int8_linear_wo_kernel.h, wo_tile_v): 4 rows of x x 6 weight rows, 24
@@ -27,14 +26,9 @@ struct Avx512WoF32 {
   static constexpr int kMR = 4, kNR = 6;
   static constexpr int kStreams = 2;
   static constexpr int64_t kPrefetchBytes = 4096;
-  static __m512 zero() { return _mm512_setzero_ps(); }
   static __m512 load_i8(const int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
-  static __m512 loadu(const float* p) { return _mm512_loadu_ps(p); }
-  static __m512 fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
-  static __m512 add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
-  static float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 };
 
 }  // namespace

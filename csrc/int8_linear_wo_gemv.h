@@ -4,7 +4,7 @@
 // Each thread owns one contiguous range of output channels, i.e. one
 // contiguous run of W's rows (when ldw == K), and walks it row after row: a
 // single forward stream the hardware prefetcher follows, plus a software
-// prefetch a few lines ahead.  Per V::L weight bytes: one sign-extend to
+// prefetch a few lines ahead.  Per V::W weight bytes: one sign-extend to
 // int32, one convert, one FMA per row of x; x (K floats) stays in L1.  The
 // register-tile kernel (int8_linear_wo_kernel.h) instead interleaves 4 rows
 // of W (4 short streams, one page each at K = 4096), which the prefetcher
@@ -12,7 +12,7 @@
 // 0.53 of a plain read on a Sapphire Rapids class Xeon before the AVX-512
 // unit took this path.
 //
-// Traits V: T (a vector of V::L floats), zero(), load_i8(p) (V::L int8 ->
+// Traits V: T (a vector of V::W floats), zero(), load_i8(p) (V::W int8 ->
 // float), loadu(p), fma(a, b, c) = a * b + c, add, hsum; kPrefetchBytes, how far ahead in the
 // weight row the software prefetch reaches; kStreams, how many interleaved row streams each thread
 // walks (wo_gemv_rows).
@@ -35,7 +35,7 @@ namespace {
 template <class V, int R>
 inline void wo_gemv_row(const Int8LinearWOProblem& p, int64_t n) {
   constexpr int J = R == 1 ? 8 : 4;
-  constexpr int64_t L = V::L, kStep = L * J;
+  constexpr int64_t L = V::W, kStep = L * J;
   const int64_t K = p.K, kfull = K / kStep * kStep, kvec = K / L * L;
   const int8_t* w = p.w + n * p.ldw;
   typename V::T acc[R][J];
@@ -49,12 +49,12 @@ inline void wo_gemv_row(const Int8LinearWOProblem& p, int64_t n) {
     for (int j = 0; j < J; ++j) wf[j] = V::load_i8(w + k + L * j);
     for (int r = 0; r < R; ++r) {
       const float* x = p.x + r * p.x_sm + k;
-      for (int j = 0; j < J; ++j) acc[r][j] = V::fma(V::loadu(x + L * j), wf[j], acc[r][j]);
+      for (int j = 0; j < J; ++j) acc[r][j] = V::fma(V::load(x + L * j), wf[j], acc[r][j]);
     }
   }
   for (int64_t k = kfull; k < kvec; k += L) {  // vector tail
     const typename V::T wf = V::load_i8(w + k);
-    for (int r = 0; r < R; ++r) acc[r][0] = V::fma(V::loadu(p.x + r * p.x_sm + k), wf, acc[r][0]);
+    for (int r = 0; r < R; ++r) acc[r][0] = V::fma(V::load(p.x + r * p.x_sm + k), wf, acc[r][0]);
   }
   const float scale = p.w_scale[n], bias = p.bias ? p.bias[n] : 0.0f;
   for (int r = 0; r < R; ++r) {

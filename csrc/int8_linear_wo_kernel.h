@@ -91,12 +91,12 @@ void run_int8_linear_wo(const llmaccel::Int8LinearWOProblem& p) {
 // sums in memory (4 FMAs with memory operands per 16-k step instead of 16 in
 // registers): 24 GFLOP/s per core on a Sapphire Rapids class Xeon at M = 32,
 // K = N = 2048, slower than fp32 MKL from M = 16 on.  Here every partial sum
-// is one register: per V::L-k step, kNR weight vectors are converted once
+// is one register: per V::W-k step, kNR weight vectors are converted once
 // and each of kMR x vectors meets all of them (kMR * kNR FMAs).
 //   y[m][n] = w_scale[n] * (sum of the lanes of acc[m][n] + the scalar k tail) + bias[n]
 template <class V, int R, int C>
 void wo_tile_v(const llmaccel::Int8LinearWOProblem& p, int64_t m0, int64_t n0) {
-  constexpr int64_t L = V::L;
+  constexpr int64_t L = V::W;
   const int64_t K = p.K, kvec = K / L * L;
   const int8_t* w[C];
   const float* x[R];
@@ -109,7 +109,7 @@ void wo_tile_v(const llmaccel::Int8LinearWOProblem& p, int64_t m0, int64_t n0) {
     typename V::T wf[C];
     for (int c = 0; c < C; ++c) wf[c] = V::load_i8(w[c] + k);
     for (int r = 0; r < R; ++r) {
-      const typename V::T xv = V::loadu(x[r] + k);
+      const typename V::T xv = V::load(x[r] + k);
       for (int c = 0; c < C; ++c) acc[r][c] = V::fma(xv, wf[c], acc[r][c]);
     }
   }

@@ -37,6 +37,7 @@
 
 #include "int8_mm_driver.h"
 #include "int8_packed.h"
+#include "vec_f32.h"
 
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
@@ -66,34 +67,6 @@ void configure_tiles() {
   }
   _tile_loadconfig(&cfg);
 }
-
-// 16 fp32 lanes as the vector traits of activation.h (the same operations as
-// ScalarF32, so the vector epilogue equals the scalar one bit for bit).
-struct Avx512F32 {
-  using T = __m512;
-  using M = __mmask16;
-  static __m512 set1(float c) { return _mm512_set1_ps(c); }
-  static __m512 fma(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
-  static __m512 add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
-  static __m512 sub(__m512 a, __m512 b) { return _mm512_sub_ps(a, b); }
-  static __m512 mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
-  static __m512 div(__m512 a, __m512 b) { return _mm512_div_ps(a, b); }
-  static __m512 abs(__m512 a) { return _mm512_abs_ps(a); }
-  static __m512 copysign(__m512 m, __m512 s) {
-    const __m512 sign = _mm512_set1_ps(-0.0f);
-    return _mm512_or_ps(_mm512_andnot_ps(sign, m), _mm512_and_ps(sign, s));
-  }
-  static __m512 min(__m512 a, __m512 b) { return _mm512_min_ps(a, b); }  // a < b ? a : b, as ScalarF32
-  static __m512 round(__m512 a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static __mmask16 gt(__m512 a, __m512 b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
-  static __mmask16 ge(__m512 a, __m512 b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
-  static __mmask16 lt(__m512 a, __m512 b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
-  static __m512 select(__mmask16 m, __m512 a, __m512 b) { return _mm512_mask_blend_ps(m, b, a); }
-  static __m512 pow2i(__m512 n) {
-    const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
-  }
-};
 
 // One 32 x 32 output block (kTwo = false: rows 0-15 only) over `chunks` k
 // chunks: A rows at a (stride lda bytes), the group's panel at b.  The int32
@@ -157,9 +130,9 @@ void block_epilogue(const Int8MMProblem& p, const int32_t* cbuf, int64_t m0, int
         // The scalar epilogue's operations: fma(float(acc) * xs, ws, bias), then the activation.
         __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(acc, xs), ws[h], bias[h]);
         switch (p.activation) {
-          case kActGelu: v = gelu_v<Avx512F32>(v); break;
-          case kActGeluTanh: v = gelu_tanh_v<Avx512F32>(v); break;
-          case kActRelu: v = relu_v<Avx512F32>(v); break;
+          case kActGelu: v = gelu_v<VecF32x16>(v); break;
+          case kActGeluTanh: v = gelu_tanh_v<VecF32x16>(v); break;
+          case kActRelu: v = relu_v<VecF32x16>(v); break;
           default: break;
         }
         _mm512_mask_storeu_ps(yrow + 16 * h, mask[h], v);

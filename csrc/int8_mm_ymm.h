@@ -17,6 +17,7 @@
 
 #include "int8_mm_driver.h"
 #include "int8_mm_outer.h"
+#include "vec_f32.h"
 
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
@@ -48,33 +49,6 @@ inline __attribute__((always_inline)) void reduce_all(const __m256i* acc, int32_
 #pragma GCC unroll 4
   for (int i = 4 * kQuads; i < N; ++i) out[i] = hsum256(acc[i]);
 }
-
-// 8 fp32 lanes as the vector traits of activation.h.
-struct Avx2F32 {
-  using T = __m256;
-  using M = __m256;
-  static __m256 set1(float c) { return _mm256_set1_ps(c); }
-  static __m256 fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
-  static __m256 add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
-  static __m256 sub(__m256 a, __m256 b) { return _mm256_sub_ps(a, b); }
-  static __m256 mul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
-  static __m256 div(__m256 a, __m256 b) { return _mm256_div_ps(a, b); }
-  static __m256 abs(__m256 a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
-  static __m256 copysign(__m256 m, __m256 s) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    return _mm256_or_ps(_mm256_andnot_ps(sign, m), _mm256_and_ps(sign, s));
-  }
-  static __m256 min(__m256 a, __m256 b) { return _mm256_min_ps(a, b); }  // a < b ? a : b, as ScalarF32
-  static __m256 round(__m256 a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static __m256 gt(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
-  static __m256 ge(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
-  static __m256 lt(__m256 a, __m256 b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
-  static __m256 select(__m256 m, __m256 a, __m256 b) { return _mm256_blendv_ps(b, a, m); }
-  static __m256 pow2i(__m256 n) {
-    const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
-  }
-};
 
 // One register tile and packed-B layout for both tiles: 4 rows x 2 columns.
 // The sign tile holds 8 accumulators + 2 B + 2 |B| + A + scratch + ones =
@@ -136,9 +110,9 @@ struct YmmSign {
         o.bias ? _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(o.bias))) : _mm256_setzero_ps();
     __m256 y = _mm256_fmadd_ps(_mm256_mul_ps(acc, xs), ws, bias);
     switch (o.act) {  // per tile, not per element
-      case llmaccel::kActGelu: y = gelu_v<Avx2F32>(y); break;
-      case llmaccel::kActGeluTanh: y = gelu_tanh_v<Avx2F32>(y); break;
-      case llmaccel::kActRelu: y = relu_v<Avx2F32>(y); break;
+      case llmaccel::kActGelu: y = gelu_v<VecF32x8>(y); break;
+      case llmaccel::kActGeluTanh: y = gelu_tanh_v<VecF32x8>(y); break;
+      case llmaccel::kActRelu: y = relu_v<VecF32x8>(y); break;
       default: break;
     }
     const __m128 lo = _mm256_castps256_ps128(y), hi = _mm256_extractf128_ps(y, 1);
@@ -221,9 +195,9 @@ inline __attribute__((always_inline)) void ymm_outer_store(const __m256i* acc, c
     __m256 y0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[2 * r]), xs), ws0, b0);
     __m256 y1 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[2 * r + 1]), xs), ws1, b1);
     switch (o.act) {  // per tile, not per element
-      case llmaccel::kActGelu: y0 = gelu_v<Avx2F32>(y0), y1 = gelu_v<Avx2F32>(y1); break;
-      case llmaccel::kActGeluTanh: y0 = gelu_tanh_v<Avx2F32>(y0), y1 = gelu_tanh_v<Avx2F32>(y1); break;
-      case llmaccel::kActRelu: y0 = relu_v<Avx2F32>(y0), y1 = relu_v<Avx2F32>(y1); break;
+      case llmaccel::kActGelu: y0 = gelu_v<VecF32x8>(y0), y1 = gelu_v<VecF32x8>(y1); break;
+      case llmaccel::kActGeluTanh: y0 = gelu_tanh_v<VecF32x8>(y0), y1 = gelu_tanh_v<VecF32x8>(y1); break;
+      case llmaccel::kActRelu: y0 = relu_v<VecF32x8>(y0), y1 = relu_v<VecF32x8>(y1); break;
       default: break;
     }
     float* yrow = o.y + r * o.y_sm;
