@@ -128,7 +128,10 @@ def attention_fwd(q, k, v, mask=None, is_causal=False, causal_bottom_right=False
         raise ValueError(f"llmaccel::attention: split_kv must be >= 1, got {split_kv}")
 
     device = q.device
-    out = torch.empty((B, Hq, Lq, Dv), dtype=torch.float32 if host_rounds(q.dtype) else q.dtype, device=device)
+    # Stored as [B, Lq, Hq, Dv] (llmaccel.ops.attention.out_empty: the heads merge back into the hidden dim
+    # as a view); the kernels write through out's strides.
+    out = torch.empty_strided((B, Hq, Lq, Dv), (Lq * Hq * Dv, Dv, Hq * Dv, 1),
+                              dtype=torch.float32 if host_rounds(q.dtype) else q.dtype, device=device)
     lse = torch.empty((B, Hq, Lq), dtype=torch.float32, device=device)
     if B * Hq * Lq == 0:
         return out.to(q.dtype), lse

@@ -50,7 +50,9 @@ def test_direct_road_equals_the_op_road_and_the_reference(name, call):
             via_op = llmaccel.attention(q, k, v, mask, 0.0, causal, scale, gqa, causal_bottom_right=cbr,
                                         return_lse=True)
     assert torch.equal(direct[0], via_op[0]) and torch.equal(direct[1], via_op[1])
-    assert direct[0].is_contiguous() and direct[0].dtype == torch.float32
+    # both roads give out_empty's layout ([B, Lq, Hq, Dv] memory), so the heads merge back as a view
+    assert direct[0].stride() == via_op[0].stride() and direct[0].dtype == torch.float32
+    assert direct[0].numel() == 0 or direct[0].transpose(1, 2).is_contiguous()
     Lq, Lk = q.shape[2], k.shape[2]
     if Lk == 0:  # every row fully masked: zeros (never NaN), lse -inf
         assert torch.equal(direct[0], torch.zeros_like(direct[0])) and bool((direct[1] == float("-inf")).all())
