@@ -2,7 +2,9 @@
 // Built with -mavx512f -mavx512bw -mavx512vl -mavx512vnni; only called when
 // CPUID reports those features.
 //
-// Inner step (64 k values): R loads of packed A (u8 = a + 128, the R rows'
+// Two tiles.  Packed weights (int8_linear) and plain ones from 64 rows run
+// the outer-product tile (Avx512Outer below, int8_mm_outer.h); plain columns
+// at fewer rows the dot-product tile, whose inner step (64 k values) is: R loads of packed A (u8 = a + 128, the R rows'
 // 64-byte chunks adjacent in memory), C loads of
 // B columns, R*C vpdpbusd, each adding 16 lanes of 4-byte dot products into
 // an int32 accumulator.  4 x 6 tiles use 24 accumulators + 6 B + 1 A = 31 of
@@ -11,6 +13,8 @@
 #include <immintrin.h>
 
 #include "int8_mm_driver.h"
+#include "int8_mm_outer.h"
+#include "vec_f32.h"
 
 namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
@@ -52,24 +56,12 @@ struct Avx512Vnni {
   // and M=64 unchanged: compute-bound).
   static constexpr int64_t kPrefetchBytes = 512;
 
-  // Packed panels: the hardware prefetcher follows the single sequential
-  // stream; one L2 prefetch per line 1.5 KB ahead keeps enough misses in
-  // flight.  Measured at M=1 on 8 x 16 MB packed weights (huge pages),
-  // against a plain read of the same bytes: 0.90-0.93 of its rate on 2
-  // threads (0.84-0.88 on one) with this, 0.85-0.87 (0.67) with the column
-  // scheme, 0.72-0.83 with no software prefetch.
-  static constexpr int64_t kPanelPrefetchBytes = 1536;
-
   template <int R, int C, bool kMasked, int kStream>
   static inline __attribute__((always_inline)) void step(__m512i* acc, const uint8_t* a, const BCols& B,
                                                          int64_t k, __mmask64 mask) {
     const int8_t* b = B.b + k * B.ks;
     __m512i bv[C];
-    if constexpr (kStream == kStreamPanels) {
-#pragma GCC unroll 8
-      for (int c = 0; c < C; ++c)  // the C columns' 64-byte chunks are C adjacent lines
-        _mm_prefetch(reinterpret_cast<const char*>(b + c * B.cs + kPanelPrefetchBytes), _MM_HINT_T1);
-    } else if constexpr (kStream == kStreamColumns) {
+    if constexpr (kStream == kStreamColumns) {
 #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) {
         // Near: this column, a little ahead, into L1.  Far: the same bytes
@@ -109,9 +101,119 @@ struct Avx512Vnni {
   }
 };
 
+
+// The outer-product tile (int8_mm_outer.h): 8 rows x 32 columns, one int32 lane per output, A packed as
+// u8 = a + 128 (kAFlip; any int8 A is exact) and 128 * colsum(b) taken off at the end, as the AVX-VNNI
+// unit does on ymm.  Per quad step: the panel's two 64-byte column vectors (shared by every row), then
+// per row one 4-byte broadcast of A and two vpdpbusd: 16 accumulators + 2 B + 1 broadcast of 32 zmm.
+// Why not the dot-product tile above for these: at MiniLM's K = 384 a dot-product tile runs only 6
+// k-steps, then reduces its 24 accumulators across lanes and scatters its outputs; measured on the 2-core
+// SPR VM (4096 x 1536 x 384, same process) it ran 36 ms where the AVX-VNNI ymm outer tile ran 22 ms.
+struct Avx512Outer {
+  static constexpr int MR = 8;
+  static constexpr int NR = 32;
+  static constexpr uint8_t kAFlip = 0x80;
+
+  template <int R, int kStream>
+  static void tile(const int8_t* a, const int8_t* b, int64_t nq, const OuterOut& o) {
+    __m512i acc[2 * R];
+#pragma GCC unroll 16
+    for (int i = 0; i < 2 * R; ++i) acc[i] = _mm512_setzero_si512();
+    for (int64_t j = 0; j < nq; ++j) {
+      const int8_t* bj = b + j * NR * 4;
+      if constexpr (kStream == kStreamPanels) {  // one sequential run per panel from DRAM (decode)
+        _mm_prefetch(reinterpret_cast<const char*>(bj + kPanelPrefetchBytes), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(bj + kPanelPrefetchBytes + 64), _MM_HINT_T1);
+      }
+      const __m512i b0 = _mm512_loadu_si512(bj);
+      const __m512i b1 = _mm512_loadu_si512(bj + 64);
+      const int8_t* aj = a + j * MR * 4;
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        int32_t quad;
+        std::memcpy(&quad, aj + 4 * r, 4);
+        const __m512i av = _mm512_set1_epi32(quad);
+        dpbusd(acc[2 * r], av, b0);
+        dpbusd(acc[2 * r + 1], av, b1);
+      }
+    }
+    const __m512i c0 = _mm512_slli_epi32(_mm512_loadu_si512(o.colsum), 7);
+    const __m512i c1 = _mm512_slli_epi32(_mm512_loadu_si512(o.colsum + 16), 7);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      acc[2 * r] = _mm512_sub_epi32(acc[2 * r], c0);
+      acc[2 * r + 1] = _mm512_sub_epi32(acc[2 * r + 1], c1);
+    }
+    store<R>(acc, o);
+  }
+
+  // Packed panels stream from DRAM at decode: the hardware prefetcher follows the single sequential
+  // stream, and an L2 prefetch of both lines of a 128-byte step 1.5 KiB ahead keeps enough misses in
+  // flight.  (Measured with the dot-product tile, which read packed panels before this one: at M = 1 on
+  // 8 x 16 MB packed weights, 0.90-0.93 of a plain read of the same bytes on 2 threads; 0.72-0.83 with no
+  // software prefetch.)
+  static constexpr int64_t kPanelPrefetchBytes = 1536;
+
+  // Inlined with its row loop unrolled (an accumulator indexed by a run-time row would put every
+  // accumulator on the stack, as int8_mm_ymm.h notes).  Columns past o.cols are masked off.
+  template <int R>
+  static inline __attribute__((always_inline)) void store(const __m512i* acc, const OuterOut& o) {
+    const __mmask16 m0 = lanes_below(o.cols), m1 = lanes_below(o.cols - 16);
+    if (!o.y) {
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        int32_t* crow = o.c + r * o.c_sm;
+        if (o.c_sn == 1) {
+          _mm512_mask_storeu_epi32(crow, m0, acc[2 * r]);
+          _mm512_mask_storeu_epi32(crow + 16, m1, acc[2 * r + 1]);
+        } else {
+          alignas(64) int32_t v[NR];
+          _mm512_store_si512(v, acc[2 * r]);
+          _mm512_store_si512(v + 16, acc[2 * r + 1]);
+          for (int c = 0; c < o.cols; ++c) crow[c * o.c_sn] = v[c];
+        }
+      }
+      return;
+    }
+    const __m512 ws0 = _mm512_maskz_loadu_ps(m0, o.ws), ws1 = _mm512_maskz_loadu_ps(m1, o.ws + 16);
+    const __m512 b0 = o.bias ? _mm512_maskz_loadu_ps(m0, o.bias) : _mm512_setzero_ps();
+    const __m512 b1 = o.bias ? _mm512_maskz_loadu_ps(m1, o.bias + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      // tile_entry's scalar epilogue: fma(float(acc) * xs, ws, bias), then the activation.
+      const __m512 xs = _mm512_set1_ps(o.xs[r]);
+      __m512 y0 = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[2 * r]), xs), ws0, b0);
+      __m512 y1 = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[2 * r + 1]), xs), ws1, b1);
+      switch (o.act) {  // per tile, not per element
+        case llmaccel::kActGelu: y0 = gelu_v<VecF32x16>(y0), y1 = gelu_v<VecF32x16>(y1); break;
+        case llmaccel::kActGeluTanh: y0 = gelu_tanh_v<VecF32x16>(y0), y1 = gelu_tanh_v<VecF32x16>(y1); break;
+        case llmaccel::kActRelu: y0 = relu_v<VecF32x16>(y0), y1 = relu_v<VecF32x16>(y1); break;
+        default: break;
+      }
+      float* yrow = o.y + r * o.y_sm;
+      _mm512_mask_storeu_ps(yrow, m0, y0);
+      _mm512_mask_storeu_ps(yrow + 16, m1, y1);
+    }
+  }
+
+  static __mmask16 lanes_below(int n) {
+    return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+  }
+};
+
 }  // namespace
 }  // namespace LLMACCEL_CPU_CAPABILITY
 
-void int8_mm_avx512vnni(const Int8MMProblem& p) { run_int8_mm<Avx512Vnni>(p); }
-Int8MMLayout int8_mm_layout_avx512vnni() { return {Avx512Vnni::NR, Avx512Vnni::KALIGN}; }
+// Plain-weight calls with fewer rows than this run the dot-product tile on the columns in place: below it,
+// packing B for the outer-product tile (N * K bytes) costs more than the tile saves (as the AVX2 unit).
+constexpr int64_t kOuterMinRowsPlain512 = 64;
+
+void int8_mm_avx512vnni(const Int8MMProblem& p) {
+  if (p.b_packed || p.M >= kOuterMinRowsPlain512)
+    run_int8_mm_outer<Avx512Outer>(p);
+  else
+    run_int8_mm<Avx512Vnni>(p);
+}
+// Packed weights feed the outer-product tile.
+Int8MMLayout int8_mm_layout_avx512vnni() { return {Avx512Outer::NR, 4}; }
 }  // namespace llmaccel

@@ -86,7 +86,11 @@ def _avx2_operand_pairs():
 
 
 # The 256-bit units (int8_mm_ymm.h): AVX2's vpmaddubsw sequence and AVX-VNNI's vpdpbusd, each where the CPU has it.
-YMM_VARIANTS = [v for v in ("avx2", "avxvnni") if v in llmaccel.cpu_info()["available_variants"].get("int8_mm", [])]
+_INT8_MM = llmaccel.cpu_info()["available_variants"].get("int8_mm", [])
+YMM_VARIANTS = [v for v in ("avx2", "avxvnni") if v in _INT8_MM]
+# Every unit with an outer-product tile (int8_mm_outer.h), and those of them that store A as a + 128.
+OUTER_VARIANTS = YMM_VARIANTS + [v for v in ("avx512vnni",) if v in _INT8_MM]
+BIASED_OUTER_VARIANTS = [v for v in ("avxvnni", "avx512vnni") if v in _INT8_MM]
 
 
 @pytest.mark.skipif(not YMM_VARIANTS, reason="needs an AVX2 CPU")
@@ -102,15 +106,16 @@ def test_ymm_sign_trick_and_exact_tiles_are_exact(variant):
 
 def _outer_tile_cases():
     """(label, a, b, c_strided) reaching the outer-product tiles: int8_mm with >= 64 rows (AVX2: no -128 in A,
-    else its exact 16-bit tile runs; AVX-VNNI: any A, stored as a + 128).
+    else its exact 16-bit tile runs; AVX-VNNI and AVX-512 VNNI: any A, stored as a + 128).
 
-    Every ragged row count of the 4-row (AVX2) and 6-row (AVX-VNNI) tiles, partial 16-column panels, K off
+    Every ragged row count of the 4-row (AVX2), 6-row (AVX-VNNI) and 8-row (AVX-512) tiles, partial 16- and
+    32-column panels, K off
     the 4-byte quad, the largest pair sums the AVX2 tile meets (-127 x -128 twice: 32512 of int16's 32767),
     A = -128 everywhere (the biased code 0), strided A, B and C.
     """
     # (301, 4099, 33): more rows than 2 threads' L2 blocks at that K, so each thread runs its own rows.
     for M, K, N in [(64, 1, 1), (65, 3, 15), (66, 5, 16), (67, 63, 17), (68, 385, 33), (69, 7, 16), (71, 9, 3),
-                    (129, 130, 47), (301, 4099, 33)]:
+                    (70, 11, 31), (75, 13, 32), (77, 2, 65), (129, 130, 47), (301, 4099, 33)]:
         sym = torch.randint(-127, 128, (M, K), dtype=torch.int8)
         w = randint8(N, K)
         yield f"random, M,K,N={M},{K},{N}", sym, w.t(), False
@@ -122,9 +127,9 @@ def _outer_tile_cases():
         yield f"strided a, row-major b, strided out, M,K,N={M},{K},{N}", big[:, 1::2], w.t().contiguous(), True
 
 
-@pytest.mark.skipif(not YMM_VARIANTS, reason="needs an AVX2 CPU")
-@pytest.mark.parametrize("variant", YMM_VARIANTS)
-def test_ymm_outer_product_tile_is_exact(variant):
+@pytest.mark.skipif(not OUTER_VARIANTS, reason="needs an AVX2 CPU")
+@pytest.mark.parametrize("variant", OUTER_VARIANTS)
+def test_outer_product_tiles_are_exact(variant):
     for label, a, b, strided_out in _outer_tile_cases():
         M, K, N = a.shape[0], a.shape[1], b.shape[1]
         ref = int8_mm_exact(a, b)
@@ -139,9 +144,10 @@ def test_ymm_outer_product_tile_is_exact(variant):
             assert torch.equal(out, ref), (variant, label, threads)
 
 
-@pytest.mark.skipif("avxvnni" not in YMM_VARIANTS, reason="needs a CPU with AVX-VNNI")
-def test_avxvnni_outer_tile_exact_at_the_largest_k():
-    """The AVX-VNNI outer tile sums (a + 128) * b and takes 128 * colsum(b) off: at K = 131071 (the largest
+@pytest.mark.skipif(not BIASED_OUTER_VARIANTS, reason="needs a CPU with AVX-VNNI or AVX-512 VNNI")
+@pytest.mark.parametrize("variant", BIASED_OUTER_VARIANTS)
+def test_biased_outer_tile_exact_at_the_largest_k(variant):
+    """The VNNI outer tiles sum (a + 128) * b and takes 128 * colsum(b) off: at K = 131071 (the largest
     int8_mm takes) with a = 127 against b = -128 the biased sum is 255 * -128 * K, far past int32, and only
     the wrap-around of both terms modulo 2^32 leaves the exact -127 * 128 * K.  Also a = -128 x b = -128
     (biased code 0: the whole result is the correction)."""
@@ -153,8 +159,8 @@ def test_avxvnni_outer_tile_exact_at_the_largest_k():
         b[::5, 3] = 1
         out = torch.full((64, 17), 7, dtype=torch.int32)
         ext().int8_mm(64, 17, K, a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
-                      out.data_ptr(), out.stride(0), out.stride(1), 2, "avxvnni")
-        assert torch.equal(out, int8_mm_exact(a, b)), (fa, fb)
+                      out.data_ptr(), out.stride(0), out.stride(1), 2, variant)
+        assert torch.equal(out, int8_mm_exact(a, b)), (variant, fa, fb)
 
 
 @pytest.mark.slow
