@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -62,6 +63,45 @@ inline void expect_sizes(const char* op, const char* name, const TensorView& v, 
     return r + "]";
   };
   fail(op, std::string(name) + " must have shape " + fmt(want) + " (from the other tensors), got " + fmt(v.sizes));
+}
+
+// A 2-D view whose rows are unit-stride (the kernels' "k contiguous" operands: x, y, an int8 weight, N:M values
+// and indices, a bitmap): the view plus its row stride, which is its column count when it has at most one row
+// (any row stride is fine then).  ValueError unless the column stride is 1 (or there is at most one column).
+struct RowsView {
+  TensorView v;
+  int64_t rows, cols, ld;
+  template <class T>
+  T* data() const {
+    return v.data<T>();
+  }
+};
+
+inline RowsView rows_view(const char* op, const char* name, const TensorViewTuple& t,
+                          std::initializer_list<const char*> dtypes) {
+  TensorView v = tensor_view(op, name, t, 2, dtypes);
+  if (v.size(1) > 1 && v.stride(1) != 1)
+    fail(op, std::string(name) + " must have contiguous rows (column stride 1), got strides [" +
+                 std::to_string(v.stride(0)) + ", " + std::to_string(v.stride(1)) + "]");
+  const int64_t rows = v.size(0), cols = v.size(1), ld = rows > 1 ? v.stride(0) : cols;
+  return {std::move(v), rows, cols, ld};
+}
+
+// A 1-D view with unit stride (any stride when it has at most one element) and, unless n < 0, exactly n elements.
+inline TensorView vector_view(const char* op, const char* name, const TensorViewTuple& t,
+                              std::initializer_list<const char*> dtypes, int64_t n = -1) {
+  TensorView v = tensor_view(op, name, t, 1, dtypes);
+  if (n >= 0) expect_sizes(op, name, v, {n});
+  if (v.size(0) > 1 && v.stride(0) != 1)
+    fail(op, std::string(name) + " must be contiguous, got stride " + std::to_string(v.stride(0)));
+  return v;
+}
+
+// vector_view's pointer for an optional tensor of one dtype; null for None.
+template <class T>
+T* optional_vector(const char* op, const char* name, const std::optional<TensorViewTuple>& t, const char* dtype,
+                   int64_t n) {
+  return t ? vector_view(op, name, *t, {dtype}, n).data<T>() : nullptr;
 }
 
 }  // namespace LLMACCEL_CPU_CAPABILITY
