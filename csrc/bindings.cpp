@@ -30,6 +30,74 @@
 
 namespace py = pybind11;
 
+// A tensor view (address, dtype name, sizes, strides) parsed straight from the Python objects into the inline
+// TensorView: no std::vector or std::string per call (a decode step passes 5-7 views per kernel call).  Takes a
+// tuple or list of 4 whose sizes and strides are tuples (torch.Size, stride()) or lists of ints; anything else
+// does not convert (TypeError, as for any other argument).
+namespace pybind11::detail {
+template <>
+struct type_caster<llmaccel::TensorView> {
+  PYBIND11_TYPE_CASTER(llmaccel::TensorView, const_name("tuple[int, str, Sequence[int], Sequence[int]]"));
+
+  bool load(handle src, bool) {
+    PyObject* const* items = nullptr;
+    if (!fast_items(src.ptr(), 4, &items)) return false;
+    const unsigned long long addr = PyLong_Check(items[0]) ? PyLong_AsUnsignedLongLong(items[0]) : 0;
+    if (!PyLong_Check(items[0]) || (addr == static_cast<unsigned long long>(-1) && PyErr_Occurred())) {
+      PyErr_Clear();
+      return false;
+    }
+    value.addr = static_cast<uintptr_t>(addr);
+    if (!PyUnicode_Check(items[1])) return false;
+    Py_ssize_t len = 0;
+    const char* dtype = PyUnicode_AsUTF8AndSize(items[1], &len);  // cached in the str, which the caller holds
+    if (dtype == nullptr) {
+      PyErr_Clear();
+      return false;
+    }
+    value.dtype = std::string_view(dtype, static_cast<size_t>(len));
+    return load_dims(items[2], value.sizes) && load_dims(items[3], value.strides);
+  }
+
+  static handle cast(const llmaccel::TensorView&, return_value_policy, handle) { return none().release(); }
+
+ private:
+  // The items of a tuple (or subclass: torch.Size) or list, which must have `want` of them (want < 0: any).
+  static bool fast_items(PyObject* o, Py_ssize_t want, PyObject* const** items, Py_ssize_t* n = nullptr) {
+    Py_ssize_t size = 0;
+    if (PyTuple_Check(o)) {
+      size = PyTuple_GET_SIZE(o);
+      *items = &PyTuple_GET_ITEM(o, 0);
+    } else if (PyList_Check(o)) {
+      size = PyList_GET_SIZE(o);
+      *items = reinterpret_cast<PyListObject*>(o)->ob_item;  // null when empty: then never read
+    } else {
+      return false;
+    }
+    if (want >= 0 && size != want) return false;
+    if (n) *n = size;
+    return true;
+  }
+
+  static bool load_dims(PyObject* o, llmaccel::ViewDims& d) {
+    PyObject* const* items = nullptr;
+    Py_ssize_t n = 0;
+    if (!fast_items(o, -1, &items, &n)) return false;
+    d.n = static_cast<size_t>(n);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      if (!PyLong_Check(items[i])) return false;
+      const long long x = PyLong_AsLongLong(items[i]);
+      if (x == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return false;
+      }
+      if (static_cast<size_t>(i) < llmaccel::kMaxViewDims) d.v[i] = x;
+    }
+    return true;
+  }
+};
+}  // namespace pybind11::detail
+
 namespace {
 
 template <class T>
@@ -171,7 +239,8 @@ int8_t* packed_buffer(const char* op, const char* name, const TensorViewTuple& t
 const float* row_scales(const char* op, const TensorView& values, const OptView& scale, int64_t N) {
   const bool int8 = values.dtype == "int8";
   if (int8 && !scale) llmaccel::fail(op, "scale is None, but int8 values need float32 per-row scales [N]");
-  if (!int8 && scale) llmaccel::fail(op, "scale must be None for " + values.dtype + " values (it scales int8 values)");
+  if (!int8 && scale)
+    llmaccel::fail(op, "scale must be None for " + std::string(values.dtype) + " values (it scales int8 values)");
   return optional_vector<const float>(op, "scale", scale, "float32", N);
 }
 

@@ -372,7 +372,7 @@ def _cpp_runner(w_int8: Tensor, w_scale: Tensor, bias, act: str, smooth, activat
         def gemm(x2: Tensor, M: int, keep=(w, packed, ws, bias, sm_t)) -> Tensor:
             y = torch.empty((M, N), dtype=torch.float32)
             kernel((x2.data_ptr(), "float32", x2.shape, x2.stride()), w_v, p_v, s_v, b_v,
-                   (y.data_ptr(), "float32", y.shape, y.stride()), torch.get_num_threads(), "", sm_v, act_name)
+                   (y.data_ptr(), "float32", (M, N), (N, 1)), torch.get_num_threads(), "", sm_v, act_name)
             return y
         unfused_smooth = None
     else:
@@ -383,7 +383,7 @@ def _cpp_runner(w_int8: Tensor, w_scale: Tensor, bias, act: str, smooth, activat
         def gemm(x2: Tensor, M: int, keep=(w, ws, bias)) -> Tensor:
             y = torch.empty((M, N), dtype=torch.float32)
             kernel((x2.data_ptr(), "float32", x2.shape, x2.stride()), w_v, s_v, b_v,
-                   (y.data_ptr(), "float32", y.shape, y.stride()), torch.get_num_threads())
+                   (y.data_ptr(), "float32", (M, N), (N, 1)), torch.get_num_threads())
             return apply_activation(y, activation)
 
     def run(x: Tensor) -> Tensor:

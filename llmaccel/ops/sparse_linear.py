@@ -81,7 +81,7 @@ from ..sparsity.cpu_kernel import nm_i8_linear_bound, nm_i8_linear_raw, nm_linea
 from ..sparsity.cpu_nm_large import nm_large_linear_raw
 from ..sparsity.reference import sparse_linear_reference
 from ._checks import check_same_device, check_tensor, fail
-from ._cpp_views import view, view_or_none
+from ._cpp_views import view
 from .quantize import FLOAT_DTYPES, quantize_per_token
 from .sparse_linear_routes import Route, bitmap_route, nm_route, nm_small_limit
 from .sparse_linear_layouts import LAYOUTS, fields_of, out_features, values_grad, weight_of
@@ -505,16 +505,19 @@ def _direct_cpu(x, values, index, offsets, scale, layout, meta, bias, act):
     nthreads = torch.get_num_threads()
     x2 = x.reshape(rows, K)
     y = torch.empty((rows, N), dtype=f32)
-    x_v, y_v = (x2.data_ptr(), "float32", x2.shape, x2.stride()), (y.data_ptr(), "float32", y.shape, y.stride())
-    s_v, b_v = view_or_none(scale), view_or_none(bias)
+    # the views (csrc/tensor_view.h) spelled out: every dtype is known here, and this road is the decode hot path
+    x_v, y_v = (x2.data_ptr(), "float32", x2.shape, x2.stride()), (y.data_ptr(), "float32", (rows, N), (N, 1))
+    v_v = (values.data_ptr(), "float32" if scale is None else "int8", values.shape, values.stride())
+    s_v = None if scale is None else (scale.data_ptr(), "float32", scale.shape, scale.stride())
+    b_v = None if bias is None else (bias.data_ptr(), "float32", bias.shape, bias.stride())
     if layout == "nm":
         kernel = e.sparse_nm_i8_linear if act == "dynamic" else e.sparse_nm_linear
-        kernel(x_v, view(values), view(index), s_v, b_v, y_v, n, m, nthreads, "")
+        kernel(x_v, v_v, (index.data_ptr(), "uint8", index.shape, index.stride()), s_v, b_v, y_v, n, m, nthreads, "")
     elif route == "bitmap_index":
         cols = cached_column_indices(index, offsets, K, values.numel())
-        e.sparse_bitmap_index_linear(x_v, view(values), view(cols), view(offsets), s_v, b_v, y_v, nthreads, "")
+        e.sparse_bitmap_index_linear(x_v, v_v, view(cols), view(offsets), s_v, b_v, y_v, nthreads, "")
     else:
-        e.sparse_bitmap_linear(x_v, view(values), view(index), view(offsets), s_v, b_v, y_v, nthreads, "")
+        e.sparse_bitmap_linear(x_v, v_v, view(index), view(offsets), s_v, b_v, y_v, nthreads, "")
     return y.view(*x.shape[:-1], N)
 
 

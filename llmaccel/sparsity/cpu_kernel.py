@@ -74,9 +74,10 @@ def nm_linear_bound(values: Tensor, indices: Tensor, scale: Tensor | None, bias:
 
     def run(x2: Tensor, keep=(values, indices, scale, bias)) -> Tensor:
         x2 = row_major(x2)
-        y = torch.empty((x2.shape[0], N), dtype=torch.float32)
+        rows = x2.shape[0]
+        y = torch.empty((rows, N), dtype=torch.float32)
         fn((x2.data_ptr(), "float32", x2.shape, x2.stride()), v_v, i_v, s_v, b_v,
-           (y.data_ptr(), "float32", y.shape, y.stride()), n, m, torch.get_num_threads(), variant)
+           (y.data_ptr(), "float32", (rows, N), (N, 1)), n, m, torch.get_num_threads(), variant)
         return y
 
     return run
