@@ -1,10 +1,12 @@
 // TensorView: a strided tensor as the Python side hands it to a binding, (address, dtype name, sizes,
 // strides in elements), checked here once against what the entry point expects before any kernel reads
-// it.  An entry point takes one view per tensor instead of a pointer plus 4 sizes plus 4 strides each
-// (attention's forward took 39 positional integers, its backward 60), and sizes that must agree between
-// tensors (k's batch and head dim against q's, out's shape against q and v) are derived from the tensors
-// themselves, so they cannot be passed inconsistently.  Only the binding layer sees views: the kernels
-// keep taking their plain problem structs (attention.h).  Python side: llmaccel/ops/_cpp_views.py.
+// it.  An entry point takes one view per tensor instead of a pointer plus its sizes and strides (attention's
+// forward took 39 positional integers, its backward 60; the int8 and sparse entry points 9-20 each), and sizes
+// that must agree between tensors (k's batch and head dim against q's; a linear call's M and K from x, N from y,
+// the weight's and bias's shapes against them) are derived from the tensors themselves, so they cannot be
+// passed inconsistently.  Only the binding layer (bindings.cpp) sees views: the kernels keep taking their plain
+// problem structs and raw-pointer entry points (attention.h, int8_mm.h, sparse_*.h ...), whose own checks
+// stay.  Python side: llmaccel/ops/_cpp_views.py.
 #pragma once
 
 #include <algorithm>
