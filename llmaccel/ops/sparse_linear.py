@@ -508,8 +508,8 @@ def _direct_cpu(x, values, index, offsets, scale, layout, meta, bias, act):
     # the views (csrc/tensor_view.h) spelled out: every dtype is known here, and this road is the decode hot path
     x_v, y_v = (x2.data_ptr(), "float32", x2.shape, x2.stride()), (y.data_ptr(), "float32", (rows, N), (N, 1))
     v_v = (values.data_ptr(), "float32" if scale is None else "int8", values.shape, values.stride())
-    s_v = None if scale is None else (scale.data_ptr(), "float32", scale.shape, scale.stride())
-    b_v = None if bias is None else (bias.data_ptr(), "float32", bias.shape, bias.stride())
+    s_v = None if scale is None else (scale.data_ptr(), "float32", (N,), (1,))  # both checked contiguous [N]
+    b_v = None if bias is None else (bias.data_ptr(), "float32", (N,), (1,))
     if layout == "nm":
         kernel = e.sparse_nm_i8_linear if act == "dynamic" else e.sparse_nm_linear
         kernel(x_v, v_v, (index.data_ptr(), "uint8", index.shape, index.stride()), s_v, b_v, y_v, n, m, nthreads, "")
