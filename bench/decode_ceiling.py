@@ -34,6 +34,7 @@ import torch
 import llmaccel
 from llmaccel.bench.timing import shuffled_rounds
 from llmaccel._ext import ext
+from llmaccel.ops._cpp_views import view
 from llmaccel.bench.cases_int8_linear import K, N, _stack
 
 linear_ops = importlib.import_module("llmaccel.ops.int8_linear")
@@ -67,8 +68,7 @@ def main() -> None:
         y = x
         for (_, b, wq, s), p in zip(layers, packed):
             out = torch.empty(1, N)
-            ext().int8_linear_dynamic(1, N, K, y.data_ptr(), K, wq.data_ptr(), K, p.data_ptr(), s.data_ptr(),
-                                      b.data_ptr(), out.data_ptr(), N, nthreads)
+            ext().int8_linear_dynamic(view(y), view(wq), view(p), view(s), view(b), view(out), nthreads)
             y = out
         return y
 

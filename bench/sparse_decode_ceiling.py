@@ -29,6 +29,7 @@ import torch
 import llmaccel
 from llmaccel.bench.timing import shuffled_rounds
 from llmaccel._ext import ext
+from llmaccel.ops._cpp_views import view, view_or_none
 from llmaccel.bench.cases_sparse_linear import K, N, _stack
 
 
@@ -45,34 +46,24 @@ def _kernels(fmt: str, layers, nthreads: int):
         if fmt.startswith("2:4"):
             vals, idx, sc = p.values.contiguous(), p.indices.contiguous(), p.scale
             bufs += [vals, idx]
-            if fmt == "2:4-w8a8":
-                def call(x, y, v, vals=vals, idx=idx, sc=sc, b=b):
-                    e.sparse_nm_i8_linear(1, N, K, 2, 4, x.data_ptr(), K, vals.data_ptr(), vals.shape[1],
-                                          idx.data_ptr(), idx.shape[1], sc.data_ptr(), b.data_ptr(), y.data_ptr(),
-                                          N, nthreads, v)
-            else:
-                def call(x, y, v, vals=vals, idx=idx, sc=sc, b=b):
-                    e.sparse_nm_linear(1, N, K, 2, 4, x.data_ptr(), K, vals.data_ptr(), sc is not None,
-                                       vals.shape[1], idx.data_ptr(), idx.shape[1],
-                                       sc.data_ptr() if sc is not None else 0, b.data_ptr(), y.data_ptr(), N,
-                                       nthreads, v)
+            fn = e.sparse_nm_i8_linear if fmt == "2:4-w8a8" else e.sparse_nm_linear
+            w_views = (view(vals), view(idx), view_or_none(sc), view(b))
+
+            def call(x, y, v, fn=fn, w_views=w_views, keep=(vals, idx, sc, b)):
+                fn(view(x), *w_views, view(y), 2, 4, nthreads, v)
         elif fmt == "u90-index":
             vals, off = p.values.contiguous(), p.row_offsets.contiguous()
             cols = column_indices(p.bitmap, off, K, vals.numel())
             bufs += [vals, cols]
 
-            def call(x, y, v, vals=vals, off=off, cols=cols, b=b):
-                e.sparse_bitmap_index_linear(1, N, K, x.data_ptr(), K, vals.data_ptr(), False, vals.numel(),
-                                             cols.data_ptr(), off.data_ptr(), 0, b.data_ptr(), y.data_ptr(), N,
-                                             nthreads, v)
+            def call(x, y, v, w_views=(view(vals), view(cols), view(off), None, view(b)), keep=(vals, off, cols, b)):
+                e.sparse_bitmap_index_linear(view(x), *w_views, view(y), nthreads, v)
         else:
             vals, off, bm = p.values.contiguous(), p.row_offsets.contiguous(), p.bitmap.contiguous()
             bufs += [vals, bm]
 
-            def call(x, y, v, vals=vals, off=off, bm=bm, b=b):
-                e.sparse_bitmap_linear(1, N, K, x.data_ptr(), K, vals.data_ptr(), False, vals.numel(),
-                                       bm.data_ptr(), bm.shape[1], off.data_ptr(), 0, b.data_ptr(), y.data_ptr(),
-                                       N, nthreads, v)
+            def call(x, y, v, w_views=(view(vals), view(bm), view(off), None, view(b)), keep=(vals, off, bm, b)):
+                e.sparse_bitmap_linear(view(x), *w_views, view(y), nthreads, v)
         calls.append(call)
     ys = [torch.empty(1, N) for _ in calls]
 

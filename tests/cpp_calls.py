@@ -11,13 +11,13 @@ import math
 import torch
 
 from llmaccel._ext import ext
-from llmaccel.ops._cpp_views import view
+from llmaccel.ops._cpp_views import view, view_or_none
 
 
 def packed_weight(w, variant, nthreads=2):
     N, K = w.shape
     out = torch.empty(ext().int8_mm_packed_size(variant, N, K), dtype=torch.int8)
-    ext().int8_mm_pack_b(variant, N, K, w.data_ptr(), K, out.data_ptr(), nthreads)
+    ext().int8_mm_pack_b(variant, view(w), view(out), nthreads)
     return out
 
 
@@ -26,8 +26,7 @@ def int8_linear_dynamic_cpp(x, w, s, b, variant, nthreads, packed=True):
     N = w.shape[0]
     y = torch.full((M, N), float("nan"))
     p = packed_weight(w, variant) if packed else None
-    ext().int8_linear_dynamic(M, N, K, x.data_ptr(), K, w.data_ptr(), K, p.data_ptr() if packed else 0,
-                              s.data_ptr(), b.data_ptr() if b is not None else 0, y.data_ptr(), N, nthreads, variant)
+    ext().int8_linear_dynamic(view(x), view(w), view_or_none(p), view(s), view_or_none(b), view(y), nthreads, variant)
     return y
 
 
@@ -35,8 +34,7 @@ def weight_only_cpp(x, w, s, b, variant, nthreads):
     M, K = x.shape
     N = w.shape[0]
     y = torch.full((M, N), float("nan"))
-    ext().int8_linear_weight_only(M, N, K, x.data_ptr(), K, w.data_ptr(), K, s.data_ptr(),
-                                  b.data_ptr() if b is not None else 0, y.data_ptr(), N, nthreads, variant)
+    ext().int8_linear_weight_only(view(x), view(w), view(s), view_or_none(b), view(y), nthreads, variant)
     return y
 
 
@@ -89,24 +87,34 @@ def attention_fwd_kwargs(q_shape=(1, 4, 3, 8), kv_shape=(1, 2, 5, 8), mask_dtype
 def sparse_nm_cpp(x, packed, b, variant, nthreads, binding="sparse_nm_linear"):
     """The C++ N:M-sparse linear on an ``NMPackedWeight`` (fp32 or int8; x [M, K] with unit column stride);
     ``binding="sparse_nm_large_linear"``: the large-M kernel."""
-    M, K = x.shape
-    N = packed.shape[0]
-    y = torch.full((M, N), float("nan"))
-    s = packed.scale
-    getattr(ext(), binding)(M, N, K, packed.n, packed.m, x.data_ptr(), x.stride(0), packed.values.data_ptr(),
-                           packed.quantized, packed.values.stride(0), packed.indices.data_ptr(),
-                           packed.indices.stride(0), s.data_ptr() if s is not None else 0,
-                           b.data_ptr() if b is not None else 0, y.data_ptr(), N, nthreads, variant)
+    y = torch.full((x.shape[0], packed.shape[0]), float("nan"))
+    getattr(ext(), binding)(view(x), view(packed.values), view(packed.indices), view_or_none(packed.scale),
+                            view_or_none(b), view(y), packed.n, packed.m, nthreads, variant)
     return y
+
+
+def call_views(binding, tensors, scalars, **over):
+    """``llmaccel._C.<binding>(**kwargs)``: each of ``tensors`` (name -> tensor or None) passed as its view
+    (``None`` stays None), ``scalars`` as they are, with ``over`` applied: ``"x.sizes"`` / ``"values.dtype"`` /
+    ``"y.strides"`` / ``"w.addr"`` replace one part of one view, other keys replace a whole argument (a view
+    tuple, None or a scalar).  The caller keeps ``tensors`` alive."""
+    kw = {name: None if t is None else list(view(t)) for name, t in tensors.items()}
+    kw.update(scalars)
+    parts = {"addr": 0, "dtype": 1, "sizes": 2, "strides": 3}
+    for key, value in over.items():
+        if "." in key:
+            name, part = key.split(".")
+            kw[name][parts[part]] = value
+        else:
+            kw[key] = value
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
+    return getattr(ext(), binding)(**kw)
 
 
 def sparse_nm_raw_2_4(binding, packed, **over):
     """A valid raw N:M call (M=2, N=5, K=12, 2:4, fp32 ``packed`` of shape [5, 12], with bias) through
-    ``llmaccel._C.<binding>``, with some arguments replaced; returns (y, x, bias)."""
+    ``llmaccel._C.<binding>``, with some arguments replaced (``call_views``' ``over``); returns (y, x, bias)."""
     x, y, b = torch.randn(2, 12), torch.empty(2, 5), torch.randn(5)
-    args = dict(M=2, N=5, K=12, n=2, m=4, x=x.data_ptr(), x_sm=12, values=packed.values.data_ptr(),
-                values_int8=False, values_sn=6, indices=packed.indices.data_ptr(), indices_sn=2, scale=0,
-                bias=b.data_ptr(), y=y.data_ptr(), y_sm=5, nthreads=2, variant="")
-    args.update(over)
-    getattr(ext(), binding)(**args)
+    call_views(binding, dict(x=x, values=packed.values, indices=packed.indices, scale=None, bias=b, y=y),
+               dict(n=2, m=4, nthreads=2, variant=""), **over)
     return y, x, b

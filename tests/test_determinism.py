@@ -13,6 +13,7 @@ import torch
 
 import llmaccel
 from llmaccel._ext import ext
+from llmaccel.ops._cpp_views import view
 
 from cpp_calls import attention_bwd_cpp, attention_fwd_cpp, int8_linear_dynamic_cpp, weight_only_cpp
 
@@ -65,7 +66,7 @@ def test_quantize_threads():
     sc = torch.empty(257)
 
     def run(n):
-        ext().quantize_per_token(257, 1000, x.data_ptr(), 1000, q.data_ptr(), 1000, sc.data_ptr(), n)
+        ext().quantize_per_token(view(x), view(q), view(sc), n)
         return q.clone(), sc.clone()
 
     _same_for_every_thread_count(run)

@@ -390,21 +390,31 @@ def test_bad_input_raises_naming_op(which, mutation, data):
 # ---------------------------------------------------------------------------- the C++ entry points
 
 @FUZZ
-@given(arg=st.integers(0, 12), bad=st.sampled_from([-1, -(2 ** 40), 2 ** 62]), nthreads=st.sampled_from([1, 0, -3]))
-def test_cpp_int8_mm_rejects_inconsistent_arguments(arg, bad, nthreads):
-    """llmaccel._C.int8_mm driven directly: a negative or overflowing size/stride, a null pointer or a bad
-    thread count raises ValueError / OverflowError naming the op; nothing is read or written."""
+@given(field=st.sampled_from(["a.sizes", "b.sizes", "c.sizes", "a.strides", "b.strides", "c.strides", "a.addr",
+                              "b.addr", "c.addr", "a.dtype", "c.dtype", "nthreads"]),
+       dim=st.integers(0, 1), bad=st.sampled_from([-1, -(2 ** 40), 2 ** 62]), nthreads=st.sampled_from([0, -3]))
+def test_cpp_int8_mm_rejects_inconsistent_arguments(field, dim, bad, nthreads):
+    """llmaccel._C.int8_mm driven directly (each tensor a view, csrc/tensor_view.h): a negative, overflowing or
+    inconsistent size, a negative or overflowing stride, a null pointer, a wrong dtype or a bad thread count
+    raises ValueError / OverflowError naming the op; nothing is read or written."""
     M, N, K = 3, 4, 5
     a = torch.randint(-128, 128, (M, K), dtype=torch.int8)
     b = torch.randint(-128, 128, (K, N), dtype=torch.int8)
     c = torch.zeros(M, N, dtype=torch.int32)
-    args = [M, N, K, a.data_ptr(), K, 1, b.data_ptr(), N, 1, c.data_ptr(), N, 1, 1]
-    if nthreads != 1 or arg == 12:
-        args[12] = nthreads if nthreads != 1 else 0
+    over = {}
+    if field == "nthreads":
+        over = {"nthreads": nthreads}
+    elif field.endswith(".addr"):
+        over = {field: 0}  # null (a wild address can't be checked)
+    elif field.endswith(".dtype"):
+        over = {field: "float32"}
     else:
-        args[arg] = bad if arg not in (3, 6, 9) else 0  # pointers: null (a wild address can't be checked)
+        t = {"a": a, "b": b, "c": c}[field[0]]
+        values = list(t.shape if field.endswith("sizes") else t.stride())
+        values[dim] = bad
+        over = {field: tuple(values)}
     with pytest.raises((ValueError, OverflowError, MemoryError)) as info:
-        ext().int8_mm(*args)
+        cpp_calls.call_views("int8_mm", dict(a=a, b=b, c=c), dict(nthreads=1, variant=""), **over)
     if not isinstance(info.value, MemoryError):  # a huge size may legitimately fail to allocate scratch
         assert "llmaccel::int8_mm" in str(info.value)
     assert (c == 0).all()
@@ -446,5 +456,6 @@ def test_cpp_rejects_views_beyond_any_buffer():
     a = torch.zeros(2, 3, dtype=torch.int8)
     c = torch.zeros(2, 2, dtype=torch.int32)
     with pytest.raises(OverflowError, match="llmaccel::int8_mm: a: .*beyond any addressable buffer"):
-        ext().int8_mm(2, 2, 3, a.data_ptr(), 2 ** 50, 1, a.data_ptr(), 1, 3, c.data_ptr(), 2, 1, 1)
+        cpp_calls.call_views("int8_mm", dict(a=a[:, :2], b=a.t()[:2], c=c), dict(nthreads=1),
+                             **{"a.strides": (2 ** 50, 1)})
     assert (out == 0).all() and (c == 0).all()

@@ -10,6 +10,7 @@ import torch
 
 import llmaccel
 from llmaccel._ext import ext
+from llmaccel.ops._cpp_views import view, view_or_none
 from llmaccel.ops.int8_linear import int8_linear_reference
 
 VARIANTS = llmaccel.cpu_info()["available_variants"].get("int8_mm", [])
@@ -18,17 +19,14 @@ VARIANTS = llmaccel.cpu_info()["available_variants"].get("int8_mm", [])
 def _packed(w, variant):
     N, K = w.shape
     out = torch.empty(ext().int8_mm_packed_size(variant, N, K), dtype=torch.int8)
-    ext().int8_mm_pack_b(variant, N, K, w.data_ptr(), K, out.data_ptr(), 2)
+    ext().int8_mm_pack_b(variant, view(w), view(out), 2)
     return out
 
 
 def _run(x, w, s, b, variant, packed):
-    M, K = x.shape
-    N = w.shape[0]
-    y = torch.empty(M, N)
+    y = torch.empty(x.shape[0], w.shape[0])
     p = _packed(w, variant) if packed else None
-    ext().int8_linear_dynamic(M, N, K, x.data_ptr(), K, w.data_ptr(), K, p.data_ptr() if packed else 0,
-                              s.data_ptr(), b.data_ptr() if b is not None else 0, y.data_ptr(), N, 2, variant)
+    ext().int8_linear_dynamic(view(x), view(w), view_or_none(p), view(s), view_or_none(b), view(y), 2, variant)
     return y
 
 
@@ -71,8 +69,7 @@ def test_every_row_tile_and_panel_edge(variant, packed):
         ybuf = torch.full((M, N + 5), float("nan"))
         y = ybuf[:, :N]
         p = _packed(w, variant) if packed else None
-        ext().int8_linear_dynamic(M, N, K, x.data_ptr(), K, w.data_ptr(), K, p.data_ptr() if packed else 0,
-                                  s.data_ptr(), b.data_ptr(), y.data_ptr(), N + 5, 2, variant)
+        ext().int8_linear_dynamic(view(x), view(w), view_or_none(p), view(s), view(b), view(y), 2, variant)
         assert ybuf[:, N:].isnan().all(), "wrote past the row's N outputs"
         tol = 1e-5 * ref.abs().max() + (w.abs().sum(1).float() * s).max() * x.abs().amax(1).max() / 127
         err = (y - ref).abs()
@@ -92,11 +89,12 @@ def test_bad_variant_and_arguments():
     w = torch.randint(-128, 128, (3, 5), dtype=torch.int8)
     with pytest.raises(ValueError, match="llmaccel::int8_mm_pack_b: unknown variant"):
         ext().int8_mm_packed_size("sse9", 3, 5)
+    out = torch.empty(ext().int8_mm_packed_size("", 3, 5), dtype=torch.int8)
     with pytest.raises(ValueError, match="int8_mm_pack_b: out is a null pointer"):
-        ext().int8_mm_pack_b("", 3, 5, w.data_ptr(), 5, 0, 1)
+        ext().int8_mm_pack_b("", view(w), (0, "int8", out.shape, out.stride()), 1)
     x = torch.randn(2, 5)
     with pytest.raises(ValueError, match="llmaccel::int8_linear: w_scale is a null pointer"):
-        ext().int8_linear_dynamic(2, 3, 5, x.data_ptr(), 5, w.data_ptr(), 5, 0, 0, 0, torch.empty(2, 3).data_ptr(), 3, 1)
+        ext().int8_linear_dynamic(view(x), view(w), None, (0, "float32", (3,), (1,)), None, view(torch.empty(2, 3)), 1)
 
 
 @pytest.mark.parametrize("variant", ["generic"] + [v for v in ("avx2", "avx512vnni") if v in VARIANTS])
@@ -112,8 +110,7 @@ def test_weight_only_every_variant(variant, M, K, N, x_pad):
     s = torch.rand(N) * 0.02 + 1e-3
     b = torch.randn(N)
     y = torch.empty(M, N)
-    ext().int8_linear_weight_only(M, N, K, x.data_ptr(), K + x_pad, w.data_ptr(), K, s.data_ptr(), b.data_ptr(),
-                                  y.data_ptr(), N, 2, variant)
+    ext().int8_linear_weight_only(view(x), view(w), view(s), view(b), view(y), 2, variant)
     ref = x.double() @ (w.double() * s.double()[:, None]).t() + b.double()
     # fp32 accumulation of K products: error grows like sqrt(K) ulps of the partial sums.
     bound = 1e-6 * (K ** 0.5 + 1) * ((x.abs().double() @ (w.abs().double() * s.double()[:, None]).t()) + b.abs().double())
@@ -128,8 +125,7 @@ def test_packed_header_rejects_another_variant_shape_or_garbage():
     x, s, y = torch.randn(2, K), torch.rand(N) + 0.01, torch.empty(2, N)
 
     def run(packed, variant, k=K):
-        ext().int8_linear_dynamic(2, N, k, x.data_ptr(), K, w.data_ptr(), K, packed.data_ptr(), s.data_ptr(), 0,
-                                  y.data_ptr(), N, 1, variant)
+        ext().int8_linear_dynamic(view(x[:, :k]), view(w[:, :k]), view(packed), view(s), None, view(y), 1, variant)
 
     for variant in VARIANTS:
         p = _packed(w, variant)
@@ -140,7 +136,9 @@ def test_packed_header_rejects_another_variant_shape_or_garbage():
             run(p, variant, k=69)
         for other in VARIANTS:
             if other != variant:
-                with pytest.raises(ValueError, match=rf"holds variant '{variant}'.* runs variant '{other}'"):
+                # the header names both variants; a buffer smaller than `other`'s layout is refused by its size
+                with pytest.raises(ValueError, match=rf"holds variant '{variant}'.* runs variant '{other}'|"
+                                                     r"w_packed has \d+ bytes, fewer than the \d+ of the packed layout"):
                     run(p, other)
         with pytest.raises(ValueError, match="w_packed is not a packed weight"):
             run(torch.zeros_like(p), variant)

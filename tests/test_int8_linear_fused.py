@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import llmaccel
 from llmaccel import backends
 from llmaccel._ext import ext
+from llmaccel.ops._cpp_views import view, view_or_none
 from llmaccel.ops.int8_linear import int8_linear_reference
 
 from helpers import INTERPRET, randint8, rotate_in_interpreter
@@ -173,18 +174,14 @@ def test_cpp_variants_smooth_and_activation(variant, nthreads):
 def _packed(w, variant):
     N, K = w.shape
     out = torch.empty(ext().int8_mm_packed_size(variant, N, K), dtype=torch.int8)
-    ext().int8_mm_pack_b(variant, N, K, w.data_ptr(), K, out.data_ptr(), 2)
+    ext().int8_mm_pack_b(variant, view(w), view(out), 2)
     return out
 
 
 def _run(x, w, ws, b, variant, nthreads, packed=None, smooth=None, activation=""):
-    M, K = x.shape
-    N = w.shape[0]
-    y = torch.full((M, N), float("nan"))
-    ext().int8_linear_dynamic(M, N, K, x.data_ptr(), x.stride(0), w.data_ptr(), K,
-                              packed.data_ptr() if packed is not None else 0, ws.data_ptr(),
-                              b.data_ptr() if b is not None else 0, y.data_ptr(), N, nthreads, variant,
-                              smooth.data_ptr() if smooth is not None else 0, activation or "")
+    y = torch.full((x.shape[0], w.shape[0]), float("nan"))
+    ext().int8_linear_dynamic(view(x), view(w), view_or_none(packed), view(ws), view_or_none(b), view(y), nthreads,
+                              variant, view_or_none(smooth), activation or "")
     return y
 
 

@@ -7,8 +7,10 @@ import torch
 
 import llmaccel
 from llmaccel._ext import ext
+from llmaccel.ops._cpp_views import view
 from llmaccel.ops.int8_mm import MAX_K
 
+from cpp_calls import call_views
 from helpers import INTERPRET, cpu_backends, int8_mm_exact, randint8
 
 # (M, K, N): ones, primes, tails of every vector width (16, 64), K > 4096.
@@ -139,8 +141,7 @@ def test_outer_product_tiles_are_exact(variant):
             out = torch.full((M, N), 7, dtype=torch.int32)
         for threads in (1, 2, 3):
             out.fill_(7)
-            ext().int8_mm(M, N, K, a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
-                          out.data_ptr(), out.stride(0), out.stride(1), threads, variant)
+            ext().int8_mm(view(a), view(b), view(out), threads, variant)
             assert torch.equal(out, ref), (variant, label, threads)
 
 
@@ -158,8 +159,7 @@ def test_biased_outer_tile_exact_at_the_largest_k(variant):
         b = torch.full((K, 17), fb, dtype=torch.int8)
         b[::5, 3] = 1
         out = torch.full((64, 17), 7, dtype=torch.int32)
-        ext().int8_mm(64, 17, K, a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
-                      out.data_ptr(), out.stride(0), out.stride(1), 2, variant)
+        ext().int8_mm(view(a), view(b), view(out), 2, variant)
         assert torch.equal(out, int8_mm_exact(a, b)), (variant, fa, fb)
 
 
@@ -219,24 +219,28 @@ def test_cpp_layer_validates_raw_arguments():
     c = ext()
     a, b = randint8(4, 8), randint8(8, 4)
     out = torch.empty(4, 4, dtype=torch.int32)
-    good = dict(M=4, N=4, K=8, a=a.data_ptr(), a_sm=8, a_sk=1, b=b.data_ptr(), b_sk=4, b_sn=1, c=out.data_ptr(),
-                c_sm=4, c_sn=1, nthreads=1)
-    c.int8_mm(**good)
+    tensors = dict(a=a, b=b, c=out)
+    call_views("int8_mm", tensors, dict(nthreads=1))
     assert torch.equal(out, int8_mm_exact(a, b))
     cases = [
-        (dict(a=0), ValueError, "a is a null pointer"),
-        (dict(c=0), ValueError, "out is a null pointer"),
-        (dict(M=-1), ValueError, "negative size"),
-        (dict(b_sk=-4), ValueError, "negative stride"),
-        (dict(a_sm=2**62), OverflowError, "overflows int64"),
-        (dict(K=MAX_K + 1, a_sm=MAX_K + 1), ValueError, "exceeds 131071"),
-        (dict(nthreads=0), ValueError, "nthreads"),
-        (dict(c_sn=0), ValueError, "overlap"),
-        (dict(variant="avx9000"), ValueError, "unknown variant"),
+        ({"a.addr": 0}, ValueError, "a is a null pointer"),
+        ({"c.addr": 0}, ValueError, "out is a null pointer"),
+        ({"a.sizes": (-1, 8)}, ValueError, "a has a negative size"),
+        ({"b.strides": (-4, 1)}, ValueError, "negative stride"),
+        ({"a.strides": (2**62, 1)}, OverflowError, "overflows int64"),
+        ({"a.sizes": (4, MAX_K + 1), "a.strides": (0, 0), "b.sizes": (MAX_K + 1, 4), "b.strides": (0, 0)}, ValueError,
+         "exceeds 131071"),
+        ({"nthreads": 0}, ValueError, "nthreads"),
+        ({"c.strides": (4, 0)}, ValueError, "overlap"),
+        ({"variant": "avx9000"}, ValueError, "unknown variant"),
+        ({"b.sizes": (7, 4)}, ValueError, r"b must have shape \[8, 4\] \(from the other tensors\), got \[7, 4\]"),
+        ({"c.sizes": (4, 5)}, ValueError, r"c must have shape \[4, 4\]"),
+        ({"a.dtype": "uint8"}, ValueError, "a must be int8, got uint8"),
+        ({"c.dtype": "float32"}, ValueError, "c must be int32, got float32"),
     ]
     for change, exc, pattern in cases:
         with pytest.raises(exc, match="llmaccel::int8_mm: .*" + pattern):
-            c.int8_mm(**{**good, **change})
+            call_views("int8_mm", tensors, dict(nthreads=1, variant=""), **change)
 
 
 def test_opcheck():

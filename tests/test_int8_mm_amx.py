@@ -12,6 +12,7 @@ import torch
 
 import llmaccel
 from llmaccel._ext import ext
+from llmaccel.ops._cpp_views import view, view_or_none
 from llmaccel.ops.int8_mm import int8_mm_cpp
 
 pytestmark = pytest.mark.skipif("amx" not in llmaccel.cpu_info()["available_variants"].get("int8_mm", []),
@@ -61,10 +62,9 @@ def _linear(x, w, s, b, variant, activation, nthreads=2, smooth=None):
     N = w.shape[0]
     y = torch.empty(M, N)
     packed = torch.empty(ext().int8_mm_packed_size(variant, N, K), dtype=torch.int8)
-    ext().int8_mm_pack_b(variant, N, K, w.data_ptr(), K, packed.data_ptr(), 2)
-    ext().int8_linear_dynamic(M, N, K, x.data_ptr(), K, w.data_ptr(), K, packed.data_ptr(), s.data_ptr(),
-                              b.data_ptr() if b is not None else 0, y.data_ptr(), N, nthreads, variant,
-                              smooth.data_ptr() if smooth is not None else 0, activation)
+    ext().int8_mm_pack_b(variant, view(w), view(packed), 2)
+    ext().int8_linear_dynamic(view(x), view(w), view(packed), view(s), view_or_none(b), view(y), nthreads, variant,
+                              view_or_none(smooth), activation)
     return y
 
 
@@ -103,11 +103,10 @@ def test_non_finite_rows_and_thread_counts():
 def test_packed_header_names_the_amx_layout():
     w = torch.randint(-128, 128, (33, 70), dtype=torch.int8)
     packed = torch.empty(ext().int8_mm_packed_size("amx", 33, 70), dtype=torch.int8)
-    ext().int8_mm_pack_b("amx", 33, 70, w.data_ptr(), 70, packed.data_ptr(), 1)
+    ext().int8_mm_pack_b("amx", view(w), view(packed), 1)
     x, s, y = torch.randn(2, 70), torch.rand(33) + 0.01, torch.empty(2, 33)
     with pytest.raises(ValueError, match=r"holds variant 'amx' \(layout 32 x 64, AMX tiles.*runs variant 'avx512vnni'"):
-        ext().int8_linear_dynamic(2, 33, 70, x.data_ptr(), 70, w.data_ptr(), 70, packed.data_ptr(), s.data_ptr(), 0,
-                                  y.data_ptr(), 33, 1, "avx512vnni", 0, "")
+        ext().int8_linear_dynamic(view(x), view(w), view(packed), view(s), None, view(y), 1, "avx512vnni", None, "")
 
 
 @pytest.mark.parametrize("activation", ["", "gelu"])

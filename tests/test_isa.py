@@ -402,7 +402,8 @@ def test_int8_mm_scratch_failure_is_memory_error():
     one = torch.zeros(1, dtype=torch.int8)
     c = torch.zeros(1, dtype=torch.int32)
     with pytest.raises(MemoryError):
-        ext().int8_mm(1, N, K, a.data_ptr(), K, 1, one.data_ptr(), 0, 0, c.data_ptr(), 0, 0, 2, "")
+        ext().int8_mm(view(a), (one.data_ptr(), "int8", (K, N), (0, 0)), (c.data_ptr(), "int32", (1, N), (0, 0)), 2,
+                      "")
 
 
 # What may throw or allocate (std::bad_alloc) in our C++: none of it may appear inside an OpenMP

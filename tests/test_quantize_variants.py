@@ -7,6 +7,7 @@ import torch
 
 import llmaccel
 from llmaccel._ext import ext
+from llmaccel.ops._cpp_views import view, view_or_none
 from llmaccel.ops.quantize import quantize_per_token_reference
 
 VARIANTS = llmaccel.cpu_info()["available_variants"].get("quantize_per_token", [])
@@ -18,7 +19,7 @@ def _run(x, variant, nthreads=2):
     M, K = x.shape
     q = torch.empty(M, K, dtype=torch.int8)
     s = torch.empty(M)
-    ext().quantize_per_token(M, K, x.data_ptr(), x.stride(0), q.data_ptr(), K, s.data_ptr(), nthreads, variant)
+    ext().quantize_per_token(view(x), view(q), view(s), nthreads, variant)
     return q, s
 
 

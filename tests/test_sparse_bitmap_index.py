@@ -9,6 +9,7 @@ import torch
 
 import llmaccel
 from helpers import require_variant, variant_params
+from cpp_calls import call_views
 from llmaccel._ext import ext
 from llmaccel.sparsity import BitmapWeight, prune, sparse_linear_reference
 from llmaccel.sparsity.cpu_bitmap_index import (MAX_K, _cache, bitmap_index_linear_raw, cached_column_indices,
@@ -118,29 +119,22 @@ def test_cache_is_per_bitmap_and_follows_in_place_edits():
 
 @pytest.mark.parametrize("over,msg", [
     (dict(K=65537), r"K = 65537 is above 65536"),
-    (dict(cols=0), r"cols is a null pointer"),
-    (dict(row_offsets=0), r"row_offsets is a null pointer"),
-    (dict(nnz=-1), r"nnz must be >= 0"),
+    (dict(**{"cols.addr": 0}), r"cols is a null pointer"),
+    (dict(**{"row_offsets.addr": 0}), r"row_offsets is a null pointer"),
+    (dict(**{"values.sizes": (-1,)}), r"values has a negative size \(-1\)"),
     (dict(variant="sse9"), r"unknown variant 'sse9'"),
-    (dict(y_sm=2), r"y rows overlap"),
+    (dict(**{"y.strides": (2, 1)}), r"y rows overlap"),
 ])
 def test_raw_binding_rejects_bad_arguments(over, msg):
     bw = _weight(5, 16, 0.5)
     cols = column_indices(bw.bitmap, bw.row_offsets, 16, bw.values.numel())
     x, y = torch.randn(2, 16), torch.empty(2, 5)
-    args = dict(M=2, N=5, K=16, x=x.data_ptr(), x_sm=16, values=bw.values.data_ptr(), values_int8=False,
-                nnz=bw.values.numel(), cols=cols.data_ptr(), row_offsets=bw.row_offsets.data_ptr(), scale=0, bias=0,
-                y=y.data_ptr(), y_sm=5, nthreads=2, variant="")
-    args.update(over)
+    tensors = dict(x=x, values=bw.values, cols=cols, row_offsets=bw.row_offsets, scale=None, bias=None, y=y)
     if "K" in over:
-        big = torch.randn(2, over["K"])
-        args.update(x=big.data_ptr(), x_sm=over["K"])
+        tensors["x"] = torch.randn(2, over.pop("K"))
     with pytest.raises(ValueError, match=r"^llmaccel::sparse_bitmap_index_linear: " + msg):
-        ext().sparse_bitmap_index_linear(**args)
+        call_views("sparse_bitmap_index_linear", tensors, dict(nthreads=2, variant=""), **over)
     off = bw.row_offsets.clone()
     off[2] = off[3] + 1  # decreasing
-    args = dict(args, **{k: v for k, v in dict(K=16, x=x.data_ptr(), x_sm=16, variant="", y_sm=5,
-                                                cols=cols.data_ptr(), nnz=bw.values.numel(),
-                                                row_offsets=off.data_ptr()).items()})
     with pytest.raises(ValueError, match=r"row_offsets must be non-decreasing"):
-        ext().sparse_bitmap_index_linear(**args)
+        call_views("sparse_bitmap_index_linear", dict(tensors, x=x, row_offsets=off), dict(nthreads=2, variant=""))

@@ -12,7 +12,9 @@ import torch
 
 import llmaccel
 from llmaccel import backends
+from cpp_calls import call_views
 from llmaccel._ext import ext
+from llmaccel.ops._cpp_views import view, view_or_none
 from llmaccel.ops import sparse_linear_routes
 from llmaccel.sparsity import BitmapWeight, prune, sparse_linear_reference
 from llmaccel.sparsity.cpu_bitmap_index import bitmap_index_linear_raw, column_indices
@@ -63,14 +65,9 @@ def _check(y, x, weight, bias):
 
 def _raw_call(x, wt, b, variant, nthreads):
     """The binding on a BitmapWeight with an explicit thread count (x [M, K], unit column stride)."""
-    M, K = x.shape
-    N = wt.shape[0]
-    y = torch.full((M, N), float("nan"))
-    s = wt.scale
-    ext().sparse_bitmap_linear(M, N, K, x.data_ptr(), x.stride(0), wt.values.data_ptr(), wt.quantized,
-                               wt.values.numel(), wt.bitmap.data_ptr(), wt.bitmap.stride(0), wt.row_offsets.data_ptr(),
-                               s.data_ptr() if s is not None else 0, b.data_ptr() if b is not None else 0,
-                               y.data_ptr(), N, nthreads, variant)
+    y = torch.full((x.shape[0], wt.shape[0]), float("nan"))
+    ext().sparse_bitmap_linear(view(x), view(wt.values), view(wt.bitmap), view(wt.row_offsets), view_or_none(wt.scale),
+                               view_or_none(b), view(y), nthreads, variant)
     return y
 
 
@@ -165,14 +162,11 @@ def _corrupt_raw(variant="", **over):
     wt = _weight(17, 100, 0.5)
     x, y, b = torch.randn(3, 100), torch.empty(3, 17), torch.randn(17)
     t = dict(bitmap=wt.bitmap.clone(), values=wt.values, row_offsets=wt.row_offsets.clone())
-    args = dict(M=3, N=17, K=100, x=x.data_ptr(), x_sm=100, values_int8=False, nnz=wt.values.numel(),
-                bitmap_sn=13, scale=0, bias=b.data_ptr(), y=y.data_ptr(), y_sm=17, nthreads=2, variant=variant)
     edit = over.pop("edit", None)
     if edit is not None:
         edit(t)
-    args.update(values=t["values"].data_ptr(), bitmap=t["bitmap"].data_ptr(), row_offsets=t["row_offsets"].data_ptr())
-    args.update(over)
-    ext().sparse_bitmap_linear(**args)
+    call_views("sparse_bitmap_linear", dict(x=x, scale=None, bias=b, y=y, **t), dict(nthreads=2, variant=variant),
+               **over)
     return y
 
 
@@ -223,21 +217,22 @@ def test_corrupt_fields_through_the_op_raise(variant):
 
 @pytest.mark.parametrize("over,msg", [
     (dict(variant="sse9"), r"unknown variant 'sse9' \(known: avx512, avx2, generic\)"),
-    (dict(M=-1), r"M must be >= 0, got -1"),
-    (dict(N=-2), r"N must be >= 0, got -2"),
-    (dict(K=-3), r"K must be >= 0, got -3"),
-    (dict(nnz=-1), r"nnz must be >= 0, got -1"),
-    (dict(bitmap_sn=12), r"bitmap_sn \(the row stride of the bitmap, bytes\) = 12 is less than the 13 bytes"),
-    (dict(x=0), r"x is a null pointer"),
-    (dict(values=0), r"values is a null pointer"),
-    (dict(bitmap=0), r"bitmap is a null pointer"),
-    (dict(row_offsets=0), r"row_offsets is a null pointer"),
-    (dict(y=0), r"y is a null pointer"),
-    (dict(x_sm=-100), r"x has a negative stride"),
-    (dict(y_sm=4), r"y rows overlap \(y_sm = 4 < N = 17\)"),
+    (dict(**{"x.sizes": (-1, 100)}), r"x has a negative size \(-1\)"),
+    (dict(**{"y.sizes": (3, -2)}), r"y has a negative size \(-2\)"),
+    (dict(**{"x.sizes": (3, -3)}), r"x has a negative size \(-3\)"),
+    (dict(**{"values.sizes": (-1,)}), r"values has a negative size \(-1\)"),
+    (dict(**{"bitmap.strides": (12, 1)}), r"bitmap_sn \(the row stride of the bitmap, bytes\) = 12 is less than the "
+                                          r"13 bytes"),
+    (dict(**{"x.addr": 0}), r"x is a null pointer"),
+    (dict(**{"values.addr": 0}), r"values is a null pointer"),
+    (dict(**{"bitmap.addr": 0}), r"bitmap is a null pointer"),
+    (dict(**{"row_offsets.addr": 0}), r"row_offsets is a null pointer"),
+    (dict(**{"y.addr": 0}), r"y is a null pointer"),
+    (dict(**{"x.strides": (-100, 1)}), r"x has a negative stride"),
+    (dict(**{"y.strides": (4, 1)}), r"y rows overlap \(y_sm = 4 < N = 17\)"),
     (dict(nthreads=0), r"nthreads must be >= 1, got 0"),
-    (dict(values_int8=True), r"scale is a null pointer \(int8 values need per-row scales\)"),
-    (dict(scale=8), r"scale is given but the values are fp32"),
+    (dict(**{"values.dtype": "int8"}), r"scale is None, but int8 values need float32 per-row scales \[N\]"),
+    (dict(scale=(8, "float32", (17,), (1,))), r"scale must be None for float32 values"),
 ])
 def test_raw_binding_rejects_bad_arguments(over, msg):
     with pytest.raises(ValueError, match=r"^llmaccel::sparse_bitmap_linear: " + msg):
@@ -246,9 +241,9 @@ def test_raw_binding_rejects_bad_arguments(over, msg):
 
 def test_raw_binding_overflow_and_valid_call():
     with pytest.raises(OverflowError, match=r"llmaccel::sparse_bitmap_linear: x: .*(overflow|beyond)"):
-        _corrupt_raw(x_sm=1 << 62)
+        _corrupt_raw(**{"x.strides": (1 << 62, 1)})
     with pytest.raises(OverflowError, match=r"llmaccel::sparse_bitmap_linear: K = "):
-        _corrupt_raw(K=1 << 60, M=0)
+        _corrupt_raw(**{"x.sizes": (0, 1 << 60), "y.sizes": (0, 17), "bitmap.sizes": (17, 1 << 57)})
     assert torch.isfinite(_corrupt_raw()).all()  # the defaults are consistent
 
 

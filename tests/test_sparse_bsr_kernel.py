@@ -14,8 +14,10 @@ import torch
 import llmaccel
 from llmaccel import backends
 from llmaccel._ext import ext
+from llmaccel.ops._cpp_views import view, view_or_none
 from llmaccel.sparsity import BSRWeight, bsr_linear_cpp
 
+from cpp_calls import call_views
 from helpers import rotate_in_slow_pass, strided_x_cases
 
 ALL_VARIANTS = [r["variant"] for r in ext().variant_table() if r["family"] == "sparse_bsr"]
@@ -157,25 +159,20 @@ def test_strided_tiles(variant):
     bsr = _bsr(50, 60, (8, 4), 0.5)
     wide = torch.zeros(bsr.values.shape[0], 8, 9)
     wide[:, :, 2:6] = bsr.values
-    view = wide[:, :, 2:6]
-    assert view.stride() == (72, 9, 1)
+    tiles = wide[:, :, 2:6]
+    assert tiles.stride() == (72, 9, 1)
     x, y = torch.randn(5, 60), torch.empty(5, 50)
-    ext().sparse_bsr_linear(5, 50, 60, 8, 4, view.shape[0], x.data_ptr(), 60, view.data_ptr(), False, 72, 9,
-                            bsr.crow_indices.data_ptr(), bsr.col_indices.data_ptr(), 0, 0, y.data_ptr(), 50, 2, v)
+    ext().sparse_bsr_linear(view(x), view(tiles), view(bsr.crow_indices), view(bsr.col_indices), None, None, view(y),
+                            2, v)
     _check(y, x, bsr, None)
 
 
 # ---------------------------------------------------------------------------------------------------- threads
 
 def _raw_call(x, bsr, bias, variant, nthreads):
-    M, K = x.shape
-    N = bsr.shape[0]
-    y = torch.full((M, N), float("nan"))
-    v = bsr.values
-    ext().sparse_bsr_linear(M, N, K, v.shape[1], v.shape[2], v.shape[0], x.data_ptr(), K, v.data_ptr(),
-                            bsr.quantized, v.stride(0), v.stride(1), bsr.crow_indices.data_ptr(),
-                            bsr.col_indices.data_ptr(), bsr.scale.data_ptr() if bsr.quantized else 0,
-                            bias.data_ptr() if bias is not None else 0, y.data_ptr(), N, nthreads, variant)
+    y = torch.full((x.shape[0], bsr.shape[0]), float("nan"))
+    ext().sparse_bsr_linear(view(x), view(bsr.values), view(bsr.crow_indices), view(bsr.col_indices),
+                            view(bsr.scale) if bsr.quantized else None, view_or_none(bias), view(y), nthreads, variant)
     return y
 
 
@@ -231,12 +228,8 @@ def _raw(**over):
     bsr = _small()
     x, y, b = torch.randn(2, 12), torch.empty(2, 5), torch.randn(5)
     crow, col = over.pop("crow", bsr.crow_indices), over.pop("col", bsr.col_indices)
-    args = dict(M=2, N=5, K=12, bh=2, bw=4, nnzb=3, x=x.data_ptr(), x_sm=12, values=bsr.values.data_ptr(),
-                values_int8=False, values_st=8, values_sr=4, crow_indices=crow.data_ptr(),
-                col_indices=col.data_ptr(), scale=0, bias=b.data_ptr(), y=y.data_ptr(), y_sm=5, nthreads=2,
-                variant="")
-    args.update(over)
-    ext().sparse_bsr_linear(**args)
+    call_views("sparse_bsr_linear", dict(x=x, values=bsr.values, crow_indices=crow, col_indices=col, scale=None,
+                                         bias=b, y=y), dict(nthreads=2, variant=""), **over)
     if not over:
         _check(y, x, bsr, b)
     return y
@@ -251,24 +244,25 @@ def _corrupt(field, i, value):
 
 @pytest.mark.parametrize("over,msg", [
     (dict(variant="sse9"), r"unknown variant 'sse9' \(known: avx512, avx2, generic\)"),
-    (dict(M=-1), r"M must be >= 0, got -1"),
-    (dict(N=-2), r"N must be >= 0, got -2"),
-    (dict(K=-3), r"K must be >= 0, got -3"),
-    (dict(bh=0), r"block size \(bh, bw\) = \(0, 4\)"),
-    (dict(bw=1 << 17), r"block size \(bh, bw\) = \(2, 131072\)"),
-    (dict(nnzb=-1), r"nnzb must be >= 0, got -1"),
-    (dict(x=0), r"x is a null pointer"),
-    (dict(values=0), r"values is a null pointer"),
-    (dict(crow_indices=0), r"crow_indices is a null pointer"),
-    (dict(col_indices=0), r"col_indices is a null pointer"),
-    (dict(y=0), r"y is a null pointer"),
-    (dict(x_sm=-12), r"x has a negative stride"),
-    (dict(values_sr=-1), r"values has a negative stride"),
-    (dict(y_sm=4), r"y rows overlap \(y_sm = 4 < N = 5\)"),
+    (dict(**{"x.sizes": (-1, 12)}), r"x has a negative size \(-1\)"),
+    (dict(**{"y.sizes": (2, -2)}), r"y has a negative size \(-2\)"),
+    (dict(**{"x.sizes": (2, -3)}), r"x has a negative size \(-3\)"),
+    (dict(**{"values.sizes": (3, 0, 4)}), r"values must hold tiles of at least 1 x 1, got 0 x 4"),
+    (dict(**{"values.sizes": (3, 2, 1 << 17)}), r"block size \(bh, bw\) = \(2, 131072\)"),
+    (dict(**{"values.sizes": (-1, 2, 4)}), r"values has a negative size \(-1\)"),
+    (dict(**{"x.addr": 0}), r"x is a null pointer"),
+    (dict(**{"values.addr": 0}), r"values is a null pointer"),
+    (dict(**{"crow_indices.addr": 0}), r"crow_indices is a null pointer"),
+    (dict(**{"col_indices.addr": 0}), r"col_indices is a null pointer"),
+    (dict(**{"y.addr": 0}), r"y is a null pointer"),
+    (dict(**{"x.strides": (-12, 1)}), r"x has a negative stride"),
+    (dict(**{"values.strides": (8, -1, 1)}), r"values has a negative stride"),
+    (dict(**{"y.strides": (4, 1)}), r"y rows overlap \(y_sm = 4 < N = 5\)"),
     (dict(nthreads=0), r"nthreads must be >= 1, got 0"),
-    (dict(values_int8=True), r"scale is a null pointer \(int8 values need per-row scales\)"),
-    (dict(scale=8), r"scale is given but the values are fp32"),
-    (dict(nnzb=2), r"crow_indices\[R\] \(R = 3 tile rows\) must be nnzb = 2, got 3"),
+    (dict(**{"values.dtype": "int8"}), r"scale is None, but int8 values need float32 per-row scales \[N\]"),
+    (dict(scale=(8, "float32", (5,), (1,))), r"scale must be None for float32 values"),
+    (dict(**{"values.sizes": (2, 2, 4), "col_indices.sizes": (2,)}),
+     r"crow_indices\[R\] \(R = 3 tile rows\) must be nnzb = 2, got 3"),
     (_corrupt("crow", 0, 1), r"crow_indices\[0\] must be 0, got 1"),
     (_corrupt("crow", 1, 3), r"crow_indices must not decrease, but crow_indices\[2\] = "),
     (_corrupt("crow", 3, 2), r"crow_indices must not decrease|crow_indices\[R\]"),
@@ -282,10 +276,11 @@ def test_raw_binding_rejects_bad_arguments(over, msg):
 
 
 @pytest.mark.parametrize("over,msg", [
-    (dict(x_sm=1 << 62), r"x: .*(overflow|beyond)"),
-    (dict(values_st=1 << 62), r"values: .*(overflow|beyond)"),
-    (dict(K=1 << 60, M=0), r"N = 5 or K = 1152921504606846976 is beyond"),
-    (dict(M=1 << 40, K=1 << 24, x_sm=0), r"the packing buffers .* overflow int64"),
+    ({"x.strides": (1 << 62, 1)}, r"x: .*(overflow|beyond)"),
+    ({"values.strides": (1 << 62, 4, 1)}, r"values: .*(overflow|beyond)"),
+    ({"x.sizes": (0, 1 << 60), "y.sizes": (0, 5)}, r"N = 5 or K = 1152921504606846976 is beyond"),
+    ({"x.sizes": (1 << 40, 1 << 24), "x.strides": (0, 1), "y.sizes": (1 << 40, 5)},
+     r"the packing buffers .* overflow int64"),
 ])
 def test_raw_binding_overflow(over, msg):
     with pytest.raises(OverflowError, match=r"^llmaccel::sparse_bsr_linear: " + msg):

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import llmaccel
+from cpp_calls import call_views
 from helpers import require_variant, variant_params
 from llmaccel import backends
 from llmaccel.ops import sparse_linear_routes
 from llmaccel._ext import ext
+from llmaccel.ops._cpp_views import view, view_or_none
 from llmaccel.nn import SparseLinear
 from llmaccel.ops.quantize import quantize_per_token_reference
 from llmaccel.sparsity import BitmapWeight, BSRWeight, NMPackedWeight, prune, sparse_linear_reference
@@ -36,9 +38,8 @@ def _i8_raw(x, pw, bias, variant, nthreads=2, y_sm=None):
     N = pw.shape[0]
     y_sm = N if y_sm is None else y_sm
     out = torch.full((max(M, 1), y_sm), float("nan"))
-    ext().sparse_nm_i8_linear(M, N, K, pw.n, pw.m, x.data_ptr(), x.stride(0), pw.values.data_ptr(),
-                              pw.values.stride(0), pw.indices.data_ptr(), pw.indices.stride(0), pw.scale.data_ptr(),
-                              bias.data_ptr() if bias is not None else 0, out.data_ptr(), y_sm, nthreads, variant)
+    ext().sparse_nm_i8_linear(view(x), view(pw.values), view(pw.indices), view(pw.scale), view_or_none(bias),
+                              view(out[:M, :N]), pw.n, pw.m, nthreads, variant)
     return out[:M]
 
 
@@ -133,24 +134,23 @@ def test_kernel_strides_bias_threads(variant):
 
 @pytest.mark.parametrize("over,msg", [
     (dict(K=133001), r"K = 133001 is above 133000"),
-    (dict(x=0), r"x is a null pointer"),
-    (dict(scale=0), r"scale is a null pointer"),
+    (dict(**{"x.addr": 0}), r"x is a null pointer"),
+    (dict(**{"scale.dtype": "int8"}), r"scale must be float32, got int8"),
+    (dict(**{"scale.sizes": (4,)}), r"scale must have shape \[5\] \(from the other tensors\), got \[4\]"),
     (dict(variant="sse9"), r"unknown variant 'sse9'"),
     (dict(n=4, m=4), r"pattern n:m = 4:4"),
-    (dict(y_sm=4), r"y rows overlap"),
+    (dict(**{"y.strides": (4, 1)}), r"y rows overlap"),
 ])
 def test_raw_binding_rejects_bad_arguments(over, msg):
     pw = _nm(5, 12, "2:4")
     x, y = torch.randn(2, 12), torch.empty(2, 5)
-    args = dict(M=2, N=5, K=12, n=2, m=4, x=x.data_ptr(), x_sm=12, values=pw.values.data_ptr(), values_sn=6,
-                indices=pw.indices.data_ptr(), indices_sn=2, scale=pw.scale.data_ptr(), bias=0, y=y.data_ptr(),
-                y_sm=5, nthreads=2, variant="")
-    args.update(over)
-    if "K" in over:  # big enough buffers for the claimed K, so only the K check can fire
-        big = torch.randn(2, over["K"])
-        args.update(x=big.data_ptr(), x_sm=over["K"])
+    if "K" in over:  # x big enough for the claimed K and the weight's views claiming it, so only the K check fires
+        K = over.pop("K")
+        x = torch.randn(2, K)
+        over.update({"values.sizes": (5, -(-K // 4) * 2), "indices.sizes": (5, -(-(-(-K // 4) * 2 * 2) // 8))})
     with pytest.raises(ValueError, match=r"^llmaccel::sparse_nm_i8_linear: " + msg):
-        ext().sparse_nm_i8_linear(**args)
+        call_views("sparse_nm_i8_linear", dict(x=x, values=pw.values, indices=pw.indices, scale=pw.scale, bias=None,
+                                               y=y), dict(n=2, m=4, nthreads=2, variant=""), **over)
 
 
 # ------------------------------------------------------------------------------------------------- the op

@@ -13,6 +13,7 @@ import torch
 import llmaccel
 from llmaccel import backends
 from llmaccel._ext import ext
+from llmaccel.ops._cpp_views import view
 from llmaccel.ops import sparse_linear_routes
 from llmaccel import sparse_linear_fields
 from llmaccel.sparsity import NMPackedWeight, prune
@@ -158,15 +159,15 @@ def _raw(**over):
 
 @pytest.mark.parametrize("over,msg", [
     (dict(variant="sse9"), r"unknown variant 'sse9' \(known: avx512, avx2, generic\)"),
-    (dict(M=-1), r"M must be >= 0, got -1"),
-    (dict(K=-3), r"K must be >= 0, got -3"),
+    (dict(**{"x.sizes": (-1, 12)}), r"x has a negative size \(-1\)"),
+    (dict(**{"x.sizes": (2, -3)}), r"x has a negative size \(-3\)"),
     (dict(n=4, m=4), r"pattern n:m = 4:4 must have 1 <= n < m <= 256"),
-    (dict(K=16), r"values_sn \(the row stride of values\) = 6 is less than the 8 slots of a row"),
-    (dict(indices_sn=1), r"indices_sn \(the row stride of the packed indices, bytes\) = 1"),
-    (dict(x=0), r"x is a null pointer"),
-    (dict(y_sm=4), r"y rows overlap \(y_sm = 4 < N = 5\)"),
+    (dict(**{"x.sizes": (2, 16)}), r"values must have shape \[5, 8\] \(from the other tensors\), got \[5, 6\]"),
+    (dict(**{"indices.strides": (1, 1)}), r"indices_sn \(the row stride of the packed indices, bytes\) = 1"),
+    (dict(**{"x.addr": 0}), r"x is a null pointer"),
+    (dict(**{"y.strides": (4, 1)}), r"y rows overlap \(y_sm = 4 < N = 5\)"),
     (dict(nthreads=0), r"nthreads must be >= 1, got 0"),
-    (dict(values_int8=True), r"scale is a null pointer"),
+    (dict(**{"values.dtype": "int8"}), r"scale is None, but int8 values need"),
 ])
 def test_raw_binding_rejects_bad_arguments(over, msg):
     with pytest.raises(ValueError, match=r"^llmaccel::sparse_nm_large_linear: " + msg):
@@ -206,7 +207,6 @@ def test_op_runs_it_for_large_m_on_cpp(monkeypatch):
 def test_k_zero_gives_the_bias():
     b = torch.randn(5)
     y = torch.full((3, 5), float("nan"))
-    ext().sparse_nm_large_linear(3, 5, 0, 2, 4, torch.empty(3, 1).data_ptr(), 0, torch.empty(5, 1).data_ptr(), False,
-                                 0, torch.empty(5, 1, dtype=torch.uint8).data_ptr(), 0, 0, b.data_ptr(), y.data_ptr(),
-                                 5, 2, "")
+    ext().sparse_nm_large_linear(view(torch.empty(3, 0)), view(torch.empty(5, 0)),
+                                 view(torch.empty(5, 0, dtype=torch.uint8)), None, view(b), view(y), 2, 4, 2, "")
     assert torch.equal(y, b.expand(3, 5))

@@ -236,26 +236,26 @@ def _raw(**over):
 
 @pytest.mark.parametrize("over,msg", [
     (dict(variant="sse9"), r"unknown variant 'sse9' \(known: avx512vbmi, avx512, avx2, generic\)"),
-    (dict(M=-1), r"M must be >= 0, got -1"),
-    (dict(N=-2), r"N must be >= 0, got -2"),
-    (dict(K=-3), r"K must be >= 0, got -3"),
+    (dict(**{"x.sizes": (-1, 12)}), r"x has a negative size \(-1\)"),
+    (dict(**{"y.sizes": (2, -2)}), r"y has a negative size \(-2\)"),
+    (dict(**{"x.sizes": (2, -3)}), r"x has a negative size \(-3\)"),
     (dict(n=4, m=4), r"pattern n:m = 4:4 must have 1 <= n < m <= 256"),
     (dict(n=0), r"pattern n:m = 0:4"),
     (dict(n=2, m=512), r"pattern n:m = 2:512"),
-    (dict(K=16), r"values_sn \(the row stride of values\) = 6 is less than the 8 slots of a row"),
-    (dict(n=7, m=8, K=12), r"values_sn \(the row stride of values\) = 6 is less than the 14 slots"),
-    (dict(n=1, m=4, K=36, values_sn=9), r"indices_sn \(the row stride of the packed indices, bytes\) = 2 is less "
-                                        r"than the 3 bytes of a row \(9 slots of 2 bits\)"),
-    (dict(x=0), r"x is a null pointer"),
-    (dict(values=0), r"values is a null pointer"),
-    (dict(indices=0), r"indices is a null pointer"),
-    (dict(y=0), r"y is a null pointer"),
-    (dict(x_sm=-12), r"x has a negative stride"),
-    (dict(y_sm=4), r"y rows overlap \(y_sm = 4 < N = 5\)"),
+    (dict(**{"x.sizes": (2, 16)}), r"values must have shape \[5, 8\] \(from the other tensors\), got \[5, 6\]"),
+    (dict(n=7, m=8), r"values must have shape \[5, 14\]"),
+    (dict(n=1, m=4, **{"x.sizes": (2, 36), "values.sizes": (5, 9)}), r"indices must have shape \[5, 3\] \(from the "
+                                                                     r"other tensors\), got \[5, 2\]"),
+    (dict(**{"x.addr": 0}), r"x is a null pointer"),
+    (dict(**{"values.addr": 0}), r"values is a null pointer"),
+    (dict(**{"indices.addr": 0}), r"indices is a null pointer"),
+    (dict(**{"y.addr": 0}), r"y is a null pointer"),
+    (dict(**{"x.strides": (-12, 1)}), r"x has a negative stride"),
+    (dict(**{"y.strides": (4, 1)}), r"y rows overlap \(y_sm = 4 < N = 5\)"),
     (dict(nthreads=0), r"nthreads must be >= 1, got 0"),
-    (dict(values_sn=-1), r"values_sn \(the row stride of values\) = -1"),
-    (dict(values_int8=True), r"scale is a null pointer \(int8 values need per-row scales\)"),
-    (dict(scale=8), r"scale is given but the values are fp32"),
+    (dict(**{"values.strides": (-1, 1)}), r"values_sn \(the row stride of values\) = -1"),
+    (dict(**{"values.dtype": "int8"}), r"scale is None, but int8 values need float32 per-row scales \[N\]"),
+    (dict(scale=(8, "float32", (5,), (1,))), r"scale must be None for float32 values"),
 ])
 def test_raw_binding_rejects_bad_arguments(over, msg):
     with pytest.raises(ValueError, match=r"^llmaccel::sparse_nm_linear: " + msg):
@@ -264,9 +264,10 @@ def test_raw_binding_rejects_bad_arguments(over, msg):
 
 def test_raw_binding_overflow_and_valid_call():
     with pytest.raises(OverflowError, match=r"llmaccel::sparse_nm_linear: x: .*(overflow|beyond)"):
-        _raw(x_sm=1 << 62)
+        _raw(**{"x.strides": (1 << 62, 1)})
     with pytest.raises(OverflowError, match=r"llmaccel::sparse_nm_linear: K = "):
-        _raw(K=1 << 60, M=0)
+        _raw(**{"x.sizes": (0, 1 << 60), "y.sizes": (0, 5), "values.sizes": (5, 1 << 59),
+                "indices.sizes": (5, 1 << 57)})
     y = _raw()  # the defaults are consistent
     assert torch.isfinite(y).all()
 

@@ -2,8 +2,10 @@
 
 ``view(t) = (t.data_ptr(), dtype name, t.shape, t.stride())``, strides in elements.  The binding checks
 each view once (rank, dtype, sizes that must agree with the call's other tensors) before any kernel reads
-it; the caller keeps ``t`` alive for the call.  Used by attention's forward and backward, whose bindings
-took 39 and 60 positional integers before.
+it; the caller keeps ``t`` alive for the call.  Every tensor argument of ``llmaccel._C`` is a view (attention,
+int8, sparse); only raw buffers (``stream_read``, ``advise_huge_pages``, ``attention_exp2``) take addresses.
+A decode closure builds its weight side's views once (they hold addresses: the closure keeps the tensors
+alive) and only x's and y's per call, spelled out inline there since their dtypes are known.
 """
 
 from __future__ import annotations

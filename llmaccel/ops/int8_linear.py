@@ -65,6 +65,7 @@ from .._ext import ext
 from ._checks import check_same_device, check_tensor, fail
 from .int8_mm import MAX_K
 from .quantize import FLOAT_DTYPES, quantize_per_token_reference
+from ._cpp_views import view, view_or_none
 from .prepared import call_prepared
 from .spec import OpSpec, define
 
@@ -313,8 +314,7 @@ def _pack(w_int8: Tensor) -> Tensor:
     w = w_int8 if w_int8.stride(1) == 1 or K <= 1 else w_int8.contiguous()
     # Streamed in full by every decode step: huge pages (see llmaccel/_memory.py).
     packed = streamed_buffer(ext().int8_mm_packed_size("", N, K))
-    ext().int8_mm_pack_b("", N, K, w.data_ptr(), w.stride(0) if N > 1 else K, packed.data_ptr(),
-                         torch.get_num_threads())
+    ext().int8_mm_pack_b("", view(w), view(packed), torch.get_num_threads())
     v = version(w_int8)
     if v is not None:  # an inference tensor (no version counter) is packed again on every call
         ref = weakref.ref(w_int8, lambda _, key=key: _packed_cache.pop(key, None))
@@ -357,34 +357,33 @@ def _cpp_runner(w_int8: Tensor, w_scale: Tensor, bias, act: str, smooth, activat
     (``_int8_linear_cpp.prepare``).  The closure holds every tensor whose pointer it passes."""
     N, K = w_int8.shape
     ws = w_scale if w_scale.is_contiguous() else w_scale.contiguous()
-    b = 0
     if bias is not None:
         bias = bias if bias.dtype == torch.float32 and bias.is_contiguous() else bias.to(torch.float32).contiguous()
-        b = bias.data_ptr()
+    # the weight side's views (csrc/tensor_view.h) built once; only x's and y's are built per call
+    s_v, b_v = view(ws), view_or_none(bias)
+    w = w_int8 if w_int8.stride(1) == 1 or K <= 1 else w_int8.contiguous()  # the binding takes contiguous rows
+    w_v = view(w)
     if act == "dynamic":
         packed = packed_weight_cpp(w_int8)
         sm_t = None if smooth is None else (smooth if smooth.is_contiguous() else smooth.contiguous())
-        sm = 0 if sm_t is None else sm_t.data_ptr()
         kernel, act_name = ext().int8_linear_dynamic, activation or ""
-        w_ptr, w_stride, p_ptr, s_ptr = w_int8.data_ptr(), w_int8.stride(0), packed.data_ptr(), ws.data_ptr()
+        p_v, sm_v = view(packed), view_or_none(sm_t)
 
-        def gemm(x2: Tensor, M: int, keep=(w_int8, packed, ws, bias, sm_t)) -> Tensor:
+        def gemm(x2: Tensor, M: int, keep=(w, packed, ws, bias, sm_t)) -> Tensor:
             y = torch.empty((M, N), dtype=torch.float32)
-            kernel(M, N, K, x2.data_ptr(), x2.stride(0), w_ptr, w_stride, p_ptr, s_ptr, b, y.data_ptr(), N,
-                   torch.get_num_threads(), "", sm, act_name)
+            kernel((x2.data_ptr(), "float32", x2.shape, x2.stride()), w_v, p_v, s_v, b_v,
+                   (y.data_ptr(), "float32", (M, N), (N, 1)), torch.get_num_threads(), "", sm_v, act_name)
             return y
         unfused_smooth = None
     else:
-        w = w_int8 if w_int8.stride(1) == 1 or K <= 1 else w_int8.contiguous()
         kernel = ext().int8_linear_weight_only
-        w_ptr, w_stride, s_ptr = w.data_ptr(), (w.stride(0) if N > 1 else K), ws.data_ptr()
         # the weight-only kernel has no prologue or epilogue hook: smooth and the activation run unfused
         unfused_smooth = None if smooth is None else torch.reciprocal(smooth)
 
         def gemm(x2: Tensor, M: int, keep=(w, ws, bias)) -> Tensor:
             y = torch.empty((M, N), dtype=torch.float32)
-            kernel(M, N, K, x2.data_ptr(), x2.stride(0), w_ptr, w_stride, s_ptr, b, y.data_ptr(), N,
-                   torch.get_num_threads())
+            kernel((x2.data_ptr(), "float32", x2.shape, x2.stride()), w_v, s_v, b_v,
+                   (y.data_ptr(), "float32", (M, N), (N, 1)), torch.get_num_threads())
             return apply_activation(y, activation)
 
     def run(x: Tensor) -> Tensor:

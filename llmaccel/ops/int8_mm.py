@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .. import backends
 from .._ext import ext
+from ._cpp_views import view
 from ._checks import check_same_device, check_tensor, fail
 from .spec import OpSpec, define
 
@@ -59,8 +60,7 @@ def int8_mm_cpp(a: Tensor, b: Tensor, variant: str = "") -> Tensor:
     M, K = a.shape
     N = b.shape[1]
     out = torch.empty((M, N), dtype=torch.int32, device=a.device)
-    ext().int8_mm(M, N, K, a.data_ptr(), a.stride(0), a.stride(1), b.data_ptr(), b.stride(0), b.stride(1),
-                  out.data_ptr(), out.stride(0), out.stride(1), torch.get_num_threads(), variant)
+    ext().int8_mm(view(a), view(b), view(out), torch.get_num_threads(), variant)
     return out
 
 

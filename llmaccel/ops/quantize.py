@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .._ext import ext
+from ._cpp_views import view
 from ._checks import check_tensor, fail
 from .spec import OpSpec, define
 
@@ -84,8 +85,7 @@ def _quantize_per_token_cpp(args) -> tuple[Tensor, Tensor]:
     q = torch.empty((M, K), dtype=torch.int8)
     scale = torch.empty((M,), dtype=torch.float32)
     if M > 0:
-        ext().quantize_per_token(M, K, x2.data_ptr(), x2.stride(0), q.data_ptr(), K, scale.data_ptr(),
-                                 torch.get_num_threads())
+        ext().quantize_per_token(view(x2), view(q), view(scale), torch.get_num_threads())
     return q.reshape(x.shape), scale.reshape(x.shape[:-1])
 
 

@@ -81,6 +81,7 @@ from ..sparsity.cpu_kernel import nm_i8_linear_bound, nm_i8_linear_raw, nm_linea
 from ..sparsity.cpu_nm_large import nm_large_linear_raw
 from ..sparsity.reference import sparse_linear_reference
 from ._checks import check_same_device, check_tensor, fail
+from ._cpp_views import view
 from .quantize import FLOAT_DTYPES, quantize_per_token
 from .sparse_linear_routes import Route, bitmap_route, nm_route, nm_small_limit
 from .sparse_linear_layouts import LAYOUTS, fields_of, out_features, values_grad, weight_of
@@ -504,27 +505,19 @@ def _direct_cpu(x, values, index, offsets, scale, layout, meta, bias, act):
     nthreads = torch.get_num_threads()
     x2 = x.reshape(rows, K)
     y = torch.empty((rows, N), dtype=f32)
-    x_sm = x2.stride(0) if rows > 1 else K
-    s_ptr = scale.data_ptr() if scale is not None else 0
-    b_ptr = bias.data_ptr() if bias is not None else 0
+    # the views (csrc/tensor_view.h) spelled out: every dtype is known here, and this road is the decode hot path
+    x_v, y_v = (x2.data_ptr(), "float32", x2.shape, x2.stride()), (y.data_ptr(), "float32", (rows, N), (N, 1))
+    v_v = (values.data_ptr(), "float32" if scale is None else "int8", values.shape, values.stride())
+    s_v = None if scale is None else (scale.data_ptr(), "float32", (N,), (1,))  # both checked contiguous [N]
+    b_v = None if bias is None else (bias.data_ptr(), "float32", (N,), (1,))
     if layout == "nm":
-        v_sn = values.stride(0) if N > 1 else values.shape[1]
-        i_sn = index.stride(0) if N > 1 else index.shape[1]
-        if act == "dynamic":
-            e.sparse_nm_i8_linear(rows, N, K, n, m, x2.data_ptr(), x_sm, values.data_ptr(), v_sn, index.data_ptr(),
-                                  i_sn, s_ptr, b_ptr, y.data_ptr(), N, nthreads, "")
-        else:
-            e.sparse_nm_linear(rows, N, K, n, m, x2.data_ptr(), x_sm, values.data_ptr(), scale is not None, v_sn,
-                               index.data_ptr(), i_sn, s_ptr, b_ptr, y.data_ptr(), N, nthreads, "")
+        kernel = e.sparse_nm_i8_linear if act == "dynamic" else e.sparse_nm_linear
+        kernel(x_v, v_v, (index.data_ptr(), "uint8", index.shape, index.stride()), s_v, b_v, y_v, n, m, nthreads, "")
     elif route == "bitmap_index":
         cols = cached_column_indices(index, offsets, K, values.numel())
-        e.sparse_bitmap_index_linear(rows, N, K, x2.data_ptr(), x_sm, values.data_ptr(), scale is not None,
-                                     values.numel(), cols.data_ptr(), offsets.data_ptr(), s_ptr, b_ptr, y.data_ptr(),
-                                     N, nthreads, "")
+        e.sparse_bitmap_index_linear(x_v, v_v, view(cols), view(offsets), s_v, b_v, y_v, nthreads, "")
     else:
-        e.sparse_bitmap_linear(rows, N, K, x2.data_ptr(), x_sm, values.data_ptr(), scale is not None, values.numel(),
-                               index.data_ptr(), index.stride(0) if N > 1 else index.shape[1], offsets.data_ptr(),
-                               s_ptr, b_ptr, y.data_ptr(), N, nthreads, "")
+        e.sparse_bitmap_linear(x_v, v_v, view(index), view(offsets), s_v, b_v, y_v, nthreads, "")
     return y.view(*x.shape[:-1], N)
 
 

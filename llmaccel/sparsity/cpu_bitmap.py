@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .._ext import ext
+from ..ops._cpp_views import view, view_or_none
 from ._cpu_args import check_cpu_weight, check_x_bias_variant, row_major
 from .bitmap import BitmapWeight
 
@@ -57,16 +58,10 @@ def bitmap_linear_raw(x2: Tensor, bitmap: Tensor, values: Tensor, row_offsets: T
     ``row_offsets [N + 1]``, fp32 ``bias [N]`` or None; returns fp32 ``y [rows, N]``.  Shared by
     :func:`bitmap_linear_cpp` and the ``sparse_linear`` op's cpp backend; the C++ entry validates what it is
     handed (pointers, sizes, strides, and the offsets against the bitmap)."""
-    K = x2.shape[1]
     x2, bitmap = row_major(x2), row_major(bitmap)
     values, row_offsets = values.contiguous(), row_offsets.contiguous()
     scale = scale.contiguous() if scale is not None else None
-    rows, N = x2.shape[0], bitmap.shape[0]
-    y = torch.empty((rows, N), dtype=torch.float32)
-    ext().sparse_bitmap_linear(rows, N, K, x2.data_ptr(), x2.stride(0) if rows > 1 else K, values.data_ptr(),
-                               scale is not None, values.numel(), bitmap.data_ptr(),
-                               bitmap.stride(0) if N > 1 else bitmap.shape[1], row_offsets.data_ptr(),
-                               scale.data_ptr() if scale is not None else 0,
-                               bias.data_ptr() if bias is not None else 0, y.data_ptr(), N, torch.get_num_threads(),
-                               variant)
+    y = torch.empty((x2.shape[0], bitmap.shape[0]), dtype=torch.float32)
+    ext().sparse_bitmap_linear(view(x2), view(values), view(bitmap), view(row_offsets), view_or_none(scale),
+                               view_or_none(bias), view(y), torch.get_num_threads(), variant)
     return y

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .._ext import ext
+from ..ops._cpp_views import view, view_or_none
 from .._tensor_version import version
 from ._cpu_args import row_major
 
@@ -83,15 +84,10 @@ def bitmap_index_linear_raw(x2: Tensor, cols: Tensor, values: Tensor, row_offset
     """The binding call: fp32 ``x2 [rows, K]`` (any strides), uint16 ``cols [nnz]``, ``values [nnz]`` (fp32, or
     int8 with fp32 ``scale [N]``), int64 ``row_offsets [N + 1]``, fp32 ``bias [N]`` or None; fp32
     ``y [rows, N]``.  The C++ entry validates pointers, sizes and the offsets, and clamps the indices."""
-    K = x2.shape[1]
     x2 = row_major(x2)
     values, row_offsets, cols = values.contiguous(), row_offsets.contiguous(), cols.contiguous()
     scale = scale.contiguous() if scale is not None else None
-    rows, N = x2.shape[0], row_offsets.shape[0] - 1
-    y = torch.empty((rows, N), dtype=torch.float32)
-    ext().sparse_bitmap_index_linear(rows, N, K, x2.data_ptr(), x2.stride(0) if rows > 1 else K, values.data_ptr(),
-                                     scale is not None, values.numel(), cols.data_ptr(), row_offsets.data_ptr(),
-                                     scale.data_ptr() if scale is not None else 0,
-                                     bias.data_ptr() if bias is not None else 0, y.data_ptr(), N,
-                                     torch.get_num_threads(), variant)
+    y = torch.empty((x2.shape[0], row_offsets.shape[0] - 1), dtype=torch.float32)
+    ext().sparse_bitmap_index_linear(view(x2), view(values), view(cols), view(row_offsets), view_or_none(scale),
+                                     view_or_none(bias), view(y), torch.get_num_threads(), variant)
     return y

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from .._ext import ext
+from ..ops._cpp_views import view, view_or_none
 from .bsr import BSRWeight
 from ._cpu_args import check_cpu_weight, check_x_bias_variant, row_major
 
@@ -59,20 +60,14 @@ def bsr_linear_raw(x2: Tensor, values: Tensor, col_indices: Tensor, crow_indices
     with fp32 ``scale [n_out]``), int32 ``col_indices [nnzb]``, int64 ``crow_indices [ceil(n_out / bh) + 1]``,
     fp32 ``bias [n_out]`` or None; returns fp32 ``y [rows, n_out]``.  Shared by :func:`bsr_linear_cpp` and the
     ``sparse_linear`` op's cpp backend; the C++ entry validates sizes, strides and the index data."""
-    K = x2.shape[1]
     x2 = row_major(x2)
     if values.stride(2) != 1 and values.shape[2] > 1:
         values = values.contiguous()
     col_indices, crow_indices = col_indices.contiguous(), crow_indices.contiguous()
     scale = scale.contiguous() if scale is not None else None
-    rows = x2.shape[0]
-    nnzb, bh, bw = values.shape
-    y = torch.empty((rows, n_out), dtype=torch.float32)
-    ext().sparse_bsr_linear(rows, n_out, K, bh, bw, nnzb, x2.data_ptr(), x2.stride(0) if rows > 1 else K,
-                            values.data_ptr(), scale is not None, values.stride(0), values.stride(1),
-                            crow_indices.data_ptr(), col_indices.data_ptr(),
-                            scale.data_ptr() if scale is not None else 0, bias.data_ptr() if bias is not None else 0,
-                            y.data_ptr(), n_out, torch.get_num_threads(), variant)
+    y = torch.empty((x2.shape[0], n_out), dtype=torch.float32)
+    ext().sparse_bsr_linear(view(x2), view(values), view(crow_indices), view(col_indices), view_or_none(scale),
+                            view_or_none(bias), view(y), torch.get_num_threads(), variant)
     return y
 
 

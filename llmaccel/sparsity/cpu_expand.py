@@ -19,32 +19,24 @@ import torch
 from torch import Tensor
 
 from .._ext import ext
+from ..ops._cpp_views import view, view_or_none
 
 __all__ = ["nm_expand_raw", "bitmap_expand_raw"]
-
-
-def _row_stride(t: Tensor) -> int:
-    return t.stride(0) if t.shape[0] > 1 else t.shape[1]
 
 
 def nm_expand_raw(values: Tensor, indices: Tensor, scale: Tensor | None, n: int, m: int, k: int) -> Tensor:
     values, indices = values.contiguous(), indices.contiguous()
     scale = scale.contiguous() if scale is not None else None
-    rows = values.shape[0]
-    out = torch.empty((rows, k), dtype=torch.float32)
-    ext().sparse_nm_expand(rows, k, n, m, values.data_ptr(), scale is not None, _row_stride(values),
-                           indices.data_ptr(), _row_stride(indices), scale.data_ptr() if scale is not None else 0,
-                           out.data_ptr(), k, torch.get_num_threads())
+    out = torch.empty((values.shape[0], k), dtype=torch.float32)
+    ext().sparse_nm_expand(view(values), view(indices), view_or_none(scale), view(out), n, m,
+                           torch.get_num_threads())
     return out
 
 
 def bitmap_expand_raw(values: Tensor, bitmap: Tensor, row_offsets: Tensor, scale: Tensor | None, k: int) -> Tensor:
     values, bitmap, row_offsets = values.contiguous(), bitmap.contiguous(), row_offsets.contiguous()
     scale = scale.contiguous() if scale is not None else None
-    rows = bitmap.shape[0]
-    out = torch.empty((rows, k), dtype=torch.float32)
-    ext().sparse_bitmap_expand(rows, k, bitmap.data_ptr(), _row_stride(bitmap), values.data_ptr(),
-                               scale is not None, values.numel(), row_offsets.data_ptr(),
-                               scale.data_ptr() if scale is not None else 0, out.data_ptr(), k,
+    out = torch.empty((bitmap.shape[0], k), dtype=torch.float32)
+    ext().sparse_bitmap_expand(view(bitmap), view(values), view(row_offsets), view_or_none(scale), view(out),
                                torch.get_num_threads())
     return out

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .._ext import ext
+from ..ops._cpp_views import view, view_or_none
 from ._cpu_args import check_cpu_weight, check_x_bias_variant, row_major
 from .nm_packed import NMPackedWeight
 
@@ -61,23 +62,22 @@ def nm_linear_raw(x2: Tensor, values: Tensor, indices: Tensor, scale: Tensor | N
 
 def nm_linear_bound(values: Tensor, indices: Tensor, scale: Tensor | None, bias: Tensor | None, n: int, m: int,
                     K: int, variant: str = "", binding: str = "sparse_nm_linear"):
-    """:func:`nm_linear_raw` with the weight side bound once: ``run(x2)`` for fp32 ``x2 [rows, K]``.  The
-    closure holds every tensor whose pointer it passes (the prepared decode call keeps one per layer)."""
+    """:func:`nm_linear_raw` with the weight side bound once: ``run(x2)`` for fp32 ``x2 [rows, K]``.  The weight
+    side's views (csrc/tensor_view.h) are built here, x's and y's per call; the closure holds every tensor a view
+    points at (the prepared decode call keeps one per layer).  ``binding="sparse_nm_i8_linear"``: the
+    int8-activation kernel (same arguments)."""
     values, indices = row_major(values), row_major(indices)
     scale = scale.contiguous() if scale is not None else None
     N = values.shape[0]
     fn = getattr(ext(), binding)
-    v_ptr, v_ld = values.data_ptr(), values.stride(0) if N > 1 else values.shape[1]
-    i_ptr, i_ld = indices.data_ptr(), indices.stride(0) if N > 1 else indices.shape[1]
-    s_ptr = scale.data_ptr() if scale is not None else 0
-    b_ptr = bias.data_ptr() if bias is not None else 0
+    v_v, i_v, s_v, b_v = view(values), view(indices), view_or_none(scale), view_or_none(bias)
 
     def run(x2: Tensor, keep=(values, indices, scale, bias)) -> Tensor:
         x2 = row_major(x2)
         rows = x2.shape[0]
         y = torch.empty((rows, N), dtype=torch.float32)
-        fn(rows, N, K, n, m, x2.data_ptr(), x2.stride(0) if rows > 1 else K, v_ptr, scale is not None, v_ld,
-           i_ptr, i_ld, s_ptr, b_ptr, y.data_ptr(), N, torch.get_num_threads(), variant)
+        fn((x2.data_ptr(), "float32", x2.shape, x2.stride()), v_v, i_v, s_v, b_v,
+           (y.data_ptr(), "float32", (rows, N), (N, 1)), n, m, torch.get_num_threads(), variant)
         return y
 
     return run
@@ -94,19 +94,4 @@ def nm_i8_linear_raw(x2: Tensor, values: Tensor, indices: Tensor, scale: Tensor,
 def nm_i8_linear_bound(values: Tensor, indices: Tensor, scale: Tensor, bias: Tensor | None, n: int, m: int, K: int,
                        variant: str = ""):
     """:func:`nm_i8_linear_raw` with the weight side bound once: ``run(x2)`` for fp32 ``x2 [rows, K]``."""
-    values, indices, scale = row_major(values), row_major(indices), scale.contiguous()
-    N = values.shape[0]
-    fn = ext().sparse_nm_i8_linear
-    v_ptr, v_ld = values.data_ptr(), values.stride(0) if N > 1 else values.shape[1]
-    i_ptr, i_ld = indices.data_ptr(), indices.stride(0) if N > 1 else indices.shape[1]
-    s_ptr, b_ptr = scale.data_ptr(), bias.data_ptr() if bias is not None else 0
-
-    def run(x2: Tensor, keep=(values, indices, scale, bias)) -> Tensor:
-        x2 = row_major(x2)
-        rows = x2.shape[0]
-        y = torch.empty((rows, N), dtype=torch.float32)
-        fn(rows, N, K, n, m, x2.data_ptr(), x2.stride(0) if rows > 1 else K, v_ptr, v_ld, i_ptr, i_ld, s_ptr, b_ptr,
-           y.data_ptr(), N, torch.get_num_threads(), variant)
-        return y
-
-    return run
+    return nm_linear_bound(values, indices, scale, bias, n, m, K, variant, "sparse_nm_i8_linear")
