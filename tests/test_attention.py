@@ -278,6 +278,22 @@ def test_explicit_scale_and_empty_sizes():
             assert (out == 0).all() and (lse == float("-inf")).all(), name
 
 
+def test_output_is_stored_heads_inner_on_every_backend():
+    """Every backend returns out [B, Hq, Lq, Dv] stored as [B, Lq, Hq, Dv] (ops/attention.py: out_empty), so
+    merging the heads back (what a transformer does next) is a view, and the values are unchanged by it."""
+    q, k, v = torch.randn(2, 3, 5, 16), torch.randn(2, 3, 7, 16), torch.randn(2, 3, 7, 8)
+    out64, _ = _naive64(q.double(), k.double(), v.double(), None)
+    for dtype in (torch.float32, torch.bfloat16):
+        for name in _runnable(q.to(dtype), k.to(dtype), v.to(dtype), None, 0.0, False, None, False, False):
+            out = _on(name, llmaccel.attention, q.to(dtype), k.to(dtype), v.to(dtype))
+            assert out.shape == (2, 3, 5, 8) and out.dtype == dtype, name
+            assert out.transpose(1, 2).is_contiguous(), (name, dtype, out.stride())
+            merged = out.transpose(1, 2).reshape(2, 5, 24)
+            assert merged.data_ptr() == out.data_ptr(), name  # a view, not a copy
+            tol = 1e-5 if dtype == torch.float32 else 2e-2
+            assert (out.double() - out64).abs().max() <= tol, (name, dtype)
+
+
 # -------------------------------------------------------------------------
 # backward
 # -------------------------------------------------------------------------
