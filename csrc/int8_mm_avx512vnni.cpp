@@ -13,7 +13,7 @@
 #include <immintrin.h>
 
 #include "int8_mm_driver.h"
-#include "int8_mm_outer.h"
+#include "int8_mm_outer_vnni.h"
 #include "vec_f32.h"
 
 namespace llmaccel {
@@ -101,50 +101,25 @@ struct Avx512Vnni {
   }
 };
 
-
-// The outer-product tile (int8_mm_outer.h): 8 rows x 32 columns, one int32 lane per output, A packed as
-// u8 = a + 128 (kAFlip; any int8 A is exact) and 128 * colsum(b) taken off at the end, as the AVX-VNNI
-// unit does on ymm.  Per quad step: the panel's two 64-byte column vectors (shared by every row), then
-// per row one 4-byte broadcast of A and two vpdpbusd: 16 accumulators + 2 B + 1 broadcast of 32 zmm.
-// Why not the dot-product tile above for these: at MiniLM's K = 384 a dot-product tile runs only 6
-// k-steps, then reduces its 24 accumulators across lanes and scatters its outputs; measured on the 2-core
-// SPR VM (4096 x 1536 x 384, same process) it ran 36 ms where the AVX-VNNI ymm outer tile ran 22 ms.
-struct Avx512Outer {
+// The outer-product tile (int8_mm_outer_vnni.h) on zmm: 8 rows x 32 columns, one int32 lane per output,
+// 16 accumulators + 2 B + 1 broadcast of the 32 zmm registers.  Why not the dot-product tile above for
+// these: at MiniLM's K = 384 a dot-product tile runs only 6 k-steps, then reduces its 24 accumulators
+// across lanes and scatters its outputs (and its fused activation ran in the scalar epilogue); on the
+// 2-core SPR VM (4096 x 384 -> 1536 with GELU, same process, 1 thread) it took 62-64 ms, this 24 ms.
+struct Avx512OuterV {
+  using I = __m512i;
   static constexpr int MR = 8;
+  static constexpr int kBytes = 64;
   static constexpr int NR = 32;
-  static constexpr uint8_t kAFlip = 0x80;
-
-  template <int R, int kStream>
-  static void tile(const int8_t* a, const int8_t* b, int64_t nq, const OuterOut& o) {
-    __m512i acc[2 * R];
-#pragma GCC unroll 16
-    for (int i = 0; i < 2 * R; ++i) acc[i] = _mm512_setzero_si512();
-    for (int64_t j = 0; j < nq; ++j) {
-      const int8_t* bj = b + j * NR * 4;
-      if constexpr (kStream == kStreamPanels) {  // one sequential run per panel from DRAM (decode)
-        _mm_prefetch(reinterpret_cast<const char*>(bj + kPanelPrefetchBytes), _MM_HINT_T1);
-        _mm_prefetch(reinterpret_cast<const char*>(bj + kPanelPrefetchBytes + 64), _MM_HINT_T1);
-      }
-      const __m512i b0 = _mm512_loadu_si512(bj);
-      const __m512i b1 = _mm512_loadu_si512(bj + 64);
-      const int8_t* aj = a + j * MR * 4;
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        int32_t quad;
-        std::memcpy(&quad, aj + 4 * r, 4);
-        const __m512i av = _mm512_set1_epi32(quad);
-        dpbusd(acc[2 * r], av, b0);
-        dpbusd(acc[2 * r + 1], av, b1);
-      }
-    }
-    const __m512i c0 = _mm512_slli_epi32(_mm512_loadu_si512(o.colsum), 7);
-    const __m512i c1 = _mm512_slli_epi32(_mm512_loadu_si512(o.colsum + 16), 7);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      acc[2 * r] = _mm512_sub_epi32(acc[2 * r], c0);
-      acc[2 * r + 1] = _mm512_sub_epi32(acc[2 * r + 1], c1);
-    }
-    store<R>(acc, o);
+  static I zero() { return _mm512_setzero_si512(); }
+  static I load(const void* p) { return _mm512_loadu_si512(p); }
+  static I set1(int32_t v) { return _mm512_set1_epi32(v); }
+  static I sub(I a, I b) { return _mm512_sub_epi32(a, b); }
+  static I slli7(I a) { return _mm512_slli_epi32(a, 7); }
+  static inline __attribute__((always_inline)) void dpbusd(I& acc, I u, I s) { llmaccel::dpbusd(acc, u, s); }
+  static void prefetch_panel(const int8_t* p) {
+    _mm_prefetch(reinterpret_cast<const char*>(p + kPanelPrefetchBytes), _MM_HINT_T1);
+    _mm_prefetch(reinterpret_cast<const char*>(p + kPanelPrefetchBytes + 64), _MM_HINT_T1);
   }
 
   // Packed panels stream from DRAM at decode: the hardware prefetcher follows the single sequential
@@ -200,6 +175,7 @@ struct Avx512Outer {
     return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
   }
 };
+using Avx512Outer = VnniOuterTile<Avx512OuterV>;
 
 }  // namespace
 }  // namespace LLMACCEL_CPU_CAPABILITY

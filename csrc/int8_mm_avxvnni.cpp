@@ -7,15 +7,9 @@
 // each group of four products to one of 8 int32 lanes, without saturation:
 // one instruction for what AVX2 spends vpmaddubsw + vpmaddwd + vpaddd on.
 //
-// * Outer-product tile (int8_mm_outer.h: packed weights, int8_linear, and
-//   plain-weight int8_mm from 64 rows): A is packed as u8 = a + 128 (kAFlip),
-//   so every int8 A is exact, -128 included, and
-//       sum_k (a_k + 128) b_k = a.b + 128 * colsum(b);
-//   the tile subtracts 128 * colsum once at the end (int32 arithmetic wraps
-//   modulo 2^32, and the exact result fits in int32 for K <= 131071).  Per
-//   quad step and row: one 4-byte broadcast of A and two vpdpbusd against the
-//   panel's two column vectors, nothing else; 6 rows x 16 columns = 12
-//   accumulators + 2 B + 1 broadcast = 15 of the 16 ymm registers.
+// * Outer-product tile (packed weights, int8_linear, and plain-weight int8_mm
+//   from 64 rows): int8_mm_outer_vnni.h's, on A stored as u8 = a + 128 (any
+//   int8 A exact), 6 rows x 16 columns of ymm.
 // * Dot-product tile for small M on plain columns (int8_mm_ymm.h's YmmSign)
 //   with the sign trick: u = |b|, s = vpsignb(a, b), vpdpbusd(acc, u, s).
 //   int8_mm with a -128 in A takes the outer-product tile instead.
@@ -23,6 +17,7 @@
 // Every vpdpbusd here is written as "{vex} vpdpbusd": the assembler would
 // otherwise choose the EVEX (AVX-512 VL) encoding, which SIGILLs on the CPUs
 // this unit is for (tests/test_isa.py disassembles the unit to check).
+#include "int8_mm_outer_vnni.h"
 #include "int8_mm_ymm.h"
 
 namespace llmaccel {
@@ -43,44 +38,26 @@ struct VnniMadd {
   }
 };
 
-struct VnniOuter {
+// The outer tile's traits (int8_mm_outer_vnni.h): 6 rows x 16 columns = 12 accumulators + 2 B + 1
+// broadcast of the 16 ymm registers.
+struct VnniYmm {
+  using I = __m256i;
   static constexpr int MR = 6;
-  static constexpr int NR = 16;
-  static constexpr uint8_t kAFlip = 0x80;  // A packed as u8 = a + 128
-
-  template <int R, int kStream>
-  static void tile(const int8_t* a, const int8_t* b, int64_t nq, const OuterOut& o) {
-    __m256i acc[2 * R];
-#pragma GCC unroll 16
-    for (int i = 0; i < 2 * R; ++i) acc[i] = _mm256_setzero_si256();
-    for (int64_t j = 0; j < nq; ++j) {
-      const int8_t* bj = b + j * NR * 4;
-      // One sequential run per panel from DRAM (decode): a line per step,
-      // 1 KiB ahead, as the AVX2 tile.
-      if constexpr (kStream == kStreamPanels) _mm_prefetch(reinterpret_cast<const char*>(bj + 1024), _MM_HINT_T0);
-      const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bj));
-      const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bj + 32));
-      const int8_t* aj = a + j * MR * 4;
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        int32_t quad;
-        std::memcpy(&quad, aj + 4 * r, 4);
-        const __m256i av = _mm256_set1_epi32(quad);
-        dpbusd(acc[2 * r], av, b0);
-        dpbusd(acc[2 * r + 1], av, b1);
-      }
-    }
-    // Remove the bias: acc -= 128 * colsum (wrapping, exact in the end).
-    const __m256i c0 = _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(o.colsum)), 7);
-    const __m256i c1 = _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(o.colsum + 8)), 7);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      acc[2 * r] = _mm256_sub_epi32(acc[2 * r], c0);
-      acc[2 * r + 1] = _mm256_sub_epi32(acc[2 * r + 1], c1);
-    }
+  static constexpr int kBytes = 32;
+  static I zero() { return _mm256_setzero_si256(); }
+  static I load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+  static I set1(int32_t v) { return _mm256_set1_epi32(v); }
+  static I sub(I a, I b) { return _mm256_sub_epi32(a, b); }
+  static I slli7(I a) { return _mm256_slli_epi32(a, 7); }
+  static inline __attribute__((always_inline)) void dpbusd(I& acc, I u, I s) { llmaccel::dpbusd(acc, u, s); }
+  // A line per step, 1 KiB ahead, as the AVX2 tile.
+  static void prefetch_panel(const int8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p + 1024), _MM_HINT_T0); }
+  template <int R>
+  static inline __attribute__((always_inline)) void store(const I* acc, const OuterOut& o) {
     ymm_outer_store<R>(acc, o);
   }
 };
+using VnniOuter = VnniOuterTile<VnniYmm>;
 
 }  // namespace
 }  // namespace LLMACCEL_CPU_CAPABILITY
