@@ -9,9 +9,17 @@ Tests marked ``cuda`` are skipped where no CUDA GPU exists.
 """
 
 import os
+import tempfile
 
-import pytest
-import torch
+# torch.compile tests get their own Inductor cache, for this run only.  Inductor's FX graph cache keys a
+# compiled graph by its code and inputs, not by the fake (meta) rules of the custom ops in it, so a graph
+# compiled by an older llmaccel whose op returned other strides would be reused and fail its own stride
+# asserts (the twelfth session changed attention's output layout and hit exactly that).  An explicit
+# TORCHINDUCTOR_CACHE_DIR is respected.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="llmaccel-tests-inductor-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_CUDA = torch.cuda.is_available()
