@@ -76,11 +76,12 @@ def _corruptions(o):
     """Outputs a correct kernel never gives: each must fail the case's check."""
     scale = o.float().abs().max()
     zeros = torch.zeros_like(o)
-    bump = o.clone()
+    # contiguous copies (an op's output may be strided: attention's is stored heads-inner), flat-indexable
+    bump = o.clone(memory_format=torch.contiguous_format)
     bump.view(-1)[o.numel() // 2] += (0.25 * scale).to(o.dtype)
-    nan = o.clone()
+    nan = o.clone(memory_format=torch.contiguous_format)
     nan.view(-1)[-1] = float("nan")
-    flipped = o.clone()
+    flipped = o.clone(memory_format=torch.contiguous_format)
     flipped.view(-1)[: o.numel() // 2] *= -1
     return {"zeros": zeros, "one element off": bump, "one NaN": nan, "half negated": flipped}
 
