@@ -175,7 +175,7 @@ run_pass "sanitize: the C++-path tests against an ASan/UBSan build of llmaccel._
 # variant end to end, not only through the raw per-variant bindings.  opcheck / torch.compile check the
 # op registration, not the kernels, and ran in the default pass.
 CPP_TESTS=(tests/test_int8_mm.py tests/test_int8_linear_ops.py tests/test_attention.py tests/test_isa.py tests/test_sparsity_cpu_kernel.py tests/test_sparse_linear.py tests/test_sparse_bitmap_kernel.py tests/test_sparse_nm_large_kernel.py tests/test_sparse_bsr_kernel.py tests/test_sparse_linear_dynamic.py tests/test_sparse_bitmap_index.py tests/test_prepared_call.py)
-# The levels between avx2 and the best (avx512 on an AMX CPU, avx512 / avx512vbmi on a Zen 4) are left to
+# The levels between avx2 and the best (avxvnni / avx512 / avx512vbmi on an AMX CPU, avx512 / avx512vbmi on a Zen 4) are left to
 # the default pass, whose per-variant tests drive every variant this CPU runs through the raw bindings: a
 # fourth pass took CI past 20 minutes on a loaded 2-core Sapphire Rapids class VM (1238 s; 1046 s quiet).
 for isa in $("$PY" -c "
