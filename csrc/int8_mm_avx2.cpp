@@ -102,30 +102,7 @@ struct Avx2Outer {
 }  // namespace
 }  // namespace LLMACCEL_CPU_CAPABILITY
 
-// Plain-weight int8_mm calls with fewer rows than this run the dot-product
-// tile on the columns in place: below it, packing B for the outer-product
-// tile (N * K bytes, 4-byte pieces) costs more than the tile saves.
-constexpr int64_t kOuterMinRowsPlain = 64;
-
-void int8_mm_avx2(const Int8MMProblem& p) {
-  if (p.b_packed) {  // int8_linear with a weight from int8_mm_pack_b: the outer-product layout
-    run_int8_mm_outer<Avx2Outer>(p);
-    return;
-  }
-  if (p.x) {  // int8_linear on a plain weight; A is quantized to [-127, 127] by construction
-    if (p.M <= kMR)
-      linear_decode<YmmSign<Avx2Madd>>(p);
-    else
-      run_int8_mm_outer<Avx2Outer>(p);
-    return;
-  }
-  if (a_has_min(p))
-    run_int8_mm<YmmExact>(p);
-  else if (p.M < kOuterMinRowsPlain)
-    run_int8_mm<YmmSign<Avx2Madd>>(p);
-  else
-    run_int8_mm_outer<Avx2Outer>(p);
-}
+void int8_mm_avx2(const Int8MMProblem& p) { ymm_int8_mm<Avx2Madd, Avx2Outer>(p); }
 Int8MMLayout int8_mm_layout_avx2() { return {Avx2Outer::NR, 4}; }  // packed weights feed the outer-product tile
 }  // namespace llmaccel
 

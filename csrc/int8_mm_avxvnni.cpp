@@ -62,26 +62,6 @@ using VnniOuter = VnniOuterTile<VnniYmm>;
 }  // namespace
 }  // namespace LLMACCEL_CPU_CAPABILITY
 
-// Plain-weight int8_mm calls with fewer rows than this run the dot-product
-// tile on the columns in place (packing B costs more below it; as AVX2).
-constexpr int64_t kOuterMinRowsPlainVnni = 64;
-
-void int8_mm_avxvnni(const Int8MMProblem& p) {
-  if (p.b_packed) {
-    run_int8_mm_outer<VnniOuter>(p);
-    return;
-  }
-  if (p.x) {  // int8_linear on a plain weight; A is quantized to [-127, 127] by construction
-    if (p.M <= kMR)
-      linear_decode<YmmSign<VnniMadd>>(p);
-    else
-      run_int8_mm_outer<VnniOuter>(p);
-    return;
-  }
-  if (p.M < kOuterMinRowsPlainVnni && !a_has_min(p))
-    run_int8_mm<YmmSign<VnniMadd>>(p);
-  else
-    run_int8_mm_outer<VnniOuter>(p);
-}
+void int8_mm_avxvnni(const Int8MMProblem& p) { ymm_int8_mm<VnniMadd, VnniOuter>(p); }
 Int8MMLayout int8_mm_layout_avxvnni() { return {VnniOuter::NR, 4}; }  // packed weights feed the outer-product tile
 }  // namespace llmaccel

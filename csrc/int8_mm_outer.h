@@ -116,34 +116,37 @@ void run_int8_mm_outer(const llmaccel::Int8MMProblem& p) {
     bp = reinterpret_cast<const int8_t*>(b_owner.get());
   }
 
-  // Column sums for kAFlip policies, padded to whole panels: the packed
-  // weight's own (int8_mm_pack_b), or summed here from the plain columns.
+  // Column sums for kAFlip policies: the packed weight's own (int8_mm_pack_b), read in place, or, for a
+  // plain weight (then M >= 64: N * K adds beside the 2 * M * N * K product), summed here.  A tile loads
+  // NR sums, so the last, partial panel reads a zero-padded copy of its own.
   std::unique_ptr<uint8_t, AlignedFree> colsum_owner;
-  int32_t* colsum = nullptr;
+  const int32_t* colsum = nullptr;
+  int32_t colsum_tail[NR] = {};
   if constexpr (Isa::kAFlip != 0) {
-    colsum_owner = alloc_bytes(npanels * NR * 4);
-    colsum = reinterpret_cast<int32_t*>(colsum_owner.get());
-    // A packed weight always carries its sums (int8_packed.h); plain
-    // columns are summed here, N * K bytes beside the 2 * M * N * K product.
-    const bool have = p.b_colsum != nullptr;
-    if (p.b_packed && !have) llmaccel::fail("int8_mm", "internal: a packed B without its column sums");
+    if (p.b_packed) {
+      if (!p.b_colsum) llmaccel::fail("int8_mm", "internal: a packed B without its column sums");
+      colsum = p.b_colsum;
+    } else {
+      colsum_owner = alloc_bytes(N * 4);
+      int32_t* sums = reinterpret_cast<int32_t*>(colsum_owner.get());
 #pragma omp parallel for num_threads(p.nthreads) schedule(static)
-    for (int64_t n = 0; n < npanels * NR; ++n) {
-      int32_t s = 0;
-      if (n < N && have) {
-        s = p.b_colsum[n];
-      } else if (n < N) {
+      for (int64_t n = 0; n < N; ++n) {
         const int8_t* col = p.b + n * p.ldb;
+        int32_t s = 0;
         for (int64_t k = 0; k < K; ++k) s += col[k];  // vectorizes (-O3)
+        sums[n] = s;
       }
-      colsum[n] = s;
+      colsum = sums;
     }
+    const int64_t last = (npanels - 1) * NR;
+    for (int64_t n = last; n < N; ++n) colsum_tail[n - last] = colsum[n];
   }
 
   auto out_at = [&](int64_t m0, int64_t g, const float* xs) {
     const int64_t n0 = g * NR;
     OuterOut o{static_cast<int>(std::min<int64_t>(NR, N - n0)), nullptr, p.c_sm, p.c_sn, nullptr, p.y_sm, nullptr,
-               nullptr, nullptr, p.activation, colsum ? colsum + n0 : nullptr};
+               nullptr, nullptr, p.activation,
+               !colsum ? nullptr : n0 + NR <= N ? colsum + n0 : colsum_tail};
     if (p.y) {
       o.y = p.y + m0 * p.y_sm + n0;
       o.xs = xs;

@@ -313,6 +313,38 @@ void linear_decode(const llmaccel::Int8MMProblem& p) {
   }
 }
 
+// Plain-weight int8_mm calls with fewer rows than this run the dot-product
+// tile on the columns in place: below it, packing B for the outer-product
+// tile (N * K bytes, 4-byte pieces) costs more than the tile saves.
+constexpr int64_t kOuterMinRowsPlain = 64;
+
+// The routing both 256-bit units share: packed weights and large M to the
+// outer-product tile `Outer`, small M on plain columns to the sign-trick dot
+// tile over `Madd`.  The sign trick cannot take a -128 in A: such int8_mm
+// calls go to the outer tile where it stores A as a + 128 (Outer::kAFlip),
+// else to the exact 16-bit tile.
+template <class Madd, class Outer>
+void ymm_int8_mm(const llmaccel::Int8MMProblem& p) {
+  if (p.b_packed) {  // int8_linear with a weight from int8_mm_pack_b: the outer-product layout
+    run_int8_mm_outer<Outer>(p);
+    return;
+  }
+  if (p.x) {  // int8_linear on a plain weight; A is quantized to [-127, 127] by construction
+    if (p.M <= kMR)
+      linear_decode<YmmSign<Madd>>(p);
+    else
+      run_int8_mm_outer<Outer>(p);
+    return;
+  }
+  const bool has_min = a_has_min(p);
+  if (has_min && Outer::kAFlip == 0)
+    run_int8_mm<YmmExact>(p);
+  else if (!has_min && p.M < kOuterMinRowsPlain)
+    run_int8_mm<YmmSign<Madd>>(p);
+  else
+    run_int8_mm_outer<Outer>(p);
+}
+
 }  // namespace
 }  // namespace LLMACCEL_CPU_CAPABILITY
 }  // namespace llmaccel
