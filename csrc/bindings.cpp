@@ -417,24 +417,34 @@ PYBIND11_MODULE(_C, m) {
       "int8_linear_dynamic",
       [](const TensorViewTuple& x, const TensorViewTuple& w, const OptView& w_packed, const TensorViewTuple& w_scale,
          const OptView& bias, const TensorViewTuple& y, int nthreads, const std::string& variant,
-         const OptView& smooth, const std::string& activation) {
+         const OptView& smooth, const std::string& activation, const OptView& residual) {
         const char* op = "int8_linear_dynamic";
         const LinearIO io = linear_io(op, x, y, bias);
         const Int8Weight wt = int8_weight(op, io, w, w_scale);
         const int8_t* packed = w_packed ? packed_buffer(op, "w_packed", *w_packed, variant, io.N(), io.K()) : nullptr;
         const float* sm = optional_vector<const float>(op, "smooth", smooth, "float32", io.K());
+        const float* res = nullptr;
+        int64_t r_sm = 0;
+        if (residual) {
+          const RowsView r = rows_view(op, "residual", *residual, {"float32"});
+          expect_sizes(op, "residual", r.v, {io.M(), io.N()});
+          res = r.data<const float>();
+          r_sm = r.ld;
+        }
         py::gil_scoped_release release;
         llmaccel::int8_linear_dynamic(io.M(), io.N(), io.K(), io.x.data<const float>(), io.x.ld,
                                       wt.w.data<const int8_t>(), wt.w.ld, packed, wt.scale, io.bias,
-                                      io.y.data<float>(), io.y.ld, nthreads, variant, sm, activation);
+                                      io.y.data<float>(), io.y.ld, nthreads, variant, sm, activation, res, r_sm);
       },
       py::arg("x"), py::arg("w"), py::arg("w_packed"), py::arg("w_scale"), py::arg("bias"), py::arg("y"),
       py::arg("nthreads"), py::arg("variant") = "", py::arg("smooth") = py::none(), py::arg("activation") = "",
+      py::arg("residual") = py::none(),
       "y = act(dequant(quantize_per_token(x * (1 / smooth)) @ w^T) * w_scale + bias), fused.  Views "
       "(csrc/tensor_view.h): x float32 [M, K] and y float32 [M, N] (rows contiguous), w int8 [N, K] (rows "
       "contiguous), w_packed None or int8 [>= int8_mm_packed_size(variant, N, K)] from int8_mm_pack_b with the "
       "same variant, w_scale float32 [N], bias None or float32 [N], smooth None (no smoothing) or float32 [K] "
-      "(1-D ones contiguous); activation '' / 'none', 'gelu' (erf), 'gelu_tanh' or 'relu'.");
+      "(1-D ones contiguous); activation '' / 'none', 'gelu' (erf), 'gelu_tanh' or 'relu'; residual None or "
+      "float32 [M, N] (rows contiguous; y or not overlapping it), added after the activation.");
   m.def("int8_mm_packed_size", &llmaccel::int8_mm_packed_size, py::arg("variant"), py::arg("N"), py::arg("K"),
         "Bytes of the packed panel layout of an [N, K] weight for `variant` ('' = best).");
   m.def(

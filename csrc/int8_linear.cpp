@@ -28,7 +28,7 @@ int parse_activation(const char* op, const std::string& name) {
 void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_t x_sm, const int8_t* w,
                          int64_t ldw, const int8_t* w_packed, const float* w_scale, const float* bias, float* y,
                          int64_t y_sm, int nthreads, const std::string& variant, const float* smooth,
-                         const std::string& activation) {
+                         const std::string& activation, const float* residual, int64_t r_sm) {
   const char* op = "int8_linear";
   const int act = parse_activation(op, activation);
   check_matrix(op, "x", x, M, K, x_sm, 1);
@@ -36,6 +36,17 @@ void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_
   check_matrix(op, "out", y, M, N, y_sm, 1);
   check_matrix(op, "w_scale", w_scale, 1, N, 0, 1);
   if (bias) check_matrix(op, "bias", bias, 1, N, 0, 1);
+  if (residual) {
+    check_matrix(op, "residual", residual, M, N, r_sm, 1);
+    if (M > 1 && N > 0 && r_sm < N) fail(op, "residual rows overlap (row stride < N)");
+    // In place (residual == y, same rows) reads each element before writing it; any other overlap would read
+    // outputs already written.
+    const float* r_end = residual + (M - 1) * r_sm + N;
+    const float* y_end = y + (M - 1) * y_sm + N;
+    const bool same = residual == y && r_sm == y_sm;
+    if (M > 0 && N > 0 && !same && residual < y_end && y < r_end)
+      fail(op, "residual overlaps out (only residual == out, in place, may share memory)");
+  }
   if (smooth) {
     check_matrix(op, "smooth", smooth, 1, K, 0, 1);
     // A zero, negative or non-finite factor has no meaning as a SmoothQuant
@@ -56,6 +67,8 @@ void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < N; ++n) y[m * y_sm + n] = bias ? bias[n] : 0.0f;
     for (int64_t m = 0; m < M; ++m) apply_activation(act, y + m * y_sm, static_cast<int>(N));
+    for (int64_t m = 0; residual && m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) y[m * y_sm + n] += residual[m * r_sm + n];
     return;
   }
   const PackedPanels packed = w_packed ? open_packed(op, w_packed, v, N, K) : PackedPanels{};
@@ -76,6 +89,8 @@ void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_
   for (int64_t k = 0; smooth && k < K; ++k) smooth_inv[k] = 1.0f / smooth[k];
   p.smooth_inv = smooth ? smooth_inv.data() : nullptr;
   p.activation = act;
+  p.residual = residual;
+  p.r_sm = r_sm;
   v.kernels.int8_mm(p);
 }
 

@@ -60,6 +60,12 @@ struct Int8MMProblem {
   float* y = nullptr;
   int64_t y_sm = 0;
   int activation = 0;
+  // Optional residual (fused epilogue only): y = act(...) + residual[m * r_sm + n],
+  // added after the activation, one fp32 rounding, as torch's `y + residual`.
+  // The transformer block's skip connection (BERT: LayerNorm(dense(h) + h_in))
+  // then costs no pass of its own over [M, N].
+  const float* residual = nullptr;
+  int64_t r_sm = 0;
 };
 
 using Int8MMVariant = void (*)(const Int8MMProblem&);
@@ -105,10 +111,13 @@ void int8_mm(int64_t M, int64_t N, int64_t K, const int8_t* a, int64_t a_sm, int
 // smooth (K floats, finite and > 0, or null): x is quantized as x * (1 / smooth)
 // (fp32 division per element, see Int8MMProblem).  activation: "" or "none",
 // "gelu" (erf), "gelu_tanh", "relu", applied in the fp32 epilogue.
+// residual (M x N floats, row r at residual + r * r_sm, or null) is added
+// after the activation: y = act(...) + residual.  It may be y itself (in
+// place) but must not overlap y otherwise.
 void int8_linear_dynamic(int64_t M, int64_t N, int64_t K, const float* x, int64_t x_sm, const int8_t* w,
                          int64_t ldw, const int8_t* w_packed, const float* w_scale, const float* bias, float* y,
                          int64_t y_sm, int nthreads, const std::string& variant, const float* smooth = nullptr,
-                         const std::string& activation = "");
+                         const std::string& activation = "", const float* residual = nullptr, int64_t r_sm = 0);
 
 // Packed (panel) layout of a weight W [N, K] (row n at w + n * ldw, k
 // contiguous) for `variant`: int8_mm_packed_size() bytes, written to `out`:

@@ -125,6 +125,7 @@ void block_epilogue(const Int8MMProblem& p, const int32_t* cbuf, int64_t m0, int
     for (int r = 0; r < R; ++r) {
       const __m512 xs = _mm512_set1_ps(p.x_scale[m0 + r]);
       float* yrow = p.y + (m0 + r) * p.y_sm + n0;
+      const float* rrow = p.residual ? p.residual + (m0 + r) * p.r_sm + n0 : nullptr;
       for (int h = 0; h < 2 && mask[h]; ++h) {
         const __m512 acc = _mm512_cvtepi32_ps(_mm512_loadu_si512(cbuf + r * kNR + 16 * h));
         // The scalar epilogue's operations: fma(float(acc) * xs, ws, bias), then the activation.
@@ -135,6 +136,7 @@ void block_epilogue(const Int8MMProblem& p, const int32_t* cbuf, int64_t m0, int
           case kActRelu: v = relu_v<VecF32x16>(v); break;
           default: break;
         }
+        if (rrow) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[h], rrow + 16 * h));  // after the activation
         _mm512_mask_storeu_ps(yrow + 16 * h, mask[h], v);
       }
     }

@@ -165,6 +165,10 @@ struct Avx512OuterV {
         case llmaccel::kActRelu: y0 = relu_v<VecF32x16>(y0), y1 = relu_v<VecF32x16>(y1); break;
         default: break;
       }
+      if (o.res) {  // the residual, after the activation (masked: no read past the last real column)
+        y0 = _mm512_add_ps(y0, _mm512_maskz_loadu_ps(m0, o.res + r * o.r_sm));
+        y1 = _mm512_add_ps(y1, _mm512_maskz_loadu_ps(m1, o.res + r * o.r_sm + 16));
+      }
       float* yrow = o.y + r * o.y_sm;
       _mm512_mask_storeu_ps(yrow, m0, y0);
       _mm512_mask_storeu_ps(yrow + 16, m1, y1);

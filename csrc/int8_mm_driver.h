@@ -91,6 +91,8 @@ struct TileOut {
   const float* ws;
   const float* bias;
   int act;  // Activation applied after the epilogue's scale and bias
+  const float* res;  // residual added after the activation (the tile's first real row), or null
+  int64_t r_sm;
 };
 
 // B addressing inside one group of NR columns: column c, byte k (k a multiple
@@ -121,7 +123,7 @@ void tile_entry(const uint8_t* a, const BCols& b, int64_t K, const TileOut& o) {
   int32_t out[R * C];
   Isa::template tile<R, C, kStream>(a, b, K, out);
   if constexpr (HasFusedEpilogue<Isa>::value && R == Isa::MR && C == Isa::NR && !Isa::kOnesRow) {
-    if (o.y) {
+    if (o.y && !o.res) {  // the vector epilogues have no residual; the scalar one below adds it
       Isa::fused_epilogue(out, o);
       return;
     }
@@ -156,7 +158,12 @@ void tile_entry(const uint8_t* a, const BCols& b, int64_t K, const TileOut& o) {
     if (o.act != kActNone) apply_activation(o.act, v + r_first * C, (R - r_first) * C);
     for (int r = r_first; r < R; ++r) {
       float* yrow = o.y + (r - r_first) * o.y_sm;
-      for (int c = 0; c < C; ++c) yrow[c] = v[r * C + c];
+      if (o.res) {
+        const float* rrow = o.res + (r - r_first) * o.r_sm;
+        for (int c = 0; c < C; ++c) yrow[c] = v[r * C + c] + rrow[c];
+      } else {
+        for (int c = 0; c < C; ++c) yrow[c] = v[r * C + c];
+      }
     }
     return;
   }
@@ -361,6 +368,8 @@ void run_int8_mm(const llmaccel::Int8MMProblem& p) {
         o.ws = p.w_scale + n0;
         o.bias = p.bias ? p.bias + n0 : nullptr;
         o.act = p.activation;
+        o.res = p.residual ? p.residual + crow * p.r_sm + n0 : nullptr;
+        o.r_sm = p.r_sm;
       }
       return o;
     };

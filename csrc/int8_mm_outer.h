@@ -52,7 +52,7 @@ namespace {
 // Where one R x NR tile goes.  Rows start at the tile's first row, columns at
 // its panel's first column; `cols` of the NR are real (the last panel may be
 // partial).  Fused epilogue (y set):
-//     y[r][c] = act(fma(float(acc[r][c]) * xs[r], ws[c], bias[c]))
+//     y[r][c] = act(fma(float(acc[r][c]) * xs[r], ws[c], bias[c])) (+ res[r][c])
 // (the operations and order of tile_entry's scalar epilogue); else the exact
 // int32 acc goes to c.
 struct OuterOut {
@@ -66,6 +66,8 @@ struct OuterOut {
   const float* bias;
   int act;
   const int32_t* colsum;  // kAFlip policies: sum_k B[k][n] of the panel's NR columns
+  const float* res;       // residual rows (row r at res + r * r_sm), added after the activation, or null
+  int64_t r_sm;
 };
 
 // Writes row m of A as quads at dst (stride MR * 4 bytes between quads):
@@ -152,6 +154,8 @@ void run_int8_mm_outer(const llmaccel::Int8MMProblem& p) {
       o.xs = xs;
       o.ws = p.w_scale + n0;
       o.bias = p.bias ? p.bias + n0 : nullptr;
+      o.res = p.residual ? p.residual + m0 * p.r_sm + n0 : nullptr;
+      o.r_sm = p.r_sm;
     } else {
       o.c = p.c + m0 * p.c_sm + n0 * p.c_sn;
     }

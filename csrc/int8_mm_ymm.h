@@ -150,7 +150,7 @@ struct YmmSign {
 
 // Writes an R x 16 outer-product tile (two int32 accumulators per row,
 // columns 0-7 and 8-15 of the panel) through o: the exact int32 C, or the
-// fused fp32 epilogue y = act(fma(float(acc) * xs, ws, bias)).
+// fused fp32 epilogue y = act(fma(float(acc) * xs, ws, bias)) (+ o.res).
 // Inlined into tile() with its row loops unrolled: an out-of-line call,
 // or an accumulator indexed by a run-time row, takes the array's address,
 // and GCC then keeps every accumulator on the stack through the k loop.
@@ -202,12 +202,18 @@ inline __attribute__((always_inline)) void ymm_outer_store(const __m256i* acc, c
     }
     float* yrow = o.y + r * o.y_sm;
     if (full) {
+      if (o.res) {
+        y0 = _mm256_add_ps(y0, _mm256_loadu_ps(o.res + r * o.r_sm));
+        y1 = _mm256_add_ps(y1, _mm256_loadu_ps(o.res + r * o.r_sm + 8));
+      }
       _mm256_storeu_ps(yrow, y0);
       _mm256_storeu_ps(yrow + 8, y1);
     } else {
       alignas(32) float v[NR];
       _mm256_store_ps(v, y0);
       _mm256_store_ps(v + 8, y1);
+      if (o.res)
+        for (int c = 0; c < o.cols; ++c) v[c] += o.res[r * o.r_sm + c];
       for (int c = 0; c < o.cols; ++c) yrow[c] = v[c];
     }
   }
@@ -307,7 +313,7 @@ void linear_decode(const llmaccel::Int8MMProblem& p) {
       const int Cn = static_cast<int>(std::min<int64_t>(NR, N - n0));
       const BCols b{p.b + n0 * p.ldb, p.ldb, 1, NR * p.ldb};
       TileOut o{nullptr, 0, 1, nullptr, false, false, p.y + n0, p.y_sm, xs, p.w_scale + n0,
-                p.bias ? p.bias + n0 : nullptr, p.activation};
+                p.bias ? p.bias + n0 : nullptr, p.activation, p.residual ? p.residual + n0 : nullptr, p.r_sm};
       fn[R - 1][Cn - 1](apack, b, K, o);
     }
   }

@@ -19,7 +19,8 @@ In place (the model is returned for chaining).  What it does, in this order:
    candidate, no smoothing included, applied to a copy and scored by the error on the calibration batches;
    :mod:`llmaccel._smooth_search`) or given (``smooth_alpha=0.5``; ``None``: no SmoothQuant).  Then a
    GELU / ReLU that provably follows an ``act="dynamic"`` Int8Linear moves into its epilogue
-   (:func:`llmaccel._fuse_activation.fuse_activations_`; the report lists them).  Output heads
+   (:func:`llmaccel._fuse_activation.fuse_activations_`), and so does a BERT block's residual add before its
+   LayerNorm (:func:`llmaccel._fuse_residual.fuse_residuals_`); the report lists them.  Output heads
    (``quantize_``'s rules, :func:`~llmaccel.quantize.output_heads`), ``quantize_head=None`` (the default):
 
    * ``"int8-weight-only"``: an *untied* head is quantized too (int8 per-channel weights, float
@@ -70,6 +71,7 @@ from . import _swap
 from .cpu import cpu_info
 from .nn.attention import MultiheadAttention as LlmaccelMHA
 from ._fuse_activation import fuse_activations_
+from ._fuse_residual import fuse_residuals_
 from ._smooth_search import choose_alpha
 from .quantize import Int8Config, QuantizeSummary, _model_bytes, output_heads, quantize_
 from .smoothquant import SmoothReport, smooth_
@@ -96,7 +98,7 @@ class OptimizeReport:
     calibration_error: dict[str, float] = field(default_factory=dict)
     compiled: bool = False
     smooth_choice: str = ""   # how SmoothQuant's alpha was chosen (int8 with calibration), with the measured errors
-    fused: list[str] = field(default_factory=list)  # activations moved into Int8Linear epilogues
+    fused: list[str] = field(default_factory=list)  # activations and residual adds moved into Int8Linear epilogues
     head: str = ""  # what was done with the output head(s), and why (quantize_head)
     unpadded: list[str] = field(default_factory=list)  # encoders that skip padded tokens (unpad=True)
 
@@ -113,8 +115,9 @@ class OptimizeReport:
             lines.append(f"  quantize  : {len(self.quantize.swapped)} Linear -> Int8Linear (act={self.quantize.act}), "
                          f"{len(self.quantize.skipped)} kept float")
         if self.fused:
-            lines.append(f"  fused     : {len(self.fused)} activations into the int8 epilogue "
-                         f"({self.fused[0]}{', ...' if len(self.fused) > 1 else ''})")
+            n_res = sum("residual" in f for f in self.fused)
+            lines.append(f"  fused     : {len(self.fused) - n_res} activations and {n_res} residual adds into the "
+                         f"int8 epilogue ({self.fused[0]}{', ...' if len(self.fused) > 1 else ''})")
         if self.head:
             lines.append(f"  head      : {self.head}")
         if self.smooth is not None:
@@ -387,6 +390,7 @@ def optimize(model: nn.Module, *, attention: bool = True, quantize: Optional[str
                                  else f"SmoothQuant alpha {alpha} (given)")
         smooth_report, quant_summary, head_note = apply(model, alpha)
         fused = fuse_activations_(model)  # only act="dynamic" Int8Linears qualify
+        fused += fuse_residuals_(model)
         parts.add(quantize)
     done = []
     if attention:

@@ -128,3 +128,27 @@ def require_variant(family, variant):
     if variant not in available:
         pytest.skip(f"variant {variant} does not run here (the CPU or LLMACCEL_CPU_ISA; available: {available})")
     return variant
+
+
+def int8_linear_backends(*args, **kw):
+    """Every backend that would run ``llmaccel.int8_linear(*args, **kw)`` when requested (torch always; Triton
+    in the interpreter; the C++ one where its limits allow)."""
+    from llmaccel import backends
+
+    names = []
+    for name in backends.BACKENDS:
+        with backends.use(name):
+            if backends.explain("int8_linear", *args, **kw).backend == name:
+                names.append(name)
+    assert "torch" in names
+    if INTERPRET:
+        assert "triton" in names
+    return names
+
+
+def int8_linear_on(name, *args, **kw):
+    """``llmaccel.int8_linear(*args, **kw)`` on backend ``name``."""
+    from llmaccel import backends
+
+    with backends.use(name):
+        return llmaccel.int8_linear(*args, **kw)

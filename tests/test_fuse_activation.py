@@ -94,5 +94,5 @@ def test_small_bert_fused_equals_unfused(hidden_act):
 
     # optimize() runs the pass and reports it (the model's calibration error stays as before).
     opt = llmaccel.optimize(copy.deepcopy(model), quantize="int8", calibration=calib, attention=False)
-    assert len(opt.llmaccel_report.fused) == 2
+    assert sum("activation=" in f for f in opt.llmaccel_report.fused) == 2
     assert "fused     : 2 activations" in str(opt.llmaccel_report)

@@ -33,7 +33,7 @@ from llmaccel._ext import ext
 from llmaccel.ops._cpp_views import view, view_or_none
 from llmaccel.ops.int8_linear import int8_linear_reference
 
-from helpers import INTERPRET, randint8, rotate_in_interpreter
+from helpers import INTERPRET, int8_linear_backends, int8_linear_on, randint8, rotate_in_interpreter
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 OUT_EPS = {torch.float32: 0.0, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
@@ -54,21 +54,7 @@ def _act64(y, activation):
     return y.clamp(min=0)
 
 
-def _runnable(*args, **kw):
-    names = []
-    for name in backends.BACKENDS:
-        with backends.use(name):
-            if backends.explain("int8_linear", *args, **kw).backend == name:
-                names.append(name)
-    assert "torch" in names
-    if INTERPRET:
-        assert "triton" in names
-    return names
-
-
-def _on(name, *args, **kw):
-    with backends.use(name):
-        return llmaccel.int8_linear(*args, **kw)
+_runnable, _on = int8_linear_backends, int8_linear_on
 
 
 def _layout(x, strided):

@@ -203,17 +203,25 @@ class Int8Linear(nn.Module):
 
     # ------------------------------------------------------------------ compute
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """``y = activation(x @ W.T + b)``, plus ``residual`` (shape [..., out_features]) when given: added in
+        the kernel's epilogue on the C++ path (a transformer block's skip connection without its own pass)."""
         if not isinstance(x, Tensor):
             raise TypeError(f"Int8Linear: input must be a torch.Tensor, got {type(x).__name__}")
         if x.is_nested:
             # Nested batches (what nn.TransformerEncoderLayer passes on from a nested input): each sequence
             # on its own; per-token quantization makes that the same as running the padded batch.
-            return torch.nested.as_nested_tensor([self(t) for t in x.unbind()], layout=x.layout)
+            if residual is None:
+                return torch.nested.as_nested_tensor([self(t) for t in x.unbind()], layout=x.layout)
+            return torch.nested.as_nested_tensor([self(t, r) for t, r in zip(x.unbind(), residual.unbind())],
+                                                 layout=x.layout)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Int8Linear(in_features={self.in_features}, out_features={self.out_features}): "
                              f"the input's last dimension must be in_features={self.in_features}, "
                              f"got input of shape {tuple(x.shape)}")
+        if residual is not None:
+            return int8_linear(x, self.weight, self.weight_scale, self.bias, act=self.act, smooth=self.smooth_scale,
+                               activation=self.activation, residual=residual)
         # Decode-sized calls: the same kernel without re-validating the weights and re-dispatching on every
         # call (llmaccel/ops/prepared.py says when it applies; None: take the public road).
         y = prepared_int8_linear(self, x)

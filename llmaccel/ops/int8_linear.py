@@ -8,6 +8,7 @@ Shapes::
     bias    : float [N] or None
     smooth  : fp32  [K] or None    SmoothQuant's unfolded per-input-channel factor (finite, > 0)
     activation : None, "gelu" (erf), "gelu_tanh" or "relu"
+    residual: float [..., N] or None   added last: y = activation(...) + residual
 
 Every mode first replaces x by ``x' = x.float() * (1 / smooth)`` when
 ``smooth`` is given: ``r = 1 / smooth`` is one fp32 division per channel
@@ -17,10 +18,15 @@ torch's ``*``, so all of them quantize the very same fp32 values and give the
 same int8 codes).  A product, not ``x / smooth``: on AVX2 the per-element
 division was 58 % of the int8 prologue's time (perf, MiniLM), and the two
 differ by at most one fp32 rounding of x'.  The op ends
-with ``y = activation(y)`` applied to the fp32 result before the cast to x's
+with ``y = activation(y)``, then ``y = y + residual`` (fp32, one rounding),
+applied to the fp32 result before the cast to x's
 dtype (``F.gelu`` / ``F.gelu(approximate="tanh")`` / ``F.relu`` on the torch
 path; the C++ kernel evaluates it in its epilogue with its own erf / tanh,
-csrc/activation.h, within a few fp32 ulps of torch's).
+csrc/activation.h, within a few fp32 ulps of torch's).  ``residual`` is a
+transformer block's skip connection (BERT: ``LayerNorm(dense(h) + h_in)``):
+the C++ kernel adds it in the epilogue while the tile is in registers, so
+the separate add's pass over [M, N] (read two, write one) disappears; the
+other backends add it after the product, as torch would.
 
 Modes (``act``):
 
@@ -103,7 +109,7 @@ def _check_smooth(smooth, K: int, device) -> None:
 _smooth_checked: dict[int, tuple[weakref.ref, int]] = {}
 
 
-def _check(x, w_int8, w_scale, bias, act, smooth=None, activation=None):
+def _check(x, w_int8, w_scale, bias, act, smooth=None, activation=None, residual=None):
     """Validates the call; returns the arguments object every backend trusts."""
     check_tensor(OP, "x", x)
     if x.dtype not in FLOAT_DTYPES:
@@ -134,7 +140,16 @@ def _check(x, w_int8, w_scale, bias, act, smooth=None, activation=None):
         _check_smooth(smooth, K, x.device)
     if activation not in ACTIVATIONS:
         fail(OP, f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    return _make_args((x, w_int8, w_scale, bias, act, smooth, activation))
+    if residual is not None:
+        check_tensor(OP, "residual", residual)
+        if not residual.is_floating_point():
+            fail(OP, f"residual must be a float tensor, got {residual.dtype}", TypeError)
+        want = (*x.shape[:-1], N)
+        if tuple(residual.shape) != want:
+            fail(OP, f"residual must have the output's shape {want}, got {tuple(residual.shape)}")
+        if residual.device != x.device:
+            fail(OP, f"residual is on {residual.device} but x is on {x.device}")
+    return _make_args((x, w_int8, w_scale, bias, act, smooth, activation, residual))
 
 
 def dequantize_weight(w_int8: Tensor, w_scale: Tensor) -> Tensor:
@@ -154,7 +169,7 @@ def apply_activation(y: Tensor, activation) -> Tensor:
 
 
 def int8_linear_reference(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act: str, smooth=None,
-                          activation=None) -> Tensor:
+                          activation=None, residual=None) -> Tensor:
     """Plain-PyTorch int8_linear (module docstring), fp32 math with an exact integer core."""
     K = x.shape[-1]
     x2 = x.reshape(x.shape[:-1].numel(), K)
@@ -178,6 +193,8 @@ def int8_linear_reference(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias, act:
     if bias is not None:
         y = y + bias.to(torch.float32)
     y = apply_activation(y, activation)
+    if residual is not None:
+        y = y + residual.reshape(y.shape).to(torch.float32)
     return y.to(x.dtype).reshape(*x.shape[:-1], w_int8.shape[0])
 
 
@@ -216,6 +233,7 @@ def _setup_context(ctx, args, output):
     ctx.save_for_backward(args.w_int8, args.w_scale, args.smooth, *keep)
     ctx.act, ctx.activation = args.act, args.activation
     ctx.x_dtype = args.x.dtype
+    ctx.residual_dtype = args.residual.dtype if args.residual is not None else None
     ctx.bias_dtype = args.bias.dtype if args.bias is not None else None
 
 
@@ -232,15 +250,18 @@ def _backward(ctx, grad_y):
     if smooth is not None:
         grad_x = grad_x * torch.reciprocal(smooth)
     grad_x = grad_x.to(ctx.x_dtype)
-    if ctx.bias_dtype is None:
-        return {"x": grad_x}
-    return {"x": grad_x, "bias": g.reshape(g.shape[:-1].numel(), g.shape[-1]).sum(0).to(ctx.bias_dtype)}
+    grads = {"x": grad_x}
+    if ctx.bias_dtype is not None:
+        grads["bias"] = g.reshape(g.shape[:-1].numel(), g.shape[-1]).sum(0).to(ctx.bias_dtype)
+    if ctx.residual_dtype is not None:  # y = ... + residual: its gradient is grad_y itself
+        grads["residual"] = grad_y.to(ctx.residual_dtype)
+    return grads
 
 
 _op = define(OpSpec(
     name=OP,
     schema="(Tensor x, Tensor w_int8, Tensor w_scale, Tensor? bias, str act, Tensor? smooth=None, "
-           "str? activation=None) -> Tensor",
+           "str? activation=None, Tensor? residual=None) -> Tensor",
     check=_check,
     fake=lambda args: args.x.new_empty((*args.x.shape[:-1], args.w_int8.shape[0])),
     prepare=_prepare,
@@ -253,26 +274,30 @@ _op.implement("torch")(lambda args: int8_linear_reference(*args))
 def prepared_int8_linear(layer, x: Tensor) -> Tensor | None:
     """``int8_linear(x, layer.weight, layer.weight_scale, layer.bias, act=layer.act, smooth=layer.smooth_scale,
     activation=layer.activation)`` through the layer's :class:`~llmaccel.ops.prepared.PreparedCall`, or None
-    where the public road must run it."""
+    where the public road must run it.  No residual: a call with one takes the public road."""
     # The module's own dicts: each nn.Module.__getattr__ (buffers and parameters) cost ~1 us, 6 per call.
     b, p = layer._buffers, layer._parameters
     try:
-        fixed = (b["weight"], b["weight_scale"], p["bias"], layer.act, b["smooth_scale"], layer.activation)
+        fixed = (b["weight"], b["weight_scale"], p["bias"], layer.act, b["smooth_scale"], layer.activation, None)
     except KeyError:  # a tensor re-registered as the other kind: the attribute lookup finds it either way
-        fixed = (layer.weight, layer.weight_scale, layer.bias, layer.act, layer.smooth_scale, layer.activation)
+        fixed = (layer.weight, layer.weight_scale, layer.bias, layer.act, layer.smooth_scale, layer.activation,
+                 None)
     return call_prepared(layer, _op, fixed, layer.in_features, x, max_rows=CPP_WEIGHT_ONLY_MAX_M)
 
 
 @_op.public
 def int8_linear(x: Tensor, w_int8: Tensor, w_scale: Tensor, bias: Tensor | None = None, *,
-                act: str = "dynamic", smooth: Tensor | None = None, activation: str | None = None) -> Tensor:
-    """``y = activation((x * (1 / smooth)) @ (w_int8 * w_scale[:, None]).T + bias)`` with int8 weights (module
-    docstring for the modes, ``smooth`` and ``activation``).
+                act: str = "dynamic", smooth: Tensor | None = None, activation: str | None = None,
+                residual: Tensor | None = None) -> Tensor:
+    """``y = activation((x * (1 / smooth)) @ (w_int8 * w_scale[:, None]).T + bias) + residual`` with int8
+    weights (module docstring for the modes, ``smooth``, ``activation`` and ``residual``).
 
     ``act="auto"`` is resolved per call inside the op (so also at run time
     under ``torch.compile``); ``llmaccel.backends.explain`` reports the choice.
     """
-    return _op.call(x, w_int8, w_scale, bias, act, smooth, activation)
+    if residual is None:  # torch.ops then sees the schema's default (an fx graph without the argument)
+        return _op.call(x, w_int8, w_scale, bias, act, smooth, activation)
+    return _op.call(x, w_int8, w_scale, bias, act, smooth, activation, residual)
 
 
 # Packed (panel-layout) copies of int8 weights for the C++ kernel, derived
@@ -348,13 +373,17 @@ def _int8_linear_cpp(args) -> Tensor:
     the fp32 result is rounded to x's dtype (two cheap passes over M x K and
     M x N next to the M x N x K product).
     """
-    return _cpp_runner(*args[1:])(args.x)
+    return _cpp_runner(*args[1:7])(args.x, args.residual)
 
 
-def _cpp_runner(w_int8: Tensor, w_scale: Tensor, bias, act: str, smooth, activation) -> Callable[[Tensor], Tensor]:
-    """The C++ call with the weight-side arguments bound: ``run(x)`` for any valid x of this layer.  Built
-    per call on the public road; a :class:`~llmaccel.ops.prepared.PreparedCall` builds it once per layer
-    (``_int8_linear_cpp.prepare``).  The closure holds every tensor whose pointer it passes."""
+def _cpp_runner(w_int8: Tensor, w_scale: Tensor, bias, act: str, smooth, activation,
+                residual=None) -> Callable[..., Tensor]:
+    """The C++ call with the weight-side arguments bound: ``run(x, residual=None)`` for any valid x of this
+    layer.  Built per call on the public road; a :class:`~llmaccel.ops.prepared.PreparedCall` builds it once per
+    layer (``_int8_linear_cpp.prepare``, whose fixed arguments end with residual=None: a residual is per call).
+    The closure holds every tensor whose pointer it passes."""
+    if residual is not None:
+        raise AssertionError("int8_linear: internal: a residual is a per-call argument of run(), not a fixed one")
     N, K = w_int8.shape
     ws = w_scale if w_scale.is_contiguous() else w_scale.contiguous()
     if bias is not None:
@@ -369,10 +398,11 @@ def _cpp_runner(w_int8: Tensor, w_scale: Tensor, bias, act: str, smooth, activat
         kernel, act_name = ext().int8_linear_dynamic, activation or ""
         p_v, sm_v = view(packed), view_or_none(sm_t)
 
-        def gemm(x2: Tensor, M: int, keep=(w, packed, ws, bias, sm_t)) -> Tensor:
+        def gemm(x2: Tensor, M: int, r2=None, keep=(w, packed, ws, bias, sm_t)) -> Tensor:
             y = torch.empty((M, N), dtype=torch.float32)
+            r_v = None if r2 is None else (r2.data_ptr(), "float32", r2.shape, r2.stride())
             kernel((x2.data_ptr(), "float32", x2.shape, x2.stride()), w_v, p_v, s_v, b_v,
-                   (y.data_ptr(), "float32", (M, N), (N, 1)), torch.get_num_threads(), "", sm_v, act_name)
+                   (y.data_ptr(), "float32", (M, N), (N, 1)), torch.get_num_threads(), "", sm_v, act_name, r_v)
             return y
         unfused_smooth = None
     else:
@@ -380,13 +410,14 @@ def _cpp_runner(w_int8: Tensor, w_scale: Tensor, bias, act: str, smooth, activat
         # the weight-only kernel has no prologue or epilogue hook: smooth and the activation run unfused
         unfused_smooth = None if smooth is None else torch.reciprocal(smooth)
 
-        def gemm(x2: Tensor, M: int, keep=(w, ws, bias)) -> Tensor:
+        def gemm(x2: Tensor, M: int, r2=None, keep=(w, ws, bias)) -> Tensor:
             y = torch.empty((M, N), dtype=torch.float32)
             kernel((x2.data_ptr(), "float32", x2.shape, x2.stride()), w_v, s_v, b_v,
                    (y.data_ptr(), "float32", (M, N), (N, 1)), torch.get_num_threads())
-            return apply_activation(y, activation)
+            y = apply_activation(y, activation)
+            return y if r2 is None else y.add_(r2)  # no epilogue hook here: the residual runs unfused
 
-    def run(x: Tensor) -> Tensor:
+    def run(x: Tensor, residual: Tensor | None = None) -> Tensor:
         x2 = x.reshape(x.shape[:-1].numel(), K)
         if x2.dtype != torch.float32:
             x2 = x2.to(torch.float32)
@@ -394,7 +425,14 @@ def _cpp_runner(w_int8: Tensor, w_scale: Tensor, bias, act: str, smooth, activat
             x2 = x2 * unfused_smooth
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
-        y = gemm(x2, x2.shape[0])
+        r2 = None
+        if residual is not None:
+            r2 = residual.reshape(x2.shape[0], N)  # a view where the strides allow, else a copy
+            if r2.dtype != torch.float32:
+                r2 = r2.to(torch.float32)
+            if N > 1 and r2.stride(1) != 1:
+                r2 = r2.contiguous()
+        y = gemm(x2, x2.shape[0], r2)
         if x.dtype != torch.float32:
             y = y.to(x.dtype)
         return y.reshape(*x.shape[:-1], N)
@@ -410,17 +448,19 @@ def _int8_linear_triton(args) -> Tensor:
     """kernels/int8_linear.py: one fused W8A8 kernel (per-token quantize prologue -> int8 tl.dot -> fp32
     epilogue), or the weight-only (split-K) GEMM.
 
-    ``smooth`` and ``activation`` are not fused into the Triton kernels: this launcher multiplies x by
-    ``1 / smooth`` in fp32 before the kernel (as every backend) and applies the activation
-    with torch on the kernel's fp32 output, then casts to x's dtype (the reference's order).
+    ``smooth``, ``activation`` and ``residual`` are not fused into the Triton kernels: this launcher multiplies
+    x by ``1 / smooth`` in fp32 before the kernel (as every backend), applies the activation with torch on the
+    kernel's fp32 output and adds the residual in fp32, then casts to x's dtype (the reference's order).
     """
     from ..kernels.int8_linear import int8_linear as triton_int8_linear
 
-    x, w_int8, w_scale, bias, act, smooth, activation = args
-    if smooth is None and activation is None:
+    x, w_int8, w_scale, bias, act, smooth, activation, residual = args
+    if smooth is None and activation is None and residual is None:
         return triton_int8_linear(x, w_int8, w_scale, bias, act)
     xf = x.to(torch.float32)
     if smooth is not None:
         xf = xf * torch.reciprocal(smooth)
     y = apply_activation(triton_int8_linear(xf, w_int8, w_scale, bias, act), activation)
+    if residual is not None:
+        y = y + residual.to(torch.float32)
     return y.to(x.dtype)
