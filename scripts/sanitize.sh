@@ -85,7 +85,7 @@ EOF
 # C++ paths: the same kernels run in the other tests.
 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not cuda" -k "not opcheck and not torch_compile" \
     tests/test_int8_mm.py tests/test_int8_mm_amx.py tests/test_int8_linear_ops.py tests/test_int8_linear_cpp_variants.py tests/test_int8_linear_fused.py \
-    tests/test_int8_module.py tests/test_attention_cpp_kernel.py tests/test_attention.py tests/test_backends.py \
+    tests/test_int8_linear_residual.py tests/test_int8_module.py tests/test_attention_cpp_kernel.py tests/test_attention.py tests/test_backends.py \
     tests/test_sparsity_cpu_kernel.py tests/test_sparse_linear.py tests/test_sparse_bitmap_kernel.py tests/test_sparse_nm_large_kernel.py tests/test_sparse_bsr_kernel.py \
     tests/test_sparse_linear_dynamic.py tests/test_sparse_bitmap_index.py tests/test_prepared_call.py "$@"
 echo "sanitize: passed with -fsanitize=$SAN ($(( $(date +%s) - built )) s of tests, $(( $(date +%s) - start )) s in all)"
