@@ -29,6 +29,7 @@ import copy
 import logging
 import pathlib
 import random
+import re
 import time
 
 import torch
@@ -132,6 +133,49 @@ def read(name):
     return [s.strip() for s in (DATA / name).read_text().splitlines() if s.strip()]
 
 
+def prose_sentences(text: str) -> list[str]:
+    """The sentences of running text that read as plain prose: 6-35 words, a capital first letter, a final
+    . ? or !, at least 80 % letters, and none of the characters of code, markup, times or tables."""
+    out = []
+    for s in re.split(r"(?<=[.?!])\s+", re.sub(r"\s+", " ", text)):
+        s = s.strip()
+        if not (6 <= len(s.split()) <= 35) or not s[0].isupper() or s[-1] not in ".?!":
+            continue
+        if re.search(r"[(){}\[\]=<>_`*#|\\/@$%^~:;\"]|\.\.|http|www|\d{3,}", s):
+            continue
+        if sum(c.isalpha() for c in s) >= 0.8 * len(s.replace(" ", "")):
+            out.append(s)
+    return out
+
+
+def extra_corpus(name: str) -> list[str]:
+    """More distillation inputs from text already installed on the machine (nothing is fetched):
+
+    * ``lee``: the Lee news corpus (350 Australian news articles of 2001, general topics), which gensim's
+      wheel ships as test data (``pip install gensim``);
+    * ``python-docs``: the prose of Python's own reference (``pydoc_data.topics``) and the descriptions of the
+      installed packages (technical English).
+    """
+    if name == "lee":
+        try:
+            import importlib.resources
+
+            root = importlib.resources.files("gensim") / "test" / "test_data"
+        except ModuleNotFoundError as e:
+            raise SystemExit("--extra-corpus lee reads the Lee corpus from gensim's wheel: pip install gensim") from e
+        text = "\n".join((root / f).read_text(encoding="utf-8", errors="replace")
+                         for f in ("lee_background.cor", "lee.cor"))
+    elif name == "python-docs":
+        import importlib.metadata
+        import pydoc_data.topics
+
+        text = "\n".join(pydoc_data.topics.topics.values())
+        text += "\n".join(d.metadata.get_payload() or "" for d in importlib.metadata.distributions())
+    else:
+        raise SystemExit(f"unknown --extra-corpus {name!r}: lee or python-docs")
+    return sorted(set(prose_sentences(text)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=200)
@@ -149,6 +193,9 @@ def main() -> None:
                          "(vocabulary_sentences()) instead of (augmented) corpus sentences")
     ap.add_argument("--every-layer", action=argparse.BooleanOptionalAction, default=True,
                     help="also match every encoder layer's token hidden states, not only the last")
+    ap.add_argument("--extra-corpus", nargs="*", default=[], choices=["lee", "python-docs"],
+                    help="more distillation inputs from installed text (extra_corpus()); the held-out "
+                         "sentences and Wanda's calibration are unchanged")
     args = ap.parse_args()
     t_all, cpu_all = time.perf_counter(), time.process_time()
     # the dispatcher logs each training shape's fallback to the dense GEMM (M > 256 rows): expected here
@@ -188,7 +235,14 @@ def main() -> None:
     record("SparseGPT 2:4", sgpt, time.perf_counter() - t)
 
     distill_batches = train_batches
-    if args.augment or args.vocab_fraction > 0:
+    pool = list(train)
+    for name in args.extra_corpus:
+        more = [x for x in extra_corpus(name) if x not in set(held)]
+        print(f"  --extra-corpus {name}: {len(more)} sentences", flush=True)
+        pool += more
+    if args.extra_corpus:
+        train = pool  # distillation inputs only: Wanda / SparseGPT above were calibrated on the shipped corpus
+    if args.augment or args.vocab_fraction > 0 or args.extra_corpus:
         total = args.steps * args.batch
         n_vocab = int(round(args.vocab_fraction * total))
         corpus = augmented(train, total - n_vocab, seed=1) if args.augment else \
@@ -211,7 +265,8 @@ def main() -> None:
           f"(distill_: {args.steps} steps, batch {args.batch}, lr {args.lr} {args.schedule}, AdamW, {args.loss} loss "
           f"on {'every layer' if args.every_layer else 'last layer'} tokens + pooled, "
           f"{'augmented inputs' if args.augment else 'the corpus as is'}"
-          f"{f', {args.vocab_fraction:.0%} random vocabulary words' if args.vocab_fraction else ''}; "
+          f"{f', {args.vocab_fraction:.0%} random vocabulary words' if args.vocab_fraction else ''}"
+          f"{f', extra corpus {args.extra_corpus} ({len(train)} sentences in all)' if args.extra_corpus else ''}; "
           f"{torch.get_num_threads()} threads)")
     print("| model | mean cosine | worst cosine | seconds |\n|---|---|---|---|")
     for label, mean, worst, seconds in rows:
