@@ -99,16 +99,20 @@ def _fusable_linear(mod) -> bool:
             and not mod._forward_hooks and not mod._forward_pre_hooks)
 
 
-def _is_bert_intermediate(mod) -> bool:
-    ref = _bert_intermediate_forward()
-    if ref is None:
-        return False
+def same_forward(mod, ref) -> bool:
+    """Whether ``type(mod).forward`` is ``ref`` or has its bytecode and names (transformers' "Copied from"
+    classes: RobertaIntermediate is BertIntermediate's code under another name)."""
     fwd = getattr(type(mod), "forward", None)
     if fwd is ref:
         return True
     code, rc = getattr(fwd, "__code__", None), ref.__code__
     return code is not None and code.co_code == rc.co_code and code.co_names == rc.co_names \
         and code.co_varnames == rc.co_varnames
+
+
+def _is_bert_intermediate(mod) -> bool:
+    ref = _bert_intermediate_forward()
+    return ref is not None and same_forward(mod, ref)
 
 
 def fuse_activations_(model: nn.Module) -> list[str]:

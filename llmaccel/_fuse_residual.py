@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ._fuse_activation import same_forward
 from .nn.int8_linear import Int8Linear
 
 __all__ = ["DenseAddNorm", "fuse_residuals_"]
@@ -56,14 +57,6 @@ def _bert_output_forwards():
     return (BertSelfOutput.forward, BertOutput.forward)
 
 
-def _same_code(fwd, ref) -> bool:
-    if fwd is ref:
-        return True
-    code, rc = getattr(fwd, "__code__", None), ref.__code__
-    return code is not None and code.co_code == rc.co_code and code.co_names == rc.co_names \
-        and code.co_varnames == rc.co_varnames
-
-
 def _hooked(*mods) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in mods)
 
@@ -85,8 +78,7 @@ def fuse_residuals_(model: nn.Module) -> list[str]:
         for child_name, mod in list(parent._modules.items()):
             if mod is None or type(mod) is DenseAddNorm:
                 continue
-            fwd = getattr(type(mod), "forward", None)
-            if not any(_same_code(fwd, ref) for ref in refs):
+            if not any(same_forward(mod, ref) for ref in refs):
                 continue
             dense, norm, drop = (getattr(mod, n, None) for n in ("dense", "LayerNorm", "dropout"))
             if not (type(dense) is Int8Linear and dense.act == "dynamic" and isinstance(drop, nn.Dropout)
