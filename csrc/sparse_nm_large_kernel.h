@@ -11,10 +11,11 @@
 //     (rows past M and columns k >= K are zero, through groups * m, plus one: padding slots point at
 //     column K with value 0, so they add 0 * 0 and never read x past K).
 //   * Per work item (a block of kNlNB output channels x a block of panels) and per K block of ~kNlKC
-//     columns (whole groups), the item's weight rows are decoded once into (value, offset) entries: fp32
-//     value (int8 converted here; the scale is applied per output at the end) and the slot's row offset
-//     in the panel, so the inner loop does no bit unpacking.  Entries are interleaved by micro-tile:
-//     w[tile][slot][c] for the kNlNR channels c of the tile.
+//     columns (whole groups), the item's weight rows are decoded once into a value and an offset per kept
+//     slot: the fp32 value (int8 converted here; the scale is applied per output at the end) and the slot's
+//     row offset in the panel, so the inner loop does no bit unpacking.  Each channel's values and offsets
+//     are contiguous runs (NlSlots: wv / wo[channel][slot]), which the decode writes with vector stores and
+//     the micro-kernel reads as kNlNR parallel streams.
 //   * Micro-kernel: kNlNR channels x kNlMR rows in NR x MV accumulators (MV = MR / W vectors).  Per kept
 //     weight: 1 scalar load (offset), 1 broadcast of its value, MV loads of xt[k][...], MV FMAs: n/m of
 //     dense's FMAs, at MV + 2 loads per MV FMAs (the blocking choice, sparse_nm_large_avx2.cpp).
@@ -50,9 +51,10 @@ constexpr int64_t kNlKC = 128;      // columns per K block (rounded down to whol
 constexpr int64_t kNlNB = 64;       // output channels per work item (a multiple of kNlNR)
 constexpr int64_t kNlMaxPanels = 16;  // panels per work item: the weight is decoded once per 768 x rows
 
-struct NlEntry {
-  float v;      // the kept weight (int8: unscaled)
-  int32_t off;  // its column's row offset in the xt panel, relative to the K block's first column
+// One K block's decoded slots for an item's channels: channel c's slot s at [c * S + s] (S slots per channel).
+struct NlSlots {
+  float* v;      // the kept weight (int8: unscaled)
+  int32_t* off;  // its column's row offset in the xt panel, relative to the K block's first column
 };
 
 struct NlFree {
@@ -133,29 +135,35 @@ inline void nl_byte_table(const SparseNMProblem& p, NlByteTable* t) {
 }
 
 // Decodes slots [g0 * n, g1 * n) of weight rows [o0, o0 + nb) (rows >= nb up to the tile: zero values) into
-// w[tile][slot][c].  A slot whose column lies past K (padding, or a corrupt index) gets value 0 and the
+// w.v / w.off[c * S + s].  A slot whose column lies past K (padding, or a corrupt index) gets value 0 and the
 // zero row K; a corrupt index below K reads that column (an unspecified result, never out of bounds).
 // The index fields are read with a running byte pointer and shift (bits is 1, 2, 4 or 8, so no field
-// straddles a byte), and groups whose every possible field lies below K skip the bounds test.
+// straddles a byte), and groups whose every possible field lies below K skip the bounds test.  Each
+// channel's runs are contiguous, so the value conversion and the table's offsets (a whole byte's slots at
+// once) compile to vector loads and stores.
 template <class T>
 inline void nl_decode(const SparseNMProblem& p, const NlByteTable& tab, const T* values, int64_t o0, int64_t nb,
-                      int64_t g0, int64_t g1, NlEntry* w) {
+                      int64_t g0, int64_t g1, NlSlots w) {
   const int n = p.n, b = p.bits;
   const unsigned mask = (1u << b) - 1u;
   const int64_t S = (g1 - g0) * n, m = p.m, K = p.K;
   const int64_t maxidx = mask;
   const int64_t g_safe = std::max(g0, std::min(g1, p.K > maxidx ? (p.K - 1 - maxidx) / m + 1 : 0));
   for (int64_t c = 0; c < round_up(nb, kNlNR); ++c) {
-    NlEntry* wt = w + (c / kNlNR) * S * kNlNR + c % kNlNR;
+    float* __restrict wv = w.v + c * S;
+    int32_t* __restrict wo = w.off + c * S;
     if (c >= nb) {
-      for (int64_t s = 0; s < S; ++s) wt[s * kNlNR] = NlEntry{0.0f, 0};
+      std::fill(wv, wv + S, 0.0f);
+      std::fill(wo, wo + S, 0);
       continue;
     }
-    const T* v = values + (o0 + c) * p.values_sn + g0 * n;
+    const T* __restrict v = values + (o0 + c) * p.values_sn + g0 * n;
     const int64_t bit0 = g0 * n * b;
     const uint8_t* ix = p.idx + (o0 + c) * p.idx_sn + (bit0 >> 3);
     const int64_t next = std::min(S, (p.groups - g1) * n);  // slots of the row's next block
     nl_prefetch_next_block(v + S, next * int64_t(sizeof(T)), ix + ((S * b) >> 3), (next * b + 7) / 8);
+    // Values first (one converting copy), then the offsets; the padding tail below zeroes its values.
+    for (int64_t s = 0; s < S; ++s) wv[s] = static_cast<float>(v[s]);
     unsigned sh = static_cast<unsigned>(bit0 & 7);
     int32_t base = 0;  // (g - g0) * m * MR
     const int32_t step = static_cast<int32_t>(m * kNlMR);
@@ -163,9 +171,10 @@ inline void nl_decode(const SparseNMProblem& p, const NlByteTable& tab, const T*
     if (tab.gpb > 0 && sh == 0) {
       // Whole bytes of whole groups (2:4, 1:2, 1:4, ...): one table row per index byte.
       const int32_t bstep = step * tab.gpb;
-      for (; g + tab.gpb <= g_safe; g += tab.gpb, base += bstep, ++ix) {
-        const int32_t* t = tab.off[*ix];
-        for (int j = 0; j < tab.spb; ++j, ++s) wt[s * kNlNR] = NlEntry{static_cast<float>(v[s]), base + t[j]};
+      const int spb = tab.spb;
+      for (; g + tab.gpb <= g_safe; g += tab.gpb, base += bstep, ++ix, s += spb) {
+        const int32_t* __restrict t = tab.off[*ix];
+        for (int j = 0; j < spb; ++j) wo[s + j] = base + t[j];
       }
     }
     for (; g < g1; ++g, base += step)
@@ -174,10 +183,12 @@ inline void nl_decode(const SparseNMProblem& p, const NlByteTable& tab, const T*
         sh += b;
         ix += sh >> 3;
         sh &= 7;
-        if (g >= g_safe && g * m + f >= K)  // padding (or a corrupt index past K): the zero row
-          wt[s * kNlNR] = NlEntry{0.0f, static_cast<int32_t>((K - g0 * m) * kNlMR)};
-        else
-          wt[s * kNlNR] = NlEntry{static_cast<float>(v[s]), base + static_cast<int32_t>(f) * kNlMR};
+        if (g >= g_safe && g * m + f >= K) {  // padding (or a corrupt index past K): the zero row
+          wv[s] = 0.0f;
+          wo[s] = static_cast<int32_t>((K - g0 * m) * kNlMR);
+        } else {
+          wo[s] = base + static_cast<int32_t>(f) * kNlMR;
+        }
       }
   }
 }
@@ -185,15 +196,15 @@ inline void nl_decode(const SparseNMProblem& p, const NlByteTable& tab, const T*
 // c[r][i] (+)= sum over slots s of w[s][r].v * xt[w[s][r].off + i], r < NR, i < V::W * MV: one micro-tile, one
 // K block.  MV = kNlMR / V::W for full panels; the last panel of x runs only the vectors its rows reach.
 template <class V, int MV>
-inline void nl_micro(const float* xt, const NlEntry* w, int64_t S, float* c, bool first) {
+inline void nl_micro(const float* xt, const float* wv, const int32_t* wo, int64_t S, float* c, bool first) {
   constexpr int W = V::W;
   typename V::reg acc[kNlNR][MV];
   for (int r = 0; r < kNlNR; ++r)
     for (int j = 0; j < MV; ++j) acc[r][j] = first ? V::zero() : V::load(c + r * kNlMR + W * j);
-  for (int64_t s = 0; s < S; ++s, w += kNlNR)
+  for (int64_t s = 0; s < S; ++s)
     for (int r = 0; r < kNlNR; ++r) {
-      const typename V::reg v = V::set1(w[r].v);
-      const float* px = xt + w[r].off;
+      const typename V::reg v = V::set1(wv[r * S + s]);
+      const float* px = xt + wo[r * S + s];
       for (int j = 0; j < MV; ++j) acc[r][j] = V::fma(v, V::load(px + W * j), acc[r][j]);
     }
   for (int r = 0; r < kNlNR; ++r)
@@ -201,29 +212,30 @@ inline void nl_micro(const float* xt, const NlEntry* w, int64_t S, float* c, boo
 }
 
 template <class V>
-inline void nl_micro_vectors(int mv, const float* xt, const NlEntry* w, int64_t S, float* c, bool first) {
+inline void nl_micro_vectors(int mv, const float* xt, const float* wv, const int32_t* wo, int64_t S, float* c,
+                             bool first) {
   static_assert(kNlMR % V::W == 0 && kNlMR / V::W <= 6, "one case per vector count");
   switch (mv) {
-    case 1: return nl_micro<V, 1>(xt, w, S, c, first);
-    case 2: return nl_micro<V, std::min(2, kNlMR / V::W)>(xt, w, S, c, first);
-    case 3: return nl_micro<V, std::min(3, kNlMR / V::W)>(xt, w, S, c, first);
-    case 4: return nl_micro<V, std::min(4, kNlMR / V::W)>(xt, w, S, c, first);
-    case 5: return nl_micro<V, std::min(5, kNlMR / V::W)>(xt, w, S, c, first);
-    default: return nl_micro<V, kNlMR / V::W>(xt, w, S, c, first);
+    case 1: return nl_micro<V, 1>(xt, wv, wo, S, c, first);
+    case 2: return nl_micro<V, std::min(2, kNlMR / V::W)>(xt, wv, wo, S, c, first);
+    case 3: return nl_micro<V, std::min(3, kNlMR / V::W)>(xt, wv, wo, S, c, first);
+    case 4: return nl_micro<V, std::min(4, kNlMR / V::W)>(xt, wv, wo, S, c, first);
+    case 5: return nl_micro<V, std::min(5, kNlMR / V::W)>(xt, wv, wo, S, c, first);
+    default: return nl_micro<V, kNlMR / V::W>(xt, wv, wo, S, c, first);
   }
 }
 
-// One work item: output channels [o0, o0 + nb) x panels [p0, p1).  wbuf: the K block's entries for the
+// One work item: output channels [o0, o0 + nb) x panels [p0, p1).  w: the K block's decoded slots for the
 // item's channels; cbuf: c[tile][panel][NR][MR].
 template <class V, class T>
 void nl_item(const SparseNMProblem& p, const NlPlan& q, const NlByteTable& tab, const float* xt, const T* values,
-             int64_t o0, int64_t nb, int64_t p0, int64_t p1, NlEntry* wbuf, float* cbuf) {
+             int64_t o0, int64_t nb, int64_t p0, int64_t p1, NlSlots w, float* cbuf) {
   const int64_t tiles = ceil_div(nb, kNlNR), np = p1 - p0;
   if (q.kblocks == 0) std::fill(cbuf, cbuf + tiles * np * kNlNR * kNlMR, 0.0f);  // K = 0: y = bias
   for (int64_t kb = 0; kb < q.kblocks; ++kb) {
     const int64_t g0 = kb * q.kc_groups, g1 = std::min(p.groups, g0 + q.kc_groups);
     const int64_t S = (g1 - g0) * p.n;
-    nl_decode<T>(p, tab, values, o0, nb, g0, g1, wbuf);
+    nl_decode<T>(p, tab, values, o0, nb, g0, g1, w);
     // The panel's K block (kc x MR floats) is read at random rows, which the hardware prefetcher cannot
     // follow: each tile also prefetches its share of the next panel's block, so it is in L1 (or on its
     // way) when that panel starts.
@@ -236,27 +248,27 @@ void nl_item(const SparseNMProblem& p, const NlPlan& q, const NlByteTable& tab, 
         if (pi + 1 < p1)
           for (int64_t l = t * per_tile; l < std::min(lines, (t + 1) * per_tile); ++l)
             __builtin_prefetch(next + 16 * l, 0, 3);
-        nl_micro_vectors<V>(mv, xk, wbuf + t * S * kNlNR, S, cbuf + (t * np + (pi - p0)) * kNlNR * kNlMR, kb == 0);
+        nl_micro_vectors<V>(mv, xk, w.v + t * S * kNlNR, w.off + t * S * kNlNR, S,
+                            cbuf + (t * np + (pi - p0)) * kNlNR * kNlMR, kb == 0);
       }
     }
   }
-  // y = acc (* scale) + bias, transposed out of the tiles: tile by tile, so the reads of cbuf are
-  // sequential and the few y lines a panel writes stay in L1 across a tile's channels.
-  for (int64_t t = 0; t < tiles; ++t)
-    for (int64_t pi = p0; pi < p1; ++pi) {
-      const int64_t r_end = std::min<int64_t>(kNlMR, p.M - pi * kNlMR);
-      const float* ct = cbuf + (t * np + (pi - p0)) * kNlNR * kNlMR;
-      float* y0 = p.y + pi * kNlMR * p.y_sm;
-      for (int64_t c = t * kNlNR; c < std::min(nb, (t + 1) * kNlNR); ++c) {
+  // y = acc (* scale) + bias, transposed out of the tiles row by row: each y row's nb outputs are one
+  // contiguous run, and the row's reads of cbuf (one float per channel) fall in lines its neighbour rows
+  // reuse.  (Tile by tile, the writes of one channel are y's row stride apart, which maps them onto a few
+  // L1 sets: that order took ~25 % of a 4096 x 4096 call at M = 512.)
+  for (int64_t pi = p0; pi < p1; ++pi) {
+    const int64_t r_end = std::min<int64_t>(kNlMR, p.M - pi * kNlMR);
+    const float* cp = cbuf + (pi - p0) * kNlNR * kNlMR;
+    for (int64_t r = 0; r < r_end; ++r) {
+      float* yr = p.y + (pi * kNlMR + r) * p.y_sm + o0;
+      for (int64_t c = 0; c < nb; ++c) {
+        const float acc = cp[(c / kNlNR) * np * kNlNR * kNlMR + (c % kNlNR) * kNlMR + r];
         const int64_t o = o0 + c;
-        const float* cc = ct + (c % kNlNR) * kNlMR;
-        const float bias = p.bias ? p.bias[o] : 0.0f, scale = p.values_i8 ? p.scale[o] : 1.0f;
-        if (p.values_i8)
-          for (int64_t r = 0; r < r_end; ++r) y0[r * p.y_sm + o] = cc[r] * scale + bias;
-        else
-          for (int64_t r = 0; r < r_end; ++r) y0[r * p.y_sm + o] = cc[r] + bias;
+        yr[c] = (p.values_i8 ? acc * p.scale[o] : acc) + (p.bias ? p.bias[o] : 0.0f);
       }
     }
+  }
 }
 
 // The whole call: pack xt, then the items over the threads.  All scratch is allocated here, before the
@@ -265,13 +277,14 @@ template <class V>
 void nl_run(const SparseNMProblem& p) {
   const NlPlan q = nl_plan(p);
   const int T = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(p.nthreads, q.items)));
-  const int64_t wsize = round_up(kNlNB, kNlNR) * q.kc_groups * p.n;  // entries per K block of an item
+  const int64_t wsize = round_up(kNlNB, kNlNR) * q.kc_groups * p.n;  // slots per K block of an item
   const int64_t csize = round_up(kNlNB, kNlNR) * q.mb_panels * kNlMR;
   NlBuf<float> xt = nl_alloc<float>(q.panels * q.rows * kNlMR);
   NlBuf<NlByteTable> tab = nl_alloc<NlByteTable>(1);
   tab->gpb = 0;
   nl_byte_table(p, tab.get());
-  NlBuf<NlEntry> wbuf = nl_alloc<NlEntry>(T * wsize);
+  NlBuf<float> wvbuf = nl_alloc<float>(T * wsize);
+  NlBuf<int32_t> wobuf = nl_alloc<int32_t>(T * wsize);
   NlBuf<float> cbuf = nl_alloc<float>(T * csize);
 #pragma omp parallel num_threads(T)
   {
@@ -283,7 +296,7 @@ void nl_run(const SparseNMProblem& p) {
       const int64_t nbk = it % q.nblocks, mbk = it / q.nblocks;
       const int64_t o0 = nbk * kNlNB, nb = std::min<int64_t>(kNlNB, p.N - o0);
       const int64_t p0 = mbk * q.mb_panels, p1 = std::min(q.panels, p0 + q.mb_panels);
-      NlEntry* w = wbuf.get() + t * wsize;
+      const NlSlots w{wvbuf.get() + t * wsize, wobuf.get() + t * wsize};
       float* c = cbuf.get() + t * csize;
       if (p.values_i8)
         nl_item<V, int8_t>(p, q, *tab, xt.get(), p.values_i8, o0, nb, p0, p1, w, c);
