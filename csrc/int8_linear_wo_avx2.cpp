@@ -23,6 +23,7 @@ struct Avx2WoF32 : VecF32x8 {
   // Measured capped to AVX2 on the 2-core SPR VM at M = 32, against fp32 MKL in the same run: 4 x 3 0.73-0.84x
   // MKL, 2 x 5 0.56-0.68x.
   static constexpr int kMR = 4, kNR = 3;
+  static constexpr int kGroupRows = 1;
   static constexpr int kStreams = 1;
   static constexpr int64_t kPrefetchBytes = 1024;
   static __m256 load_i8(const int8_t* p) {

@@ -2,20 +2,20 @@
 // compiled per ISA unit (int8_linear_wo_avx2.cpp, int8_linear_wo_avx512vnni.cpp):
 //     y[m][n] = w_scale[n] * sum_k x[m][k] * float(W[n][k]) + bias[n]
 // Each thread owns one contiguous range of output channels, i.e. one
-// contiguous run of W's rows (when ldw == K), and walks it row after row: a
-// single forward stream the hardware prefetcher follows, plus a software
-// prefetch a few lines ahead.  Per V::W weight bytes: one sign-extend to
-// int32, one convert, one FMA per row of x; x (K floats) stays in L1.  The
-// register-tile kernel (int8_linear_wo_kernel.h) instead interleaves 4 rows
-// of W (4 short streams, one page each at K = 4096), which the prefetcher
-// barely ramps up on: 8.4 GB/s where a plain read ran ~28 (AVX2 EPYC), and
-// 0.53 of a plain read on a Sapphire Rapids class Xeon before the AVX-512
-// unit took this path.
+// contiguous run of W's rows (when ldw == K), and walks it in groups of
+// V::kGroupRows adjacent rows read in lockstep (wo_gemv_group: why below),
+// plus a software prefetch ahead.  Per V::W weight bytes: one sign-extend
+// to int32, one convert, one FMA per row of x; x (K floats) stays in L1.
+// The AVX2 unit walks one row at a time (kGroupRows = 1): on the AVX2 EPYC
+// (Zen 3) the register-tile kernel's 4 interleaved rows streamed 8.4 GB/s
+// where a plain read ran ~28, and the lockstep walk has not been measured
+// on an AVX2 machine.
 //
 // Traits V: T (a vector of V::W floats), zero(), load_i8(p) (V::W int8 ->
 // float), loadu(p), fma(a, b, c) = a * b + c, add, hsum; kPrefetchBytes, how far ahead in the
-// weight row the software prefetch reaches; kStreams, how many interleaved row streams each thread
-// walks (wo_gemv_rows).
+// weight row the software prefetch reaches; kGroupRows, how many adjacent weight rows run in lockstep
+// (wo_gemv_group); kStreams, how many parts of its range each thread takes groups from in turn
+// (wo_gemv_rows).
 #pragma once
 
 #include <omp.h>
@@ -29,61 +29,85 @@ namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
-// J independent accumulator chains per row of x: one FMA chain has a 4-cycle latency, so 4 chains for one
-// row (M = 1) were latency-bound (12-13 GB/s of cache-resident weight per core on Zen 3, against 20 for the
-// W8A8 kernel); M = 1 takes 8 chains, M = 2 has 2 x 4 already.
-template <class V, int R>
-inline void wo_gemv_row(const Int8LinearWOProblem& p, int64_t n) {
-  constexpr int J = R == 1 ? 8 : 4;
+// G weight rows n, n + 1, ..., n + G - 1 in lockstep (rows past n_end skipped by the caller: G is exact
+// here), J independent accumulator chains per (row of x, weight row): per step of L * J weight bytes, every
+// row loads its J vectors, and each x vector, loaded once, meets the G rows.  Why lockstep: on the Sapphire
+// Rapids class Xeon one thread reading one sequential stream draws 14-16 GB/s from DRAM (2 threads), while
+// 4 rows read side by side in 256-byte steps draw 20-22 and 8 rows 22-25 (/tmp bandwidth probes, 2 threads,
+// 512 MB: the L2 streamer keeps more lines in flight when more pages are being walked at once); taking
+// whole rows in turn (kStreams) does not get there (8 KiB per turn: 16-19 GB/s).
+// One FMA chain has a 4-cycle latency: J * G * R chains must cover it, so J = 8 / G for M = 1 (8 chains)
+// and 4 / G for M = 2, at least 1.  Every row's arithmetic (its J chains, their order, the reduction)
+// depends only on J, never on which rows share its group, so results do not depend on the grouping (hence
+// on the thread count).
+template <class V, int R, int G>
+constexpr int wo_chains() {
+  return (R == 1 ? 8 : 4) / G > 0 ? (R == 1 ? 8 : 4) / G : 1;
+}
+
+template <class V, int R, int G, int J>
+inline void wo_gemv_group(const Int8LinearWOProblem& p, int64_t n) {
   constexpr int64_t L = V::W, kStep = L * J;
   const int64_t K = p.K, kfull = K / kStep * kStep, kvec = K / L * L;
-  const int8_t* w = p.w + n * p.ldw;
-  typename V::T acc[R][J];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) acc[r][j] = V::zero();
+  const int8_t* w[G];
+  for (int g = 0; g < G; ++g) w[g] = p.w + (n + g) * p.ldw;
+  // (G = 1, the single-row walk: kPrefetchBytes ahead in the row, as the unit tuned it.)
+  const int64_t ahead = G > 1 ? std::max<int64_t>(V::kPrefetchBytes, G * p.ldw) : V::kPrefetchBytes;
+  typename V::T acc[G][R][J];
+  for (int g = 0; g < G; ++g)
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < J; ++j) acc[g][r][j] = V::zero();
   for (int64_t k = 0; k < kfull; k += kStep) {
-#pragma GCC unroll 4
-    for (int64_t b = 0; b < kStep; b += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(w + k + b + V::kPrefetchBytes), _MM_HINT_T0);
-    typename V::T wf[J];
-    for (int j = 0; j < J; ++j) wf[j] = V::load_i8(w + k + L * j);
-    for (int r = 0; r < R; ++r) {
-      const float* x = p.x + r * p.x_sm + k;
-      for (int j = 0; j < J; ++j) acc[r][j] = V::fma(V::load(x + L * j), wf[j], acc[r][j]);
+    typename V::T xv[R][J];
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < J; ++j) xv[r][j] = V::load(p.x + r * p.x_sm + k + L * j);
+    for (int g = 0; g < G; ++g) {
+      // The same bytes of the next group's row (G rows ahead, at least kPrefetchBytes: where the walk
+      // reads next in this part of memory), one line per 64 bytes of the step.  Measured on the 2-core
+      // SPR VM, 8 layers, G = 4: 8192 x 4096 rows 18.5 GB/s against 17.8 with a fixed 4 KiB (and 14.9
+      // for the single-row walk); 2048 x 5632 15.5 against 12.7.
+      for (int64_t b = 0; b < kStep; b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(w[g] + k + b + ahead), _MM_HINT_T0);
+      for (int j = 0; j < J; ++j) {
+        const typename V::T wf = V::load_i8(w[g] + k + L * j);
+        for (int r = 0; r < R; ++r) acc[g][r][j] = V::fma(xv[r][j], wf, acc[g][r][j]);
+      }
     }
   }
-  for (int64_t k = kfull; k < kvec; k += L) {  // vector tail
-    const typename V::T wf = V::load_i8(w + k);
-    for (int r = 0; r < R; ++r) acc[r][0] = V::fma(V::load(p.x + r * p.x_sm + k), wf, acc[r][0]);
-  }
-  const float scale = p.w_scale[n], bias = p.bias ? p.bias[n] : 0.0f;
-  for (int r = 0; r < R; ++r) {
-    for (int j = 2 * (J / 2) - 1; j >= 1; j -= 2) acc[r][j - 1] = V::add(acc[r][j - 1], acc[r][j]);
-    typename V::T t = acc[r][0];
-    for (int j = 2; j < J; j += 2) t = V::add(t, acc[r][j]);
-    float s = V::hsum(t);
-    const float* x = p.x + r * p.x_sm;
-    for (int64_t k = kvec; k < K; ++k) s += x[k] * static_cast<float>(w[k]);
-    p.y[r * p.y_sm + n] = s * scale + bias;
+  for (int g = 0; g < G; ++g) {
+    for (int64_t k = kfull; k < kvec; k += L) {  // vector tail
+      const typename V::T wf = V::load_i8(w[g] + k);
+      for (int r = 0; r < R; ++r) acc[g][r][0] = V::fma(V::load(p.x + r * p.x_sm + k), wf, acc[g][r][0]);
+    }
+    const float scale = p.w_scale[n + g], bias = p.bias ? p.bias[n + g] : 0.0f;
+    for (int r = 0; r < R; ++r) {
+      // Pairwise: (0 + 1) + (2 + 3) + ..., a fixed order for a given J.
+      for (int j = 2 * (J / 2) - 1; j >= 1; j -= 2) acc[g][r][j - 1] = V::add(acc[g][r][j - 1], acc[g][r][j]);
+      typename V::T t = acc[g][r][0];
+      for (int j = 2; j < J; j += 2) t = V::add(t, acc[g][r][j]);
+      float s = V::hsum(t);
+      const float* x = p.x + r * p.x_sm;
+      for (int64_t k = kvec; k < K; ++k) s += x[k] * static_cast<float>(w[g][k]);
+      p.y[r * p.y_sm + n + g] = s * scale + bias;
+    }
   }
 }
 
-// Rows n_begin .. n_end - 1 as V::kStreams interleaved runs: the range is cut into kStreams contiguous
-// parts and the rows are taken from each part in turn (part 0's first row, part 1's first row, ...), so the
-// memory system sees kStreams sequential weight streams instead of one.  Why: one stream per core left
-// DRAM bandwidth unused on the Sapphire Rapids class Xeon: over the 57 decode GEMVs of an 8-layer Llama-style
-// model (396 MB of int8 weight, 2 threads) 2 streams ran 1.05x (q1-q3 1.02-1.11x, 15 interleaved reps)
-// the speed of 1 through Int8Linear, and 1.12x in a C++ loop over the same shapes; 3 and 4 streams
-// were no better than 1.  The AVX2 unit keeps 1 until it is measured on an AVX2 machine.  Each row's arithmetic is unchanged, so
-// results are the same bit for bit whatever kStreams is.
+// Rows n_begin .. n_end - 1: groups of V::kGroupRows adjacent rows in lockstep (wo_gemv_group), the last
+// < G rows one by one with the same per-row arithmetic.  V::kStreams > 1 additionally cuts the range into
+// kStreams contiguous parts and takes a group from each part in turn.  Each row's arithmetic is unchanged
+// by either, so results are the same bit for bit whatever the grouping.
 template <class V, int R>
 void wo_gemv_rows(const Int8LinearWOProblem& p, int64_t n_begin, int64_t n_end) {
-  constexpr int S = V::kStreams;
-  const int64_t len = n_end - n_begin, seg = ceil_div(len, int64_t{S});
-  for (int64_t i = 0; i < seg; ++i)
+  constexpr int G = V::kGroupRows, S = V::kStreams, J = wo_chains<V, R, G>();
+  const int64_t len = n_end - n_begin, seg = round_up(ceil_div(len, int64_t{S}), int64_t{G});
+  for (int64_t i = 0; i < seg; i += G)
     for (int s = 0; s < S; ++s) {
-      const int64_t n = n_begin + s * seg + i;
-      if (n < n_end) wo_gemv_row<V, R>(p, n);
+      const int64_t n = n_begin + s * seg + i, stop = std::min(n_end, n_begin + (s + 1) * seg);
+      if (n + G <= stop)
+        wo_gemv_group<V, R, G, J>(p, n);
+      else
+        for (int64_t m = n; m < stop; ++m) wo_gemv_group<V, R, 1, J>(p, m);
     }
 }
 

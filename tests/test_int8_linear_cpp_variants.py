@@ -99,10 +99,12 @@ def test_bad_variant_and_arguments():
 
 @pytest.mark.parametrize("variant", ["generic"] + [v for v in ("avx2", "avx512vnni") if v in VARIANTS])
 # M >= 3 runs the register tile (8 x 3 rows x weight rows on AVX-512, 4 x 3 on AVX2): shapes that leave every
-# ragged edge (rows, weight rows, K below / at / past one vector), and x rows with padding between them.
+# ragged edge (rows, weight rows, K below / at / past one vector), and x rows with padding between them.  M <= 2
+# runs the GEMV, whose AVX-512 walk takes 4 weight rows in lockstep: N = 101 and 66 give each thread whole
+# groups and a ragged last one.
 @pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 67, 13), (2, 67, 13), (2, 4099, 11), (3, 130, 7), (17, 64, 33),
                                    (5, 4099, 11), (9, 15, 4), (13, 113, 7), (64, 200, 1), (8, 16, 3), (24, 17, 6),
-                                   (37, 1000, 10)])
+                                   (37, 1000, 10), (1, 520, 101), (2, 96, 66)])
 @pytest.mark.parametrize("x_pad", [0, 5])
 def test_weight_only_every_variant(variant, M, K, N, x_pad):
     x = (torch.randn(M, K + x_pad) * 3)[:, :K]
