@@ -26,7 +26,8 @@
 //
 // Traits V: T (V::W floats), I (V::W lane numbers), zero(), add, fma(a, b, c) =
 // a * b + c, hsum, load_values(const float* | const int8_t*) (int8 sign-extended
-// and converted), lanes<n, m>(block_idx, j), gather(xw, lanes), accs(R).
+// and converted), lanes<n, m>(block_idx, j), gather(xw, lanes), accs(R), kLockstepRows (weight rows in
+// lockstep at M = 1: SnHalfRows; 1 = row after row).
 #pragma once
 
 #include <immintrin.h>
@@ -126,15 +127,98 @@ struct SnHalfTile {
   };
 };
 
+// Decode (one x row): RW adjacent weight rows in lockstep, block by block, each with Tile<1, 1>'s arithmetic
+// (its chains, order, scalar tail and store), so a row's result does not depend on which rows share its
+// group.  Why: on the Sapphire Rapids class Xeon one thread walking one sequential stream draws 14-16 GB/s
+// from DRAM (2 threads), several rows read side by side 20-25 (the weight-only GEMV's measurement,
+// int8_linear_wo_gemv.h); a software prefetch of rows ahead does not get there.  The prefetch asks for the
+// same bytes of the next group's rows (RW rows ahead).
+template <class V, int NN, int MM, int RW>
+struct SnHalfRows {
+  using H = SnHalfTile<V, NN, MM>;
+  static constexpr int B = H::B, W = H::W, kVecs = H::kVecs, A = V::accs(1);
+
+  template <class T>
+  static void run_t(const SparseNMProblem& p, int64_t row0, int64_t m0) {
+    const T* v[RW];
+    const uint8_t* ix[RW];
+    for (int w = 0; w < RW; ++w) v[w] = sn_values<T>(p, row0 + w), ix[w] = p.idx + (row0 + w) * p.idx_sn;
+    const float* xr = p.x + m0 * p.x_sm;
+    const int64_t nblocks = p.K / 64;
+    const int64_t v_ahead = std::max<int64_t>(kSnHalfPrefetchBytes, RW * p.values_sn * int64_t(sizeof(T)));
+    const int64_t i_ahead = std::max<int64_t>(kSnHalfPrefetchBytes / 2, RW * p.idx_sn);
+    typename V::T acc[RW][A];
+    for (int w = 0; w < RW; ++w)
+      for (int a = 0; a < A; ++a) acc[w][a] = V::zero();
+    constexpr int G = A > kVecs ? A / kVecs : 1;
+    const auto block = [&](int64_t blk, auto g) {
+      const float* xb = xr + blk * 64;
+      for (int w = 0; w < RW; ++w) {
+        const T* vb = v[w] + blk * 32;
+        _mm_prefetch(reinterpret_cast<const char*>(vb) + v_ahead, _MM_HINT_T0);
+        if constexpr (sizeof(T) == 4) _mm_prefetch(reinterpret_cast<const char*>(vb + 16) + v_ahead, _MM_HINT_T0);
+        const uint8_t* bidx = ix[w] + blk * 4 * B;
+        _mm_prefetch(reinterpret_cast<const char*>(bidx) + i_ahead, _MM_HINT_T0);
+#pragma GCC unroll 4
+        for (int j = 0; j < kVecs; ++j) {
+          const typename V::I lanes = V::template lanes<NN, MM>(bidx, j);
+          const typename V::T vals = V::load_values(vb + W * j);
+          const int a = (decltype(g)::value * kVecs + j) % A;
+          acc[w][a] = V::fma(V::gather(xb + 2 * W * j, lanes), vals, acc[w][a]);
+        }
+      }
+    };
+    int64_t blk = 0;
+    for (; blk + G <= nblocks; blk += G)
+      sn_for_each<G>([&](auto g) { block(blk + decltype(g)::value, g); });
+    sn_for_each<G>([&](auto g) {
+      if (blk + decltype(g)::value < nblocks) block(blk + decltype(g)::value, g);
+    });
+    for (int w = 0; w < RW; ++w) {
+      float tail[1][4] = {};
+      sn_scalar_groups<T, 1>(p, row0 + w, m0, nblocks * (64 / p.m), tail);
+      typename V::T s = acc[w][0];
+      for (int a = 1; a < A; ++a) s = V::add(s, acc[w][a]);
+      sparse_store(p, row0 + w, m0, V::hsum(s) + sparse_sum4<1>(tail, 0));
+    }
+  }
+};
+
+// One x row (M = 1): the thread's rows in groups of V::kLockstepRows (SnHalfRows), the last ones through
+// Tile<1, 1> (the same per-row arithmetic).  M > 1: sn_run's loop nest.
+template <class V, int NN, int MM>
+void sn_run_half_pattern(const SparseNMProblem& p) {
+  constexpr int RW = V::kLockstepRows;
+  if constexpr (RW > 1) {
+    if (p.M == 1) {
+#pragma omp parallel num_threads(p.nthreads)
+      {
+        int64_t n0, n1;
+        sparse_row_block(p.N, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
+        int64_t row = n0;
+        for (; row + RW <= n1; row += RW) {
+          if (p.values_i8)
+            SnHalfRows<V, NN, MM, RW>::template run_t<int8_t>(p, row, 0);
+          else
+            SnHalfRows<V, NN, MM, RW>::template run_t<float>(p, row, 0);
+        }
+        for (; row < n1; ++row) SnHalfTile<V, NN, MM>::template Tile<1, 1>::run(p, row, 0);
+      }
+      return;
+    }
+  }
+  sn_run<SnHalfTile<V, NN, MM>::template Tile>(p);
+}
+
 // The kernel for the half-density patterns (the caller checks (n, m) is one of them).
 template <class V>
 void sn_run_half(const SparseNMProblem& p) {
   if (p.n == 2 && p.m == 4)
-    sn_run<SnHalfTile<V, 2, 4>::template Tile>(p);
+    sn_run_half_pattern<V, 2, 4>(p);
   else if (p.n == 4 && p.m == 8)
-    sn_run<SnHalfTile<V, 4, 8>::template Tile>(p);
+    sn_run_half_pattern<V, 4, 8>(p);
   else
-    sn_run<SnHalfTile<V, 1, 2>::template Tile>(p);
+    sn_run_half_pattern<V, 1, 2>(p);
 }
 
 inline bool sn_is_half_pattern(int64_t n, int64_t m) { return 2 * n == m && (m == 2 || m == 4 || m == 8); }
