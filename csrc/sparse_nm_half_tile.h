@@ -127,12 +127,9 @@ struct SnHalfTile {
   };
 };
 
-// Decode (one x row): RW adjacent weight rows in lockstep, block by block, each with Tile<1, 1>'s arithmetic
-// (its chains, order, scalar tail and store), so a row's result does not depend on which rows share its
-// group.  Why: on the Sapphire Rapids class Xeon one thread walking one sequential stream draws 14-16 GB/s
-// from DRAM (2 threads), several rows read side by side 20-25 (the weight-only GEMV's measurement,
-// int8_linear_wo_gemv.h); a software prefetch of rows ahead does not get there.  The prefetch asks for the
-// same bytes of the next group's rows (RW rows ahead).
+// Decode (one x row): RW adjacent weight rows in lockstep (sn_run_lockstep: why), block by block, each with
+// Tile<1, 1>'s arithmetic (its chains, order, scalar tail and store).  The prefetch asks for the same bytes
+// of the next group's rows (RW rows ahead).
 template <class V, int NN, int MM, int RW>
 struct SnHalfRows {
   using H = SnHalfTile<V, NN, MM>;
@@ -182,32 +179,18 @@ struct SnHalfRows {
       sparse_store(p, row0 + w, m0, V::hsum(s) + sparse_sum4<1>(tail, 0));
     }
   }
+  static void run(const SparseNMProblem& p, int64_t row0) {
+    if (p.values_i8)
+      run_t<int8_t>(p, row0, 0);
+    else
+      run_t<float>(p, row0, 0);
+  }
 };
 
-// One x row (M = 1): the thread's rows in groups of V::kLockstepRows (SnHalfRows), the last ones through
-// Tile<1, 1> (the same per-row arithmetic).  M > 1: sn_run's loop nest.
 template <class V, int NN, int MM>
 void sn_run_half_pattern(const SparseNMProblem& p) {
   constexpr int RW = V::kLockstepRows;
-  if constexpr (RW > 1) {
-    if (p.M == 1) {
-#pragma omp parallel num_threads(p.nthreads)
-      {
-        int64_t n0, n1;
-        sparse_row_block(p.N, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
-        int64_t row = n0;
-        for (; row + RW <= n1; row += RW) {
-          if (p.values_i8)
-            SnHalfRows<V, NN, MM, RW>::template run_t<int8_t>(p, row, 0);
-          else
-            SnHalfRows<V, NN, MM, RW>::template run_t<float>(p, row, 0);
-        }
-        for (; row < n1; ++row) SnHalfTile<V, NN, MM>::template Tile<1, 1>::run(p, row, 0);
-      }
-      return;
-    }
-  }
-  sn_run<SnHalfTile<V, NN, MM>::template Tile>(p);
+  sn_run_lockstep<SnHalfTile<V, NN, MM>::template Tile, SnHalfRows<V, NN, MM, RW>, RW>(p);
 }
 
 // The kernel for the half-density patterns (the caller checks (n, m) is one of them).
