@@ -157,10 +157,11 @@ def test_bit_identical_for_any_thread_count(variant, quantize, M, K, N, sparsity
 
 # ---------------------------------------------------------------------------------------------------- errors
 
-def _corrupt_raw(variant="", **over):
-    """A raw call on a valid 0.5-sparse 17 x 100 fp32 weight with some fields replaced (tensors kept alive)."""
+def _corrupt_raw(variant="", m=3, **over):
+    """A raw call on a valid 0.5-sparse 17 x 100 fp32 weight with some fields replaced (tensors kept alive), on
+    m rows of x (m = 1: the AVX-512 unit's lockstep row groups)."""
     wt = _weight(17, 100, 0.5)
-    x, y, b = torch.randn(3, 100), torch.empty(3, 17), torch.randn(17)
+    x, y, b = torch.randn(m, 100), torch.empty(m, 17), torch.randn(17)
     t = dict(bitmap=wt.bitmap.clone(), values=wt.values, row_offsets=wt.row_offsets.clone())
     edit = over.pop("edit", None)
     if edit is not None:
@@ -198,10 +199,11 @@ def _drop_bits(t):
     (lambda t: t["row_offsets"].__setitem__(0, -4), r"row_offsets\[0\] = -4 is negative"),
     (lambda t: t["row_offsets"].__setitem__(17, 10 ** 6), r"row_offsets\[N\] = 1000000 is past the end of values"),
 ])
-def test_corrupt_fields_raise_naming_them(variant, edit, msg):
+@pytest.mark.parametrize("m", [1, 3])
+def test_corrupt_fields_raise_naming_them(variant, edit, msg, m):
     v = _variant(variant)
     with pytest.raises(ValueError, match=r"^llmaccel::sparse_bitmap_linear: " + msg):
-        _corrupt_raw(v, edit=edit)
+        _corrupt_raw(v, m=m, edit=edit)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
