@@ -33,9 +33,9 @@ namespace {
 // here), J independent accumulator chains per (row of x, weight row): per step of L * J weight bytes, every
 // row loads its J vectors, and each x vector, loaded once, meets the G rows.  Why lockstep: on the Sapphire
 // Rapids class Xeon one thread reading one sequential stream draws 14-16 GB/s from DRAM (2 threads), while
-// 4 rows read side by side in 256-byte steps draw 20-22 and 8 rows 22-25 (/tmp bandwidth probes, 2 threads,
-// 512 MB: the L2 streamer keeps more lines in flight when more pages are being walked at once); taking
-// whole rows in turn (kStreams) does not get there (8 KiB per turn: 16-19 GB/s).
+// 4 rows read side by side in 256-byte steps draw 20-26 and 8 rows 22-30 (bench/read_streams_probe.cpp,
+// 2 threads, 512 MB: more pages walked at once keep more lines in flight); taking whole rows in turn
+// (kStreams) does not get there (8 KiB per turn: 16-19 GB/s).
 // One FMA chain has a 4-cycle latency: J * G * R chains must cover it, so J = 8 / G for M = 1 (8 chains)
 // and 4 / G for M = 2, at least 1.  Every row's arithmetic (its J chains, their order, the reduction)
 // depends only on J, never on which rows share its group, so results do not depend on the grouping (hence

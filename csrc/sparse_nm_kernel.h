@@ -123,7 +123,9 @@ void sn_run(const SparseNMProblem& p) {
 // the last < RW rows through Tile<1, 1>.  Rows must give every row Tile<1, 1>'s arithmetic (same chains,
 // order, tail and store), so results do not depend on the grouping or the thread count.  Why lockstep: on the
 // Sapphire Rapids class Xeon one thread walking one sequential stream draws 14-16 GB/s from DRAM (2 threads),
-// several rows read side by side 20-25 (int8_linear_wo_gemv.h); prefetching rows ahead does not get there.
+// several rows read side by side 20-30 (bench/read_streams_probe.cpp); prefetching rows ahead does not get
+// there.  (Measured not to help, so not used: the bitmap form, instruction-bound at ~5 cycles a chunk, 1.01x;
+// the column-index form, whose gathers then contend, 0.71x; the 2:4 W8A8 tile on an L3-resident stack.)
 // M > 1: sn_run.
 template <template <int, int> class Tile, class Rows, int RW>
 void sn_run_lockstep(const SparseNMProblem& p) {
