@@ -193,7 +193,10 @@ NM_LARGE_LOSES_TO_DENSE = frozenset({"avx2@avx512"})
 # for a compressed weight: expansion per call, then sgemm): the AVX-512 kernel against AVX-512 MKL, same machine,
 # 2026-12-01 (bench/sparse_crossover.py --routes nm_large: 0.61 / 0.74 / 0.86x dense at M = 32 / 128 / 512;
 # python -m llmaccel.bench prefill cases: 0.79x at 128, 0.84x at 512, where the expand route ran 0.37-0.55x and
-# 0.66-0.69x).  They run; explain() says they trail dense.
+# 0.66-0.69x).  They run; explain() says they trail dense.  Re-measured 2026-12-02 after the contiguous decode
+# and row-wise store (same machine): crossover script 0.63 / 0.80 / 0.77 / 0.85x at M = 16 / 32 / 128 / 512;
+# the bench's prefill cases 0.82-0.94x at 128 and 0.92-1.27x at 512 (MKL's own rate moved 135-187 GFLOP/s
+# between those runs), expand 0.39 / 0.62x at 128 / 512: still trailing dense in the median.
 NM_LARGE_TRAILS_DENSE = frozenset({"avx512@avx512"})
 
 
