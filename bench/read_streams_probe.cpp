@@ -3,10 +3,13 @@
 // steps, the S rows adjacent (row g*S + s) or spread over the thread's half (row s*G + g); the best of
 // three passes in GB/s.  No compute: the ceiling of each walk.  Build and run (see bench/RESULTS.md,
 // fourteenth session):
-//   g++ -O2 -fopenmp -mavx512f bench/read_streams_probe.cpp -o /tmp/probe && /tmp/probe
-// On the 2-core Sapphire Rapids class VM: one row at a time 15-16 GB/s, 4 adjacent rows 20-22, 8 rows 22-25,
-// which is why the AVX-512 decode GEMVs (int8_linear_wo_gemv.h, sparse_nm_half_tile.h) walk 4 rows in
-// lockstep.  (Whole rows in turn, 8 KiB each, stay at 16-19 GB/s, and a software prefetch of rows ahead of
+//   g++ -O2 -fopenmp -mavx2 bench/read_streams_probe.cpp -o /tmp/probe && /tmp/probe
+// (AVX2 loads, so it runs on every x86 server this project targets: the walk matters, not the width.)
+// On the 2-core Sapphire Rapids class VM, with 512-bit loads (the build the fourteenth session's figures in
+// bench/RESULTS.md come from): one row at a time 15-16 GB/s, 4 adjacent rows 20-26, 8 rows 22-30; with this
+// file's 256-bit loads, two runs: 8.9-11.9, 16.8-18.2, 18.4-19.7 GB/s.  Either way several rows side by side
+// draw ~1.5x one, which is why the AVX-512 decode GEMVs (int8_linear_wo_gemv.h, sparse_nm_half_tile.h) walk
+// 4 rows in lockstep.  (Whole rows in turn, 8 KiB each, stay at 16-19 GB/s, and a software prefetch of rows ahead of
 // a one-row walk does not help.)
 #include <immintrin.h>
 #include <omp.h>
@@ -22,16 +25,18 @@ static float run(const float* buf, size_t n, size_t R, int S, bool spread) {
   {
     const int t = omp_get_thread_num();
     const size_t rows = n / R / 2, r0 = t * rows, groups = rows / S;
-    __m512 acc[4];
-    for (int i = 0; i < 4; ++i) acc[i] = _mm512_setzero_ps();
+    __m256 acc[4];
+    for (int i = 0; i < 4; ++i) acc[i] = _mm256_setzero_ps();
     for (size_t g = 0; g < groups; ++g) {
       const float* p[8];
       for (int s = 0; s < S; ++s) p[s] = buf + (r0 + (spread ? s * groups + g : g * S + s)) * R;
       for (size_t j = 0; j < R; j += 64)
         for (int s = 0; s < S; ++s)
-          for (int q = 0; q < 4; ++q) acc[q] = _mm512_add_ps(acc[q], _mm512_load_ps(p[s] + j + 16 * q));
+          for (int q = 0; q < 8; ++q) acc[q & 3] = _mm256_add_ps(acc[q & 3], _mm256_load_ps(p[s] + j + 8 * q));
     }
-    tot += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (float l : lanes) tot += l;
   }
   return tot;
 }
