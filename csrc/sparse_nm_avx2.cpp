@@ -51,7 +51,7 @@ struct SnAvx2 {
   using T = __m256;
   using I = __m256i;
   static constexpr int W = 8;
-  // Decode walks one weight row at a time: the lockstep walk (SnHalfRows) is measured on AVX-512 only.
+  // Decode walks one weight row at a time: the lockstep walk (sn_run_lockstep) is measured on AVX-512 only.
   static constexpr int kLockstepRows = 1;
   static constexpr int accs(int R) { return R == 1 ? 4 : R == 2 ? 2 : 1; }
   static T zero() { return _mm256_setzero_ps(); }

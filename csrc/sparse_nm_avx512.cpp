@@ -36,7 +36,7 @@ struct SnAvx512 {
   using T = __m512;
   using I = __m512i;
   static constexpr int W = 16;
-  // Decode walks 4 weight rows in lockstep (sparse_nm_half_tile.h, SnHalfRows).
+  // Decode walks 4 weight rows per tile (sparse_nm_kernel.h, sn_run_lockstep).
   static constexpr int kLockstepRows = 4;
   static constexpr int accs(int R) { return R == 1 ? 4 : 2; }
   static T zero() { return _mm512_setzero_ps(); }

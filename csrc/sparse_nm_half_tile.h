@@ -26,8 +26,8 @@
 //
 // Traits V: T (V::W floats), I (V::W lane numbers), zero(), add, fma(a, b, c) =
 // a * b + c, hsum, load_values(const float* | const int8_t*) (int8 sign-extended
-// and converted), lanes<n, m>(block_idx, j), gather(xw, lanes), accs(R), kLockstepRows (weight rows in
-// lockstep at M = 1: SnHalfRows; 1 = row after row).
+// and converted), lanes<n, m>(block_idx, j), gather(xw, lanes), accs(R), kLockstepRows (weight rows per tile at
+// M = 1: sn_run_lockstep; 1 = row after row).
 #pragma once
 
 #include <immintrin.h>
@@ -66,41 +66,50 @@ struct SnHalfTile {
   static constexpr int W = V::W;
   static constexpr int kVecs = 32 / W;  // slot vectors per 64-column block
 
+  // R x rows times C adjacent weight rows (C > 1 only at M = 1: sn_run_lockstep, whose why is there), each
+  // (x row, weight row) with the same chains, order, scalar tail and store whatever C is, so a result does
+  // not depend on which weight rows share a tile.  The prefetch asks for the bytes kSnHalfPrefetchBytes
+  // ahead, or for C > 1 the same bytes of the next group's rows (C rows ahead) if that is farther.
   template <int R, int C>
   struct Tile {
-    static constexpr int A = V::accs(R);  // accumulator chains per x row
+    static constexpr int A = V::accs(R);  // accumulator chains per (x row, weight row)
 
     template <class T>
     static void run_t(const SparseNMProblem& p, int64_t row, int64_t m0) {
-      const T* v = sn_values<T>(p, row);
-      const uint8_t* ix = p.idx + row * p.idx_sn;
+      const T* v[C];
+      const uint8_t* ix[C];
+      for (int c = 0; c < C; ++c) v[c] = sn_values<T>(p, row + c), ix[c] = p.idx + (row + c) * p.idx_sn;
       const float* xr[R];
       for (int r = 0; r < R; ++r) xr[r] = p.x + (m0 + r) * p.x_sm;
       const int64_t nblocks = p.K / 64;  // whole groups, every column < K
-      typename V::T acc[R][A];
-      for (int r = 0; r < R; ++r)
-        for (int a = 0; a < A; ++a) acc[r][a] = V::zero();
+      const int64_t v_ahead = std::max<int64_t>(kSnHalfPrefetchBytes, (C > 1 ? C : 0) * p.values_sn * int64_t(sizeof(T)));
+      const int64_t i_ahead = std::max<int64_t>(kSnHalfPrefetchBytes / 2, (C > 1 ? C : 0) * p.idx_sn);
+      typename V::T acc[C][R][A];
+      for (int c = 0; c < C; ++c)
+        for (int r = 0; r < R; ++r)
+          for (int a = 0; a < A; ++a) acc[c][r][a] = V::zero();
       // Block blk, its slot vectors into chains (g * kVecs + j) % A, g = blk % G: a compile-time chain in the
       // unrolled loops below, so the accumulators stay in registers (a chain index computed at run time, as
       // with the AVX-512 unit's 2 vectors a block and 4 chains, puts them in memory: ~1.3x slower).
       constexpr int G = A > kVecs ? A / kVecs : 1;  // blocks per turn of the chains
       static_assert(A % kVecs == 0 || kVecs % A == 0, "chains and vectors per block must nest");
       const auto block = [&](int64_t blk, auto g) {
-        const T* vb = v + blk * 32;
-        // The block's values: 2 cache lines (fp32) or half of one (int8).
-        _mm_prefetch(reinterpret_cast<const char*>(vb) + kSnHalfPrefetchBytes, _MM_HINT_T0);
-        if constexpr (sizeof(T) == 4)
-          _mm_prefetch(reinterpret_cast<const char*>(vb + 16) + kSnHalfPrefetchBytes, _MM_HINT_T0);
-        const uint8_t* bidx = ix + blk * 4 * B;  // 32 slots x B bits
-        _mm_prefetch(reinterpret_cast<const char*>(bidx) + kSnHalfPrefetchBytes / 2, _MM_HINT_T0);
+        for (int c = 0; c < C; ++c) {
+          const T* vb = v[c] + blk * 32;
+          // The block's values: 2 cache lines (fp32) or half of one (int8).
+          _mm_prefetch(reinterpret_cast<const char*>(vb) + v_ahead, _MM_HINT_T0);
+          if constexpr (sizeof(T) == 4) _mm_prefetch(reinterpret_cast<const char*>(vb + 16) + v_ahead, _MM_HINT_T0);
+          const uint8_t* bidx = ix[c] + blk * 4 * B;  // 32 slots x B bits
+          _mm_prefetch(reinterpret_cast<const char*>(bidx) + i_ahead, _MM_HINT_T0);
 #pragma GCC unroll 4
-        for (int j = 0; j < kVecs; ++j) {
-          const typename V::I lanes = V::template lanes<NN, MM>(bidx, j);
-          const typename V::T vals = V::load_values(vb + W * j);
-          const int a = (decltype(g)::value * kVecs + j) % A;
-          for (int r = 0; r < R; ++r) {
-            const float* xw = xr[r] + blk * 64 + 2 * W * j;
-            acc[r][a] = V::fma(V::gather(xw, lanes), vals, acc[r][a]);
+          for (int j = 0; j < kVecs; ++j) {
+            const typename V::I lanes = V::template lanes<NN, MM>(bidx, j);
+            const typename V::T vals = V::load_values(vb + W * j);
+            const int a = (decltype(g)::value * kVecs + j) % A;
+            for (int r = 0; r < R; ++r) {
+              const float* xw = xr[r] + blk * 64 + 2 * W * j;
+              acc[c][r][a] = V::fma(V::gather(xw, lanes), vals, acc[c][r][a]);
+            }
           }
         }
       };
@@ -110,12 +119,14 @@ struct SnHalfTile {
       sn_for_each<G>([&](auto g) {  // the last nblocks % G blocks
         if (blk + decltype(g)::value < nblocks) block(blk + decltype(g)::value, g);
       });
-      float tail[R][4] = {};
-      sn_scalar_groups<T, R>(p, row, m0, nblocks * (64 / p.m), tail);
-      for (int r = 0; r < R; ++r) {
-        typename V::T s = acc[r][0];
-        for (int a = 1; a < A; ++a) s = V::add(s, acc[r][a]);
-        sparse_store(p, row, m0 + r, V::hsum(s) + sparse_sum4<R>(tail, r));
+      for (int c = 0; c < C; ++c) {
+        float tail[R][4] = {};
+        sn_scalar_groups<T, R>(p, row + c, m0, nblocks * (64 / p.m), tail);
+        for (int r = 0; r < R; ++r) {
+          typename V::T s = acc[c][r][0];
+          for (int a = 1; a < A; ++a) s = V::add(s, acc[c][r][a]);
+          sparse_store(p, row + c, m0 + r, V::hsum(s) + sparse_sum4<R>(tail, r));
+        }
       }
     }
     static void run(const SparseNMProblem& p, int64_t row, int64_t m0) {
@@ -127,70 +138,10 @@ struct SnHalfTile {
   };
 };
 
-// Decode (one x row): RW adjacent weight rows in lockstep (sn_run_lockstep: why), block by block, each with
-// Tile<1, 1>'s arithmetic (its chains, order, scalar tail and store).  The prefetch asks for the same bytes
-// of the next group's rows (RW rows ahead).
-template <class V, int NN, int MM, int RW>
-struct SnHalfRows {
-  using H = SnHalfTile<V, NN, MM>;
-  static constexpr int B = H::B, W = H::W, kVecs = H::kVecs, A = V::accs(1);
-
-  template <class T>
-  static void run_t(const SparseNMProblem& p, int64_t row0, int64_t m0) {
-    const T* v[RW];
-    const uint8_t* ix[RW];
-    for (int w = 0; w < RW; ++w) v[w] = sn_values<T>(p, row0 + w), ix[w] = p.idx + (row0 + w) * p.idx_sn;
-    const float* xr = p.x + m0 * p.x_sm;
-    const int64_t nblocks = p.K / 64;
-    const int64_t v_ahead = std::max<int64_t>(kSnHalfPrefetchBytes, RW * p.values_sn * int64_t(sizeof(T)));
-    const int64_t i_ahead = std::max<int64_t>(kSnHalfPrefetchBytes / 2, RW * p.idx_sn);
-    typename V::T acc[RW][A];
-    for (int w = 0; w < RW; ++w)
-      for (int a = 0; a < A; ++a) acc[w][a] = V::zero();
-    constexpr int G = A > kVecs ? A / kVecs : 1;
-    const auto block = [&](int64_t blk, auto g) {
-      const float* xb = xr + blk * 64;
-      for (int w = 0; w < RW; ++w) {
-        const T* vb = v[w] + blk * 32;
-        _mm_prefetch(reinterpret_cast<const char*>(vb) + v_ahead, _MM_HINT_T0);
-        if constexpr (sizeof(T) == 4) _mm_prefetch(reinterpret_cast<const char*>(vb + 16) + v_ahead, _MM_HINT_T0);
-        const uint8_t* bidx = ix[w] + blk * 4 * B;
-        _mm_prefetch(reinterpret_cast<const char*>(bidx) + i_ahead, _MM_HINT_T0);
-#pragma GCC unroll 4
-        for (int j = 0; j < kVecs; ++j) {
-          const typename V::I lanes = V::template lanes<NN, MM>(bidx, j);
-          const typename V::T vals = V::load_values(vb + W * j);
-          const int a = (decltype(g)::value * kVecs + j) % A;
-          acc[w][a] = V::fma(V::gather(xb + 2 * W * j, lanes), vals, acc[w][a]);
-        }
-      }
-    };
-    int64_t blk = 0;
-    for (; blk + G <= nblocks; blk += G)
-      sn_for_each<G>([&](auto g) { block(blk + decltype(g)::value, g); });
-    sn_for_each<G>([&](auto g) {
-      if (blk + decltype(g)::value < nblocks) block(blk + decltype(g)::value, g);
-    });
-    for (int w = 0; w < RW; ++w) {
-      float tail[1][4] = {};
-      sn_scalar_groups<T, 1>(p, row0 + w, m0, nblocks * (64 / p.m), tail);
-      typename V::T s = acc[w][0];
-      for (int a = 1; a < A; ++a) s = V::add(s, acc[w][a]);
-      sparse_store(p, row0 + w, m0, V::hsum(s) + sparse_sum4<1>(tail, 0));
-    }
-  }
-  static void run(const SparseNMProblem& p, int64_t row0) {
-    if (p.values_i8)
-      run_t<int8_t>(p, row0, 0);
-    else
-      run_t<float>(p, row0, 0);
-  }
-};
-
+// Decode walks kLockstepRows weight rows per tile (sn_run_lockstep); other M run sn_run's nest.
 template <class V, int NN, int MM>
 void sn_run_half_pattern(const SparseNMProblem& p) {
-  constexpr int RW = V::kLockstepRows;
-  sn_run_lockstep<SnHalfTile<V, NN, MM>::template Tile, SnHalfRows<V, NN, MM, RW>, RW>(p);
+  sn_run_lockstep<SnHalfTile<V, NN, MM>::template Tile, V::kLockstepRows>(p);
 }
 
 // The kernel for the half-density patterns (the caller checks (n, m) is one of them).

@@ -119,15 +119,14 @@ void sn_run(const SparseNMProblem& p) {
   }
 }
 
-// Decode (M = 1): the thread's rows in groups of RW adjacent rows that Rows::run(p, row0) walks in lockstep,
-// the last < RW rows through Tile<1, 1>.  Rows must give every row Tile<1, 1>'s arithmetic (same chains,
-// order, tail and store), so results do not depend on the grouping or the thread count.  Why lockstep: on the
-// Sapphire Rapids class Xeon one thread walking one sequential stream draws 14-16 GB/s from DRAM (2 threads),
-// several rows read side by side 20-30 (bench/read_streams_probe.cpp); prefetching rows ahead does not get
-// there.  (Measured not to help, so not used: the bitmap form, instruction-bound at ~5 cycles a chunk, 1.01x;
-// the column-index form, whose gathers then contend, 0.71x; the 2:4 W8A8 tile on an L3-resident stack.)
-// M > 1: sn_run.
-template <template <int, int> class Tile, class Rows, int RW>
+// Decode (M = 1): the thread's rows in groups of RW adjacent weight rows, each group one Tile<1, RW> (which
+// reads its rows side by side and gives each the arithmetic it has in Tile<1, 1>), the last < RW rows through
+// Tile<1, 1>.  Why: on the Sapphire Rapids class Xeon one thread walking one sequential stream draws 14-16 GB/s
+// from DRAM (2 threads), several rows read side by side 20-30 (bench/read_streams_probe.cpp); prefetching rows
+// ahead does not get there.  (Measured not to help, so not used: the bitmap form, instruction-bound at ~5
+// cycles a chunk, 1.01x; the column-index form, whose gathers then contend, 0.71x; the 2:4 W8A8 tile on an
+// L3-resident stack.)  M > 1, or RW = 1: sn_run.
+template <template <int, int> class Tile, int RW>
 void sn_run_lockstep(const SparseNMProblem& p) {
   if (p.M != 1 || RW <= 1) {
     sn_run<Tile>(p);
@@ -138,7 +137,7 @@ void sn_run_lockstep(const SparseNMProblem& p) {
     int64_t n0, n1;
     sparse_row_block(p.N, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
     int64_t row = n0;
-    for (; row + RW <= n1; row += RW) Rows::run(p, row);
+    for (; row + RW <= n1; row += RW) Tile<1, RW>::run(p, row, 0);
     for (; row < n1; ++row) Tile<1, 1>::run(p, row, 0);
   }
 }
