@@ -78,14 +78,37 @@ def current() -> str:
     name = _override.get()
     if name is not None:
         return name
-    raw = os.environ.get("LLMACCEL_BACKEND", "auto")
+    raw = _env_raw()
     # Read per call (tests and users flip it at run time); validated once per distinct value.
     if raw != _env_cache[0]:
-        _env_cache[:] = [raw, _validate_name(raw, "LLMACCEL_BACKEND")]
+        _env_cache[:] = [raw, _validate_name(raw.decode() if isinstance(raw, bytes) else raw, "LLMACCEL_BACKEND")
+                         if raw is not None else "auto"]
     return _env_cache[1]
 
 
-_env_cache: list = [None, None]  # [raw LLMACCEL_BACKEND value, its validated name]
+# Why not os.environ.get on every call: that is three Python frames (get, __getitem__, encodekey), and right
+# after a decode kernel has streamed megabytes of weight (evicting the interpreter's code and data) they cost
+# ~30-40 us per call on the 2-core Sapphire Rapids class VM, a quarter of a sparse decode call's Python.
+# os.environ keeps its variables in a plain dict of encoded keys and values (``_data``), updated in place by
+# every os.environ write, so one dict lookup reads the same value.  Where that layout is not there (another
+# Python implementation), the public mapping is read.
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = None
+if type(_ENV_DATA) is dict and hasattr(os.environ, "encodekey"):
+    try:
+        _ENV_KEY = os.environ.encodekey("LLMACCEL_BACKEND")
+    except Exception:  # pragma: no cover - an unexpected os.environ
+        _ENV_KEY = None
+
+
+def _env_raw():
+    """LLMACCEL_BACKEND as os.environ holds it (bytes on POSIX, str elsewhere), or None when unset."""
+    if _ENV_KEY is not None:
+        return _ENV_DATA.get(_ENV_KEY)
+    return os.environ.get("LLMACCEL_BACKEND")
+
+
+_env_cache: list = [None, "auto"]  # [raw LLMACCEL_BACKEND value as _env_raw gives it (None: unset), its validated name]
 
 
 @contextlib.contextmanager
@@ -389,6 +412,8 @@ def _op_boundary_needed(tensors) -> bool:
         return True
     grad = torch.is_grad_enabled()
     for t in tensors:
+        if t is None:  # an optional argument left out
+            continue
         if type(t) not in _PLAIN_TENSOR_TYPES or (grad and t.requires_grad):
             return True
     return False

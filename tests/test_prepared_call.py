@@ -190,3 +190,28 @@ def test_smooth_is_revalidated_after_an_in_place_change():
     fresh[0] = float("inf")
     with pytest.raises(ValueError, match="smooth must be finite"):
         il.int8_linear(x, layer.weight, layer.weight_scale, None, act="dynamic", smooth=fresh)
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+def test_sparse_bitmap_decode_takes_the_bound_kernel_and_sees_new_weights(sparsity):
+    """Unstructured layers at decode sizes call their bound bitmap / column-index kernel (no route or reshape per
+    call), for 2-D and 3-D x alike; loading another layer's weights in place (same sizes) gives that layer's
+    results, so the column indices derived at binding are rebuilt."""
+    from llmaccel.nn import SparseLinear
+    from llmaccel.ops.sparse_linear import sparse_linear
+
+    torch.manual_seed(3)
+    a = SparseLinear.from_linear(torch.nn.Linear(116, 68), "unstructured", sparsity=sparsity)
+    b = SparseLinear.from_linear(torch.nn.Linear(116, 68), "unstructured", sparsity=sparsity)
+    for x in (torch.randn(1, 116), torch.randn(2, 3, 116)):
+        with torch.no_grad():
+            got = a(x)
+            call = prepared._calls.get(a)
+            assert call._impl is not None and call._run is not None  # bound at preparation
+            assert torch.equal(got, sparse_linear(x, *a._fields(), a.bias, a.act))
+    assert a.values.numel() == b.values.numel()  # the same number of kept weights: load_state_dict copies in place
+    with torch.no_grad():
+        a.load_state_dict(b.state_dict())
+        x = torch.randn(1, 116)
+        assert torch.equal(a(x), b(x))
+        assert torch.equal(a(x), sparse_linear(x, *b._fields(), b.bias, b.act))

@@ -95,7 +95,7 @@ class PreparedCall:
             if a is not b:
                 if isinstance(a, Tensor) or isinstance(b, Tensor) or a != b:
                     return False
-            elif v is not None and version(a) != v:
+            elif v is not None and a._version != v:  # v: a normal tensor at build (version()), so still one
                 return False
         return True
 
@@ -103,7 +103,8 @@ class PreparedCall:
         """The op's result for ``x``, or None when ``x`` or the process state needs the public road."""
         if self._impl is None:  # a refusal
             return None
-        if (type(x) is not Tensor or x.dtype is not torch.float32 or x.device != self._device or x.dim() == 0
+        # is_cpu rather than a device comparison (a torch.device made per call): build() prepares CPU calls only.
+        if (type(x) is not Tensor or x.dtype is not torch.float32 or not x.is_cpu or x.dim() == 0
                 or x.shape[-1] != self._K):
             return None
         rows = x.numel() // max(self._K, 1)

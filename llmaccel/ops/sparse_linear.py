@@ -73,8 +73,8 @@ from torch import Tensor
 from .. import backends
 from .._ext import ext
 from ..sparsity._bits import bits_for, packed_bytes
-from ..sparsity.cpu_bitmap import bitmap_linear_raw
-from ..sparsity.cpu_bitmap_index import bitmap_index_linear_raw, cached_column_indices
+from ..sparsity.cpu_bitmap import bitmap_linear_bound, bitmap_linear_raw
+from ..sparsity.cpu_bitmap_index import bitmap_index_linear_bound, bitmap_index_linear_raw, cached_column_indices
 from ..sparsity.cpu_expand import bitmap_expand_raw, nm_expand_raw
 from ..sparsity import cpu_bsr
 from ..sparsity.cpu_kernel import nm_i8_linear_bound, nm_i8_linear_raw, nm_linear_bound, nm_linear_raw
@@ -83,7 +83,7 @@ from ..sparsity.reference import sparse_linear_reference
 from ._checks import check_same_device, check_tensor, fail
 from ._cpp_views import view
 from .quantize import FLOAT_DTYPES, quantize_per_token
-from .sparse_linear_routes import Route, bitmap_route, nm_route, nm_small_limit
+from .sparse_linear_routes import Route, bitmap_route, bitmap_route_name, nm_route, nm_small_limit
 from .sparse_linear_layouts import LAYOUTS, fields_of, out_features, values_grad, weight_of
 from .spec import OpSpec, define
 
@@ -293,26 +293,46 @@ def _sparse_linear_cpp(a) -> Tensor:
 
 def _sparse_cpp_prepare(values, index, offsets, scale, layout, meta, bias, act):
     """``_sparse_linear_cpp`` with the weight side bound once, for a layer's prepared decode call
-    (``ops/prepared.py``): the N:M layout on its ``nm`` route (the decode route) calls the bound kernel
-    directly; every other route, and other layouts, run ``_sparse_linear_cpp`` itself."""
-    if layout != "nm":
+    (``ops/prepared.py``): on the small-M streaming routes (N:M ``nm``; bitmap ``bitmap`` and
+    ``bitmap_index``, whose column indices are derived here once) the bound kernel is called directly, and a
+    2-D x needs no reshape either way; other routes, and the BSR layout, run ``_sparse_linear_cpp`` itself.
+    Why so lean: each torch call here costs tens of microseconds cold, right after a decode kernel has
+    streamed its weight (``_direct_cpu``'s docstring)."""
+    if layout not in ("nm", "bitmap"):
         return None
     fixed = (values, index, offsets, scale, layout, meta, bias, act)
-    n, m, N = meta[0], meta[1], values.shape[0]
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         bias = bias.to(torch.float32).contiguous()
-    bound = {}  # K -> kernel call (one K per layer in practice)
+    N = values.shape[0] if layout == "nm" else index.shape[0]
+    bound = {}  # (K, route) -> kernel call (one K per layer in practice)
+
+    def bind(K: int, route: str):
+        if route == "nm":
+            n, m = meta
+            return (nm_i8_linear_bound(values, index, scale, bias, n, m, K) if act == "dynamic" else
+                    nm_linear_bound(values, index, scale, bias, n, m, K))
+        if route == "bitmap_index":
+            cols = cached_column_indices(index, offsets, K, values.numel())
+            return bitmap_index_linear_bound(cols, values, offsets, scale, bias)
+        return bitmap_linear_bound(index, values, offsets, scale, bias)
 
     def run(x: Tensor) -> Tensor:
         K = x.shape[-1]
-        x2 = x.reshape(-1, K)
-        if nm_route(x2.shape[0], n, m, act).name != "nm":
+        two_d = x.dim() == 2
+        x2 = x if two_d else x.reshape(-1, K)
+        rows = x2.shape[0]
+        if layout == "nm":
+            route = "nm" if rows <= nm_small_limit(meta[0], meta[1], act) else ""
+        else:
+            route = bitmap_route_name(rows, values.numel() / max(1, N * K), K)
+            route = route if route in ("bitmap", "bitmap_index") else ""
+        if not route:
             return _sparse_linear_cpp(_op.pack((x, *fixed)))
-        kernel = bound.get(K)
+        kernel = bound.get((K, route))
         if kernel is None:
-            kernel = bound[K] = (nm_i8_linear_bound(values, index, scale, bias, n, m, K) if act == "dynamic" else
-                                 nm_linear_bound(values, index, scale, bias, n, m, K))
-        return kernel(x2).reshape(*x.shape[:-1], N)
+            kernel = bound[(K, route)] = bind(K, route)
+        y = kernel(x2)
+        return y if two_d else y.reshape(*x.shape[:-1], N)
 
     return run
 
@@ -497,13 +517,16 @@ def _direct_cpu(x, values, index, offsets, scale, layout, meta, bias, act):
             return None
     else:
         return None
-    if backends.current() != "auto" or backends.cpp_device_problem(x.device) is not None:
+    if backends.current() != "auto" or backends._cpp_import_error() is not None:  # x.is_cpu: checked above
         return None
-    if backends._op_boundary_needed([t for t in (x, values, index, offsets, scale, bias) if t is not None]):
+    if backends._op_boundary_needed((x, values, index, offsets, scale, bias)):
         return None
     e = ext()
     nthreads = torch.get_num_threads()
-    x2 = x.reshape(rows, K)
+    # A 2-D x (a decode step's [batch, K]) is used as it is: a reshape, like every torch call, costs tens of
+    # microseconds here, where the kernel before has evicted torch's code (the docstring's why).
+    two_d = x.dim() == 2
+    x2 = x if two_d else x.reshape(rows, K)
     y = torch.empty((rows, N), dtype=f32)
     # the views (csrc/tensor_view.h) spelled out: every dtype is known here, and this road is the decode hot path
     x_v, y_v = (x2.data_ptr(), "float32", x2.shape, x2.stride()), (y.data_ptr(), "float32", (rows, N), (N, 1))
@@ -518,7 +541,7 @@ def _direct_cpu(x, values, index, offsets, scale, layout, meta, bias, act):
         e.sparse_bitmap_index_linear(x_v, v_v, view(cols), view(offsets), s_v, b_v, y_v, nthreads, "")
     else:
         e.sparse_bitmap_linear(x_v, v_v, view(index), view(offsets), s_v, b_v, y_v, nthreads, "")
-    return y.view(*x.shape[:-1], N)
+    return y if two_d else y.view(*x.shape[:-1], N)
 
 
 @_op.public

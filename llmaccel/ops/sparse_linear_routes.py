@@ -127,6 +127,7 @@ def reset() -> None:
     _VARIANTS.clear()
     _DENSE_ISA.clear()
     _NM_LIMITS.clear()
+    _BITMAP_ROUTES.clear()
 
 
 def _variant(family: str) -> str:
@@ -268,6 +269,24 @@ INDEX_MAX_WORK_BY_VARIANT = {"avx512": 0.8}
 def index_max_work() -> float:
     """The rows x density limit of the column-index form for the bitmap variant that runs here."""
     return INDEX_MAX_WORK_BY_VARIANT.get(_variant("sparse_bitmap"), INDEX_MAX_WORK)
+
+
+def bitmap_route_name(rows: int, density: float, k: int) -> str:
+    """``bitmap_route(rows, density, k).name``, cached until the ISA cap changes (:func:`reset`) or a table it
+    reads is replaced: a layer's prepared decode call asks on every call."""
+    key = (rows, density, k)
+    tables = (CROSSOVER_M, INDEX_MAX_DENSITY, INDEX_MAX_WORK, INDEX_MAX_WORK_BY_VARIANT)
+    hit = _BITMAP_ROUTES.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], tables)):
+        return hit[1]
+    name = bitmap_route(rows, density, k).name
+    if len(_BITMAP_ROUTES) >= 4096:  # distinct (rows, density, K) of every layer seen: bounded anyway
+        _BITMAP_ROUTES.clear()
+    _BITMAP_ROUTES[key] = (tables, name)
+    return name
+
+
+_BITMAP_ROUTES: dict = {}
 
 
 def bitmap_route(rows: int, density: float, k: int = 0) -> Route:

@@ -49,3 +49,20 @@ def check_x_bias_variant(where: str, x, bias, variant, n_out: int, k: int):
 def row_major(t: Tensor) -> Tensor:
     """``t`` [R, C] itself when its rows are unit-stride and do not overlap, else a contiguous copy."""
     return t if t.shape[1] <= 1 or (t.stride(1) == 1 and t.stride(0) >= t.shape[1]) else t.contiguous()
+
+
+def bound_rows_call(fn, w_views: tuple, N: int, extra: tuple, variant: str, keep: tuple):
+    """``run(x2)`` for fp32 ``x2 [rows, K]``: ``y [rows, N]`` from the binding ``fn(x view, *w_views, y view,
+    *extra, nthreads, variant)``, with the weight side's views (csrc/tensor_view.h) built once by the caller and
+    x's and y's per call.  ``keep``: every tensor a weight view points at, held by the closure.  The x and y
+    views are spelled out (every dtype is known): this is a decode step's hot path."""
+
+    def run(x2: Tensor, keep=keep) -> Tensor:
+        x2 = row_major(x2)
+        rows = x2.shape[0]
+        y = torch.empty((rows, N), dtype=torch.float32)
+        fn((x2.data_ptr(), "float32", x2.shape, x2.stride()), *w_views, (y.data_ptr(), "float32", (rows, N), (N, 1)),
+           *extra, torch.get_num_threads(), variant)
+        return y
+
+    return run

@@ -28,15 +28,14 @@ gives NaN, as the dense reference does); the generic one reads x only at kept co
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .._ext import ext
 from ..ops._cpp_views import view, view_or_none
-from ._cpu_args import check_cpu_weight, check_x_bias_variant, row_major
+from ._cpu_args import bound_rows_call, check_cpu_weight, check_x_bias_variant, row_major
 from .bitmap import BitmapWeight
 
-__all__ = ["bitmap_linear_cpp", "bitmap_linear_raw"]
+__all__ = ["bitmap_linear_cpp", "bitmap_linear_raw", "bitmap_linear_bound"]
 
 _WHERE = "llmaccel.sparsity.bitmap_linear_cpp"
 
@@ -58,10 +57,17 @@ def bitmap_linear_raw(x2: Tensor, bitmap: Tensor, values: Tensor, row_offsets: T
     ``row_offsets [N + 1]``, fp32 ``bias [N]`` or None; returns fp32 ``y [rows, N]``.  Shared by
     :func:`bitmap_linear_cpp` and the ``sparse_linear`` op's cpp backend; the C++ entry validates what it is
     handed (pointers, sizes, strides, and the offsets against the bitmap)."""
-    x2, bitmap = row_major(x2), row_major(bitmap)
+    return bitmap_linear_bound(bitmap, values, row_offsets, scale, bias, variant)(x2)
+
+
+def bitmap_linear_bound(bitmap: Tensor, values: Tensor, row_offsets: Tensor, scale: Tensor | None,
+                        bias: Tensor | None, variant: str = ""):
+    """:func:`bitmap_linear_raw` with the weight side bound once: ``run(x2)`` for fp32 ``x2 [rows, K]``.  The
+    weight side's views (csrc/tensor_view.h) are built here, x's and y's per call; the closure holds every
+    tensor a view points at (a layer's prepared decode call keeps one)."""
+    bitmap = row_major(bitmap)
     values, row_offsets = values.contiguous(), row_offsets.contiguous()
     scale = scale.contiguous() if scale is not None else None
-    y = torch.empty((x2.shape[0], bitmap.shape[0]), dtype=torch.float32)
-    ext().sparse_bitmap_linear(view(x2), view(values), view(bitmap), view(row_offsets), view_or_none(scale),
-                               view_or_none(bias), view(y), torch.get_num_threads(), variant)
-    return y
+    N = bitmap.shape[0]
+    w_views = (view(values), view(bitmap), view(row_offsets), view_or_none(scale), view_or_none(bias))
+    return bound_rows_call(ext().sparse_bitmap_linear, w_views, N, (), variant, (bitmap, values, row_offsets, scale, bias))

@@ -27,9 +27,10 @@ from torch import Tensor
 from .._ext import ext
 from ..ops._cpp_views import view, view_or_none
 from .._tensor_version import version
-from ._cpu_args import row_major
+from ._cpu_args import bound_rows_call
 
-__all__ = ["column_indices", "cached_column_indices", "bitmap_index_linear_raw", "MAX_K"]
+__all__ = ["column_indices", "cached_column_indices", "bitmap_index_linear_raw", "bitmap_index_linear_bound",
+           "MAX_K"]
 
 MAX_K = 65536  # 16-bit column indices (csrc/sparse_bitmap.h kSparseIndexMaxK)
 _WHERE = "llmaccel.sparsity.column_indices"
@@ -84,10 +85,16 @@ def bitmap_index_linear_raw(x2: Tensor, cols: Tensor, values: Tensor, row_offset
     """The binding call: fp32 ``x2 [rows, K]`` (any strides), uint16 ``cols [nnz]``, ``values [nnz]`` (fp32, or
     int8 with fp32 ``scale [N]``), int64 ``row_offsets [N + 1]``, fp32 ``bias [N]`` or None; fp32
     ``y [rows, N]``.  The C++ entry validates pointers, sizes and the offsets, and clamps the indices."""
-    x2 = row_major(x2)
+    return bitmap_index_linear_bound(cols, values, row_offsets, scale, bias, variant)(x2)
+
+
+def bitmap_index_linear_bound(cols: Tensor, values: Tensor, row_offsets: Tensor, scale: Tensor | None,
+                              bias: Tensor | None, variant: str = ""):
+    """:func:`bitmap_index_linear_raw` with the weight side bound once: ``run(x2)`` for fp32 ``x2 [rows, K]``
+    (the closure holds every tensor a view points at)."""
     values, row_offsets, cols = values.contiguous(), row_offsets.contiguous(), cols.contiguous()
     scale = scale.contiguous() if scale is not None else None
-    y = torch.empty((x2.shape[0], row_offsets.shape[0] - 1), dtype=torch.float32)
-    ext().sparse_bitmap_index_linear(view(x2), view(values), view(cols), view(row_offsets), view_or_none(scale),
-                                     view_or_none(bias), view(y), torch.get_num_threads(), variant)
-    return y
+    N = row_offsets.shape[0] - 1
+    w_views = (view(values), view(cols), view(row_offsets), view_or_none(scale), view_or_none(bias))
+    return bound_rows_call(ext().sparse_bitmap_index_linear, w_views, N, (), variant,
+                           (cols, values, row_offsets, scale, bias))

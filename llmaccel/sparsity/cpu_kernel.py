@@ -24,12 +24,11 @@ dense reference, ``0 * inf`` at a pruned column does not turn an output NaN.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .._ext import ext
 from ..ops._cpp_views import view, view_or_none
-from ._cpu_args import check_cpu_weight, check_x_bias_variant, row_major
+from ._cpu_args import bound_rows_call, check_cpu_weight, check_x_bias_variant, row_major
 from .nm_packed import NMPackedWeight
 
 __all__ = ["nm_linear_cpp", "nm_i8_linear_raw"]
@@ -69,18 +68,8 @@ def nm_linear_bound(values: Tensor, indices: Tensor, scale: Tensor | None, bias:
     values, indices = row_major(values), row_major(indices)
     scale = scale.contiguous() if scale is not None else None
     N = values.shape[0]
-    fn = getattr(ext(), binding)
-    v_v, i_v, s_v, b_v = view(values), view(indices), view_or_none(scale), view_or_none(bias)
-
-    def run(x2: Tensor, keep=(values, indices, scale, bias)) -> Tensor:
-        x2 = row_major(x2)
-        rows = x2.shape[0]
-        y = torch.empty((rows, N), dtype=torch.float32)
-        fn((x2.data_ptr(), "float32", x2.shape, x2.stride()), v_v, i_v, s_v, b_v,
-           (y.data_ptr(), "float32", (rows, N), (N, 1)), n, m, torch.get_num_threads(), variant)
-        return y
-
-    return run
+    w_views = (view(values), view(indices), view_or_none(scale), view_or_none(bias))
+    return bound_rows_call(getattr(ext(), binding), w_views, N, (n, m), variant, (values, indices, scale, bias))
 
 
 def nm_i8_linear_raw(x2: Tensor, values: Tensor, indices: Tensor, scale: Tensor, bias: Tensor | None, n: int, m: int,
