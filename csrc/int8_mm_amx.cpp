@@ -33,6 +33,7 @@
 //   the epilogue writes C, or y = act(float(C) * x_scale * w_scale + bias)
 //   with the same operations as the scalar epilogue (int8_mm_driver.h's
 //   tile_entry), 16 columns per zmm.
+#include <algorithm>
 #include <immintrin.h>
 
 #include "int8_mm_driver.h"
@@ -122,22 +123,30 @@ void block_epilogue(const Int8MMProblem& p, const int32_t* cbuf, int64_t m0, int
       ws[h] = _mm512_maskz_loadu_ps(mask[h], p.w_scale + n0 + 16 * h);
       bias[h] = p.bias ? _mm512_maskz_loadu_ps(mask[h], p.bias + n0 + 16 * h) : _mm512_setzero_ps();
     }
-    for (int r = 0; r < R; ++r) {
-      const __m512 xs = _mm512_set1_ps(p.x_scale[m0 + r]);
-      float* yrow = p.y + (m0 + r) * p.y_sm + n0;
-      const float* rrow = p.residual ? p.residual + (m0 + r) * p.r_sm + n0 : nullptr;
-      for (int h = 0; h < 2 && mask[h]; ++h) {
+    // Two rows (4 vectors) at a time, activated side by side (activation.h, VecGroup: why).  Lanes past Cn
+    // hold the bias (zero weights) and are never stored.
+    const int halves = mask[1] ? 2 : 1;
+    for (int r0 = 0; r0 < R; r0 += 2) {
+      const int rows = std::min(2, R - r0);
+      __m512 v[4];
+      for (int i = 0; i < 4; ++i) {
+        const int r = r0 + (i >> 1), h = i & 1;
+        if (r - r0 >= rows || h >= halves) {
+          v[i] = _mm512_setzero_ps();  // no such vector: activated and dropped
+          continue;
+        }
         const __m512 acc = _mm512_cvtepi32_ps(_mm512_loadu_si512(cbuf + r * kNR + 16 * h));
         // The scalar epilogue's operations: fma(float(acc) * xs, ws, bias), then the activation.
-        __m512 v = _mm512_fmadd_ps(_mm512_mul_ps(acc, xs), ws[h], bias[h]);
-        switch (p.activation) {
-          case kActGelu: v = gelu_v<VecF32x16>(v); break;
-          case kActGeluTanh: v = gelu_tanh_v<VecF32x16>(v); break;
-          case kActRelu: v = relu_v<VecF32x16>(v); break;
-          default: break;
-        }
-        if (rrow) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask[h], rrow + 16 * h));  // after the activation
-        _mm512_mask_storeu_ps(yrow + 16 * h, mask[h], v);
+        v[i] = _mm512_fmadd_ps(_mm512_mul_ps(acc, _mm512_set1_ps(p.x_scale[m0 + r])), ws[h], bias[h]);
+      }
+      activate_group<VecF32x16, 4>(p.activation, v);
+      for (int i = 0; i < 4; ++i) {
+        const int r = r0 + (i >> 1), h = i & 1;
+        if (r - r0 >= rows || h >= halves) continue;
+        float* yrow = p.y + (m0 + r) * p.y_sm + n0;
+        if (p.residual)  // after the activation
+          v[i] = _mm512_add_ps(v[i], _mm512_maskz_loadu_ps(mask[h], p.residual + (m0 + r) * p.r_sm + n0 + 16 * h));
+        _mm512_mask_storeu_ps(yrow + 16 * h, mask[h], v[i]);
       }
     }
     return;
