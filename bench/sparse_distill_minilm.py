@@ -148,14 +148,69 @@ def prose_sentences(text: str) -> list[str]:
     return out
 
 
+EXTRA_CORPORA = ("lee", "python-docs", "wordnet", "fortunes")
+WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/share/wordnet", "/usr/share/wordnet/dict")
+FORTUNES_DIRS = ("/usr/share/games/fortunes", "/usr/share/fortunes")
+
+
+def _installed_dir(dirs, probe: str, package: str) -> pathlib.Path:
+    for d in dirs:
+        if (pathlib.Path(d) / probe).is_file():
+            return pathlib.Path(d)
+    raise SystemExit(f"{probe} not found in {', '.join(dirs)}: apt-get install {package}")
+
+
+def wordnet_glosses() -> list[str]:
+    """WordNet's glosses as inputs: each quoted example ("the dog barked all night") and each definition
+    ("a member of the genus Canis that has been domesticated by man since prehistoric times"), 4-40 words,
+    from data.noun / .verb / .adj / .adv (a line: synset fields, then `` | `` and the gloss, whose parts are
+    separated by ``; ``)."""
+    root = _installed_dir(WORDNET_DIRS, "data.noun", "wordnet-base")
+    out = set()
+    for part in ("noun", "verb", "adj", "adv"):
+        for line in (root / f"data.{part}").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("  ") or " | " not in line:  # the licence header
+                continue
+            for piece in line.split(" | ", 1)[1].split("; "):
+                piece = piece.strip().strip('"').strip()
+                if 4 <= len(piece.split()) <= 40 and not re.search(r"[{}\[\]<>_`|\\@$^~]", piece):
+                    out.add(piece)
+    return sorted(out)
+
+
+def fortune_entries() -> list[str]:
+    """The entries of the ``fortunes`` package's prose files (entries between ``%`` lines), as one input each
+    where they read as prose: 4-60 words, at least 80 % letters, no ASCII art or code characters."""
+    root = _installed_dir(FORTUNES_DIRS, "fortunes", "fortunes")
+    out = set()
+    for f in sorted(root.iterdir()):
+        if f.suffix or not f.is_file():  # the .dat indexes and .u8 links
+            continue
+        for entry in f.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
+            text = re.sub(r"\s+", " ", entry).strip()
+            if not 4 <= len(text.split()) <= 60 or re.search(r"[{}\[\]<>_`|\\@$^~#=*]|\s{3,}", entry):
+                continue
+            if sum(c.isalpha() for c in text) >= 0.8 * len(text.replace(" ", "")):
+                out.add(text)
+    return sorted(out)
+
+
 def extra_corpus(name: str) -> list[str]:
     """More distillation inputs from text already installed on the machine (nothing is fetched):
 
     * ``lee``: the Lee news corpus (350 Australian news articles of 2001, general topics), which gensim's
       wheel ships as test data (``pip install gensim``);
     * ``python-docs``: the prose of Python's own reference (``pydoc_data.topics``) and the descriptions of the
-      installed packages (technical English).
+      installed packages (technical English);
+    * ``wordnet``: the example sentences and definitions of WordNet 3.0's glosses (117 k word senses of
+      every domain; Debian's ``wordnet-base`` package: ``apt-get install wordnet-base``);
+    * ``fortunes``: the quotations, proverbs and jokes of Debian's ``fortunes`` package (``apt-get install
+      fortunes``), one entry per input.
     """
+    if name == "wordnet":
+        return wordnet_glosses()
+    if name == "fortunes":
+        return fortune_entries()
     if name == "lee":
         try:
             import importlib.resources
@@ -172,7 +227,7 @@ def extra_corpus(name: str) -> list[str]:
         text = "\n".join(pydoc_data.topics.topics.values())
         text += "\n".join(d.metadata.get_payload() or "" for d in importlib.metadata.distributions())
     else:
-        raise SystemExit(f"unknown --extra-corpus {name!r}: lee or python-docs")
+        raise SystemExit(f"unknown --extra-corpus {name!r}: one of {', '.join(EXTRA_CORPORA)}")
     return sorted(set(prose_sentences(text)))
 
 
@@ -193,9 +248,11 @@ def main() -> None:
                          "(vocabulary_sentences()) instead of (augmented) corpus sentences")
     ap.add_argument("--every-layer", action=argparse.BooleanOptionalAction, default=True,
                     help="also match every encoder layer's token hidden states, not only the last")
-    ap.add_argument("--extra-corpus", nargs="*", default=[], choices=["lee", "python-docs"],
+    ap.add_argument("--extra-corpus", nargs="*", default=[], choices=list(EXTRA_CORPORA),
                     help="more distillation inputs from installed text (extra_corpus()); the held-out "
                          "sentences and Wanda's calibration are unchanged")
+    ap.add_argument("--corpus-cap", type=int, default=0,
+                    help="at most this many inputs from each --extra-corpus source (a seeded sample; 0: all)")
     args = ap.parse_args()
     t_all, cpu_all = time.perf_counter(), time.process_time()
     # the dispatcher logs each training shape's fallback to the dense GEMM (M > 256 rows): expected here
@@ -238,6 +295,8 @@ def main() -> None:
     pool = list(train)
     for name in args.extra_corpus:
         more = [x for x in extra_corpus(name) if x not in set(held)]
+        if args.corpus_cap and len(more) > args.corpus_cap:  # a seeded sample, so no one source drowns the rest
+            more = sorted(random.Random(4).sample(more, args.corpus_cap))
         print(f"  --extra-corpus {name}: {len(more)} sentences", flush=True)
         pool += more
     if args.extra_corpus:
