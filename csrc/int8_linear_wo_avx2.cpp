@@ -18,13 +18,12 @@ namespace {
 // The GEMV's and tile's traits: VecF32x8 plus this unit's tuning and int8 load.
 struct Avx2WoF32 : VecF32x8 {
   // 1 KiB: 2 and 4 KiB were no better on the AVX2 EPYC (Zen 3).
-  // One row stream per thread: the two-stream walk (int8_linear_wo_gemv.h) was measured only on AVX-512.
+  // One row at a time: the lockstep walk (int8_linear_wo_gemv.h) is measured on AVX-512 only.
   // The M >= 3 register tile (int8_linear_wo_kernel.h, wo_tile_v): 4 x 3 tile: 12 accumulators + 3 weight vectors + 1 x vector = 16 ymm registers.
   // Measured capped to AVX2 on the 2-core SPR VM at M = 32, against fp32 MKL in the same run: 4 x 3 0.73-0.84x
   // MKL, 2 x 5 0.56-0.68x.
   static constexpr int kMR = 4, kNR = 3;
   static constexpr int kGroupRows = 1;
-  static constexpr int kStreams = 1;
   static constexpr int64_t kPrefetchBytes = 1024;
   static __m256 load_i8(const int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));

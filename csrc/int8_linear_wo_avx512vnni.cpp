@@ -17,18 +17,18 @@ namespace {
 
 // The GEMV's and tile's traits: VecF32x16 plus this unit's tuning and int8 load.
 struct Avx512WoF32 : VecF32x16 {
-  // The GEMV walks 4 adjacent weight rows in lockstep (int8_linear_wo_gemv.h, wo_gemv_group), prefetching
-  // the next group's rows (at least kPrefetchBytes ahead).  Same-process A/B against the single-row walk
-  // with two row streams per thread and a 4 KiB prefetch (2-core Sapphire Rapids class VM, 2 threads,
-  // 8 layers beyond the L3, M = 1): 8192 x 4096 1.24x (18.5 vs 14.9 GB/s), 2048 x 5632 1.22x, 5632 x 2048
-  // 0.97x; M = 2, 4096 x 4096 1.36x.  8 rows: no better than 4.
+  // The GEMV walks 4 weight rows in lockstep (int8_linear_wo_gemv.h, wo_gemv_group).  Same-process A/B,
+  // 2-core Sapphire Rapids class VM, 8 layers beyond the L3, M = 1: 4 adjacent rows, prefetching the next
+  // group's, against the single-row walk with two row streams per thread and a 4 KiB prefetch (2 threads):
+  // 8192 x 4096 1.24x (18.5 vs 14.9 GB/s), 2048 x 5632 1.22x, 5632 x 2048 0.97x; M = 2, 4096 x 4096 1.36x;
+  // 8 rows no better than 4.  Then 4 rows a segment apart against 4 adjacent (one thread): 5632 x 2048
+  // 1.21x, 2048 x 2048 1.11x, 2048 x 5632 1.07x, 4096 x 4096 1.03x.
   // The M >= 3 register tile (int8_linear_wo_kernel.h, wo_tile_v): 4 rows of x x 6 weight rows, 24
   // accumulators + 6 weight vectors + 1 x vector of 32 zmm.  x comes from L2 (every row tile of a group
   // re-reads it), so each x vector should meet as many weight rows as fit: at M = 32 (2-core SPR VM, same
   // runs as fp32 nn.Linear) 8 x 3 ran 0.73-0.88x MKL, 4 x 6 0.85-1.18x, 5 x 5 0.87-1.10x.
   static constexpr int kMR = 4, kNR = 6;
   static constexpr int kGroupRows = 4;
-  static constexpr int kStreams = 1;
   static constexpr int64_t kPrefetchBytes = 4096;
   static __m512 load_i8(const int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));

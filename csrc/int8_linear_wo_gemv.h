@@ -2,8 +2,8 @@
 // compiled per ISA unit (int8_linear_wo_avx2.cpp, int8_linear_wo_avx512vnni.cpp):
 //     y[m][n] = w_scale[n] * sum_k x[m][k] * float(W[n][k]) + bias[n]
 // Each thread owns one contiguous range of output channels, i.e. one
-// contiguous run of W's rows (when ldw == K), and walks it in groups of
-// V::kGroupRows adjacent rows read in lockstep (wo_gemv_group: why below),
+// contiguous run of W's rows (when ldw == K), cuts it into V::kGroupRows
+// segments and reads one row of each in lockstep (wo_gemv_group: why below),
 // plus a software prefetch ahead.  Per V::W weight bytes: one sign-extend
 // to int32, one convert, one FMA per row of x; x (K floats) stays in L1.
 // The AVX2 unit walks one row at a time (kGroupRows = 1): on the AVX2 EPYC
@@ -13,9 +13,8 @@
 //
 // Traits V: T (a vector of V::W floats), zero(), load_i8(p) (V::W int8 ->
 // float), loadu(p), fma(a, b, c) = a * b + c, add, hsum; kPrefetchBytes, how far ahead in the
-// weight row the software prefetch reaches; kGroupRows, how many adjacent weight rows run in lockstep
-// (wo_gemv_group); kStreams, how many parts of its range each thread takes groups from in turn
-// (wo_gemv_rows).
+// weight row the software prefetch reaches; kGroupRows, how many weight rows (a segment apart) run in
+// lockstep (wo_gemv_rows, wo_gemv_group).
 #pragma once
 
 #include <omp.h>
@@ -29,13 +28,15 @@ namespace llmaccel {
 inline namespace LLMACCEL_CPU_CAPABILITY {  // see common.h
 namespace {
 
-// G weight rows n, n + 1, ..., n + G - 1 in lockstep (rows past n_end skipped by the caller: G is exact
-// here), J independent accumulator chains per (row of x, weight row): per step of L * J weight bytes, every
+// G weight rows n, n + step, ..., n + (G - 1) step in lockstep (wo_gemv_rows passes rows that exist),
+// J independent accumulator chains per (row of x, weight row): per step of L * J weight bytes, every
 // row loads its J vectors, and each x vector, loaded once, meets the G rows.  Why lockstep: on the Sapphire
 // Rapids class Xeon one thread reading one sequential stream draws 14-16 GB/s from DRAM (2 threads), while
 // 4 rows read side by side in 256-byte steps draw 20-26 and 8 rows 22-30 (bench/read_streams_probe.cpp,
-// 2 threads, 512 MB: more pages walked at once keep more lines in flight); taking whole rows in turn
-// (kStreams) does not get there (8 KiB per turn: 16-19 GB/s).
+// 2 threads, 512 MB: more pages walked at once keep more lines in flight); taking whole rows from several
+// parts of the range in turn does not get there (8 KiB per turn: 16-19 GB/s).  Why rows a segment apart (wo_gemv_rows) rather
+// than adjacent: adjacent rows share pages when rows are short; one thread, same process, 8-32 layers beyond
+// the L3, M = 1: 5632 x 2048 1.21x, 2048 x 2048 1.11x, 2048 x 5632 1.07x, 4096 x 4096 1.03x the adjacent walk.
 // One FMA chain has a 4-cycle latency: J * G * R chains must cover it, so J = 8 / G for M = 1 (8 chains)
 // and 4 / G for M = 2, at least 1.  Every row's arithmetic (its J chains, their order, the reduction)
 // depends only on J, never on which rows share its group, so results do not depend on the grouping (hence
@@ -46,13 +47,14 @@ constexpr int wo_chains() {
 }
 
 template <class V, int R, int G, int J>
-inline void wo_gemv_group(const Int8LinearWOProblem& p, int64_t n) {
+inline void wo_gemv_group(const Int8LinearWOProblem& p, int64_t n, int64_t step = 1) {
   constexpr int64_t L = V::W, kStep = L * J;
   const int64_t K = p.K, kfull = K / kStep * kStep, kvec = K / L * L;
   const int8_t* w[G];
-  for (int g = 0; g < G; ++g) w[g] = p.w + (n + g) * p.ldw;
-  // (G = 1, the single-row walk: kPrefetchBytes ahead in the row, as the unit tuned it.)
-  const int64_t ahead = G > 1 ? std::max<int64_t>(V::kPrefetchBytes, G * p.ldw) : V::kPrefetchBytes;
+  for (int g = 0; g < G; ++g) w[g] = p.w + (n + g * step) * p.ldw;
+  // (G = 1, the single-row walk, or rows a segment apart: kPrefetchBytes ahead in each row's stream, as the
+  // unit tuned it; adjacent rows: the same bytes of the next group's rows.)
+  const int64_t ahead = G > 1 && step == 1 ? std::max<int64_t>(V::kPrefetchBytes, G * p.ldw) : V::kPrefetchBytes;
   typename V::T acc[G][R][J];
   for (int g = 0; g < G; ++g)
     for (int r = 0; r < R; ++r)
@@ -79,7 +81,8 @@ inline void wo_gemv_group(const Int8LinearWOProblem& p, int64_t n) {
       const typename V::T wf = V::load_i8(w[g] + k);
       for (int r = 0; r < R; ++r) acc[g][r][0] = V::fma(V::load(p.x + r * p.x_sm + k), wf, acc[g][r][0]);
     }
-    const float scale = p.w_scale[n + g], bias = p.bias ? p.bias[n + g] : 0.0f;
+    const int64_t ng = n + g * step;
+    const float scale = p.w_scale[ng], bias = p.bias ? p.bias[ng] : 0.0f;
     for (int r = 0; r < R; ++r) {
       // Pairwise: (0 + 1) + (2 + 3) + ..., a fixed order for a given J.
       for (int j = 2 * (J / 2) - 1; j >= 1; j -= 2) acc[g][r][j - 1] = V::add(acc[g][r][j - 1], acc[g][r][j]);
@@ -88,27 +91,22 @@ inline void wo_gemv_group(const Int8LinearWOProblem& p, int64_t n) {
       float s = V::hsum(t);
       const float* x = p.x + r * p.x_sm;
       for (int64_t k = kvec; k < K; ++k) s += x[k] * static_cast<float>(w[g][k]);
-      p.y[r * p.y_sm + n + g] = s * scale + bias;
+      p.y[r * p.y_sm + ng] = s * scale + bias;
     }
   }
 }
 
-// Rows n_begin .. n_end - 1: groups of V::kGroupRows adjacent rows in lockstep (wo_gemv_group), the last
-// < G rows one by one with the same per-row arithmetic.  V::kStreams > 1 additionally cuts the range into
-// kStreams contiguous parts and takes a group from each part in turn.  Each row's arithmetic is unchanged
-// by either, so results are the same bit for bit whatever the grouping.
+// Rows n_begin .. n_end - 1: the range cut into G = V::kGroupRows equal segments, whose rows are walked in
+// lockstep, one from each segment (wo_gemv_group with step = the segment length: why there), then the last
+// (n_end - n_begin) % G rows one by one; G = 1: row after row.  Each row's arithmetic is unchanged by the
+// grouping, so results are the same bit for bit whatever the thread count.
 template <class V, int R>
 void wo_gemv_rows(const Int8LinearWOProblem& p, int64_t n_begin, int64_t n_end) {
-  constexpr int G = V::kGroupRows, S = V::kStreams, J = wo_chains<V, R, G>();
-  const int64_t len = n_end - n_begin, seg = round_up(ceil_div(len, int64_t{S}), int64_t{G});
-  for (int64_t i = 0; i < seg; i += G)
-    for (int s = 0; s < S; ++s) {
-      const int64_t n = n_begin + s * seg + i, stop = std::min(n_end, n_begin + (s + 1) * seg);
-      if (n + G <= stop)
-        wo_gemv_group<V, R, G, J>(p, n);
-      else
-        for (int64_t m = n; m < stop; ++m) wo_gemv_group<V, R, 1, J>(p, m);
-    }
+  constexpr int G = V::kGroupRows, J = wo_chains<V, R, G>();
+  const int64_t seg = G > 1 ? (n_end - n_begin) / G : 0;
+  if constexpr (G > 1)
+    for (int64_t n = n_begin; n < n_begin + seg; ++n) wo_gemv_group<V, R, G, J>(p, n, seg);
+  for (int64_t n = n_begin + G * seg; n < n_end; ++n) wo_gemv_group<V, R, 1, J>(p, n);
 }
 
 template <class V>

@@ -66,24 +66,27 @@ struct SnHalfTile {
   static constexpr int W = V::W;
   static constexpr int kVecs = 32 / W;  // slot vectors per 64-column block
 
-  // R x rows times C adjacent weight rows (C > 1 only at M = 1: sn_run_lockstep, whose why is there), each
-  // (x row, weight row) with the same chains, order, scalar tail and store whatever C is, so a result does
-  // not depend on which weight rows share a tile.  The prefetch asks for the bytes kSnHalfPrefetchBytes
-  // ahead, or for C > 1 the same bytes of the next group's rows (C rows ahead) if that is farther.
+  // R x rows times C weight rows row, row + step, .., row + (C - 1) step (C > 1 only at M = 1:
+  // sn_run_lockstep, whose why is there), each (x row, weight row) with the same chains, order, scalar tail
+  // and store whatever C is, so a result does not depend on which weight rows share a tile.  The prefetch
+  // asks for the bytes kSnHalfPrefetchBytes ahead in each row's stream (the rows that follow are the next
+  // ones of the same segment), or for adjacent rows (step 1) the same bytes of the next group's rows if
+  // that is farther.
   template <int R, int C>
   struct Tile {
     static constexpr int A = V::accs(R);  // accumulator chains per (x row, weight row)
 
     template <class T>
-    static void run_t(const SparseNMProblem& p, int64_t row, int64_t m0) {
+    static void run_t(const SparseNMProblem& p, int64_t row, int64_t m0, int64_t step) {
       const T* v[C];
       const uint8_t* ix[C];
-      for (int c = 0; c < C; ++c) v[c] = sn_values<T>(p, row + c), ix[c] = p.idx + (row + c) * p.idx_sn;
+      for (int c = 0; c < C; ++c) v[c] = sn_values<T>(p, row + c * step), ix[c] = p.idx + (row + c * step) * p.idx_sn;
       const float* xr[R];
       for (int r = 0; r < R; ++r) xr[r] = p.x + (m0 + r) * p.x_sm;
       const int64_t nblocks = p.K / 64;  // whole groups, every column < K
-      const int64_t v_ahead = std::max<int64_t>(kSnHalfPrefetchBytes, (C > 1 ? C : 0) * p.values_sn * int64_t(sizeof(T)));
-      const int64_t i_ahead = std::max<int64_t>(kSnHalfPrefetchBytes / 2, (C > 1 ? C : 0) * p.idx_sn);
+      const int64_t rows_ahead = C > 1 && step == 1 ? C : 0;
+      const int64_t v_ahead = std::max<int64_t>(kSnHalfPrefetchBytes, rows_ahead * p.values_sn * int64_t(sizeof(T)));
+      const int64_t i_ahead = std::max<int64_t>(kSnHalfPrefetchBytes / 2, rows_ahead * p.idx_sn);
       typename V::T acc[C][R][A];
       for (int c = 0; c < C; ++c)
         for (int r = 0; r < R; ++r)
@@ -121,20 +124,21 @@ struct SnHalfTile {
       });
       for (int c = 0; c < C; ++c) {
         float tail[R][4] = {};
-        sn_scalar_groups<T, R>(p, row + c, m0, nblocks * (64 / p.m), tail);
+        sn_scalar_groups<T, R>(p, row + c * step, m0, nblocks * (64 / p.m), tail);
         for (int r = 0; r < R; ++r) {
           typename V::T s = acc[c][r][0];
           for (int a = 1; a < A; ++a) s = V::add(s, acc[c][r][a]);
-          sparse_store(p, row + c, m0 + r, V::hsum(s) + sparse_sum4<R>(tail, r));
+          sparse_store(p, row + c * step, m0 + r, V::hsum(s) + sparse_sum4<R>(tail, r));
         }
       }
     }
-    static void run(const SparseNMProblem& p, int64_t row, int64_t m0) {
+    static void run_step(const SparseNMProblem& p, int64_t row, int64_t m0, int64_t step) {
       if (p.values_i8)
-        run_t<int8_t>(p, row, m0);
+        run_t<int8_t>(p, row, m0, step);
       else
-        run_t<float>(p, row, m0);
+        run_t<float>(p, row, m0, step);
     }
+    static void run(const SparseNMProblem& p, int64_t row, int64_t m0) { run_step(p, row, m0, 1); }
   };
 };
 

@@ -119,26 +119,34 @@ void sn_run(const SparseNMProblem& p) {
   }
 }
 
-// Decode (M = 1): the thread's rows in groups of RW adjacent weight rows, each group one Tile<1, RW> (which
-// reads its rows side by side and gives each the arithmetic it has in Tile<1, 1>), the last < RW rows through
-// Tile<1, 1>.  Why: on the Sapphire Rapids class Xeon one thread walking one sequential stream draws 14-16 GB/s
-// from DRAM (2 threads), several rows read side by side 20-30 (bench/read_streams_probe.cpp); prefetching rows
-// ahead does not get there.  (Measured not to help, so not used: the bitmap form, instruction-bound at ~5
-// cycles a chunk, 1.01x; the column-index form, whose gathers then contend, 0.71x; the 2:4 W8A8 tile on an
-// L3-resident stack.)  M > 1, or RW = 1: sn_run.
+// Decode (M = 1): RW weight rows read side by side, one from each of RW equal segments of the thread's rows:
+// Tile<1, RW>::run_step(p, row, 0, seg) reads rows row, row + seg, .., row + (RW - 1) seg (giving each the
+// arithmetic it has in Tile<1, 1>), for row = the first seg rows of the range; the last (n1 - n0) % RW rows
+// run through Tile<1, 1>.  Why: on the Sapphire Rapids class Xeon one thread walking one sequential stream
+// draws 14-16 GB/s from DRAM (2 threads), several streams in different pages 20-30
+// (bench/read_streams_probe.cpp); prefetching rows ahead does not get there.  Why rows far apart rather than
+// adjacent: adjacent rows of a short packed row (2:4 int8 values: 2 KiB a row at K = 4096) share pages, so
+// they are still about one stream; 4 adjacent rows of the W8A8 tile ran 0.95x the row-after-row walk, 4 rows
+// a segment apart 1.21x (one thread, 8 layers beyond the L3, same process).  (Adjacent rows in lockstep were
+// measured on the bitmap kernels, which have their own loop nest, and not kept: the bitmap form 1.01x, the
+// column-index form 0.71x.)  M > 1, or RW = 1: sn_run.
 template <template <int, int> class Tile, int RW>
 void sn_run_lockstep(const SparseNMProblem& p) {
-  if (p.M != 1 || RW <= 1) {
+  if constexpr (RW <= 1) {
     sn_run<Tile>(p);
-    return;
-  }
+  } else {
+    if (p.M != 1) {
+      sn_run<Tile>(p);
+      return;
+    }
 #pragma omp parallel num_threads(p.nthreads)
-  {
-    int64_t n0, n1;
-    sparse_row_block(p.N, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
-    int64_t row = n0;
-    for (; row + RW <= n1; row += RW) Tile<1, RW>::run(p, row, 0);
-    for (; row < n1; ++row) Tile<1, 1>::run(p, row, 0);
+    {
+      int64_t n0, n1;
+      sparse_row_block(p.N, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
+      const int64_t seg = (n1 - n0) / RW;
+      for (int64_t row = n0; row < n0 + seg; ++row) Tile<1, RW>::run_step(p, row, 0, seg);
+      for (int64_t row = n0 + RW * seg; row < n1; ++row) Tile<1, 1>::run(p, row, 0);
+    }
   }
 }
 
@@ -174,8 +182,8 @@ struct SnScalarI8Tile {
 // act_int8: quantizes every x row per token into scratch taken before any parallel region (its
 // std::bad_alloc reaches Python as MemoryError), lays each row out in the tile's column order (Arrange:
 // codes of one row, K, destination; nullptr: natural order, quantized straight into place), then runs the
-// loop nest on the codes.
-template <template <int, int> class Tile, void (*Arrange)(const int8_t*, int64_t, int8_t*) = nullptr>
+// loop nest on the codes (RW > 1: the decode's lockstep walk, sn_run_lockstep).
+template <template <int, int> class Tile, void (*Arrange)(const int8_t*, int64_t, int8_t*) = nullptr, int RW = 1>
 void sn_run_i8(const SparseNMProblem& p) {
   const int64_t row_bytes = llmaccel::round_up(p.K, 64);
   const int64_t tmp_rows = Arrange ? p.nthreads : 0;  // one natural-order row per thread to arrange from
@@ -198,7 +206,7 @@ void sn_run_i8(const SparseNMProblem& p) {
   }
   SparseNMProblem q = p;
   q.xq = codes, q.xq_sm = row_bytes, q.x_scale = sx;
-  sn_run<Tile>(q);
+  sn_run_lockstep<Tile, RW>(q);
 }
 
 }  // namespace

@@ -164,3 +164,24 @@ def test_dynamic_core_is_exact_with_weights_at_minus_128(variant, packed):
                 ref = (xx.long() @ w.long().t()).float()
                 out = _run(xx, w, torch.ones(N), None, variant, packed)
                 assert torch.equal(out, ref), (variant, packed, M, K, N)
+
+
+@pytest.mark.parametrize("variant", ["generic"] + [v for v in ("avx2", "avx512vnni") if v in VARIANTS])
+@pytest.mark.parametrize("M,N", [(1, 5), (1, 101), (2, 67), (1, 1030)])
+def test_weight_only_gemv_bit_identical_for_any_thread_count(variant, M, N):
+    """The decode GEMV (M <= 2) reads its rows a segment apart in lockstep (AVX-512: 4 segments per thread) and
+    the rows left over one by one; each row's arithmetic is the same either way, so 1, 2, 3 and 7 threads give
+    the same bits."""
+    K = 700
+    x = torch.randn(M, K) * 3
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    s = torch.rand(N) * 0.02 + 1e-3
+    b = torch.randn(N)
+    runs = []
+    for t in (1, 2, 3, 7):
+        y = torch.empty(M, N)
+        ext().int8_linear_weight_only(view(x), view(w), view(s), view(b), view(y), t, variant)
+        runs.append(y)
+    assert all(torch.equal(runs[0], r) for r in runs[1:]), variant
+    ref = x.double() @ (w.double() * s.double()[:, None]).t() + b.double()
+    assert torch.allclose(runs[0].double(), ref, rtol=1e-4, atol=1e-4)

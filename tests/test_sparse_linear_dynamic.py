@@ -287,3 +287,16 @@ def test_triton_runs_the_dequantized_codes():
                 pytest.skip(str(ex))
             y = llmaccel.sparse_linear(*args)
         _close_to_float64(y, x, pw, bias, f"triton {kind}")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("N", [1, 5, 37, 301])
+def test_decode_walk_is_exact_for_any_thread_count(variant, N):
+    """M = 1 (the decode walk: 4 rows read side by side, one from each quarter of a thread's rows, the rest
+    row by row): every output equals the exact integer core, for 1, 2, 3 and 7 threads, whatever N leaves over."""
+    variant = _variant(variant)
+    pw = _nm(N, 1000, "2:4", seed=5)
+    x = torch.randn(1, 1000) * 3
+    runs = [_i8_raw(x, pw, None, variant, nthreads=t) for t in (1, 2, 3, 7)]
+    _expect_exact(runs[0], x, pw, f"{variant} N={N}")
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
