@@ -171,65 +171,12 @@ struct SiAvx512Tile {
     }
   }
   static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) { sb_on_values<SiAvx512Tile>(p, row, m0); }
-
-  // M = 1: the C rows row, row + step, .., row + (C - 1) step side by side (si_run: why), each with run_t's
-  // chains for R = 1 (vector i of a row into chain i % A while whole groups of A vectors remain, then chain
-  // 0; chains summed in order), so every row's result is the one run_t gives it.
-  template <int RW, class T>
-  static void lockstep_t(const SparseBitmapProblem& p, int64_t row, int64_t step) {
-    constexpr int A1 = 4;  // A for R = 1
-    const T* v = sb_values<T>(p);
-    const __m512i kmax = _mm512_set1_epi32(static_cast<int32_t>(p.K - 1));
-    int64_t t0[RW], len[RW], whole[RW], longest = 0;
-    for (int c = 0; c < RW; ++c) {
-      t0[c] = p.row_offsets[row + c * step];
-      len[c] = p.row_offsets[row + c * step + 1] - t0[c];
-      whole[c] = len[c] / (16 * A1) * (16 * A1);
-      longest = std::max(longest, len[c]);
-    }
-    __m512 acc[RW][A1];
-    for (int c = 0; c < RW; ++c)
-      for (int a = 0; a < A1; ++a) acc[c][a] = _mm512_setzero_ps();
-    for (int64_t off = 0; off < longest; off += 16 * A1) {
-#pragma GCC unroll 4
-      for (int j = 0; j < A1; ++j) {
-        for (int c = 0; c < RW; ++c) {
-          const int64_t o = off + 16 * j, left = len[c] - o;
-          if (left <= 0) continue;
-          const __mmask16 m = left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-          const int64_t t = t0[c] + o;
-          _mm_prefetch(reinterpret_cast<const char*>(v + t + kSbPrefetchValues), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(p.cols + t + kSbPrefetchValues), _MM_HINT_T0);
-          const __m512i cols = _mm512_min_epu32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p.cols + t)), kmax);
-          const __m512 xg = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, cols, p.x, 4);
-          const int a = o < whole[c] ? j : 0;
-          acc[c][a] = _mm512_fmadd_ps(xg, si_load16(v + t, m), acc[c][a]);
-        }
-      }
-    }
-    for (int c = 0; c < RW; ++c) {
-      __m512 s = acc[c][0];
-      for (int b = 1; b < A1; ++b) s = _mm512_add_ps(s, acc[c][b]);
-      sparse_store(p, row + c * step, 0, _mm512_reduce_add_ps(s));
-    }
-  }
-  template <int RW>
-  static void run_lockstep(const SparseBitmapProblem& p, int64_t row, int64_t step) {
-    static_assert(R == 1, "the lockstep walk is the decode's (M = 1)");
-    if (p.values_i8)
-      lockstep_t<RW, int8_t>(p, row, step);
-    else
-      lockstep_t<RW, float>(p, row, step);
-  }
 };
-
-// The column-index decode reads 4 rows side by side, a segment apart (si_run).
-constexpr int kSiLockstepRows = 4;
 
 }  // namespace
 }  // namespace LLMACCEL_CPU_CAPABILITY
 
 int64_t sparse_bitmap_avx512(const SparseBitmapProblem& p) {
-  return sb_entry<SbAvx512Tile, SiAvx512Tile, &sb_count_bits_avx512, kSiLockstepRows>(p);
+  return sb_entry<SbAvx512Tile, SiAvx512Tile, &sb_count_bits_avx512>(p);
 }
 }  // namespace llmaccel

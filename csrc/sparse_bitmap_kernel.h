@@ -178,39 +178,19 @@ struct SiScalarTile {
   static void run(const SparseBitmapProblem& p, int64_t row, int64_t m0) { sb_on_values<SiScalarTile>(p, row, m0); }
 };
 
-// The loop nest of sb_run without the bitmap check (the indices are clamped instead).  RW > 1 and M = 1 (decode):
-// each thread cuts its rows into RW equal segments and reads one row of each side by side
-// (Tile<1, 1>::run_lockstep<RW>(p, row, segment length)), the last (n1 - n0) % RW rows one by one.  Why: a row
-// at 90 % sparsity is ~1.6 KiB of values and 0.8 KiB of indices, so walking rows in turn (or adjacent rows
-// together, which share pages: 0.71x) is about one stream per array, and one stream draws far less from DRAM
-// than several in different pages (sparse_nm_kernel.h, sn_run_lockstep).  4 rows a segment apart: 1.17x the
-// row walk (one thread, 8 x 4096 x 4096 at 90 %, beyond the L3, same process).
-template <template <int, int> class Tile, int RW = 1>
+// The loop nest of sb_run without the bitmap check (the indices are clamped instead).
+template <template <int, int> class Tile>
 void si_run(const SparseBitmapProblem& p) {
-  if constexpr (RW > 1) {
-    if (p.M == 1) {
-#pragma omp parallel num_threads(p.nthreads)
-      {
-        int64_t n0, n1;
-        sparse_row_block(p.N, omp_get_thread_num(), omp_get_num_threads(), &n0, &n1);
-        const int64_t seg = (n1 - n0) / RW;
-        for (int64_t row = n0; row < n0 + seg; ++row) Tile<1, 1>::template run_lockstep<RW>(p, row, seg);
-        for (int64_t row = n0 + RW * seg; row < n1; ++row) Tile<1, 1>::run(p, row, 0);
-      }
-      return;
-    }
-  }
   sb_run<Tile, nullptr>(p);
 }
 
-// A unit's entry (sparse_bitmap.h): the column-index form on IndexTile (IndexRW: si_run's decode walk), else the
-// bitmap form on ByteTile with the row check Count; returns the first row whose bitmap disagrees with
-// row_offsets, or -1.
+// A unit's entry (sparse_bitmap.h): the column-index form on IndexTile, else the bitmap form on ByteTile with
+// the row check Count; returns the first row whose bitmap disagrees with row_offsets, or -1.
 template <template <int, int> class ByteTile, template <int, int> class IndexTile,
-          int64_t (*Count)(const uint8_t*, int64_t), int IndexRW = 1>
+          int64_t (*Count)(const uint8_t*, int64_t)>
 int64_t sb_entry(const SparseBitmapProblem& p) {
   if (p.by_index) {
-    si_run<IndexTile, IndexRW>(p);
+    si_run<IndexTile>(p);
     return -1;
   }
   return sb_run<ByteTile, Count>(p);

@@ -107,16 +107,6 @@ def test_strides_extremes_threads_and_clamped_indices(variant):
     rows = torch.repeat_interleave(torch.arange(37), bw.row_offsets[1:] - bw.row_offsets[:-1])
     want.index_add_(1, rows, x.double()[:, clamped] * bw.values.double())
     assert torch.allclose(y.double(), want, rtol=1e-5, atol=1e-3)
-    # ... and in the one-row decode walk (AVX-512: rows a segment apart in lockstep)
-    before = torch.get_num_threads()
-    try:
-        for t in (1, 2, 3):
-            torch.set_num_threads(t)
-            y1 = bitmap_index_linear_raw(x[:1], corrupt.to(torch.uint16), bw.values, bw.row_offsets, None, None,
-                                         variant)
-            assert torch.allclose(y1.double(), want[:1], rtol=1e-5, atol=1e-3), t
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_cache_is_per_bitmap_and_follows_in_place_edits():
