@@ -34,9 +34,10 @@ namespace {
 // Rapids class Xeon one thread reading one sequential stream draws 14-16 GB/s from DRAM (2 threads), while
 // 4 rows read side by side in 256-byte steps draw 20-26 and 8 rows 22-30 (bench/read_streams_probe.cpp,
 // 2 threads, 512 MB: more pages walked at once keep more lines in flight); taking whole rows from several
-// parts of the range in turn does not get there (8 KiB per turn: 16-19 GB/s).  Why rows a segment apart (wo_gemv_rows) rather
-// than adjacent: adjacent rows share pages when rows are short; one thread, same process, 8-32 layers beyond
-// the L3, M = 1: 5632 x 2048 1.21x, 2048 x 2048 1.11x, 2048 x 5632 1.07x, 4096 x 4096 1.03x the adjacent walk.
+// parts of the range in turn does not get there (8 KiB per turn: 16-19 GB/s).  Why rows a segment apart
+// (wo_gemv_rows) rather than adjacent: adjacent rows share pages when rows are short; one thread, same
+// process, 8-32 layers beyond the L3, M = 1: 5632 x 2048 1.21x, 2048 x 2048 1.11x, 2048 x 5632 1.07x,
+// 4096 x 4096 1.03x the adjacent walk.
 // One FMA chain has a 4-cycle latency: J * G * R chains must cover it, so J = 8 / G for M = 1 (8 chains)
 // and 4 / G for M = 2, at least 1.  Every row's arithmetic (its J chains, their order, the reduction)
 // depends only on J, never on which rows share its group, so results do not depend on the grouping (hence

@@ -81,8 +81,7 @@ def current() -> str:
     raw = _env_raw()
     # Read per call (tests and users flip it at run time); validated once per distinct value.
     if raw != _env_cache[0]:
-        _env_cache[:] = [raw, _validate_name(raw.decode() if isinstance(raw, bytes) else raw, "LLMACCEL_BACKEND")
-                         if raw is not None else "auto"]
+        _env_cache[:] = [raw, "auto" if raw is None else _validate_name(_ENV_DECODE(raw), "LLMACCEL_BACKEND")]
     return _env_cache[1]
 
 
@@ -94,11 +93,14 @@ def current() -> str:
 # Python implementation), the public mapping is read.
 _ENV_DATA = getattr(os.environ, "_data", None)
 _ENV_KEY = None
+_ENV_DECODE = getattr(os.environ, "decodevalue", str)  # a stored value back to str, as os.environ.get does
 if type(_ENV_DATA) is dict and hasattr(os.environ, "encodekey"):
     try:
         _ENV_KEY = os.environ.encodekey("LLMACCEL_BACKEND")
     except Exception:  # pragma: no cover - an unexpected os.environ
         _ENV_KEY = None
+if _ENV_KEY is None:  # the fallback reads os.environ.get, whose values are already str
+    _ENV_DECODE = str
 
 
 def _env_raw():
@@ -108,7 +110,7 @@ def _env_raw():
     return os.environ.get("LLMACCEL_BACKEND")
 
 
-_env_cache: list = [None, "auto"]  # [raw LLMACCEL_BACKEND value as _env_raw gives it (None: unset), its validated name]
+_env_cache: list = [None, "auto"]  # [LLMACCEL_BACKEND as _env_raw gives it (None: unset), its validated name]
 
 
 @contextlib.contextmanager

@@ -304,6 +304,7 @@ def _sparse_cpp_prepare(values, index, offsets, scale, layout, meta, bias, act):
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         bias = bias.to(torch.float32).contiguous()
     N = values.shape[0] if layout == "nm" else index.shape[0]
+    kept = values.numel()  # bitmap layout: the density of the weight, with K, picks the route
     bound = {}  # (K, route) -> kernel call (one K per layer in practice)
 
     def bind(K: int, route: str):
@@ -312,7 +313,7 @@ def _sparse_cpp_prepare(values, index, offsets, scale, layout, meta, bias, act):
             return (nm_i8_linear_bound(values, index, scale, bias, n, m, K) if act == "dynamic" else
                     nm_linear_bound(values, index, scale, bias, n, m, K))
         if route == "bitmap_index":
-            cols = cached_column_indices(index, offsets, K, values.numel())
+            cols = cached_column_indices(index, offsets, K, kept)
             return bitmap_index_linear_bound(cols, values, offsets, scale, bias)
         return bitmap_linear_bound(index, values, offsets, scale, bias)
 
@@ -324,7 +325,7 @@ def _sparse_cpp_prepare(values, index, offsets, scale, layout, meta, bias, act):
         if layout == "nm":
             route = "nm" if rows <= nm_small_limit(meta[0], meta[1], act) else ""
         else:
-            route = bitmap_route_name(rows, values.numel() / max(1, N * K), K)
+            route = bitmap_route_name(rows, kept / max(1, N * K), K)
             route = route if route in ("bitmap", "bitmap_index") else ""
         if not route:
             return _sparse_linear_cpp(_op.pack((x, *fixed)))
@@ -512,7 +513,7 @@ def _direct_cpu(x, values, index, offsets, scale, layout, meta, bias, act):
         if type(offsets) is not T or offsets.dtype is not torch.int64 or offsets.dim() != 1 or not offsets.is_cpu \
                 or offsets.shape[0] != N + 1 or not offsets.is_contiguous() or index.shape[1] != -(-K // 8):
             return None
-        route = bitmap_route(rows, values.numel() / max(1, N * K), K).name
+        route = bitmap_route_name(rows, values.numel() / max(1, N * K), K)
         if route not in ("bitmap", "bitmap_index"):
             return None
     else:

@@ -70,4 +70,5 @@ def bitmap_linear_bound(bitmap: Tensor, values: Tensor, row_offsets: Tensor, sca
     scale = scale.contiguous() if scale is not None else None
     N = bitmap.shape[0]
     w_views = (view(values), view(bitmap), view(row_offsets), view_or_none(scale), view_or_none(bias))
-    return bound_rows_call(ext().sparse_bitmap_linear, w_views, N, (), variant, (bitmap, values, row_offsets, scale, bias))
+    return bound_rows_call(ext().sparse_bitmap_linear, w_views, N, (), variant,
+                           (bitmap, values, row_offsets, scale, bias))
