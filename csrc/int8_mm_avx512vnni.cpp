@@ -184,12 +184,18 @@ using Avx512Outer = VnniOuterTile<Avx512OuterV>;
 }  // namespace
 }  // namespace LLMACCEL_CPU_CAPABILITY
 
-// Plain-weight calls with fewer rows than this run the dot-product tile on the columns in place: below it,
-// packing B for the outer-product tile (N * K bytes) costs more than the tile saves (as the AVX2 unit).
+// Plain (unpacked) weights run the outer-product tile only from this many rows and below this K; the
+// dot-product tile reads the columns in place otherwise.  Below the rows, packing B (N * K bytes) costs more
+// than the tile saves (as the AVX2 unit).  From the K on, the dot-product tile's per-tile reduction is a small
+// share of its 64-byte k-steps and the pack is pure overhead: on a Zen 4 VM (2 threads, same process, vs
+// torch._int_mm) 64 x 4096 x 11008 ran 0.57x through the outer tile (a fresh 45 MB pack buffer faults in
+// every call) and 1.75x through the dot-product tile; 64 x 4096 x 4096 1.12x vs 1.69x; at K = 1024 the two
+// were level (0.84-0.95x vs 0.95-1.00x), at K = 384 the outer tile led (2048 x 384 x 1536: 0.74x vs 0.64x).
 constexpr int64_t kOuterMinRowsPlain512 = 64;
+constexpr int64_t kOuterMaxKPlain512 = 1024;
 
 void int8_mm_avx512vnni(const Int8MMProblem& p) {
-  if (p.b_packed || p.M >= kOuterMinRowsPlain512)
+  if (p.b_packed || (p.M >= kOuterMinRowsPlain512 && p.K < kOuterMaxKPlain512))
     run_int8_mm_outer<Avx512Outer>(p);
   else
     run_int8_mm<Avx512Vnni>(p);

@@ -98,7 +98,52 @@ void transpose_words_16x16(const int8_t* src, int64_t lds, int8_t* dst) {
     }
   }
 }
+
+// A 4 x 4 block of 4-byte words transposed: dst word [t][c] = src word [c][t], src rows lds bytes apart,
+// dst rows ldd bytes apart.
+inline void transpose_words_4x4(const int8_t* src, int64_t lds, int8_t* dst, int64_t ldd) {
+  __m128 r0 = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+  __m128 r1 = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + lds)));
+  __m128 r2 = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * lds)));
+  __m128 r3 = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 3 * lds)));
+  _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_castps_si128(r0));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + ldd), _mm_castps_si128(r1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * ldd), _mm_castps_si128(r2));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 3 * ldd), _mm_castps_si128(r3));
+}
 #endif
+
+// One group of the 4-byte-chunk layout (KA = 4, the outer-product tiles'):
+//   dst[j * NR * 4 + c * 4 + k % 4] = w[(n0 + c) * ldw + 4 * j + k % 4],  zero outside N and K.
+// Row j of the group is one 4-byte quad of each of its NR columns, i.e. the group is the word-transpose of
+// its NR weight rows.  Whole 4 x 4 word blocks go through SSE2 (baseline x86-64) transposes: on a Zen 4 VM a
+// 4096 x 4096 weight took ~19 ms to pack quad by quad (a libc memcpy of 4 bytes each), the time of the whole
+// 512-row GEMM after it.
+void pack_quad_group(const int8_t* w, int64_t ldw, int64_t n0, int64_t N, int64_t K, int64_t NR, int64_t Kp,
+                     int8_t* dst) {
+  const int64_t cols = std::min<int64_t>(NR, N - n0), nq = Kp / 4;
+  int64_t c4 = 0, j4 = 0;  // columns [0, c4) x quads [0, j4) are covered by whole blocks
+#if defined(__SSE2__)
+  c4 = cols & ~int64_t(3);
+  j4 = (K / 4) & ~int64_t(3);
+  if (c4 > 0)
+    for (int64_t j = 0; j < j4; j += 4)
+      for (int64_t c = 0; c < c4; c += 4)
+        transpose_words_4x4(w + (n0 + c) * ldw + 4 * j, ldw, dst + j * NR * 4 + c * 4, NR * 4);
+#endif
+  for (int64_t j = 0; j < nq; ++j) {
+    for (int64_t c = j < j4 ? c4 : 0; c < NR; ++c) {
+      int8_t quad[4] = {0, 0, 0, 0};
+      if (c < cols) {
+        const int8_t* src = w + (n0 + c) * ldw + 4 * j;
+        const int64_t len = std::min<int64_t>(4, K - 4 * j);
+        for (int64_t i = 0; i < len; ++i) quad[i] = src[i];
+      }
+      std::memcpy(dst + j * NR * 4 + c * 4, quad, 4);
+    }
+  }
+}
 
 }  // namespace
 
@@ -110,6 +155,11 @@ void pack_panels(const Int8MMLayout& L, int64_t N, int64_t K, const int8_t* w, i
   // With L.amx_tiles (KA = 64, NR a multiple of 16) the chunk's columns form
   // AMX B tiles instead:
   //   out[g * NR * Kp + j * NR * KA + (c / 16) * 1024 + ((k % KA) / 4) * 64 + (c % 16) * 4 + k % 4].
+  if (KA == 4 && !L.amx_tiles) {
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t g = 0; g < ngroups; ++g) pack_quad_group(w, ldw, g * NR, N, K, NR, Kp, out + g * NR * Kp);
+    return;
+  }
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t g = 0; g < ngroups; ++g) {
     for (int64_t j = 0; j < Kp / KA; ++j) {

@@ -115,9 +115,11 @@ def _outer_tile_cases():
     the 4-byte quad, the largest pair sums the AVX2 tile meets (-127 x -128 twice: 32512 of int16's 32767),
     A = -128 everywhere (the biased code 0), strided A, B and C.
     """
-    # (301, 4099, 33): more rows than 2 threads' L2 blocks at that K, so each thread runs its own rows.
+    # (301, 4099, 33): more rows than 2 threads' L2 blocks at that K, so each thread runs its own rows (AVX2;
+    # from K = 1024 the AVX-512 VNNI unit reads plain columns with its dot-product tile); (1201, 1001, 19): the
+    # same below that K, for up to 3 threads.
     for M, K, N in [(64, 1, 1), (65, 3, 15), (66, 5, 16), (67, 63, 17), (68, 385, 33), (69, 7, 16), (71, 9, 3),
-                    (70, 11, 31), (75, 13, 32), (77, 2, 65), (129, 130, 47), (301, 4099, 33)]:
+                    (70, 11, 31), (75, 13, 32), (77, 2, 65), (129, 130, 47), (301, 4099, 33), (1201, 1001, 19)]:
         sym = torch.randint(-127, 128, (M, K), dtype=torch.int8)
         w = randint8(N, K)
         yield f"random, M,K,N={M},{K},{N}", sym, w.t(), False
