@@ -96,8 +96,13 @@ struct Avx512Vnni {
     for (int q = 0; q < kQuads; ++q)
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 4 * q),
                        reduce4(acc[4 * q], acc[4 * q + 1], acc[4 * q + 2], acc[4 * q + 3]));
+    // The rest through reduce4 too, not _mm512_reduce_add_epi32: GCC implements that with signed int
+    // additions (undefined on overflow, flagged by UBSan at K = 131071), and these sums wrap by design.
 #pragma GCC unroll 4
-    for (int i = 4 * kQuads; i < R * C; ++i) out[i] = _mm512_reduce_add_epi32(acc[i]);
+    for (int i = 4 * kQuads; i < R * C; ++i) {
+      const __m512i z = _mm512_setzero_si512();
+      out[i] = _mm_cvtsi128_si32(reduce4(acc[i], z, z, z));
+    }
   }
 };
 
