@@ -105,6 +105,18 @@ const char* cpu_feature_name(CpuFeature f) { return kNames[static_cast<int>(f)];
 
 bool cpu_has(CpuFeature f) { return detected().has[static_cast<int>(f)]; }
 
+bool cpu_vendor_is_amd() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool amd = [] {
+    const Regs r = cpuid(0, 0);  // vendor string in EBX, EDX, ECX
+    return r.b == 0x68747541u && r.d == 0x69746e65u && r.c == 0x444d4163u;  // "Auth" "enti" "cAMD"
+  }();
+  return amd;
+#else
+  return false;
+#endif
+}
+
 bool cpu_has(const std::string& name, bool* known) {
   for (int i = 0; i < kCount; ++i) {
     if (name == kNames[i]) {

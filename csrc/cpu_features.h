@@ -43,6 +43,10 @@ bool cpu_has(CpuFeature f);
 // Looks a feature up by name; returns false if the name is unknown (and sets *known = false).
 bool cpu_has(const std::string& name, bool* known);
 
+// Whether CPUID's vendor string is "AuthenticAMD".  Not a feature gate: only tuning that was measured to
+// differ between vendors reads it (int8_linear_wo_avx512vnni.cpp).
+bool cpu_vendor_is_amd();
+
 // Names of every known feature, and of the detected ones (llmaccel.cpu_info()).
 std::vector<std::string> cpu_feature_names_all();
 std::vector<std::string> cpu_feature_names();

@@ -20,6 +20,9 @@ struct Int8LinearWOProblem {
   float* y;
   int64_t y_sm;
   int nthreads;
+  // Software prefetch ahead in the decode GEMV's weight rows (int8_linear_wo_gemv.h); a unit may turn it off
+  // where it was measured to cost (int8_linear_wo_avx512vnni.cpp).
+  bool prefetch = true;
 };
 
 void int8_linear_wo_generic(const Int8LinearWOProblem& p);

@@ -69,8 +69,9 @@ inline void wo_gemv_group(const Int8LinearWOProblem& p, int64_t n, int64_t step 
       // reads next in this part of memory), one line per 64 bytes of the step.  Measured on the 2-core
       // SPR VM, 8 layers, G = 4: 8192 x 4096 rows 18.5 GB/s against 17.8 with a fixed 4 KiB (and 14.9
       // for the single-row walk); 2048 x 5632 15.5 against 12.7.
-      for (int64_t b = 0; b < kStep; b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(w[g] + k + b + ahead), _MM_HINT_T0);
+      if (p.prefetch)
+        for (int64_t b = 0; b < kStep; b += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(w[g] + k + b + ahead), _MM_HINT_T0);
       for (int j = 0; j < J; ++j) {
         const typename V::T wf = V::load_i8(w[g] + k + L * j);
         for (int r = 0; r < R; ++r) acc[g][r][j] = V::fma(xv[r][j], wf, acc[g][r][j]);

@@ -20,6 +20,8 @@ difference).  Where THP is unavailable this is a plain ``torch.empty``.
 from __future__ import annotations
 
 import functools
+import math
+import mmap
 import os
 
 import torch
@@ -35,19 +37,34 @@ def huge_page_bytes() -> int:
     return int(_ext.ext().huge_page_bytes())
 
 
-def streamed_buffer(nbytes: int) -> torch.Tensor:
-    """Uninitialized int8 CPU tensor of ``nbytes``, backed by huge pages where the OS allows.
+def streamed_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.int8) -> torch.Tensor:
+    """Uninitialized contiguous CPU tensor, backed by huge pages where the OS allows.
 
+    Its storage is exactly the tensor's bytes (``numel * itemsize``), so it
+    serializes like any tensor (``torch.save``, safetensors): the memory is an
+    anonymous ``mmap`` one huge page larger than needed, of which the tensor
+    takes the 2 MiB aligned interior (``torch.frombuffer`` with an offset; the
+    storage keeps the map alive, and the untouched slack costs no RAM).
     Only worth it for buffers of at least one huge page that are written once
-    and read many times; smaller requests get a plain ``torch.empty``.
+    and read many times; smaller requests get a plain ``torch.empty``.  Made
+    with inference mode off, so modules may keep it as a normal tensor.
     """
+    numel = math.prod(shape)
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
     page = huge_page_bytes()
-    if page == 0 or nbytes < page:
-        return torch.empty(nbytes, dtype=torch.int8)
-    raw = torch.empty(nbytes + page, dtype=torch.int8)
-    offset = (-raw.data_ptr()) % page
-    view = raw[offset:offset + nbytes]
-    # Whole huge pages inside the view; the tail (< 1 page) stays on 4 KiB pages.
-    _ext.ext().advise_huge_pages(view.data_ptr(), nbytes // page * page)
-    return view
+    with torch.inference_mode(False):
+        if page == 0 or nbytes < page:
+            return torch.empty(shape, dtype=dtype)
+        raw = mmap.mmap(-1, nbytes + page, flags=mmap.MAP_PRIVATE)  # private: THP covers private anonymous memory
+        base = torch.frombuffer(raw, dtype=torch.uint8, count=1).data_ptr()
+        t = torch.frombuffer(raw, dtype=dtype, count=numel, offset=(-base) % page).view(shape)
+    # Whole huge pages; a tail below one page stays on 4 KiB pages.  Advised before the first write, so the
+    # first touch faults in huge pages.
+    _ext.ext().advise_huge_pages(t.data_ptr(), nbytes // page * page)
+    return t
+
+
+def streamed_buffer(nbytes: int) -> torch.Tensor:
+    """Uninitialized int8 CPU tensor of ``nbytes`` bytes on huge pages where the OS allows (:func:`streamed_tensor`)."""
+    return streamed_tensor((nbytes,), torch.int8)
 

@@ -185,3 +185,67 @@ def test_weight_only_gemv_bit_identical_for_any_thread_count(variant, M, N):
     assert all(torch.equal(runs[0], r) for r in runs[1:]), variant
     ref = x.double() @ (w.double() * s.double()[:, None]).t() + b.double()
     assert torch.allclose(runs[0].double(), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif("avx512vnni" not in VARIANTS, reason="needs a CPU with AVX-512 VNNI")
+@pytest.mark.parametrize("M,K,N", [(1, 1, 3), (1, 63, 5), (2, 64, 9), (1, 65, 17), (2, 2049, 13), (1, 4099, 66),
+                                   (2, 113, 1000)])
+def test_weight_only_integer_gemv_error_bound(M, K, N):
+    """At M <= 2 the AVX-512 VNNI unit carries each row of x as a 24-bit integer q = round(x / s), s = max|x| /
+    (2^23 - 1), and sums q * W exactly in integers (int8_linear_wo_gemv_vnni.h).  So against float64 its error
+    is x's rounding, |x - s q| <= s / 2 per element (plus fp32's rounding of x / s, below one more unit), times
+    |W| summed, plus the final fp32 scaling: the bound below.  Rows with an outlier 10^4 x the rest, weights at
+    -128 and 127, and K off every vector width."""
+    x = torch.randn(M, K)
+    x[:, K // 2] = 1e4
+    w = torch.randint(-128, 128, (N, K), dtype=torch.int8)
+    w[0] = -128
+    if N > 1:
+        w[1] = 127
+    s = torch.rand(N) * 0.02 + 1e-3
+    b = torch.randn(N)
+    y = torch.empty(M, N)
+    ext().int8_linear_weight_only(view(x), view(w), view(s), view(b), view(y), 2, "avx512vnni")
+    xd, wd, sd = x.double(), w.double(), s.double()
+    ref = xd @ (wd * sd[:, None]).t() + b.double()
+    step = xd.abs().amax(dim=1, keepdim=True) / (2 ** 23 - 1)  # s per row of x
+    quant = step * (wd.abs().sum(dim=1) * sd)[None, :]  # |x - s q| <= s per element, times sum |W| * scale
+    rounding = 2.0 ** -23 * ((xd.abs() @ (wd.abs() * sd[:, None]).t()) + b.double().abs())
+    assert ((y.double() - ref).abs() <= quant + rounding).all()
+
+
+@pytest.mark.skipif("avx512vnni" not in VARIANTS, reason="needs a CPU with AVX-512 VNNI")
+def test_weight_only_integer_gemv_falls_back_where_x_cannot_be_an_integer():
+    """Rows the 24-bit form cannot carry (an inf or NaN, a maximum below 1e-30, a zero row, K above 65536) give
+    what the fp32 GEMV gives: inf / NaN propagate, tiny values keep their relative accuracy, zero rows give the
+    bias."""
+    N, K = 7, 300
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+    w[:, 3] = 5  # every output meets x[:, 3]
+    s = torch.rand(N) * 0.02 + 1e-3
+    b = torch.randn(N)
+
+    def run(x):
+        y = torch.empty(x.shape[0], N)
+        ext().int8_linear_weight_only(view(x), view(w[:, :x.shape[1]]), view(s), view(b), view(y), 2, "avx512vnni")
+        return y
+
+    x = torch.randn(2, K)
+    x[0, 3] = float("inf")
+    y = run(x)
+    assert torch.isinf(y[0]).all() and torch.isfinite(y[1]).all()
+    x[0, 3] = float("nan")
+    assert torch.isnan(run(x)[0]).all()
+    tiny = torch.randn(1, K) * 1e-35  # no bias here, so the tiny outputs are compared with their own scale
+    y = torch.empty(1, N)
+    ext().int8_linear_weight_only(view(tiny), view(w), view(s), None, view(y), 2, "avx512vnni")
+    ref = tiny.double() @ (w.double() * s.double()[:, None]).t()
+    assert (y != 0).all() and torch.allclose(y.double(), ref, rtol=1e-4, atol=0)
+    assert torch.equal(run(torch.zeros(1, K)), b[None, :])
+    # K = 65537: past the integer form's exact range, the fp32 GEMV runs (same answer within fp32 rounding).
+    Kbig = 65537
+    xb, wb = torch.randn(1, Kbig), torch.randint(-127, 128, (3, Kbig), dtype=torch.int8)
+    yb = torch.empty(1, 3)
+    ext().int8_linear_weight_only(view(xb), view(wb), view(s[:3]), view(b[:3]), view(yb), 2, "avx512vnni")
+    refb = xb.double() @ (wb.double() * s[:3].double()[:, None]).t() + b[:3].double()
+    assert torch.allclose(yb.double(), refb, rtol=1e-5, atol=1e-4)

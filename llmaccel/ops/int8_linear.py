@@ -40,6 +40,12 @@ Modes (``act``):
 
     y = x @ (w_int8 * w_scale[:, None]).T + bias       # fp32 accumulation, cast to x.dtype
 
+(The C++ AVX-512 VNNI unit's decode GEMV, M <= 2, carries each row of x as
+a 24-bit integer, x = s * q with s = max|x| / (2^23 - 1), and sums q * w_int8
+exactly in integers: its error against this formula is at most s / 2 per
+element of x times the weights, about fp32's own rounding of the row's
+largest element; csrc/int8_linear_wo_gemv_vnni.h.)
+
 Backward (weights frozen, as when fine-tuning adapters or heads on a
 quantized base): the activation quantization is treated as the identity
 (straight-through), so for both modes::
@@ -367,7 +373,8 @@ def _int8_linear_cpp(args) -> Tensor:
     """csrc/ kernels: ``dynamic`` = fused W8A8 (quantize while packing x -> VNNI int32 core -> fp32
     epilogue) reading the weight in its packed panel layout (:func:`packed_weight_cpp`, one sequential
     stream per group of output channels, column sums precomputed); ``weight_only`` = fp32 FMA with the
-    int8 weight converted in registers (csrc/int8_linear_wo*.cpp).
+    int8 weight converted in registers, or at decode on AVX-512 VNNI x as a 24-bit integer against the
+    weight as stored (csrc/int8_linear_wo*.cpp).
 
     The kernels read fp32 activations; fp16/bf16 inputs are widened first and
     the fp32 result is rounded to x's dtype (two cheap passes over M x K and
