@@ -81,24 +81,6 @@ PackedPanels open_packed(const char* op, const int8_t* w_packed, const Variant& 
 namespace {
 
 #if defined(__SSE2__)
-// dst word [t][c] = src word [c][t] for a 16 x 16 matrix of 4-byte words: src row c at src + c * lds bytes,
-// dst rows 64 bytes apart (one AMX B tile).
-void transpose_words_16x16(const int8_t* src, int64_t lds, int8_t* dst) {
-  for (int cb = 0; cb < 16; cb += 4) {
-    for (int tb = 0; tb < 16; tb += 4) {
-      __m128 r0 = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (cb + 0) * lds + 4 * tb)));
-      __m128 r1 = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (cb + 1) * lds + 4 * tb)));
-      __m128 r2 = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (cb + 2) * lds + 4 * tb)));
-      __m128 r3 = _mm_castsi128_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (cb + 3) * lds + 4 * tb)));
-      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (tb + 0) * 64 + 4 * cb), _mm_castps_si128(r0));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (tb + 1) * 64 + 4 * cb), _mm_castps_si128(r1));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (tb + 2) * 64 + 4 * cb), _mm_castps_si128(r2));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (tb + 3) * 64 + 4 * cb), _mm_castps_si128(r3));
-    }
-  }
-}
-
 // A 4 x 4 block of 4-byte words transposed: dst word [t][c] = src word [c][t], src rows lds bytes apart,
 // dst rows ldd bytes apart.
 inline void transpose_words_4x4(const int8_t* src, int64_t lds, int8_t* dst, int64_t ldd) {
@@ -111,6 +93,13 @@ inline void transpose_words_4x4(const int8_t* src, int64_t lds, int8_t* dst, int
   _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + ldd), _mm_castps_si128(r1));
   _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * ldd), _mm_castps_si128(r2));
   _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 3 * ldd), _mm_castps_si128(r3));
+}
+
+// The same for a 16 x 16 matrix of words: src row c at src + c * lds bytes, dst rows 64 bytes apart (one AMX
+// B tile), in 4 x 4 blocks of SSE2 shuffles (baseline x86-64).
+void transpose_words_16x16(const int8_t* src, int64_t lds, int8_t* dst) {
+  for (int cb = 0; cb < 16; cb += 4)
+    for (int tb = 0; tb < 16; tb += 4) transpose_words_4x4(src + cb * lds + 4 * tb, lds, dst + tb * 64 + 4 * cb, 64);
 }
 #endif
 

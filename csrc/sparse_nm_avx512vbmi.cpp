@@ -81,7 +81,7 @@ struct SvI8Tile2of4 {
     // No software prefetch on AMD: on a Zen 4 VM (python bench/sparse_decode_ceiling.py --formats 2:4-w8a8,
     // 8 x 4096 x 4096, two runs each way) this tile ran 0.99-1.01x the avx512 unit of the same run with it
     // and 1.07-1.11x without it; the Xeon's tuning (kSvPrefetchBytes) keeps it.
-    const bool prefetch = !cpu_vendor_is_amd();
+    static const bool prefetch = !cpu_vendor_is_amd();
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80)), ones = _mm512_set1_epi8(1);
     __m512i acc[C][R], wsum[C];
     for (int c = 0; c < C; ++c) {

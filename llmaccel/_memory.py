@@ -50,7 +50,7 @@ def streamed_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.int8) -> 
     with inference mode off, so modules may keep it as a normal tensor.
     """
     numel = math.prod(shape)
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    nbytes = numel * dtype.itemsize
     page = huge_page_bytes()
     with torch.inference_mode(False):
         if page == 0 or nbytes < page:

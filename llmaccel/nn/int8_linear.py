@@ -116,7 +116,6 @@ def quantize_weight_per_channel(weight: Tensor, smooth_scale: Tensor | None = No
     return q, scale
 
 
-
 def _weight_storage(empty: Tensor) -> Tensor:
     """Where an Int8Linear keeps its int8 weight: for a CPU weight, huge pages (streamed_tensor).
 
